@@ -1,0 +1,196 @@
+"""Addresses and byte streams: ``vsock://CID:PORT``, ``tcp://HOST:PORT`` and ``unix:///path``.
+
+This is the only module that touches ``AF_VSOCK``. Inside an enclave the public and control
+listeners are vsock ports; in development every vsock address becomes a loopback TCP address, and
+the same pumps move the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+CHUNK = 64 * 1024
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed transport address."""
+
+    scheme: str  # tcp, vsock, unix
+    host: str = ""
+    port: int = 0
+    cid: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        if self.scheme == "vsock":
+            return f"vsock://{self.cid}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``vsock://CID:PORT``, ``tcp://HOST:PORT``, ``unix:///path`` or bare ``HOST:PORT``."""
+    if text.startswith("unix://"):
+        path = text[len("unix://") :]
+        if not path.startswith("/"):
+            raise ValueError(f"unix address needs an absolute path: {text!r}")
+        return Address("unix", path=path)
+    scheme = "tcp"
+    rest = text
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+    host, sep, port_text = rest.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"invalid address {text!r}: expected {scheme}://HOST:PORT")
+    port = int(port_text)
+    if scheme == "vsock":
+        if not host.isdigit():
+            raise ValueError(f"invalid vsock address {text!r}: CID must be a number")
+        return Address("vsock", cid=int(host), port=port)
+    if scheme != "tcp":
+        raise ValueError(f"unknown address scheme {scheme!r} in {text!r}")
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"invalid address {text!r}: missing host")
+    return Address("tcp", host=host, port=port)
+
+
+def _vsock_socket() -> socket.socket:
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None:
+        raise OSError("AF_VSOCK is not supported on this platform")
+    return socket.socket(family, socket.SOCK_STREAM)
+
+
+async def listen(
+    address: str | Address, handler: Handler, *, backlog: int = 1024, ssl: Any = None, **kw: Any
+) -> asyncio.AbstractServer:
+    """Start a stream server on ``address`` calling ``handler(reader, writer)`` per connection."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    if addr.scheme == "tcp":
+        return await asyncio.start_server(
+            handler, addr.host, addr.port, backlog=backlog, ssl=ssl, reuse_address=True, **kw
+        )
+    if addr.scheme == "unix":
+        return await asyncio.start_unix_server(handler, addr.path, backlog=backlog, ssl=ssl, **kw)
+    sock = _vsock_socket()
+    sock.bind((addr.cid, addr.port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return await asyncio.start_server(handler, sock=sock, ssl=ssl, **kw)
+
+
+def listen_socket(address: str | Address, backlog: int = 1024) -> socket.socket:
+    """Create, bind and listen a non-blocking socket (for servers that take a socket)."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    if addr.scheme == "tcp":
+        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr.host, addr.port))
+    elif addr.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(addr.path)
+    else:
+        sock = _vsock_socket()
+        sock.bind((addr.cid, addr.port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+async def connect(
+    address: str | Address, *, timeout: float | None = 10.0, **kw: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a stream connection to ``address``."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    if addr.scheme == "tcp":
+        coro = asyncio.open_connection(addr.host, addr.port, **kw)
+    elif addr.scheme == "unix":
+        coro = asyncio.open_unix_connection(addr.path, **kw)
+    else:
+        coro = _vsock_connect(addr, **kw)
+    return await asyncio.wait_for(coro, timeout)
+
+
+async def _vsock_connect(addr: Address, **kw: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = _vsock_socket()
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (addr.cid, addr.port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, **kw)
+
+
+def connect_sync(address: str | Address, timeout: float = 10.0) -> socket.socket:
+    """Open a blocking socket connection to ``address`` (for synchronous clients)."""
+    addr = parse_address(address) if isinstance(address, str) else address
+    if addr.scheme == "tcp":
+        return socket.create_connection((addr.host, addr.port), timeout=timeout)
+    if addr.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = addr.path
+    else:
+        sock = _vsock_socket()
+        target = (addr.cid, addr.port)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Copy bytes from ``reader`` to ``writer`` until EOF, honouring back-pressure.
+
+    On EOF the write side is half-closed (``write_eof``) so the peer sees the end of the stream
+    while the other direction keeps flowing. Returns the number of bytes copied.
+    """
+    total = 0
+    try:
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                break
+            writer.write(data)
+            total += len(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, OSError):
+        pass
+    finally:
+        try:
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
+        except (OSError, RuntimeError):
+            pass
+    return total
+
+
+async def splice(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> tuple[int, int]:
+    """Pump both directions between two connections until both end, then close both."""
+    try:
+        up, down = await asyncio.gather(pump(a[0], b[1]), pump(b[0], a[1]))
+        return up, down
+    finally:
+        for writer in (a[1], b[1]):
+            writer.close()
+        for writer in (a[1], b[1]):
+            try:
+                await writer.wait_closed()
+            except (OSError, ConnectionError):
+                pass
