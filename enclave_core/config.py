@@ -495,7 +495,11 @@ def parse_config(
     try:
         config: Config = ConfigSchema().load(resolved)
     except marshmallow.ValidationError as exc:
-        lines = env_errors + flatten_errors(exc.messages)
+        env_paths = {line.split(":", 1)[0] for line in env_errors}
+        schema_lines = [
+            line for line in flatten_errors(exc.messages) if line.split(":", 1)[0] not in env_paths
+        ]
+        lines = env_errors + schema_lines
         raise ConfigError(_summary(path, lines), lines) from None
     if env_errors:
         raise ConfigError(_summary(path, env_errors), env_errors)

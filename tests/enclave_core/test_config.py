@@ -1,0 +1,138 @@
+"""enclave.yaml loading: defaults, $env references, dotted-path errors, production rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from enclave_core.config import ConfigError, effective_config, load_config, parse_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "enclave.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_three_line_file_gets_every_default(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "version: 1\nname: hello\n"))
+    assert config.name == "hello"
+    assert config.prefix == "dev"
+    assert config.mode == "development"
+    assert config.region == "us-east-1"
+    assert config.instance_type == "m6i.xlarge"
+    assert (config.enclave.cpu_count, config.enclave.memory_mib, config.enclave.cid) == (2, 4096, 16)
+    assert config.enclave.eif == "artifacts/image.eif" and config.enclave.debug_mode is False
+    assert config.app.command == ["python3", "app.py"] and config.app.port == 7074
+    assert (config.runtime.port, config.runtime.app_api_port, config.runtime.control_port) == (
+        7073,
+        7075,
+        7076,
+    )
+    assert config.runtime.tls is True
+    assert config.storage.backend == "local"
+    assert config.storage.options == {"path": ".enclave/storage"}
+    assert (config.secrets.backend, config.kms.backend) == ("local", "local")
+    assert config.attestation.backend == "simulated"
+    assert config.launcher.backend == "process"
+    assert config.supervisor.listen == "127.0.0.1:8443"
+    assert [(i.listen, i.port) for i in config.supervisor.ingress] == [("0.0.0.0:443", 7073)]
+    wd = config.supervisor.watchdog
+    assert (wd.interval_s, wd.backoff_initial_s, wd.backoff_max_s, wd.unhealthy_after) == (1, 1, 30, 3)
+    assert (config.egress.port, config.egress.imds_port) == (8001, 8002)
+    assert config.egress.allow[0] == "kms.{region}.amazonaws.com:443"
+    assert config.plugins.disable == []
+    assert config.state_dir == tmp_path / ".enclave"
+    assert config.secrets_path == "/dev/hello/"
+
+
+def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    config = load_config(write(tmp_path, "name: a\napp: {dir: sub}\n"))
+    assert config.app_dir == (tmp_path / "sub").resolve()
+
+
+def test_each_error_on_its_own_dotted_line(tmp_path: Path) -> None:
+    text = "name: Bad_Name\nstorage: {bukcet: x}\napp: {port: nope}\nsupervisor: {watchdog: {interval_s: []}}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    lines = info.value.errors
+    assert "storage.bukcet: Unknown field." in lines
+    assert "app.port: Not a valid integer." in lines
+    assert any(line.startswith("name: must match") for line in lines)
+    assert any(line.startswith("supervisor.watchdog.interval_s:") for line in lines)
+    assert len(lines) == 4
+
+
+def test_missing_name_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "version: 1\n"))
+    assert info.value.errors == ["name: Missing data for required field."]
+
+
+def test_malformed_yaml_names_line_and_column(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "name: a\napp: [unclosed\n"))
+    message = str(info.value)
+    assert "malformed YAML at line" in message and "column" in message
+    assert "\n" not in message
+
+
+def test_production_refuses_development_backends(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "name: a\nmode: production\n"))
+    lines = info.value.errors
+    for capability in ("storage", "secrets", "kms", "attestation", "launcher"):
+        assert any(line.startswith(f"{capability}.backend: ") for line in lines), lines
+    assert all("development only" in line for line in lines)
+
+
+def test_production_accepts_production_backends(tmp_path: Path) -> None:
+    text = (
+        "name: a\nmode: production\nstorage: {backend: s3}\nsecrets: {backend: ssm}\n"
+        "kms: {backend: aws}\nattestation: {backend: nitro}\nlauncher: {backend: nitro-cli}\n"
+    )
+    assert load_config(write(tmp_path, text)).mode == "production"
+
+
+def test_env_references_resolve_and_show_as_references(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GREETING_VALUE", "very-secret-greeting")
+    config = load_config(write(tmp_path, 'name: a\napp: {env: {GREETING: {"$env": GREETING_VALUE}}}\n'))
+    assert config.app.env == {"GREETING": "very-secret-greeting"}
+    shown = effective_config(config)
+    assert shown["app"]["env"] == {"GREETING": {"$env": "GREETING_VALUE"}}
+    assert "very-secret-greeting" not in repr(shown)
+
+
+def test_missing_env_variable_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, 'name: a\nregion: {"$env": NOT_SET_ANYWHERE}\n'))
+    assert info.value.errors == ["region: environment variable NOT_SET_ANYWHERE is not set."]
+
+
+def test_duplicate_static_secrets_rejected() -> None:
+    doc = {
+        "name": "a",
+        "secrets": {"static": [{"name": "k", "env_var": "A"}, {"name": "k", "env_var": "B"}]},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, base_dir=Path("."))
+    assert info.value.errors == ["secrets.static: static secret names must be unique."]
+
+
+def test_missing_file_and_allow_missing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "enclave.yaml")
+    folder = tmp_path / "My_App"
+    folder.mkdir()
+    config = load_config(folder / "enclave.yaml", allow_missing=True)
+    assert config.name == "my-app"
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
