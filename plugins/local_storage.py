@@ -1,0 +1,226 @@
+"""``local`` storage: objects as files under a directory.
+
+Options (``storage.options``):
+
+- ``path``: the directory, relative to enclave.yaml's folder; default ``.enclave/storage``.
+
+Layout: a key ``a/b/c`` is the file ``a%2F/b%2F/c`` under the directory. Every segment is
+percent-encoded (only letters, digits and ``_.-~`` stay as they are) and each directory name ends
+in ``%2F``, the encoded ``/``, so ``a`` and ``a/b`` can both exist and the key is simply the
+decoded concatenation of the path. Names beginning with ``#`` (the lock file, temporary files)
+can never come from a key, since ``#`` is always encoded.
+
+Writes go to a temporary file in the target folder, are fsynced, then ``os.replace``-d into place,
+so a reader sees the old or the new object, never a mix. Every write and delete holds an exclusive
+``flock`` on ``#lock``, which makes conditional writes (``if_match``, ``if_none_match``) race-free
+between threads and processes. The ETag is the quoted first 32 hex characters of the SHA-256 of
+the stored bytes. Folders are mode 0700 and files 0600.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote, unquote
+
+from loguru import logger
+from marshmallow import Schema, fields
+
+from enclave_core import hookimpl
+from enclave_core.errors import BackendError, NotFound, PreconditionFailed, ValidationError
+from enclave_core.interfaces import BackendContext, StoredObject
+from enclave_core.registry import BackendRegistry
+
+DIR_SUFFIX = "%2F"
+RESERVED = "#"
+LOCK_NAME = "#lock"
+
+
+def etag_of(data: bytes) -> str:
+    """Return the ETag of ``data``: ``"<first 32 hex chars of SHA-256>"``."""
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
+def _normalise_etag(value: str) -> str:
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+class LocalStorage:
+    """Object storage in a local directory (see the module docstring for the layout)."""
+
+    name: ClassVar[str] = "local"
+
+    class Options(Schema):
+        """``storage.options`` of the local backend."""
+
+        path = fields.String(load_default=".enclave/storage")
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], context: BackendContext) -> LocalStorage:
+        """Build the backend on ``options["path"]`` resolved against enclave.yaml's folder."""
+        return cls(context.resolve(options["path"]))
+
+    # ------------------------------------------------------------------ paths and locking
+
+    def _path(self, key: str) -> Path:
+        """Map ``key`` to its file; refuse anything that could leave the directory."""
+        if not isinstance(key, str) or not key or key.startswith("/") or "\x00" in key:
+            raise ValidationError(f"local storage: invalid key {key!r}")
+        segments = key.split("/")
+        if any(seg in ("", ".", "..") for seg in segments):
+            raise ValidationError(f"local storage: invalid key {key!r}")
+        parts = [quote(seg, safe="") + DIR_SUFFIX for seg in segments[:-1]]
+        parts.append(quote(segments[-1], safe=""))
+        path = self.root.joinpath(*parts)
+        root = os.path.abspath(self.root)
+        if os.path.commonpath([root, os.path.abspath(path)]) != root:
+            raise ValidationError(f"local storage: key {key!r} escapes the storage directory")
+        return path
+
+    def _ensure_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)  # mkdir's mode is masked by the umask and skips existing folders
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._ensure_root()
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    # ------------------------------------------------------------------ Storage
+
+    def get(self, key: str) -> StoredObject:
+        """Return the object at ``key``; NotFound when it is missing."""
+        path = self._path(key)
+        try:
+            data = self._read(path)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # could never have been stored
+                raise NotFound(f"local storage: object {key!r} not found") from None
+            raise BackendError(f"local storage: cannot read {key!r}: {exc.strerror}") from None
+        if data is None:
+            raise NotFound(f"local storage: object {key!r} not found")
+        return StoredObject(data=data, etag=etag_of(data))
+
+    def put(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Store ``data`` at ``key`` atomically; return its ETag.
+
+        ``if_match`` (an ETag, quoted or not, or ``*`` for "exists") and ``if_none_match`` are
+        checked under the lock, and a failed check raises PreconditionFailed without a write.
+        """
+        path = self._path(key)
+        with self._locked():
+            if if_match is not None or if_none_match:
+                current = self._read(path)
+                if if_none_match and current is not None:
+                    raise PreconditionFailed(f"local storage: object {key!r} already exists")
+                if if_match is not None:
+                    wanted = _normalise_etag(if_match)
+                    if current is None:
+                        raise PreconditionFailed(f"local storage: object {key!r} does not exist")
+                    if wanted != "*" and wanted != _normalise_etag(etag_of(current)):
+                        raise PreconditionFailed(
+                            f"local storage: object {key!r} has changed (ETag mismatch)"
+                        )
+            try:
+                self._write(path, bytes(data))
+            except OSError as exc:
+                if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR):
+                    raise ValidationError(f"local storage: key {key!r} cannot be stored") from None
+                raise BackendError(f"local storage: cannot write {key!r}: {exc.strerror}") from None
+        logger.debug("storage put", backend="local", key=key, size=len(data))
+        return etag_of(data)
+
+    def _write(self, path: Path, data: bytes) -> None:
+        folder = path.parent
+        # One level at a time: mkdir(parents=True) would give the parents the default mode.
+        current = self.root
+        for part in folder.relative_to(self.root).parts:
+            current = current / part
+            current.mkdir(exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=RESERVED + "tmp-")  # created 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; return whether it existed. Empty folders left behind are removed."""
+        path = self._path(key)
+        with self._locked():
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            except OSError as exc:
+                raise BackendError(
+                    f"local storage: cannot delete {key!r}: {exc.strerror}"
+                ) from None
+            folder = path.parent
+            while folder != self.root and folder.is_relative_to(self.root):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break  # not empty
+                folder = folder.parent
+        logger.debug("storage delete", backend="local", key=key)
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Return every key starting with ``prefix``, sorted."""
+        keys: list[str] = []
+        if not self.root.is_dir():
+            return keys
+        for folder, dirs, files in os.walk(self.root):
+            rel = Path(folder).relative_to(self.root).parts
+            base = "".join(unquote(part) for part in rel)
+            dirs[:] = [d for d in dirs if d.endswith(DIR_SUFFIX) and not d.startswith(RESERVED)]
+            for name in files:
+                if name.startswith(RESERVED):
+                    continue
+                key = base + unquote(name)
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+
+@hookimpl
+def enclave_register_storage(registry: BackendRegistry[Any]) -> None:
+    """Register the ``local`` storage backend."""
+    registry.add(LocalStorage)
