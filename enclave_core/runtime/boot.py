@@ -1,0 +1,209 @@
+"""Boot (DESIGN section 5): the stages from configuration to a running app.
+
+Each stage is visible in ``/health`` while it runs. A failure leaves the runtime degraded, with a
+reason that names the stage and never a secret; the runtime keeps serving ``/health`` instead of
+crashing. Backends are synchronous, so every call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from loguru import logger
+
+from enclave_core.backends import build_backend
+from enclave_core.crypto.envelope import EncryptedStorage
+from enclave_core.errors import AttestationError, BackendError, CryptoError, EnclaveError
+from enclave_core.manager import Plugins
+from enclave_core.runtime.counting import CountingKms, CountingSecrets, CountingStorage
+from enclave_core.runtime.dynsecrets import DynamicSecrets
+from enclave_core.runtime.state import RuntimeState
+
+KMS_KEY_PARAM = "KMSKeyID"
+STORAGE_DEK_PARAM = "StorageDEK/Ciphertext"
+DATA_KEY_BYTES = 32
+TOKEN_BYTES = 32
+#: Called at the ``app`` stage to start the app supervisor (it reports readiness itself).
+StartApp = Callable[[], Awaitable[None]]
+
+
+def static_secret_context(app: str, secret: str) -> dict[str, str]:
+    """The KMS encryption context of a static secret."""
+    return {"app": app, "purpose": "static-secret", "secret": secret}
+
+
+def storage_dek_context(app: str) -> dict[str, str]:
+    """The KMS encryption context of the storage data key."""
+    return {"app": app, "purpose": "storage-dek"}
+
+
+def _build_backends(state: RuntimeState, plugins: Plugins) -> None:
+    config, metrics = state.config, state.metrics
+    state.attestation = build_backend(config, plugins, "attestation")
+    state.kms = CountingKms(build_backend(config, plugins, "kms"), metrics)
+    state.secrets = CountingSecrets(build_backend(config, plugins, "secrets"), metrics)
+    state.raw_storage = build_backend(config, plugins, "storage")
+
+
+def _attestation(state: RuntimeState) -> None:
+    assert state.attestation is not None
+    state.pcr0 = state.attestation.describe_pcr(0).data.hex()
+    # The response-signing key lives only in this process; its hash goes into user_data.
+    state.signing_key = Ed25519PrivateKey.generate()
+    state.attestation_pubkey = (
+        state.signing_key.public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        .hex()
+    )
+    random = state.attestation.get_random(TOKEN_BYTES)
+    if len(random) < TOKEN_BYTES:
+        raise AttestationError(f"NSM GetRandom returned {len(random)} bytes, need {TOKEN_BYTES}")
+    state.mgmt_token = random[:TOKEN_BYTES].hex()
+    logger.bind(pcr0=state.pcr0).info("attestation ready")
+
+
+def _kms_key(state: RuntimeState) -> None:
+    assert state.secrets is not None and state.kms is not None
+    config = state.config
+    key_id = state.secrets.get(KMS_KEY_PARAM)
+    if key_id is None:
+        if config.mode != "development":
+            raise EnclaveError(
+                f"parameter {config.secrets_path}{KMS_KEY_PARAM} is absent; in production the "
+                "deployment creates the enclave's KMS key"
+            )
+        key_id = state.kms.create_key(description=f"{config.name} enclave key").key_id
+        state.secrets.put(KMS_KEY_PARAM, key_id)
+        logger.bind(key_id=key_id).info("KMS key created (development)")
+    info = state.kms.describe_key(key_id)
+    if info.state != "Enabled":
+        raise EnclaveError(f"KMS key {key_id} is {info.state}, expected Enabled")
+    state.kms_key_id = key_id
+    logger.bind(key_id=key_id).info("KMS key ready")
+
+
+def _data_key(state: RuntimeState, param: str, context: dict[str, str], what: str) -> bytes:
+    """Decrypt the data key stored as ``param``, or on first boot generate and store it."""
+    assert state.secrets is not None and state.kms is not None and state.kms_key_id is not None
+    key_id = state.kms_key_id
+    stored = state.secrets.get(param)
+    if stored is None:
+        result = state.kms.generate_data_key(key_id, context, number_of_bytes=DATA_KEY_BYTES)
+        if result.plaintext is None or result.ciphertext_blob is None:
+            raise BackendError(f"KMS GenerateDataKey for {what} under {key_id} returned no key")
+        state.secrets.put(param, base64.b64encode(result.ciphertext_blob).decode("ascii"))
+        logger.bind(key_id=key_id, parameter=param).info("data key generated")
+        return _check_length(result.plaintext, what)
+    else:
+        try:
+            blob = base64.b64decode(stored, validate=True)
+        except (binascii.Error, ValueError):
+            raise CryptoError(f"parameter {param} is not valid base64") from None
+        plaintext = state.kms.decrypt(key_id, blob, context).plaintext
+        if plaintext is None:
+            raise BackendError(f"KMS Decrypt of {param} under {key_id} returned no plaintext")
+        return _check_length(plaintext, what)
+
+
+def _check_length(key: bytes, what: str) -> bytes:
+    if len(key) != DATA_KEY_BYTES:
+        raise CryptoError(f"{what}: expected a {DATA_KEY_BYTES}-byte key, got {len(key)}")
+    return key
+
+
+def _static_secrets(state: RuntimeState) -> None:
+    env: dict[str, str] = {}
+    for secret in state.config.secrets.static:
+        value = _data_key(
+            state,
+            f"{secret.name}/Ciphertext",
+            static_secret_context(state.config.name, secret.name),
+            f"static secret {secret.name!r}",
+        )
+        env[secret.env_var] = value.hex()
+    state.static_env = env
+    logger.bind(count=len(env)).info("static secrets ready")
+
+
+def _storage(state: RuntimeState) -> None:
+    assert state.raw_storage is not None
+    dek = _data_key(
+        state, STORAGE_DEK_PARAM, storage_dek_context(state.config.name), "storage data key"
+    )
+    storage = CountingStorage(EncryptedStorage(state.raw_storage, dek), state.metrics)
+    static_vars = frozenset(s.env_var for s in state.config.secrets.static)
+    state.dynamic = DynamicSecrets(storage, state.metrics, static_vars)
+    state.storage = storage
+
+
+def load_dynamic_secrets(state: RuntimeState) -> None:
+    """Read every dynamic secret into ``state.dynamic_env`` (unreadable ones are skipped)."""
+    assert state.dynamic is not None
+    secrets, _unreadable = state.dynamic.load_all()
+    env: dict[str, str] = {}
+    for secret in secrets:
+        if secret.env_var is None:
+            continue
+        if secret.env_var in state.static_env:
+            logger.bind(secret=secret.name, env_var=secret.env_var).warning(
+                "dynamic secret shadows a static secret's env var; skipped"
+            )
+            continue
+        env[secret.env_var] = secret.value
+    state.dynamic_env = env
+    state.dynamic_secrets = len(secrets)
+
+
+def app_env_provider(state: RuntimeState) -> Callable[[], Awaitable[dict[str, str]]]:
+    """The secrets for each app start: static ones, and dynamic ones re-read after the first."""
+    first = True
+
+    async def provide() -> dict[str, str]:
+        nonlocal first
+        if not first:
+            try:
+                await asyncio.to_thread(load_dynamic_secrets, state)
+            except EnclaveError as exc:
+                logger.bind(error=str(exc)).warning("dynamic secrets not reloaded; using previous")
+        first = False
+        return {**state.static_env, **state.dynamic_env}
+
+    return provide
+
+
+async def run_boot(state: RuntimeState, plugins: Plugins, start_app: StartApp | None) -> bool:
+    """Run every boot stage in order; return whether boot reached the ``app`` stage.
+
+    :param start_app: starts the app supervisor; None stops after ``dynamic_secrets`` (tests).
+    """
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("config", lambda: _build_backends(state, plugins)),
+        ("attestation", lambda: _attestation(state)),
+        ("kms_key", lambda: _kms_key(state)),
+        ("static_secrets", lambda: _static_secrets(state)),
+        ("storage", lambda: _storage(state)),
+        ("dynamic_secrets", lambda: load_dynamic_secrets(state)),
+    ]
+    for stage, step in steps:
+        state.enter_stage(stage)
+        try:
+            await asyncio.to_thread(step)
+        except EnclaveError as exc:
+            state.fail(f"boot stage {stage} failed: {exc}")
+            return False
+        except Exception as exc:  # a backend bug must still leave a cause in /health
+            state.fail(f"boot stage {stage} failed: {type(exc).__name__}: {str(exc)[:300]}")
+            return False
+    state.enter_stage("app")
+    if start_app is not None:
+        try:
+            await start_app()
+        except EnclaveError as exc:
+            state.fail(f"boot stage app failed: {exc}")
+            return False
+    return True

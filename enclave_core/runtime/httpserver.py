@@ -1,0 +1,417 @@
+"""The client side of the public listener: an HTTP/1.1 server protocol on asyncio and httptools.
+
+One :class:`ClientConnection` per accepted connection parses requests with
+``httptools.HttpRequestParser`` and answers them strictly in order (pipelining-safe): requests queue
+in ``pipeline`` and only the head of the queue is handled; reading pauses while a later request
+waits, so at most one read's worth of data is buffered. Each request is an :class:`Exchange` whose
+body goes to its handler (the upstream connection or the runtime's own ASGI app) as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httptools
+from loguru import logger
+
+if TYPE_CHECKING:
+    from enclave_core.runtime.proxy import PublicServer
+    from enclave_core.runtime.upstream import Upstream
+
+REASONS = {status.value: status.phrase.encode("latin-1") for status in HTTPStatus}
+BUFFER_HIGH = 256 * 1024  # pause reading a body nobody consumes yet beyond this
+DISCARD_LIMIT = 4 << 20  # request body read and dropped after an early answer, then close
+# pause_reading reasons
+PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_DEAD = 1, 2, 4, 8
+
+
+class Handler(Protocol):
+    """Receives a request body as it arrives: the upstream connection or the own-app bridge."""
+
+    def feed(self, data: bytes) -> None:
+        """Take one piece of the request body."""
+
+    def feed_end(self) -> None:
+        """The request body is complete."""
+
+    def abort(self) -> None:
+        """Stop: the exchange was answered otherwise or the client went away."""
+
+
+def error_response(status: int, title: str, description: str, *, close: bool) -> bytes:
+    """A complete JSON error response ``{"title","description"}`` with Content-Length."""
+    body = json.dumps({"title": title, "description": description}).encode()
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+        status,
+        REASONS.get(status, b"Error"),
+        len(body),
+        b"Connection: close\r\n" if close else b"",
+    )
+    return head + body
+
+
+class Exchange:
+    """One request and the state of its answer."""
+
+    __slots__ = (
+        "url", "headers", "method", "version", "keep_alive", "content_length", "chunked", "host",
+        "expect", "upgrade", "xff", "hop", "body", "buffered", "received", "complete", "handler",
+        "task", "discard", "head_sent", "responded", "status", "error", "started",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.content_length: int | None = None
+        self.chunked = False
+        self.host: bytes | None = None
+        self.expect = False
+        self.upgrade: bytes | None = None  # the Upgrade header when Connection asks to upgrade
+        self.xff: bytes | None = None
+        self.hop: set[bytes] | None = None  # extra hop-by-hop names listed in Connection
+        self.body: list[bytes] = []  # body received before a handler takes it
+        self.buffered = 0
+        self.received = 0
+        self.complete = False  # the whole request message has been read
+        self.handler: Handler | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.discard = False  # answered early: drop the rest of the body
+        self.head_sent = False
+        self.responded = False
+        self.status = 0
+        self.error: tuple[int, str, str] | None = None
+        self.started = 0.0
+
+    def classify(self) -> None:
+        """Read the headers that matter to framing and forwarding."""
+        connection: list[bytes] = []
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"host":
+                self.host = value
+            elif lname == b"content-length":
+                self.content_length = int(value)
+            elif lname == b"transfer-encoding":
+                self.chunked = b"chunked" in value.lower()
+            elif lname == b"connection":
+                connection.extend(t.strip() for t in value.lower().split(b","))
+            elif lname == b"upgrade":
+                self.upgrade = value
+            elif lname == b"expect":
+                self.expect = value.lower() == b"100-continue"
+            elif lname == b"x-forwarded-for":
+                self.xff = value if self.xff is None else self.xff + b", " + value
+        if b"upgrade" not in connection:
+            self.upgrade = None
+        extra = set(connection) - {b"close", b"keep-alive", b"upgrade", b""}
+        if extra:
+            self.hop = extra
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection of the public listener."""
+
+    def __init__(self, server: PublicServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: Exchange | None = None
+        self.pipeline: deque[Exchange] = deque()
+        self.raw: Exchange | None = None  # the upgrade request once the parser has stopped
+        self.tunnel: Upstream | None = None  # after a 101: bytes flow through untouched
+        self.bound: Upstream | None = None  # the upstream answering the current request
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.eof = False
+        self.advancing = False
+        self.idle_since = self.loop.time()
+        self.client: tuple[str, int] | None = None
+        self.client_ip = b"unknown"
+
+    # -- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the peer; switch off Nagle so small answers leave at once."""
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+            self.client_ip = self.client[0].encode()
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop whatever this connection's requests still have running."""
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+        for ex in self.pipeline:
+            self._stop(ex)
+        self.pipeline.clear()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; after an upgrade, pass bytes through."""
+        if self.tunnel is not None:
+            self.tunnel.transport.write(data)
+            return
+        if self.raw is not None:
+            self._body(self.raw, data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError:
+            logger.opt(exception=True).error("public listener: request handling failed")
+            self._malformed(500, "Internal error", "the request could not be handled")
+        except httptools.HttpParserError as exc:
+            self._malformed(400, "Bad request", f"malformed HTTP request: {exc}")
+
+    def eof_received(self) -> bool:
+        """Half-close: finish the answers in flight (plain TCP only), then close."""
+        if self.tunnel is not None:
+            if self.tunnel.transport.can_write_eof():
+                self.tunnel.transport.write_eof()
+            return self.server.ssl_context is None
+        self.eof = True
+        return bool(self.pipeline) and self.server.ssl_context is None
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the app answers: stop reading the app."""
+        self.write_paused = True
+        up = self.tunnel or self.bound
+        if up is not None:
+            up.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The client caught up: read the app again."""
+        self.write_paused = False
+        up = self.tunnel or self.bound
+        if up is not None:
+            up.resume_reading()
+
+    # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        """A new request starts."""
+        self.parsing = Exchange()
+
+    def on_url(self, url: bytes) -> None:
+        """The request target, possibly in pieces."""
+        self.parsing.url += url  # type: ignore[union-attr]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One header (trailers after a chunked body are ignored)."""
+        ex = self.parsing
+        if ex is not None and not ex.method:
+            ex.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        """Queue the request; handle it now if nothing is ahead of it."""
+        ex = self.parsing
+        assert ex is not None
+        ex.method = self.parser.get_method()
+        ex.version = self.parser.get_http_version()
+        ex.keep_alive = self.parser.should_keep_alive()
+        if self.server.debug:
+            ex.started = self.loop.time()
+        try:
+            ex.classify()
+        except ValueError:
+            ex.error = (400, "Bad request", "invalid Content-Length")
+        self.pipeline.append(ex)
+        if len(self.pipeline) == 1:
+            self.server.dispatch(self, ex)
+        else:
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        """A piece of the current request's body."""
+        self._body(self.parsing, data)  # type: ignore[arg-type]
+
+    def on_message_complete(self) -> None:
+        """The current request has been read entirely."""
+        ex = self.parsing
+        assert ex is not None
+        ex.complete = True
+        if ex.handler is not None:
+            ex.handler.feed_end()
+        if ex.responded:
+            self._advance()
+
+    # -- flow control
+    def pause(self, reason: int) -> None:
+        """Stop reading from the client for ``reason`` (several reasons may hold at once)."""
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        """Drop ``reason``; read again when no reason is left."""
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    # -- answering
+    def reply(self, ex: Exchange, data: bytes, status: int, close: bool = False) -> None:
+        """Send a complete response for ``ex`` (the head of the pipeline)."""
+        if not self.closed:
+            self.transport.write(data)
+        self.response_done(ex, status, close)
+
+    def reply_error(
+        self, ex: Exchange, status: int, title: str, description: str, close: bool = False
+    ) -> None:
+        """Answer ``ex`` with a JSON error, or cut the connection if its answer has begun."""
+        self._stop(ex)
+        if ex.head_sent:
+            self.transport.close()
+            self.response_done(ex, status, True)
+            return
+        # a body the client will not send (it waits for 100-continue) cannot be drained
+        close = close or self.must_close(ex) or (ex.expect and not ex.complete)
+        self.reply(ex, error_response(status, title, description, close=close), status, close)
+
+    def must_close(self, ex: Exchange) -> bool:
+        """Whether the connection ends after the answer to ``ex``."""
+        return not ex.keep_alive or ex.upgrade is not None or self.eof or self.server.closing
+
+    def response_done(self, ex: Exchange, status: int, close: bool) -> None:
+        """The answer to ``ex`` has been written: account for it and move to the next request."""
+        ex.responded = True
+        ex.status = status
+        ex.handler = None
+        server = self.server
+        if status >= 500:
+            server.metrics.inc("http_errors")
+        if server.debug:
+            self._log(ex)
+        if close or self.must_close(ex):
+            self.transport.close()
+            return
+        if not ex.complete:
+            ex.discard = True
+            ex.body = []
+            if self.parsing is ex:
+                self.resume(PAUSE_BUFFER)
+            return
+        self._advance()
+
+    def start_tunnel(self, up: Upstream, ex: Exchange) -> None:
+        """The app accepted the upgrade: from now on bytes flow both ways untouched."""
+        self.tunnel = up
+        ex.responded = True
+        ex.status = 101
+        if self.server.debug:
+            self._log(ex)
+        self.pipeline.clear()
+        self.raw = None
+        self.resume(PAUSE_BUFFER | PAUSE_UPSTREAM | PAUSE_PIPELINE)
+
+    # -- internals
+    def _body(self, ex: Exchange, data: bytes) -> None:
+        ex.received += len(data)
+        limit = self.server.max_body_bytes
+        if ex.discard:
+            if ex.received > DISCARD_LIMIT:
+                self.transport.close()
+            return
+        if limit is not None and ex.received > limit and ex.upgrade is None and not ex.responded:
+            self.reply_error(ex, 413, "Payload too large", f"the body exceeds {limit} bytes", True)
+            return
+        if ex.handler is not None:
+            ex.handler.feed(data)
+            return
+        ex.body.append(data)
+        ex.buffered += len(data)
+        if ex.buffered > BUFFER_HIGH:
+            self.pause(PAUSE_BUFFER)
+
+    def take_body(self, ex: Exchange) -> list[bytes]:
+        """Hand the buffered body of ``ex`` to its new handler."""
+        body, ex.body, ex.buffered = ex.body, [], 0
+        if self.parsing is ex or self.raw is ex:
+            self.resume(PAUSE_BUFFER)
+        return body
+
+    def _advance(self) -> None:
+        # a loop, not recursion: many pipelined requests may be answered synchronously
+        if self.advancing:
+            return
+        self.advancing = True
+        try:
+            while self.pipeline and self.pipeline[0].responded and self.pipeline[0].complete:
+                self.pipeline.popleft()
+                if self.pipeline:
+                    if len(self.pipeline) == 1:
+                        self.resume(PAUSE_PIPELINE)
+                    self.server.dispatch(self, self.pipeline[0])
+                else:
+                    self.idle_since = self.loop.time()
+                    self.resume(PAUSE_PIPELINE)
+                    if self.eof:
+                        self.transport.close()
+        finally:
+            self.advancing = False
+
+    def _upgraded(self, rest: bytes) -> None:
+        """The parser stopped after an upgrade request; what follows is the new protocol."""
+        ex = self.pipeline[-1] if self.pipeline else None
+        if ex is None or ex.responded:
+            self.transport.close()
+            return
+        self.raw = ex
+        if rest:
+            self._body(ex, rest)
+
+    def _malformed(self, status: int, title: str, description: str) -> None:
+        self.pause(PAUSE_DEAD)
+        ex = self.parsing
+        if ex is None or ex.responded or ex not in self.pipeline:
+            ex = Exchange()
+            self.pipeline.append(ex)
+        ex.error = (status, title, description)
+        ex.keep_alive = False
+        ex.complete = True
+        self.parsing = None
+        if ex is self.pipeline[0]:
+            if ex.handler is not None or ex.task is not None or ex.head_sent:
+                self.reply_error(ex, status, title, description, True)
+            elif not ex.responded:
+                self.server.dispatch(self, ex)
+
+    def _stop(self, ex: Exchange) -> None:
+        handler, ex.handler = ex.handler, None
+        if handler is not None:
+            handler.abort()
+        if ex.task is not None and not ex.task.done():
+            ex.task.cancel()
+
+    def _log(self, ex: Exchange) -> None:
+        logger.debug(
+            "request",
+            method=ex.method.decode("latin-1"),
+            path=ex.url.partition(b"?")[0].decode("latin-1"),
+            status=ex.status,
+            duration_ms=round((self.loop.time() - ex.started) * 1000, 3),
+        )
+
+    def info(self) -> dict[str, Any]:
+        """The peer and local addresses, for ASGI scopes."""
+        sockname = self.transport.get_extra_info("sockname")
+        server = None
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            server = (str(sockname[0]), int(sockname[1]))
+        return {"client": self.client, "server": server}

@@ -1,0 +1,169 @@
+"""``run_runtime``: the enclave's entry point, serving every runtime listener on one event loop.
+
+The public listener (own routes + streaming proxy to the app), the app API and the control listener
+start first, so ``/health`` answers during boot; boot then runs as a task. SIGTERM or SIGINT stops
+the app, then the listeners, and returns 0; repeated app failures return 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from loguru import logger
+
+from enclave_core.config import Config
+from enclave_core.manager import Plugins
+from enclave_core.runtime.appapi import create_app_api
+from enclave_core.runtime.boot import app_env_provider, run_boot
+from enclave_core.runtime.child import EXIT_APP_FAILED, AppSupervisor
+from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
+from enclave_core.runtime.state import RuntimeState
+from enclave_core.transport import listen_socket
+
+EXIT_LISTEN_FAILED = 1
+
+
+class QuietServer(uvicorn.Server):
+    """A uvicorn Server that leaves signal handling to the runtime (several share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install no signal handlers."""
+        yield
+
+
+class AsgiListener:
+    """One Falcon ASGI app served by uvicorn on a socket we bind ourselves."""
+
+    def __init__(self, app: Any, address: str, name: str) -> None:
+        self.address = address
+        self.name = name
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            http="httptools",
+            ws="none",
+            timeout_graceful_shutdown=5,
+        )
+        self._server = QuietServer(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind (OSError if the port is taken) and wait until uvicorn serves."""
+        # Binding here, not in uvicorn, turns a taken port into an OSError instead of sys.exit.
+        sock = listen_socket(self.address)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise OSError(f"{self.name} listener on {self.address} did not start")
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Stop accepting, finish in-flight requests, release the socket."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # it failed already; shutting down must go on
+            logger.bind(listener=self.name, error=str(exc)).warning("listener ended with an error")
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return None
+    return uvloop.new_event_loop
+
+
+def run_runtime(config: Config, plugins: Plugins) -> int:
+    """Run the runtime until SIGTERM/SIGINT (0) or repeated app failures (3); blocks.
+
+    Logging is configured by the caller (the CLI).
+    """
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve_runtime(config, plugins))
+
+
+async def serve_runtime(
+    config: Config,
+    plugins: Plugins,
+    *,
+    stop: asyncio.Event | None = None,
+    supervisor_options: dict[str, Any] | None = None,
+) -> int:
+    """The runtime on the running loop; returns its exit code.
+
+    :param stop: set it to shut down (SIGTERM and SIGINT set it too).
+    :param supervisor_options: keyword arguments for :class:`AppSupervisor` (tests shorten delays).
+    """
+    from enclave_core.runtime.proxy import PublicServer
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    state = RuntimeState(config)  # its stage is "config" until boot moves on
+    app = AppSupervisor(config, state, app_env_provider(state), **(supervisor_options or {}))
+    rt = config.runtime
+    public = PublicServer(
+        own_app=create_public_app(state),
+        is_own_path=is_own_path,
+        upstream_host="127.0.0.1",
+        upstream_port=config.app.port,
+        metrics=state.metrics,
+        app_unavailable=state.app_unavailable,
+    )
+    listeners = [
+        AsgiListener(create_app_api(state), f"tcp://127.0.0.1:{rt.app_api_port}", "app-api"),
+        AsgiListener(create_control_app(state), f"tcp://127.0.0.1:{rt.control_port}", "control"),
+    ]
+    code = 0
+    boot: asyncio.Task[bool] | None = None
+    public_started = False
+    try:
+        try:
+            await public.start(f"tcp://127.0.0.1:{rt.port}")
+            public_started = True
+            for listener in listeners:
+                await listener.start()
+        except OSError as exc:
+            logger.bind(error=str(exc)).error("runtime cannot listen")
+            return EXIT_LISTEN_FAILED
+        logger.bind(
+            public=f"tcp://127.0.0.1:{rt.port}",
+            app_api=listeners[0].address,
+            control=listeners[1].address,
+        ).info("runtime listening")
+        boot = asyncio.create_task(run_boot(state, plugins, app.start), name="boot")
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(app.failed.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits:
+            task.cancel()
+        code = EXIT_APP_FAILED if app.failed.is_set() else 0
+        logger.bind(exit_code=code).info("runtime stopping")
+    finally:
+        if boot is not None and not boot.done():
+            boot.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await boot
+        await app.stop()
+        for listener in listeners:
+            await listener.close()
+        if public_started:
+            await public.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    logger.bind(exit_code=code).info("runtime stopped")
+    return code

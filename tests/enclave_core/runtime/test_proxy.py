@@ -1,0 +1,496 @@
+"""The public listener against a real threaded upstream app, with stdlib clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.asgi
+import pytest
+import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from enclave_core.metrics import Metrics
+from enclave_core.runtime.proxy import PublicServer
+from enclave_core.testing import free_port
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+BIG = 5 * 1024 * 1024
+OWN = {"/health", "/v1/enclave-info", "/enclave/attestation"}
+
+
+# -- the upstream app: a threaded stdlib HTTP/1.1 server ------------------------------------------
+class AppServer(ThreadingHTTPServer):
+    """Counts its connections and records what it received."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), AppHandler)
+        self.connections = 0
+        self.paths: list[str] = []
+        self.sse_gate = threading.Event()
+        self.drop_reused = False
+        self.lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients (the proxy) may hang up; that is not a test failure."""
+
+
+class AppHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: AppServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.served = 0
+        with self.server.lock:
+            self.server.connections += 1
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def read_body(self) -> tuple[bytes, bool]:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return b"".join(parts), True
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length", 0))), False
+
+    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_one_request(self) -> None:
+        self.served += 1
+        super().handle_one_request()
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        if self.server.drop_reused and self.served > 1:
+            self.server.drop_reused = False
+            self.close_connection = True  # swallow the request: a stale keep-alive connection
+            return
+        if self.path == "/hello":
+            self.reply(200, b"hello", {"Keep-Alive": "timeout=5", "Connection": "keep-alive"})
+        elif self.path == "/headers":
+            self.reply(200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode())
+        elif self.path == "/big":
+            self.reply(200, pattern(BIG))
+        elif self.path == "/fail":
+            self.reply(500, b"boom")
+        elif self.path == "/reset":
+            self.close_connection = True
+        elif self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (b"one ", b"two ", b"three"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/sse":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()  # no length: the body ends when the app closes
+            self.close_connection = True
+            self.wfile.write(b"data: first\n\n")
+            self.wfile.flush()
+            self.server.sse_gate.wait(10)
+            self.wfile.write(b"data: second\n\ndata: third\n\n")
+        elif self.path == "/ws":
+            self.websocket_echo()
+        else:
+            self.reply(404, b"no such page")
+
+    def do_POST(self) -> None:
+        self.server.paths.append(self.path)
+        body, chunked = self.read_body()
+        self.reply(200, body, {"X-Got-Chunked": "yes" if chunked else "no"})
+
+    def websocket_echo(self) -> None:
+        """A tiny real WebSocket server: handshake, then echo text frames until close."""
+        accept = base64.b64encode(hashlib.sha1(self.headers["Sec-WebSocket-Key"].encode() + WS_GUID).digest())
+        self.wfile.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        self.close_connection = True
+        while True:
+            opcode, payload = read_frame(self.rfile.read)
+            self.wfile.write(frame(opcode, payload, mask=False))
+            if opcode == 8:
+                return
+
+
+def pattern(size: int) -> bytes:
+    return (hashlib.sha256(b"seed").digest() * (size // 32 + 1))[:size]
+
+
+def frame(opcode: int, payload: bytes, *, mask: bool) -> bytes:
+    assert len(payload) < 126
+    key = os.urandom(4) if mask else b""
+    data = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if mask else payload
+    return bytes([0x80 | opcode, (0x80 if mask else 0) | len(payload)]) + key + data
+
+
+def read_frame(read: Callable[[int], bytes]) -> tuple[int, bytes]:
+    first, second = read(2)
+    length = second & 0x7F
+    if length == 126:
+        (length,) = struct.unpack("!H", read(2))
+    key = read(4) if second & 0x80 else b"\0\0\0\0"
+    payload = read(length)
+    return first & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+# -- the runtime's own routes: a real small Falcon ASGI app -------------------------------------
+class Health:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = {"status": "ready"}
+
+
+class Info:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = {"nonce": req.get_param("nonce"), "scheme": req.scheme}
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = {"length": len(await req.stream.read())}
+
+
+def own_app() -> falcon.asgi.App:
+    app = falcon.asgi.App()
+    app.add_route("/health", Health())
+    app.add_route("/v1/enclave-info", Info())
+    return app
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+class LoopThread:
+    """An event loop running in a thread, as the runtime runs it."""
+
+    def __init__(self, kind: str) -> None:
+        self.loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Stack:
+    app: AppServer
+    server: PublicServer
+    metrics: Metrics
+    unavailable: list[str | None] = field(default_factory=lambda: [None])
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def client(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+
+def start_app() -> AppServer:
+    app = AppServer()
+    threading.Thread(target=app.serve_forever, args=(0.05,), daemon=True).start()
+    return app
+
+
+@pytest.fixture
+def loop_thread(request: pytest.FixtureRequest) -> Iterator[LoopThread]:
+    lt = LoopThread(getattr(request, "param", "uvloop"))
+    yield lt
+    lt.stop()
+
+
+@pytest.fixture
+def stack(loop_thread: LoopThread) -> Iterator[Stack]:
+    app = start_app()
+    metrics = Metrics()
+    unavailable: list[str | None] = [None]
+    server = PublicServer(
+        own_app=own_app(),
+        is_own_path=OWN.__contains__,
+        upstream_host="127.0.0.1",
+        upstream_port=app.server_address[1],
+        metrics=metrics,
+        app_unavailable=lambda: unavailable[0],
+        max_body_bytes=8 * 1024 * 1024,
+    )
+    loop_thread.run(server.start("tcp://127.0.0.1:0"))
+    yield Stack(app, server, metrics, unavailable)
+    loop_thread.run(server.close())
+    app.shutdown()
+    app.server_close()
+
+
+def request(stack: Stack, method: str, path: str, **kw: Any) -> tuple[int, dict[str, str], bytes]:
+    conn = stack.client()
+    try:
+        conn.request(method, path, **kw)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data``, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- tests -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("loop_thread", ["uvloop", "asyncio"], indirect=True)
+def test_get_and_post_with_content_length(stack: Stack) -> None:
+    assert request(stack, "GET", "/hello")[::2] == (200, b"hello")
+    status, headers, body = request(stack, "POST", "/echo", body=b"some body")
+    assert (status, body, headers["x-got-chunked"]) == (200, b"some body", "no")
+
+
+def test_chunked_request_body_is_streamed(stack: Stack) -> None:
+    pieces = [b"alpha-", b"beta-", b"gamma"]
+    status, headers, body = request(
+        stack, "POST", "/echo", body=iter(pieces), encode_chunked=True,
+        headers={"Transfer-Encoding": "chunked"},
+    )  # fmt: skip
+    assert (status, body, headers["x-got-chunked"]) == (200, b"alpha-beta-gamma", "yes")
+
+
+def test_chunked_response_is_relayed(stack: Stack) -> None:
+    status, headers, body = request(stack, "GET", "/chunked")
+    assert (status, body, headers["transfer-encoding"]) == (200, b"one two three", "chunked")
+
+
+def test_large_bodies_both_ways_arrive_intact(stack: Stack) -> None:
+    upload = os.urandom(BIG)
+    status, _, body = request(stack, "POST", "/echo", body=upload)
+    assert status == 200 and body == upload
+    status, headers, body = request(stack, "GET", "/big")
+    assert status == 200 and body == pattern(BIG) and headers["content-length"] == str(BIG)
+
+
+def test_keep_alive_reuses_client_and_upstream_connections(stack: Stack) -> None:
+    conn = stack.client()
+    for _ in range(10):
+        conn.request("GET", "/hello")
+        resp = conn.getresponse()
+        assert resp.read() == b"hello" and not resp.will_close
+    conn.close()
+    assert stack.app.connections == 1
+
+
+def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
+    reply = raw_exchange(
+        stack.port,
+        b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nsecond"
+        b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"HEAD /hello HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    assert re.findall(rb"HTTP/1\.1 (\d+) ", reply) == [b"200"] * 5
+    assert reply.index(b"\r\n\r\nhello") < reply.index(b"second") < reply.index(b'{"status"')
+    assert reply.endswith(b"\r\n\r\nhello") and reply.count(b"hello") == 2
+
+
+def test_own_paths_go_to_the_falcon_app(stack: Stack) -> None:
+    assert request(stack, "GET", "/health")[::2] == (200, b'{"status": "ready"}')
+    status, _, body = request(stack, "GET", "/v1/enclave-info?nonce=ab12")
+    assert (status, json.loads(body)) == (200, {"nonce": "ab12", "scheme": "http"})
+    status, _, body = request(stack, "POST", "/v1/enclave-info", body=b"x" * 1000)
+    assert (status, json.loads(body)) == (200, {"length": 1000})
+    status, _, body = request(stack, "POST", "/health", body=b"x" * (1024 * 1024 + 1))
+    assert (status, json.loads(body)["title"]) == (413, "Payload too large")
+    assert stack.app.paths == []
+
+
+def test_503_while_the_app_is_unavailable(stack: Stack) -> None:
+    stack.unavailable[0] = "the app is starting"
+    status, headers, body = request(stack, "GET", "/hello")
+    assert status == 503 and headers["content-type"] == "application/json"
+    assert json.loads(body) == {"title": "Service unavailable", "description": "the app is starting"}
+    assert request(stack, "GET", "/health")[0] == 200
+
+
+def test_502_when_the_app_is_down_or_resets(stack: Stack, loop_thread: LoopThread) -> None:
+    status, _, body = request(stack, "GET", "/reset")
+    expected = {"title": "Bad gateway", "description": "the app is not reachable"}
+    assert (status, json.loads(body)) == (502, expected)
+    down = PublicServer(
+        own_app=own_app(), is_own_path=OWN.__contains__, upstream_host="127.0.0.1",
+        upstream_port=free_port(), metrics=Metrics(),
+    )  # fmt: skip
+    loop_thread.run(down.start("tcp://127.0.0.1:0"))
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", down.port, timeout=10)
+        conn.request("GET", "/anything")
+        resp = conn.getresponse()
+        assert (resp.status, json.loads(resp.read())) == (502, expected)
+        conn.close()
+    finally:
+        loop_thread.run(down.close())
+
+
+def test_a_stale_idle_upstream_connection_is_retried_once(stack: Stack) -> None:
+    assert request(stack, "GET", "/hello")[0] == 200
+    stack.app.drop_reused = True
+    assert request(stack, "GET", "/hello")[::2] == (200, b"hello")
+    assert stack.app.connections == 2 and stack.app.paths.count("/hello") == 3
+
+
+def test_413_beyond_max_body_bytes(stack: Stack) -> None:
+    reply = raw_exchange(
+        stack.port, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 9000000\r\n\r\nxyz"
+    )
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in head
+    assert json.loads(body)["title"] == "Payload too large"
+    assert stack.app.paths == []
+
+
+def test_server_sent_events_arrive_incrementally(stack: Stack) -> None:
+    conn = stack.client()
+    conn.request("GET", "/sse")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+    first = resp.read1()  # the app holds back the rest until the client has this
+    stack.app.sse_gate.set()
+    rest = resp.read()
+    conn.close()
+    assert first == b"data: first\n\n" and rest == b"data: second\n\ndata: third\n\n"
+
+
+def test_websocket_upgrade_is_spliced(stack: Stack) -> None:
+    key = base64.b64encode(os.urandom(16))
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
+        )
+        reader = sock.makefile("rb")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += reader.readline()
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Accept: " + accept in head
+        for text in (b"hello websocket", b"second message"):
+            sock.sendall(frame(1, text, mask=True))
+            assert read_frame(reader.read) == (1, text)
+        sock.sendall(frame(8, b"", mask=True))
+        assert read_frame(reader.read) == (8, b"")
+        assert reader.read() == b""
+        reader.close()
+
+
+def test_malformed_request_gets_400_and_close(stack: Stack) -> None:
+    reply = raw_exchange(stack.port, b"GET /hello HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+    assert json.loads(body)["title"] == "Bad request"
+
+
+def test_forwarded_headers_added_and_hop_by_hop_stripped(stack: Stack) -> None:
+    status, headers, body = request(
+        stack, "GET", "/headers",
+        headers={"Host": "example.test", "Connection": "keep-alive, X-Hop", "X-Hop": "1",
+                 "Keep-Alive": "timeout=5", "TE": "trailers", "Proxy-Connection": "keep-alive",
+                 "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "spoofed", "X-Kept": "yes"},
+    )  # fmt: skip
+    seen = json.loads(body)
+    assert status == 200 and seen["host"] == "example.test" and seen["x-kept"] == "yes"
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert (seen["x-forwarded-proto"], seen["x-forwarded-host"]) == ("http", "example.test")
+    assert not {"x-hop", "keep-alive", "te", "proxy-connection"} & set(seen)
+    assert "keep-alive" not in request(stack, "GET", "/hello")[1]
+
+
+def test_metrics_count_requests_and_errors(stack: Stack) -> None:
+    for path in ("/hello", "/health", "/missing", "/fail"):
+        request(stack, "GET", path)
+    stack.unavailable[0] = "restarting"
+    request(stack, "GET", "/hello")
+    counters = stack.metrics.snapshot()
+    assert (counters["http_requests"], counters["http_errors"]) == (5, 2)
+
+
+def test_tls_listener_reports_https(loop_thread: LoopThread, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+    )
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    app = start_app()
+    server = PublicServer(
+        own_app=own_app(), is_own_path=OWN.__contains__, upstream_host="127.0.0.1",
+        upstream_port=app.server_address[1], metrics=Metrics(), ssl_context=server_ctx,
+    )  # fmt: skip
+    loop_thread.run(server.start("tcp://127.0.0.1:0"))
+    try:
+        client_ctx = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+        conn = http.client.HTTPSConnection("localhost", server.port, timeout=10, context=client_ctx)
+        conn.request("GET", "/v1/enclave-info")
+        assert json.loads(conn.getresponse().read())["scheme"] == "https"
+        conn.request("GET", "/headers")
+        assert json.loads(conn.getresponse().read())["x-forwarded-proto"] == "https"
+        conn.close()
+    finally:
+        loop_thread.run(server.close())
+        app.shutdown()
+        app.server_close()
