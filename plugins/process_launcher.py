@@ -235,8 +235,9 @@ class ProcessLauncher:
         if self._reader is not None:
             self._reader.join(timeout=2.0)
         self._last_exit = self._exit_info(code)
-        logger.bind(pid=proc.pid, exit_code=self._last_exit.exit_code,
-                    signal=self._last_exit.signal).info("enclave process ended")
+        logger.bind(
+            pid=proc.pid, exit_code=self._last_exit.exit_code, signal=self._last_exit.signal
+        ).info("enclave process ended")
         self._proc = None
         self._reader = None
         self._desc = None

@@ -15,7 +15,6 @@ from typing import Any
 
 import marshmallow
 import pytest
-from enclave_plugins import process_launcher
 from enclave_plugins.process_launcher import ProcessLauncher, runtime_argv
 
 from enclave_core.backends import build_backend
@@ -218,13 +217,17 @@ def test_addresses_and_default_command(tmp_path: Path) -> None:
     assert isinstance(launcher, Launcher)
     config_path = str(tmp_path / "enclave.yaml")
     assert runtime_argv(tmp_path / "enclave.yaml") == [
-        sys.executable, "-m", "enclave_core.cli.main", "runtime", "-c", config_path
+        sys.executable,
+        "-m",
+        "enclave_core.cli.main",
+        "runtime",
+        "-c",
+        config_path,
     ]
 
 
-def test_registered_and_built_from_config(make_config: Callable[..., Any]) -> None:
-    plugins = get_plugin_manager(extra_plugins=[("test-process", process_launcher)],
-                                 disable=_other_entry_points())
+def test_hook_enclave_register_launcher(make_config: Callable[..., Any]) -> None:
+    plugins = get_plugin_manager()
     config = make_config(launcher={"backend": "process", "options": {"log_lines": 7}})
     launcher = build_backend(config, plugins, "launcher")
     assert isinstance(launcher, ProcessLauncher)
@@ -233,10 +236,5 @@ def test_registered_and_built_from_config(make_config: Callable[..., Any]) -> No
         ProcessLauncher.Options().load({"comand": ["x"]})
     with pytest.raises(marshmallow.ValidationError):
         ProcessLauncher.Options().load({"command": []})
-
-
-def _other_entry_points() -> list[str]:
-    """Every installed plugin but the one under test (others may be mid-development)."""
-    from importlib import metadata
-
-    return [ep.name for ep in metadata.entry_points(group="enclave")]
+    assert plugins.launcher.owner("process") == "process-launcher"
+    assert plugins.launcher.get("process") is ProcessLauncher

@@ -1,0 +1,212 @@
+"""The supervisor's management API (DESIGN section 6), a Falcon ASGI app.
+
+| method, path             | answer                                                             |
+|--------------------------|--------------------------------------------------------------------|
+| GET  /health             | the watchdog's view; 200 when ``running``, else 503                |
+| GET  /v1/enclave-info    | the runtime's enclave-info plus ``host``; 503 if it cannot answer  |
+| GET  /metrics            | Prometheus text (see :mod:`.promexport`)                           |
+| POST /v1/start, /v1/stop | start or stop the enclave; 409 when already so; Bearer token       |
+
+``/health`` status: ``running`` = launched AND the runtime's control ``/health`` answers ready
+(probed on each request); ``starting`` = launched but not ready yet, or a restart is pending;
+``stopped`` = after ``POST /v1/stop``; ``error`` = the launcher cannot start it, or the runtime,
+once ready, reports degraded or stops answering. Besides the DESIGN fields the body carries
+``error`` (the launcher's failure) and ``runtime`` (the last probe).
+
+Every error is JSON ``{"title", "description"}``. Every request is logged (method, path, status,
+duration_ms) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+import falcon.asgi
+from loguru import logger
+
+from enclave_core import __version__
+from enclave_core.config import Config
+from enclave_core.errors import EnclaveError
+from enclave_core.supervisor.promexport import CONTENT_TYPE, SupervisorMetrics
+from enclave_core.supervisor.watchdog import Watchdog
+
+RuntimeInfo = Callable[[], dict[str, Any]]
+
+
+async def require_token(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any, params: Any
+) -> None:
+    """Falcon hook: 401 without a Bearer token, 403 with a wrong one (constant-time compare)."""
+    scheme, _, value = (req.get_header("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise falcon.HTTPUnauthorized(
+            title="Unauthorized",
+            description="this call needs 'Authorization: Bearer <token>'; the token is in "
+            ".enclave/supervisor/token",
+            challenges=["Bearer"],
+        )
+    if not hmac.compare_digest(value.strip().encode(), resource.token.encode()):
+        raise falcon.HTTPForbidden(title="Forbidden", description="the supervisor token is wrong")
+
+
+class HealthResource:
+    """``GET /health``: the launcher's and watchdog's view of the enclave."""
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        self._watchdog = watchdog
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """200 when running, 503 otherwise, same body either way."""
+        body = await self._watchdog.health()
+        resp.status = 200 if body["status"] == "running" else 503
+        resp.media = body
+
+
+class EnclaveInfoResource:
+    """``GET /v1/enclave-info``: the runtime's own answer plus the host's facts."""
+
+    def __init__(self, watchdog: Watchdog, runtime_info: RuntimeInfo, config: Config) -> None:
+        self._watchdog = watchdog
+        self._runtime_info = runtime_info
+        self._config = config
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Raises RuntimeUnavailable (503) when the runtime cannot answer."""
+        info = await asyncio.to_thread(self._runtime_info)
+        desc = await asyncio.to_thread(self._watchdog.launcher.describe)
+        info["host"] = {
+            "instance_type": self._config.instance_type,
+            "enclave_id": desc.enclave_id if desc else None,
+            "enclave_cid": desc.enclave_cid if desc else None,
+            "cpu_count": desc.cpu_count if desc else self._config.enclave.cpu_count,
+            "memory_mib": desc.memory_mib if desc else self._config.enclave.memory_mib,
+            "restarts": self._watchdog.restarts,
+            "supervisor_version": __version__,
+        }
+        resp.media = info
+
+
+class MetricsResource:
+    """``GET /metrics``: Prometheus text exposition."""
+
+    def __init__(
+        self, watchdog: Watchdog, runtime_info: RuntimeInfo, metrics: SupervisorMetrics
+    ) -> None:
+        self._watchdog = watchdog
+        self._runtime_info = runtime_info
+        self._metrics = metrics
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """The runtime counters are left out while the runtime cannot answer."""
+        health = await self._watchdog.health()
+        try:
+            counters = (await asyncio.to_thread(self._runtime_info)).get("metrics")
+        except EnclaveError:
+            counters = None
+        resp.data = self._metrics.render(
+            up=health["status"] == "running",
+            restarts=self._watchdog.restarts,
+            counters=counters if isinstance(counters, dict) else None,
+        )
+        resp.content_type = CONTENT_TYPE
+
+
+class StartResource:
+    """``POST /v1/start``: start the enclave and resume the watchdog."""
+
+    def __init__(self, watchdog: Watchdog, token: str) -> None:
+        self._watchdog = watchdog
+        self.token = token
+
+    @falcon.before(require_token)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """409 when it is already running; answers with the new ``/health`` body."""
+        await self._watchdog.start_enclave()
+        resp.media = await self._watchdog.health()
+
+
+class StopResource:
+    """``POST /v1/stop``: stop the enclave and suspend the watchdog."""
+
+    def __init__(self, watchdog: Watchdog, token: str) -> None:
+        self._watchdog = watchdog
+        self.token = token
+
+    @falcon.before(require_token)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """409 when it is already stopped; answers with the new ``/health`` body."""
+        await self._watchdog.stop_enclave()
+        resp.media = await self._watchdog.health()
+
+
+class RequestLog:
+    """Middleware: logs and counts every request with its route template as the metric label."""
+
+    def __init__(self, metrics: SupervisorMetrics) -> None:
+        self._metrics = metrics
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Note when the request started."""
+        req.context.started = time.perf_counter()
+
+    async def process_response(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any, ok: bool
+    ) -> None:
+        """Log ``method, path, status, duration_ms`` and update the request metrics."""
+        seconds = time.perf_counter() - getattr(req.context, "started", time.perf_counter())
+        status = resp.status_code
+        logger.info(
+            "request",
+            method=req.method,
+            path=req.path,
+            status=status,
+            duration_ms=round(seconds * 1000, 2),
+        )
+        self._metrics.observe_request(req.method, req.uri_template or "unmatched", status, seconds)
+
+
+def _serialize_error(req: Any, resp: Any, exc: falcon.HTTPError) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    title = exc.title or "Error"
+    resp.data = json.dumps({"title": title, "description": exc.description or title}).encode()
+
+
+async def _enclave_error(req: Any, resp: Any, exc: EnclaveError, params: Any) -> None:
+    resp.status = exc.http_status
+    resp.media = {"title": exc.title, "description": str(exc)}
+
+
+async def _unexpected_error(req: Any, resp: Any, exc: Exception, params: Any) -> None:
+    logger.bind(method=req.method, path=req.path, error=type(exc).__name__).exception(
+        "management API request failed"
+    )
+    resp.status = 500
+    resp.media = {"title": "Internal error", "description": "see the supervisor's log"}
+
+
+def create_app(
+    *,
+    watchdog: Watchdog,
+    runtime_info: RuntimeInfo,
+    config: Config,
+    token: str,
+    metrics: SupervisorMetrics | None = None,
+) -> falcon.asgi.App:
+    """Build the management API around its dependencies (tests pass fakes)."""
+    metrics = metrics or SupervisorMetrics()
+    app = falcon.asgi.App(middleware=[RequestLog(metrics)])
+    app.add_route("/health", HealthResource(watchdog))
+    app.add_route("/v1/enclave-info", EnclaveInfoResource(watchdog, runtime_info, config))
+    app.add_route("/metrics", MetricsResource(watchdog, runtime_info, metrics))
+    app.add_route("/v1/start", StartResource(watchdog, token))
+    app.add_route("/v1/stop", StopResource(watchdog, token))
+    app.add_error_handler(Exception, _unexpected_error)
+    app.add_error_handler(EnclaveError, _enclave_error)
+    app.set_error_serializer(_serialize_error)
+    return app

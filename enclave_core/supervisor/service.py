@@ -1,0 +1,227 @@
+"""``enclave supervisor``: management API, one watchdog and the ingress forwarders in one loop.
+
+:func:`run_supervisor` binds every listener first (a taken address fails fast, naming it), starts
+the enclave, serves until SIGINT or SIGTERM, then stops the watchdog, the forwarders, the enclave
+and the API within 10 seconds. uvicorn serves the Falcon app on a socket we bound ourselves and
+does not install signal handlers: the supervisor owns SIGINT and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from functools import partial
+from typing import Any
+
+import uvicorn
+from loguru import logger
+
+from enclave_core import transport
+from enclave_core.backends import build_backend
+from enclave_core.config import CONFIG_FILENAME, Config
+from enclave_core.errors import EnclaveError
+from enclave_core.interfaces import Launcher, LaunchSpec
+from enclave_core.manager import Plugins
+from enclave_core.supervisor.api import create_app
+from enclave_core.supervisor.forwarders import IngressForwarder
+from enclave_core.supervisor.promexport import SupervisorMetrics
+from enclave_core.supervisor.runtime_client import RuntimeClient
+from enclave_core.supervisor.token import ensure_token
+from enclave_core.supervisor.watchdog import Watchdog
+
+Announce = Callable[[dict[str, str]], None]
+
+#: The launcher gets this long for a graceful stop before SIGKILL; the rest of the 10 s budget
+#: covers the API's and forwarders' shutdown.
+STOP_TIMEOUT_S = 6.0
+API_SHUTDOWN_S = 2.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (the supervisor's loop handles the signals)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn >= 0.29 installs handlers here; do nothing."""
+        yield
+
+    def install_signal_handlers(self) -> None:
+        """Older uvicorn versions install handlers here; do nothing."""
+
+
+def launch_spec(config: Config) -> LaunchSpec:
+    """What the launcher starts for this config."""
+    return LaunchSpec(
+        config_path=config.path or config.base_dir / CONFIG_FILENAME,
+        cpu_count=config.enclave.cpu_count,
+        memory_mib=config.enclave.memory_mib,
+        cid=config.enclave.cid,
+        eif=config.resolve(config.enclave.eif),
+        debug_mode=config.enclave.debug_mode,
+        name=config.name,
+    )
+
+
+def run_supervisor(config: Config, plugins: Plugins, *, announce: Announce | None = None) -> int:
+    """Run the supervisor until SIGINT/SIGTERM; return the exit code (0 on a clean stop).
+
+    :param announce: called once everything listens, with the URLs of the supervisor, the
+        ingress, the runtime and the app.
+    :raises EnclaveError: a listen address is taken, or the launcher cannot be built.
+    """
+    launcher: Launcher = build_backend(config, plugins, "launcher")
+    token = ensure_token(config.state_dir)
+    if not _is_loopback(config.supervisor.listen):
+        logger.warning(
+            "the management API listens on a non-loopback address",
+            listen=config.supervisor.listen,
+        )
+    return _run(_serve(config, launcher, token, announce))
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+async def _serve(config: Config, launcher: Launcher, token: str, announce: Announce | None) -> int:
+    api_socket = _bind(config.supervisor.listen)
+    forwarders: list[IngressForwarder] = []
+    try:
+        for entry in config.supervisor.ingress:
+            target = partial(launcher.enclave_address, entry.port)
+            forwarder = IngressForwarder(entry.listen, target)
+            await forwarder.start()
+            forwarders.append(forwarder)
+    except BaseException:
+        api_socket.close()
+        for forwarder in forwarders:
+            await forwarder.close()
+        raise
+    stop = asyncio.Event()
+    _handle_signals(stop)  # only once every listener is bound: a bind failure leaves none behind
+
+    runtime = RuntimeClient(launcher, config)
+    watchdog = Watchdog(
+        launcher,
+        launch_spec(config),
+        runtime.health,
+        config.supervisor.watchdog,
+        stop_timeout_s=STOP_TIMEOUT_S,
+    )
+    app = create_app(
+        watchdog=watchdog,
+        runtime_info=runtime.enclave_info,
+        config=config,
+        token=token,
+        metrics=SupervisorMetrics(),
+    )
+    server = _Server(
+        uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(API_SHUTDOWN_S),
+        )
+    )
+    api_task = asyncio.create_task(server.serve(sockets=[api_socket]))
+    watchdog_task: asyncio.Task[None] | None = None
+    try:
+        await watchdog.boot()
+        watchdog_task = asyncio.create_task(watchdog.run())  # exactly one watchdog
+        urls = _urls(config, launcher, runtime, forwarders)
+        logger.bind(**urls).info("supervisor ready")
+        if announce is not None:
+            announce(urls)
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({stop_task, api_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+    finally:
+        await _shutdown(watchdog, watchdog_task, forwarders, server, api_task)
+        api_socket.close()
+    return 0
+
+
+async def _shutdown(
+    watchdog: Watchdog,
+    watchdog_task: asyncio.Task[None] | None,
+    forwarders: list[IngressForwarder],
+    server: uvicorn.Server,
+    api_task: asyncio.Task[None],
+) -> None:
+    """Stop the watchdog, the forwarders, the enclave, then the API (within 10 s in all)."""
+    logger.info("supervisor stopping")
+    if watchdog_task is not None:
+        watchdog_task.cancel()
+        await asyncio.gather(watchdog_task, return_exceptions=True)
+    for forwarder in forwarders:
+        await forwarder.close()
+    try:
+        await watchdog.shutdown()
+    except EnclaveError as exc:
+        logger.bind(error=str(exc)).error("stopping the enclave failed")
+    server.should_exit = True
+    try:
+        await asyncio.wait_for(api_task, API_SHUTDOWN_S + 1)
+    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutting down regardless
+        logger.bind(error=type(exc).__name__).warning("management API did not stop cleanly")
+    logger.info("supervisor stopped")
+
+
+def _handle_signals(stop: asyncio.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread; an embedding caller stops us otherwise
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def _bind(listen: str) -> Any:
+    try:
+        return transport.listen_socket(f"tcp://{listen}")
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise EnclaveError(f"supervisor management API cannot listen on {listen}: {why}") from None
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url(address: str, scheme: str) -> str:
+    """``tcp://H:P`` -> ``scheme://H:P`` (wildcards shown as loopback); others unchanged."""
+    if not address.startswith("tcp://"):
+        return address
+    host, _, port = address[len("tcp://") :].rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "127.0.0.1"
+    return f"{scheme}://{host}:{port}"
+
+
+def _urls(
+    config: Config, launcher: Launcher, runtime: RuntimeClient, forwarders: list[IngressForwarder]
+) -> dict[str, str]:
+    scheme = runtime.public_scheme
+    return {
+        "supervisor": _http_url(f"tcp://{config.supervisor.listen}", "http"),
+        "ingress": ", ".join(_http_url(f"tcp://{f.bound}", scheme) for f in forwarders),
+        "runtime": _http_url(runtime.public_address(), scheme),
+        "app": f"http://127.0.0.1:{config.app.port}",
+    }
