@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,6 +36,7 @@ from enclave_core.testing import free_port
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BIG = 5 * 1024 * 1024
+FLOOD = 64 * 1024 * 1024
 OWN = {"/health", "/v1/enclave-info", "/enclave/attestation"}
 
 
@@ -51,6 +53,8 @@ class AppServer(ThreadingHTTPServer):
         self.sse_gate = threading.Event()
         self.drop_reused = False
         self.lock = threading.Lock()
+        self.flood_sent = 0
+        self.sink_gate = threading.Event()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients (the proxy) may hang up; that is not a test failure."""
@@ -132,11 +136,30 @@ class AppHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"data: second\n\ndata: third\n\n")
         elif self.path == "/ws":
             self.websocket_echo()
+        elif self.path == "/until-close":
+            self.send_response(200)
+            self.end_headers()
+            self.close_connection = True
+            self.wfile.write(b"ends when the app closes")
+        elif self.path == "/flood":
+            self.send_response(200)
+            self.send_header("Content-Length", str(FLOOD))
+            self.end_headers()
+            piece = b"f" * (1 << 20)
+            for _ in range(FLOOD >> 20):
+                self.wfile.write(piece)
+                self.server.flood_sent += len(piece)
         else:
             self.reply(404, b"no such page")
 
     def do_POST(self) -> None:
         self.server.paths.append(self.path)
+        if self.path == "/early":
+            self.close_connection = True
+            self.reply(200, b"early answer", {"Connection": "close"})
+            return
+        if self.path == "/slow-sink":
+            self.server.sink_gate.wait(30)
         body, chunked = self.read_body()
         self.reply(200, body, {"X-Got-Chunked": "yes" if chunked else "no"})
 
@@ -255,7 +278,7 @@ def stack(loop_thread: LoopThread) -> Iterator[Stack]:
         upstream_port=app.server_address[1],
         metrics=metrics,
         app_unavailable=lambda: unavailable[0],
-        max_body_bytes=8 * 1024 * 1024,
+        max_body_bytes=100 * 1024 * 1024,
     )
     loop_thread.run(server.start("tcp://127.0.0.1:0"))
     yield Stack(app, server, metrics, unavailable)
@@ -385,7 +408,7 @@ def test_a_stale_idle_upstream_connection_is_retried_once(stack: Stack) -> None:
 
 def test_413_beyond_max_body_bytes(stack: Stack) -> None:
     reply = raw_exchange(
-        stack.port, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 9000000\r\n\r\nxyz"
+        stack.port, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 200000000\r\n\r\nxyz"
     )
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in head
@@ -494,3 +517,99 @@ def test_tls_listener_reports_https(loop_thread: LoopThread, tmp_path: Path) -> 
         loop_thread.run(server.close())
         app.shutdown()
         app.server_close()
+
+
+def wait_until_stalled(progress: Callable[[], int], total: int) -> int:
+    """Poll ``progress`` until it stops moving (or reaches ``total``); return where it stopped."""
+    samples: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        samples.append(progress())
+        if samples[-1] >= total or samples[-4:] == [samples[-1]] * 4:
+            return samples[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"still moving after 30 s: {samples[-3:]}")
+
+
+async def buffered(server: PublicServer) -> int:
+    """Bytes the proxy holds in its write buffers, client and upstream side."""
+    total = 0
+    for conn in server.connections:
+        total += conn.transport.get_write_buffer_size()
+        if conn.bound is not None:
+            total += conn.bound.transport.get_write_buffer_size()
+    return total
+
+
+def test_back_pressure_on_a_slow_client(stack: Stack, loop_thread: LoopThread) -> None:
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(b"GET /flood HTTP/1.1\r\nHost: a\r\n\r\n")
+        received = len(sock.recv(65536))
+        assert wait_until_stalled(lambda: stack.app.flood_sent, FLOOD) < FLOOD
+        assert loop_thread.run(buffered(stack.server)) <= 1 << 20
+        while chunk := sock.recv(1 << 20):  # the client catches up: everything arrives
+            received += len(chunk)
+            if received >= FLOOD:
+                break
+    assert received > FLOOD and stack.app.flood_sent == FLOOD
+
+
+def test_back_pressure_on_a_slow_app(stack: Stack, loop_thread: LoopThread) -> None:
+    sent = [0]
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as sock:
+
+        def upload() -> None:
+            sock.sendall(b"POST /slow-sink HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % FLOOD)
+            piece = b"u" * (1 << 20)
+            for _ in range(FLOOD >> 20):
+                sock.sendall(piece)
+                sent[0] += len(piece)
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        try:
+            assert wait_until_stalled(lambda: sent[0], FLOOD) < FLOOD
+            assert loop_thread.run(buffered(stack.server)) <= 1 << 20
+        finally:
+            stack.app.sink_gate.set()
+            uploader.join(30)
+        reader = sock.makefile("rb")
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += reader.readline()
+        echoed = reader.read(FLOOD)
+        reader.close()
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Content-Length: %d\r\n" % FLOOD in head
+    assert sent[0] == FLOOD and echoed == b"u" * FLOOD
+
+
+def test_close_delimited_answers_for_http_1_0_and_1_1_clients(stack: Stack) -> None:
+    reply = raw_exchange(stack.port, b"GET /until-close HTTP/1.0\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" not in head.lower()
+    assert body == b"ends when the app closes"
+    status, headers, body = request(stack, "GET", "/until-close")
+    assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"ends when the app closes")
+
+
+def test_early_answer_then_the_rest_of_the_body_is_drained(stack: Stack) -> None:
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200 ")
+        while (line := reader.readline()) != b"\r\n":
+            assert not line.lower().startswith(b"connection: close")
+        assert reader.read(len(b"early answer")) == b"early answer"
+        sock.sendall(b"x" * 100000 + b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert reader.readline().startswith(b"HTTP/1.1 200 ")
+        reader.close()
+
+
+def test_client_half_close_still_gets_the_answer(stack: Stack) -> None:
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nhello")

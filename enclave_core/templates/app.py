@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Hello, Simple Enclave: a dependency-free HTTP app run inside the enclave.
+
+It greets, counts its visits in the enclave's encrypted storage (through the app API) and says
+whether its static secret reached it, never showing the secret itself.
+
+Routes: ``GET /`` (text), ``GET /json`` (``{"greeting", "visits", "secret_present"}``),
+``GET /health`` (``ok``). The runtime sets ``PORT``, ``ENCLAVE_API_URL``,
+``ENCLAVE_MGMT_TOKEN`` and the static secrets (here ``APP_SIGNING_KEY``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import string
+import sys
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DEFAULT_GREETING = "Hello from Simple Enclave!"
+SIGNING_KEY_ENV = "APP_SIGNING_KEY"
+VISITS_KEY = "visits"
+API_TIMEOUT_S = 5.0
+MAX_ATTEMPTS = 50
+
+
+def secret_status() -> str:
+    """Describe whether the static secret is present: its length and alphabet, never its value."""
+    value = os.environ.get(SIGNING_KEY_ENV)
+    if not value:
+        return "no"
+    kind = "hex chars" if all(c in string.hexdigits for c in value) else "chars"
+    return f"yes ({len(value)} {kind})"
+
+
+def _api(method: str, key: str, body: bytes | None, headers: dict[str, str]) -> Any:
+    url = f"{os.environ['ENCLAVE_API_URL'].rstrip('/')}/v1/storage/{key}"
+    headers = {"Authorization": f"Bearer {os.environ['ENCLAVE_MGMT_TOKEN']}", **headers}
+    # ENCLAVE_API_URL is the runtime's loopback http:// address, set by the runtime itself.
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
+    return urllib.request.urlopen(request, timeout=API_TIMEOUT_S)  # noqa: S310
+
+
+def count_visit() -> int | None:
+    """Add one to the visit counter in storage and return it (None without the app API).
+
+    Optimistic concurrency: read the counter and its ETag, write it back with ``If-Match`` (or
+    ``If-None-Match: *`` the first time); when another request won (412), pause a random, growing
+    while and start again.
+    """
+    if not os.environ.get("ENCLAVE_API_URL") or not os.environ.get("ENCLAVE_MGMT_TOKEN"):
+        return None
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            with _api("GET", VISITS_KEY, None, {}) as response:
+                visits = int(json.loads(response.read())["visits"])
+                condition = {"If-Match": response.headers["ETag"]}
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code != 404:
+                raise
+            visits, condition = 0, {"If-None-Match": "*"}
+        body = json.dumps({"visits": visits + 1}).encode()
+        headers = {"Content-Type": "application/json", **condition}
+        try:
+            with _api("PUT", VISITS_KEY, body, headers):
+                return visits + 1
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code != 412:
+                raise
+        # Lost the race: random backoff spreads concurrent writers out.
+        time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
+    raise RuntimeError(f"could not update {VISITS_KEY!r}: too much contention")
+
+
+class Handler(BaseHTTPRequestHandler):
+    """The app's routes, on HTTP/1.1 with keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "hello-enclave/1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        """Serve /, /json and /health."""
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            self._send(200, "text/plain; charset=utf-8", b"ok\n")
+            return
+        if path not in ("/", "/json"):
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+            return
+        greeting = os.environ.get("GREETING") or DEFAULT_GREETING
+        try:
+            visits = count_visit()
+            visits_text = "unavailable (no app API)" if visits is None else str(visits)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            visits, visits_text = None, f"unavailable ({type(exc).__name__})"
+        if path == "/json":
+            document = {
+                "greeting": greeting,
+                "visits": visits,
+                "secret_present": bool(os.environ.get(SIGNING_KEY_ENV)),
+            }
+            self._send(200, "application/json", json.dumps(document).encode() + b"\n")
+            return
+        text = f"{greeting}\nvisits: {visits_text}\nsecret present: {secret_status()}\n"
+        self._send(200, "text/plain; charset=utf-8", text.encode())
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Stay quiet: the runtime already logs every request."""
+
+
+def main() -> int:
+    """Serve on 127.0.0.1:$PORT until SIGTERM or Ctrl-C."""
+    port = int(os.environ.get("PORT") or os.environ.get("ENCLAVE_APP_PORT") or "7074")
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"hello app listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

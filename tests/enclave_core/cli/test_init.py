@@ -1,0 +1,109 @@
+"""`enclave init`: the commented enclave.yaml, the example app, the templates' single copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from enclave_core.cli.init import template_text
+from enclave_core.cli.main import main
+from enclave_core.config import ConfigSchema, load_config
+
+REPO = Path(__file__).resolve().parents[3]
+TEMPLATES = REPO / "enclave_core" / "templates"
+EXAMPLE = REPO / "examples" / "hello"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_init_writes_the_config_and_the_app(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "My Shop"
+    code, out, err = cli(capsys, "init", str(folder))
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"wrote {folder / 'enclave.yaml'}",
+        f"wrote {folder / 'app.py'}",
+        f"Next: cd {folder} && enclave dev",
+    ]
+    assert (folder / "app.py").read_bytes() == (TEMPLATES / "app.py").read_bytes()
+    config = load_config(folder / "enclave.yaml")
+    assert config.name == "my-shop"  # derived from the folder's name
+
+
+def test_the_written_config_is_commented_and_has_every_section(tmp_path: Path) -> None:
+    assert main(["init", str(tmp_path)]) == 0
+    text = (tmp_path / "enclave.yaml").read_text()
+    document = yaml.safe_load(text)
+    assert set(document) == set(ConfigSchema().fields)  # every section of DESIGN section 4
+    assert document["runtime"]["tls"] is False
+    assert document["supervisor"]["ingress"] == [{"listen": "127.0.0.1:8080", "port": 7073}]
+    assert document["runtime"]["port"] == 7073
+    assert document["secrets"]["static"] == [{"name": "signing_key", "env_var": "APP_SIGNING_KEY"}]
+    assert document["app"]["health_path"] == "/health"
+    comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
+    inline = [line for line in text.splitlines() if "  # " in line]
+    assert len(comments) >= 10 and len(inline) >= 10
+
+
+def test_the_written_config_validates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["init", str(tmp_path)]) == 0
+    capsys.readouterr()
+    code, out, err = cli(capsys, "config", "validate", "-c", str(tmp_path / "enclave.yaml"))
+    assert (code, out, err) == (0, f"OK: {tmp_path / 'enclave.yaml'}\n", "")
+
+
+def test_init_refuses_to_overwrite_without_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "app.py").write_text("print('mine')\n")
+    code, out, err = cli(capsys, "init", str(tmp_path))
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"ERROR: {tmp_path / 'app.py'} already exists (use --force to overwrite it)"
+    ]
+    assert (tmp_path / "app.py").read_text() == "print('mine')\n"
+    assert not (tmp_path / "enclave.yaml").exists()  # nothing written when anything exists
+
+    code, _, _ = cli(capsys, "init", str(tmp_path), "--force")
+    assert code == 0
+    assert (tmp_path / "app.py").read_text() == template_text("app.py")
+
+
+def test_init_in_the_current_folder_and_to_a_named_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["init"]) == 0
+    assert load_config(here / "enclave.yaml").name == "here"
+    assert (here / "app.py").exists()
+
+    target = tmp_path / "elsewhere" / "stack.yaml"
+    assert main(["init", "-c", str(target)]) == 0
+    assert load_config(target).name == "elsewhere"
+    assert (target.parent / "app.py").exists()
+    capsys.readouterr()
+
+    code, _, err = cli(capsys, "init", str(tmp_path), "-c", str(target))
+    assert code == 1
+    assert err.splitlines() == ["ERROR: give DIR or -c FILE to `enclave init`, not both"]
+
+
+def test_example_is_the_template(tmp_path: Path) -> None:
+    # One source of truth: examples/hello is exactly what `enclave init` writes.
+    assert (EXAMPLE / "app.py").read_bytes() == (TEMPLATES / "app.py").read_bytes()
+    assert (EXAMPLE / "enclave.yaml").read_bytes() == (TEMPLATES / "enclave.yaml").read_bytes()
+    assert template_text("app.py") == (TEMPLATES / "app.py").read_text()
+    config = load_config(EXAMPLE / "enclave.yaml")
+    assert config.name == "hello"
+    assert (EXAMPLE / "README.md").read_text().count("\n") <= 4
