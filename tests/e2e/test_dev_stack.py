@@ -116,13 +116,14 @@ def test_bad_input_is_refused_and_changes_nothing(stack: DevStack) -> None:
         assert set(error) == {"title", "description"}, error
         assert "Traceback" not in answer.decode()
 
-    # A body over the 10 MiB cap is refused from its Content-Length, before it is sent.
+    # A body over the 10 MiB cap is refused from its Content-Length, after its first bytes and
+    # long before the whole body is sent.
     host, port = api.removeprefix("http://").split(":")
     conn = httpclient.HTTPConnection(host, int(port), timeout=10)
     conn.putrequest("PUT", "/v1/storage/k")
     conn.putheader("Authorization", auth(env)["Authorization"])
     conn.putheader("Content-Length", str(10 * 1024 * 1024 + 1))
-    conn.endheaders()
+    conn.endheaders(b"x" * 65536)
     response = conn.getresponse()
     assert response.status == 413
     assert set(json.loads(response.read())) == {"title", "description"}
