@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from enclave_core.cli.common import EnclaveCommand
 
@@ -18,8 +19,9 @@ class Runtime(EnclaveCommand):
         """Load the config and run the runtime until it is told to stop."""
         # Imported here: the runtime pulls in the HTTP stack, which other commands do not need.
         from enclave_core.runtime.server import run_runtime
+        from enclave_core.supervisor.service import DEFAULTS_ENV
 
-        config = self.load(parsed_args)
+        config = self.load(parsed_args, allow_missing=os.environ.get(DEFAULTS_ENV) == "1")
         return run_runtime(config, self.plugins(config))
 
 

@@ -53,6 +53,10 @@ class _Server(uvicorn.Server):
         """Older uvicorn versions install handlers here; do nothing."""
 
 
+#: Set in the runtime's environment when the stack runs on defaults, without an enclave.yaml.
+DEFAULTS_ENV = "ENCLAVE_CONFIG_DEFAULTS"
+
+
 def launch_spec(config: Config) -> LaunchSpec:
     """What the launcher starts for this config."""
     return LaunchSpec(
@@ -63,6 +67,8 @@ def launch_spec(config: Config) -> LaunchSpec:
         eif=config.resolve(config.enclave.eif),
         debug_mode=config.enclave.debug_mode,
         name=config.name,
+        # Without an enclave.yaml the runtime must run on the same defaults as the supervisor.
+        env={DEFAULTS_ENV: "1"} if config.path is None else {},
     )
 
 
