@@ -104,6 +104,7 @@ class OwnRequest:
             logger.opt(exception=True).error("runtime route failed", path=self.scope["path"])
         finally:
             self.abort()
+            ex.task = None
         if finished or ex.responded:
             return
         if start is not None:
@@ -156,4 +157,3 @@ def make_scope(
 
 def _too_large() -> str:
     return f"the body exceeds {MAX_OWN_BODY} bytes"
-

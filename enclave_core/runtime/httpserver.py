@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 REASONS = {status.value: status.phrase.encode("latin-1") for status in HTTPStatus}
 BUFFER_HIGH = 256 * 1024  # pause reading a body nobody consumes yet beyond this
 DISCARD_LIMIT = 4 << 20  # request body read and dropped after an early answer, then close
+LINGER_S = 2.0  # after our FIN, unread input is drained this long so it causes no reset
+MAX_HEAD = 1 << 20  # bytes a request head may take (counted per read, so a bound, not exact)
 # pause_reading reasons
 PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_DEAD = 1, 2, 4, 8
 
@@ -58,37 +60,33 @@ def error_response(status: int, title: str, description: str, *, close: bool) ->
 class Exchange:
     """One request and the state of its answer."""
 
-    __slots__ = (
-        "url", "headers", "method", "version", "keep_alive", "content_length", "chunked", "host",
-        "expect", "upgrade", "xff", "hop", "body", "buffered", "received", "complete", "handler",
-        "task", "discard", "head_sent", "responded", "status", "error", "started",
-    )  # fmt: skip
+    # class-level defaults: a request only pays for the attributes it changes
+    url = b""
+    method = b""
+    version = "1.1"
+    keep_alive = True
+    content_length: int | None = None
+    chunked = False
+    host: bytes | None = None
+    expect = False
+    upgrade: bytes | None = None  # the Upgrade header when Connection asks to upgrade
+    xff: bytes | None = None
+    hop: set[bytes] | None = None  # extra hop-by-hop names listed in Connection
+    buffered = 0
+    received = 0
+    complete = False  # the whole request message has been read
+    handler: Handler | None = None
+    task: asyncio.Task[None] | None = None
+    discard = False  # answered early: drop the rest of the body
+    head_sent = False
+    responded = False
+    status = 0
+    error: tuple[int, str, str] | None = None
+    started = 0.0
 
     def __init__(self) -> None:
-        self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.method = b""
-        self.version = "1.1"
-        self.keep_alive = True
-        self.content_length: int | None = None
-        self.chunked = False
-        self.host: bytes | None = None
-        self.expect = False
-        self.upgrade: bytes | None = None  # the Upgrade header when Connection asks to upgrade
-        self.xff: bytes | None = None
-        self.hop: set[bytes] | None = None  # extra hop-by-hop names listed in Connection
         self.body: list[bytes] = []  # body received before a handler takes it
-        self.buffered = 0
-        self.received = 0
-        self.complete = False  # the whole request message has been read
-        self.handler: Handler | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.discard = False  # answered early: drop the rest of the body
-        self.head_sent = False
-        self.responded = False
-        self.status = 0
-        self.error: tuple[int, str, str] | None = None
-        self.started = 0.0
 
     def classify(self) -> None:
         """Read the headers that matter to framing and forwarding."""
@@ -134,6 +132,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.eof = False
         self.advancing = False
+        self.head_bytes = 0
+        self.linger: asyncio.TimerHandle | None = None
         self.idle_since = self.loop.time()
         self.client: tuple[str, int] | None = None
         self.client_ip = b"unknown"
@@ -155,6 +155,8 @@ class ClientConnection(asyncio.Protocol):
         """Stop whatever this connection's requests still have running."""
         self.closed = True
         self.server.connections.discard(self)
+        if self.linger is not None:
+            self.linger.cancel()
         if self.tunnel is not None:
             self.tunnel.close()
         for ex in self.pipeline:
@@ -163,6 +165,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; after an upgrade, pass bytes through."""
+        if self.closed:
+            return  # lingering: drop what the client still sends
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
             return
@@ -173,19 +177,36 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded(data[exc.args[0] :])
+            return
         except httptools.HttpParserCallbackError:
             logger.opt(exception=True).error("public listener: request handling failed")
             self._malformed(500, "Internal error", "the request could not be handled")
+            return
         except httptools.HttpParserError as exc:
             self._malformed(400, "Bad request", f"malformed HTTP request: {exc}")
+            return
+        ex = self.parsing
+        if ex is not None and not ex.method:  # a head still incomplete: bound its size
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD:
+                self._malformed(
+                    431, "Request header fields too large", "the request head is too large"
+                )
+        elif self.head_bytes:
+            self.head_bytes = 0
 
     def eof_received(self) -> bool:
         """Half-close: finish the answers in flight (plain TCP only), then close."""
-        if self.tunnel is not None:
-            if self.tunnel.transport.can_write_eof():
-                self.tunnel.transport.write_eof()
-            return self.server.ssl_context is None
+        if self.closed:
+            return False
         self.eof = True
+        up = self.tunnel
+        if up is not None:  # pass the half-close on; close once both sides have ended
+            if up.peer_eof or not up.transport.can_write_eof() or self.server.ssl_context:
+                up.close()
+                return False
+            up.transport.write_eof()
+            return True
         return bool(self.pipeline) and self.server.ssl_context is None
 
     def pause_writing(self) -> None:
@@ -221,6 +242,8 @@ class ClientConnection(asyncio.Protocol):
         """Queue the request; handle it now if nothing is ahead of it."""
         ex = self.parsing
         assert ex is not None
+        if self.closed:
+            return
         ex.method = self.parser.get_method()
         ex.version = self.parser.get_http_version()
         ex.keep_alive = self.parser.should_keep_alive()
@@ -238,13 +261,16 @@ class ClientConnection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         """A piece of the current request's body."""
-        self._body(self.parsing, data)  # type: ignore[arg-type]
+        if not self.closed:
+            self._body(self.parsing, data)  # type: ignore[arg-type]
 
     def on_message_complete(self) -> None:
         """The current request has been read entirely."""
         ex = self.parsing
         assert ex is not None
         ex.complete = True
+        if self.closed:
+            return
         if ex.handler is not None:
             ex.handler.feed_end()
         if ex.responded:
@@ -265,6 +291,24 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # -- answering
+    def close(self, linger: bool = True) -> None:
+        """Close after what is already written; nothing more is read or written from now on.
+
+        With ``linger`` on plain TCP the write side is shut first and input is drained for a
+        moment, so that a client still sending (a body we refused) reads our answer, not a reset.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        transport = self.transport
+        if not linger or self.eof or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if self.paused:
+            transport.resume_reading()
+        self.linger = self.loop.call_later(LINGER_S, transport.close)
+
     def reply(self, ex: Exchange, data: bytes, status: int, close: bool = False) -> None:
         """Send a complete response for ``ex`` (the head of the pipeline)."""
         if not self.closed:
@@ -277,7 +321,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer ``ex`` with a JSON error, or cut the connection if its answer has begun."""
         self._stop(ex)
         if ex.head_sent:
-            self.transport.close()
+            self.close()
             self.response_done(ex, status, True)
             return
         # a body the client will not send (it waits for 100-continue) cannot be drained
@@ -293,19 +337,19 @@ class ClientConnection(asyncio.Protocol):
         ex.responded = True
         ex.status = status
         ex.handler = None
+        if self.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
+            self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
         server = self.server
         if status >= 500:
             server.metrics.inc("http_errors")
         if server.debug:
             self._log(ex)
-        if close or self.must_close(ex):
-            self.transport.close()
+        if close or not ex.keep_alive or ex.upgrade is not None or self.eof or server.closing:
+            self.close()
             return
         if not ex.complete:
             ex.discard = True
             ex.body = []
-            if self.parsing is ex:
-                self.resume(PAUSE_BUFFER)
             return
         self._advance()
 
@@ -318,7 +362,7 @@ class ClientConnection(asyncio.Protocol):
             self._log(ex)
         self.pipeline.clear()
         self.raw = None
-        self.resume(PAUSE_BUFFER | PAUSE_UPSTREAM | PAUSE_PIPELINE)
+        self.resume(PAUSE_BUFFER | PAUSE_PIPELINE)
 
     # -- internals
     def _body(self, ex: Exchange, data: bytes) -> None:
@@ -326,10 +370,15 @@ class ClientConnection(asyncio.Protocol):
         limit = self.server.max_body_bytes
         if ex.discard:
             if ex.received > DISCARD_LIMIT:
-                self.transport.close()
+                self.close()
             return
-        if limit is not None and ex.received > limit and ex.upgrade is None and not ex.responded:
-            self.reply_error(ex, 413, "Payload too large", f"the body exceeds {limit} bytes", True)
+        if limit is not None and ex.received > limit and ex.upgrade is None:
+            description = f"the body exceeds {limit} bytes"
+            if ex is self.pipeline[0]:
+                self.reply_error(ex, 413, "Payload too large", description, True)
+            else:  # answered in turn, after the requests ahead of it
+                ex.error = (413, "Payload too large", description)
+                ex.discard = True
             return
         if ex.handler is not None:
             ex.handler.feed(data)
@@ -362,7 +411,7 @@ class ClientConnection(asyncio.Protocol):
                     self.idle_since = self.loop.time()
                     self.resume(PAUSE_PIPELINE)
                     if self.eof:
-                        self.transport.close()
+                        self.close()
         finally:
             self.advancing = False
 
@@ -370,13 +419,15 @@ class ClientConnection(asyncio.Protocol):
         """The parser stopped after an upgrade request; what follows is the new protocol."""
         ex = self.pipeline[-1] if self.pipeline else None
         if ex is None or ex.responded:
-            self.transport.close()
+            self.close()
             return
         self.raw = ex
         if rest:
             self._body(ex, rest)
 
     def _malformed(self, status: int, title: str, description: str) -> None:
+        if self.closed:
+            return
         self.pause(PAUSE_DEAD)
         ex = self.parsing
         if ex is None or ex.responded or ex not in self.pipeline:

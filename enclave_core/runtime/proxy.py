@@ -114,7 +114,7 @@ class PublicServer:
             self._sweeper.cancel()
         for conn in list(self.connections):
             if not conn.pipeline or conn.tunnel is not None:
-                conn.transport.close()
+                conn.close(linger=False)
         deadline = self.loop.time() + CLOSE_GRACE_S
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
@@ -189,6 +189,5 @@ class PublicServer:
         cutoff = self.loop.time() - IDLE_TIMEOUT_S
         for conn in list(self.connections):
             if not conn.pipeline and conn.tunnel is None and conn.idle_since < cutoff:
-                conn.transport.close()
+                conn.close(linger=False)
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
-

@@ -21,6 +21,7 @@ _RESP_DROP = frozenset(
         b"upgrade",
     }
 )  # fmt: skip
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
 CONNECT_TIMEOUT_S = 10.0
 MAX_IDLE = 128
 
@@ -103,14 +104,13 @@ class Upstream(asyncio.Protocol):
         self.ex: Exchange | None = None
         self.out: list[bytes] = []
         self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
         self.in_head = False
         self.status = 0
         self.replay: bytes | None = None  # the whole request, while a retry is allowed
         self.reused = self.got = self.sent = self.chunk_req = self.chunk_out = False
         self.until_close = self.interim = self.switching = self.spliced = self.done = False
         self.keep = True
-        self.client_close = self.reset = self.closed = self.read_paused = False
+        self.client_close = self.reset = self.closed = self.read_paused = self.peer_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -160,10 +160,16 @@ class Upstream(asyncio.Protocol):
 
     def abort(self) -> None:
         """The exchange ended otherwise: this connection is mid-message, so close it."""
-        if self.conn is not None:
-            self.conn.bound = None
-            self.conn = self.ex = None
+        self._unbind()
         self.close()
+
+    def _unbind(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.bound = None
+            if conn.paused & PAUSE_UPSTREAM:
+                conn.resume(PAUSE_UPSTREAM)
+        self.conn = self.ex = None
 
     def close(self) -> None:
         """Close the connection."""
@@ -215,7 +221,8 @@ class Upstream(asyncio.Protocol):
             return
         out = self.out
         if out:
-            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if not conn.closed:
+                conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         if self.switching:
             self._splice()
@@ -224,9 +231,12 @@ class Upstream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """After a 101 pass the half-close on; otherwise close (ending a close-delimited body)."""
-        if self.spliced and self.conn is not None and self.conn.transport.can_write_eof():
-            self.conn.transport.write_eof()
-            return True
+        self.peer_eof = True
+        conn = self.conn
+        if self.spliced and conn is not None and not conn.closed and not conn.eof:
+            if conn.transport.can_write_eof():
+                conn.transport.write_eof()
+                return True
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -236,33 +246,28 @@ class Upstream(asyncio.Protocol):
         conn, ex = self.conn, self.ex
         if conn is None or ex is None:
             if conn is not None:  # a splice ended
-                conn.transport.close()
+                conn.close()
             return
-        self.conn = self.ex = None
-        conn.bound = None
+        self._unbind()
+        if conn.closed:
+            return
         if not ex.head_sent:
             ex.handler = None
-            if self.reused and not self.got and self.replay is not None and not conn.closed:
+            if self.reused and not self.got and self.replay is not None:
                 self.pool.retry(conn, ex, self.replay)
             else:
                 conn.reply_error(ex, 502, "Bad gateway", "the app is not reachable")
-        elif self.until_close and not conn.closed:
+        elif self.until_close:
             if self.chunk_out:
                 conn.transport.write(b"0\r\n\r\n")
             conn.response_done(ex, self.status, self.client_close)
-        else:
-            conn.transport.close()
+        else:  # cut mid-answer: the client must not mistake it for a complete one
+            conn.close()
             conn.response_done(ex, self.status, True)
 
     def on_message_begin(self) -> None:
         """A response starts."""
-        self.headers = []
-        self.reason = b""
         self.in_head = True
-
-    def on_status(self, reason: bytes) -> None:
-        """The reason phrase, possibly in pieces."""
-        self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """A response header (trailers are dropped)."""
@@ -278,15 +283,17 @@ class Upstream(asyncio.Protocol):
         if status < 200 and status != 101:  # 100 Continue, 103 Early Hints: relay, keep waiting
             self.interim = True
             if ex.version == "1.1":
-                self.out.append(self._head(status) + b"\r\n")
+                self.out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, REASONS.get(status, b"")))
+            self.headers = []
             return
         if status == 101 and ex.upgrade is None:
             raise ValueError("101 without an upgrade request")
         self.status = status
         self.keep = self.parser.should_keep_alive()
-        parts = [self._head(status)]
+        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
         chunked = length = False
-        for name, value in self.headers:
+        headers, self.headers = self.headers, []
+        for name, value in headers:
             lname = name.lower()
             if lname in _RESP_DROP:
                 if lname == b"transfer-encoding":
@@ -338,15 +345,10 @@ class Upstream(asyncio.Protocol):
             self.out.append(b"0\r\n\r\n")
         self.done = True
 
-    def _head(self, status: int) -> bytes:
-        reason = self.reason or REASONS.get(status, b"Unknown")
-        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
-
     def _finish(self) -> None:
         conn, ex = self.conn, self.ex
         assert conn is not None and ex is not None
-        self.conn = self.ex = None
-        conn.bound = None
+        self._unbind()
         self.done = False
         if self.reset:
             self.reset = False
@@ -354,7 +356,8 @@ class Upstream(asyncio.Protocol):
         self.replay = None
         reusable = self.keep and self.sent and not self.until_close and ex.upgrade is None
         if reusable and not self.closed:
-            self.resume_reading()
+            if self.read_paused:
+                self.resume_reading()
             self.pool.release(self)
         else:
             self.close()
@@ -374,7 +377,8 @@ class Upstream(asyncio.Protocol):
         conn, ex = self.conn, self.ex
         assert conn is not None and ex is not None
         if self.out:
-            conn.transport.write(b"".join(self.out))
+            if not conn.closed:
+                conn.transport.write(b"".join(self.out))
             self.out.clear()
         self.abort()
         conn.reply_error(ex, 502, "Bad gateway", "the app sent an invalid HTTP response")

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ class AppServer(ThreadingHTTPServer):
 
 class AppHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body are separate writes
     server: AppServer
 
     def setup(self) -> None:
@@ -75,7 +76,7 @@ class AppHandler(BaseHTTPRequestHandler):
 
     def read_body(self) -> tuple[bytes, bool]:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0], 16)
                 if size == 0:
@@ -165,7 +166,7 @@ class AppHandler(BaseHTTPRequestHandler):
 
     def websocket_echo(self) -> None:
         """A tiny real WebSocket server: handshake, then echo text frames until close."""
-        accept = base64.b64encode(hashlib.sha1(self.headers["Sec-WebSocket-Key"].encode() + WS_GUID).digest())
+        accept = ws_accept(self.headers["Sec-WebSocket-Key"].encode())
         self.wfile.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
@@ -176,6 +177,11 @@ class AppHandler(BaseHTTPRequestHandler):
             self.wfile.write(frame(opcode, payload, mask=False))
             if opcode == 8:
                 return
+
+
+def ws_accept(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept value for ``key`` (RFC 6455: SHA-1, not for security)."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID, usedforsecurity=False).digest())
 
 
 def pattern(size: int) -> bytes:
@@ -376,7 +382,10 @@ def test_503_while_the_app_is_unavailable(stack: Stack) -> None:
     stack.unavailable[0] = "the app is starting"
     status, headers, body = request(stack, "GET", "/hello")
     assert status == 503 and headers["content-type"] == "application/json"
-    assert json.loads(body) == {"title": "Service unavailable", "description": "the app is starting"}
+    assert json.loads(body) == {
+        "title": "Service unavailable",
+        "description": "the app is starting",
+    }
     assert request(stack, "GET", "/health")[0] == 200
 
 
@@ -439,7 +448,7 @@ def test_websocket_upgrade_is_spliced(stack: Stack) -> None:
         head = b""
         while not head.endswith(b"\r\n\r\n"):
             head += reader.readline()
-        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        accept = ws_accept(key)
         assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Accept: " + accept in head
         for text in (b"hello websocket", b"second message"):
             sock.sendall(frame(1, text, mask=True))
@@ -455,6 +464,39 @@ def test_malformed_request_gets_400_and_close(stack: Stack) -> None:
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
     assert json.loads(body)["title"] == "Bad request"
+
+
+def test_oversized_request_head_gets_431(stack: Stack) -> None:
+    reply = raw_exchange(
+        stack.port, b"GET /hello HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * (3 << 20) + b"\r\n\r\n"
+    )
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 ") and b"Connection: close" in head
+    assert json.loads(body)["title"] == "Request header fields too large"
+    assert stack.app.paths == []
+
+
+def test_close_lets_the_request_in_flight_finish(stack: Stack, loop_thread: LoopThread) -> None:
+    conn = stack.client()
+    conn.request("GET", "/sse")
+    resp = conn.getresponse()
+    first = resp.read1()
+    port = stack.port
+    closing = asyncio.run_coroutine_threadsafe(stack.server.close(), loop_thread.loop)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the listener stops accepting at once
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the listener still accepts connections")
+    stack.app.sse_gate.set()
+    rest = resp.read()
+    conn.close()
+    closing.result(10)
+    assert first + rest == b"data: first\n\ndata: second\n\ndata: third\n\n"
 
 
 def test_forwarded_headers_added_and_hop_by_hop_stripped(stack: Stack) -> None:
@@ -484,7 +526,7 @@ def test_metrics_count_requests_and_errors(stack: Stack) -> None:
 def test_tls_listener_reports_https(loop_thread: LoopThread, tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(1).not_valid_before(now - timedelta(minutes=1))
@@ -493,7 +535,8 @@ def test_tls_listener_reports_https(loop_thread: LoopThread, tmp_path: Path) -> 
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "key.pem").write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )  # fmt: skip
     )
@@ -559,7 +602,9 @@ def test_back_pressure_on_a_slow_app(stack: Stack, loop_thread: LoopThread) -> N
     with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as sock:
 
         def upload() -> None:
-            sock.sendall(b"POST /slow-sink HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % FLOOD)
+            sock.sendall(
+                b"POST /slow-sink HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % FLOOD
+            )
             piece = b"u" * (1 << 20)
             for _ in range(FLOOD >> 20):
                 sock.sendall(piece)
@@ -589,7 +634,11 @@ def test_close_delimited_answers_for_http_1_0_and_1_1_clients(stack: Stack) -> N
     assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" not in head.lower()
     assert body == b"ends when the app closes"
     status, headers, body = request(stack, "GET", "/until-close")
-    assert (status, headers["transfer-encoding"], body) == (200, "chunked", b"ends when the app closes")
+    assert (status, headers["transfer-encoding"], body) == (
+        200,
+        "chunked",
+        b"ends when the app closes",
+    )
 
 
 def test_early_answer_then_the_rest_of_the_body_is_drained(stack: Stack) -> None:
