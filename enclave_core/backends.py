@@ -49,7 +49,9 @@ def validate_backends(config: Config, plugins: Plugins) -> list[str]:
     return lines
 
 
-def load_options(config: Config, plugins: Plugins, capability: str) -> tuple[type[Any], dict[str, Any]]:
+def load_options(
+    config: Config, plugins: Plugins, capability: str
+) -> tuple[type[Any], dict[str, Any]]:
     """Return the backend class of a capability and its validated options."""
     settings = config.backend(capability)
     cls = plugins.registry(capability).get(settings.backend)
@@ -61,9 +63,7 @@ def load_options(config: Config, plugins: Plugins, capability: str) -> tuple[typ
     return cls, options
 
 
-def build_backend(
-    config: Config, plugins: Plugins, capability: str, *, session: Any = None
-) -> Any:
+def build_backend(config: Config, plugins: Plugins, capability: str, *, session: Any = None) -> Any:
     """Build the configured backend of one capability."""
     cls, options = load_options(config, plugins, capability)
     return cls.from_options(options, backend_context(config, session))

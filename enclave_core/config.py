@@ -31,7 +31,7 @@ DEVELOPMENT_ONLY_BACKENDS = {
     "launcher": {"process"},
 }
 NAME_RE = r"^[a-z][a-z0-9-]{0,31}$"
-SECRET_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SECRET_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # noqa: S105 - a pattern, not a password
 ENV_VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
@@ -110,7 +110,9 @@ class AppSchema(_Strict):
         load_default=dict,
     )
     health_path = fields.String(
-        load_default=None, allow_none=True, validate=validate.Regexp(r"^/", error="must start with /.")
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(r"^/", error="must start with /."),
     )
 
     @post_load
@@ -195,7 +197,9 @@ class SecretsSchema(_Strict):
         if len(set(names)) != len(names):
             raise marshmallow.ValidationError("static secret names must be unique.", "static")
         if len(set(env_vars)) != len(env_vars):
-            raise marshmallow.ValidationError("static secret env_var values must be unique.", "static")
+            raise marshmallow.ValidationError(
+                "static secret env_var values must be unique.", "static"
+            )
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> SecretsSettings:
@@ -438,7 +442,11 @@ def flatten_errors(messages: Any, path: str = "") -> list[str]:
     lines: list[str] = []
     if isinstance(messages, dict):
         for key, value in messages.items():
-            sub = f"{path}.{key}" if path and key != "_schema" else (path if key == "_schema" else str(key))
+            sub = (
+                f"{path}.{key}"
+                if path and key != "_schema"
+                else (path if key == "_schema" else str(key))
+            )
             lines.extend(flatten_errors(value, sub))
     elif isinstance(messages, list):
         if all(isinstance(m, str) for m in messages):
@@ -481,9 +489,7 @@ def resolve_env_refs(
     return value
 
 
-def parse_config(
-    document: Any, *, base_dir: Path, path: Path | None = None
-) -> Config:
+def parse_config(document: Any, *, base_dir: Path, path: Path | None = None) -> Config:
     """Validate an already-parsed enclave.yaml document; raise ConfigError with every problem."""
     if document is None:
         document = {}

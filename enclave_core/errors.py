@@ -113,7 +113,7 @@ class LauncherError(EnclaveError):
 
 
 class StateConflict(EnclaveError):
-    """The requested change conflicts with the current state (already running, already stopped...)."""
+    """The requested change conflicts with the current state (already running or stopped)."""
 
     http_status = 409
     title = "Conflict"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from loguru import logger
@@ -33,9 +33,9 @@ def redact(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_record(record: Any) -> str:
-    """Render one loguru record as a JSON line (``time``, ``level``, ``msg`` and the bound fields)."""
+    """Render one loguru record as a JSON line: ``time``, ``level``, ``msg`` and bound fields."""
     entry: dict[str, Any] = {
-        "time": record["time"].astimezone(timezone.utc).isoformat(timespec="milliseconds"),
+        "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
         "level": record["level"].name,
         "msg": record["message"],
     }
@@ -93,4 +93,4 @@ def configure_logging(
 
 def utc_now() -> str:
     """The current time as an RFC 3339 UTC string."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -45,7 +45,7 @@ class BackendRegistry(Generic[T]):
         self._owners[name] = self._current_plugin
 
     def get(self, name: str) -> type[T]:
-        """Return the class registered as ``name``; raise BackendNotFound listing installed names."""
+        """Return the class registered as ``name``; BackendNotFound lists the installed names."""
         try:
             return self._classes[name]
         except KeyError:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 CHUNK = 64 * 1024
 
@@ -121,7 +122,9 @@ async def connect(
     return await asyncio.wait_for(coro, timeout)
 
 
-async def _vsock_connect(addr: Address, **kw: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _vsock_connect(
+    addr: Address, **kw: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     sock = _vsock_socket()
     sock.setblocking(False)
     try:

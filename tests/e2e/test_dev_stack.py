@@ -97,7 +97,9 @@ def test_bad_input_is_refused_and_changes_nothing(stack: DevStack) -> None:
     env = stack.app_env()
     api = stack.app_api_url
     assert http("PUT", api + "/v1/storage/k", b"v1", auth(env))[0] == 201
-    before = sorted(p.read_bytes() for p in (stack.folder / ".enclave" / "storage").rglob("*") if p.is_file())
+    before = sorted(
+        p.read_bytes() for p in (stack.folder / ".enclave" / "storage").rglob("*") if p.is_file()
+    )
 
     cases = [
         ("PUT", "/v1/storage/k", b"x", {}, 401),
@@ -129,7 +131,9 @@ def test_bad_input_is_refused_and_changes_nothing(stack: DevStack) -> None:
     assert set(json.loads(response.read())) == {"title", "description"}
     conn.close()
 
-    after = sorted(p.read_bytes() for p in (stack.folder / ".enclave" / "storage").rglob("*") if p.is_file())
+    after = sorted(
+        p.read_bytes() for p in (stack.folder / ".enclave" / "storage").rglob("*") if p.is_file()
+    )
     assert after == before
     assert http("GET", api + "/v1/storage/k", None, auth(env))[2] == b"v1"
 
@@ -159,7 +163,10 @@ def test_dev_stops_everything_within_ten_seconds(tmp_path: Path) -> None:
         assert elapsed < 10, elapsed
         assert dev.process is not None and dev.process.returncode == 0
         for pid in (runtime, app):
-            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+            )
         assert processes_mentioning(str(dev.folder)) == []
     finally:
         dev.kill_leftovers()

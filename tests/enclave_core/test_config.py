@@ -22,7 +22,11 @@ def test_three_line_file_gets_every_default(tmp_path: Path) -> None:
     assert config.mode == "development"
     assert config.region == "us-east-1"
     assert config.instance_type == "m6i.xlarge"
-    assert (config.enclave.cpu_count, config.enclave.memory_mib, config.enclave.cid) == (2, 4096, 16)
+    assert (config.enclave.cpu_count, config.enclave.memory_mib, config.enclave.cid) == (
+        2,
+        4096,
+        16,
+    )
     assert config.enclave.eif == "artifacts/image.eif" and config.enclave.debug_mode is False
     assert config.app.command == ["python3", "app.py"] and config.app.port == 7074
     assert (config.runtime.port, config.runtime.app_api_port, config.runtime.control_port) == (
@@ -39,7 +43,12 @@ def test_three_line_file_gets_every_default(tmp_path: Path) -> None:
     assert config.supervisor.listen == "127.0.0.1:8443"
     assert [(i.listen, i.port) for i in config.supervisor.ingress] == [("0.0.0.0:443", 7073)]
     wd = config.supervisor.watchdog
-    assert (wd.interval_s, wd.backoff_initial_s, wd.backoff_max_s, wd.unhealthy_after) == (1, 1, 30, 3)
+    assert (wd.interval_s, wd.backoff_initial_s, wd.backoff_max_s, wd.unhealthy_after) == (
+        1,
+        1,
+        30,
+        3,
+    )
     assert (config.egress.port, config.egress.imds_port) == (8001, 8002)
     assert config.egress.allow[0] == "kms.{region}.amazonaws.com:443"
     assert config.plugins.disable == []
@@ -54,7 +63,10 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
 
 
 def test_each_error_on_its_own_dotted_line(tmp_path: Path) -> None:
-    text = "name: Bad_Name\nstorage: {bukcet: x}\napp: {port: nope}\nsupervisor: {watchdog: {interval_s: []}}\n"
+    text = (
+        "name: Bad_Name\nstorage: {bukcet: x}\napp: {port: nope}\n"
+        "supervisor: {watchdog: {interval_s: []}}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     lines = info.value.errors
@@ -100,7 +112,9 @@ def test_env_references_resolve_and_show_as_references(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GREETING_VALUE", "very-secret-greeting")
-    config = load_config(write(tmp_path, 'name: a\napp: {env: {GREETING: {"$env": GREETING_VALUE}}}\n'))
+    config = load_config(
+        write(tmp_path, 'name: a\napp: {env: {GREETING: {"$env": GREETING_VALUE}}}\n')
+    )
     assert config.app.env == {"GREETING": "very-secret-greeting"}
     shown = effective_config(config)
     assert shown["app"]["env"] == {"GREETING": {"$env": "GREETING_VALUE"}}
