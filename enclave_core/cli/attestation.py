@@ -70,7 +70,9 @@ def parse_pcr(value: str, option: str) -> bytes:
     """Parse a PCR given as 96 hex characters (48 bytes)."""
     text = value.strip().lower().removeprefix("0x")
     if len(text) != 2 * PCR_SIZE or not all(c in string.hexdigits for c in text):
-        raise AttestationError(f"{option}: expected {2 * PCR_SIZE} hex characters ({PCR_SIZE} bytes)")
+        raise AttestationError(
+            f"{option}: expected {2 * PCR_SIZE} hex characters ({PCR_SIZE} bytes)"
+        )
     return bytes.fromhex(text)
 
 
@@ -115,6 +117,9 @@ class VerifyAttestation(EnclaveShowOne):
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         """Add FILE, --root, --at and --expected-pcr0."""
         parser = super().get_parser(prog_name)
+        for action in parser._actions:
+            if action.dest == "config":
+                action.help = "accepted as on every command; not used (no enclave.yaml needed)"
         parser.add_argument(
             "file", metavar="FILE", help="the attestation document (CBOR, hex or base64; - = stdin)"
         )

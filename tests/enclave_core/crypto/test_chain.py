@@ -48,14 +48,17 @@ class Spec:
     cn: str
     ca: bool | None = True  # None: no BasicConstraints at all
     pathlen: int | None = None
-    key_usage: x509.KeyUsage | None = field(default_factory=lambda: usage(sign=True, cert_sign=True))
+    key_usage: x509.KeyUsage | None = field(
+        default_factory=lambda: usage(sign=True, cert_sign=True)
+    )
     key: Any = None  # the subject's private key (default: a fresh P-384 key)
     not_before: datetime = NOW - timedelta(days=1)
     not_after: datetime = NOW + timedelta(days=1)
-    hash: hashes.HashAlgorithm = field(default_factory=hashes.SHA384)
+    hash: hashes.SHA256 | hashes.SHA384 = field(default_factory=hashes.SHA384)
     issuer_name: x509.Name | None = None  # override the issuer name written in the certificate
     signing_key: Any = None  # override the key that signs the certificate
     extra: list[tuple[x509.ExtensionType, bool]] = field(default_factory=list)
+    serial: int | None = None  # default: random
 
 
 @dataclass
@@ -76,7 +79,7 @@ def build(spec: Spec, issuer: Built | None) -> Built:
         .subject_name(subject)
         .issuer_name(spec.issuer_name or (issuer.certificate.subject if issuer else subject))
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(spec.serial or x509.random_serial_number())
         .not_valid_before(spec.not_before)
         .not_valid_after(spec.not_after)
     )
@@ -101,7 +104,7 @@ def default_specs() -> dict[str, Spec]:
 
 
 def make_chain(**changes: Spec) -> list[Built]:
-    """Build root..leaf with some specs replaced; returns [root, regional, zonal, instance, leaf]."""
+    """Build [root, regional, zonal, instance, leaf], some specs replaced."""
     specs = {**default_specs(), **changes}
     chain: list[Built] = []
     for level in ("root", "regional", "zonal", "instance", "leaf"):
@@ -252,7 +255,9 @@ def test_a_trust_anchor_with_a_p256_key_is_rejected() -> None:
 
 def test_an_unknown_critical_extension_is_rejected() -> None:
     unknown = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
-    chain = make_chain(leaf=Spec("leaf", ca=False, key_usage=usage(sign=True), extra=[(unknown, True)]))
+    chain = make_chain(
+        leaf=Spec("leaf", ca=False, key_usage=usage(sign=True), extra=[(unknown, True)])
+    )
     assert rejected(chain) == (
         "certificate chain: certificate 4 (leaf, CN=leaf) has an unknown critical extension "
         "1.3.6.1.4.1.99999.1"
@@ -261,7 +266,9 @@ def test_an_unknown_critical_extension_is_rejected() -> None:
 
 def test_an_unknown_non_critical_extension_is_ignored() -> None:
     unknown = x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
-    chain = make_chain(leaf=Spec("leaf", ca=False, key_usage=usage(sign=True), extra=[(unknown, False)]))
+    chain = make_chain(
+        leaf=Spec("leaf", ca=False, key_usage=usage(sign=True), extra=[(unknown, False)])
+    )
     assert check(chain) == chain[-1].certificate
 
 
@@ -312,3 +319,34 @@ def test_a_leaf_issued_directly_by_the_root_is_accepted() -> None:
     root = build(default_specs()["root"], None)
     leaf = build(default_specs()["leaf"], root)
     assert verify_chain(leaf.der, [root.der], root.certificate, NOW) == leaf.certificate
+
+
+def test_a_signature_bit_string_with_unused_bits_is_rejected() -> None:
+    # cryptography ignores this unsigned byte when the bits it drops are zero, so without the
+    # check a changed certificate would pass. Re-sign until the last signature bit is zero.
+    chain = make_chain()
+    leaf_spec = Spec("leaf", ca=False, key_usage=usage(sign=True))
+    der = chain[-1].der
+    while der[-1] & 1:
+        der = build(leaf_spec, chain[-2]).der
+    sha384 = bytes.fromhex("300a06082a8648ce3d040303")
+    bit_string = der.rindex(sha384) + len(sha384)  # outer signatureValue: 03 <len> 00 30 ...
+    assert der[bit_string] == 0x03 and der[bit_string + 2] == 0x00
+    patched = der[: bit_string + 2] + b"\x01" + der[bit_string + 3 :]
+    cabundle = [c.der for c in chain[:-1]]
+    with pytest.raises(
+        AttestationError, match=r"\(leaf, CN=leaf\) has a signature BIT STRING with"
+    ):
+        verify_chain(patched, cabundle, chain[0].certificate, NOW)
+
+
+def test_a_certificate_with_a_negative_serial_is_rejected_without_a_warning() -> None:
+    chain = make_chain()
+    leaf = build(Spec("leaf", ca=False, key_usage=usage(sign=True), serial=0x1122334455), chain[-2])
+    at = leaf.der.index(bytes.fromhex("02051122334455"))
+    patched = bytearray(leaf.der)
+    # Set the serial's sign bit. Under filterwarnings=error a cryptography warning would fail.
+    patched[at + 2] |= 0x80
+    cabundle = [c.der for c in chain[:-1]]
+    with pytest.raises(AttestationError, match="document's certificate has a serial number that"):
+        verify_chain(bytes(patched), cabundle, chain[0].certificate, NOW)
