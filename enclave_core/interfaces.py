@@ -222,6 +222,13 @@ class Kms(Protocol):
         """Schedule the key's deletion after the waiting period."""
         ...
 
+    def caller_arn(self) -> str:
+        """The IAM principal this backend calls KMS as (an IAM role ARN, not an STS session).
+
+        The runtime names it in the key policy it applies when it locks a key to its PCR0.
+        """
+        ...
+
 
 # --------------------------------------------------------------------------- attestation
 

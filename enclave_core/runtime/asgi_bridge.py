@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from enclave_core.runtime.httpserver import REASONS
+from enclave_core.runtime.exchange import REASONS
 
 if TYPE_CHECKING:
-    from enclave_core.runtime.httpserver import ClientConnection, Exchange
+    from enclave_core.runtime.exchange import Exchange
+    from enclave_core.runtime.httpserver import ClientConnection
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 MAX_OWN_BODY = 1 << 20
@@ -40,6 +41,7 @@ class OwnRequest:
     def start(self) -> None:
         """Take over the exchange: check the declared size, then collect the body."""
         conn, ex = self.conn, self.ex
+        ex.own = True
         if (ex.content_length or 0) > MAX_OWN_BODY:
             conn.reply_error(ex, 413, "Payload too large", _too_large(), close=True)
             return
@@ -110,6 +112,7 @@ class OwnRequest:
         if start is not None:
             self._respond(start, parts)
         else:
+            ex.own = False  # a failure of the runtime, not a status it reports
             conn.reply_error(ex, 500, "Internal error", "the runtime could not answer this request")
 
     def _respond(self, start: dict[str, Any], parts: list[bytes]) -> None:

@@ -10,108 +10,30 @@ body goes to its handler (the upstream connection or the runtime's own ASGI app)
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections import deque
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from loguru import logger
+
+from enclave_core.runtime.exchange import (
+    PAUSE_BUFFER,
+    PAUSE_DEAD,
+    PAUSE_PIPELINE,
+    PAUSE_UPSTREAM,
+    Exchange,
+    error_response,
+)
 
 if TYPE_CHECKING:
     from enclave_core.runtime.proxy import PublicServer
     from enclave_core.runtime.upstream import Upstream
 
-REASONS = {status.value: status.phrase.encode("latin-1") for status in HTTPStatus}
 BUFFER_HIGH = 256 * 1024  # pause reading a body nobody consumes yet beyond this
 DISCARD_LIMIT = 4 << 20  # request body read and dropped after an early answer, then close
 LINGER_S = 2.0  # after our FIN, unread input is drained this long so it causes no reset
 MAX_HEAD = 1 << 20  # bytes a request head may take (counted per read, so a bound, not exact)
-# pause_reading reasons
-PAUSE_PIPELINE, PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_DEAD = 1, 2, 4, 8
-
-
-class Handler(Protocol):
-    """Receives a request body as it arrives: the upstream connection or the own-app bridge."""
-
-    def feed(self, data: bytes) -> None:
-        """Take one piece of the request body."""
-
-    def feed_end(self) -> None:
-        """The request body is complete."""
-
-    def abort(self) -> None:
-        """Stop: the exchange was answered otherwise or the client went away."""
-
-
-def error_response(status: int, title: str, description: str, *, close: bool) -> bytes:
-    """A complete JSON error response ``{"title","description"}`` with Content-Length."""
-    body = json.dumps({"title": title, "description": description}).encode()
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
-        status,
-        REASONS.get(status, b"Error"),
-        len(body),
-        b"Connection: close\r\n" if close else b"",
-    )
-    return head + body
-
-
-class Exchange:
-    """One request and the state of its answer."""
-
-    # class-level defaults: a request only pays for the attributes it changes
-    url = b""
-    method = b""
-    version = "1.1"
-    keep_alive = True
-    content_length: int | None = None
-    chunked = False
-    host: bytes | None = None
-    expect = False
-    upgrade: bytes | None = None  # the Upgrade header when Connection asks to upgrade
-    xff: bytes | None = None
-    hop: set[bytes] | None = None  # extra hop-by-hop names listed in Connection
-    buffered = 0
-    received = 0
-    complete = False  # the whole request message has been read
-    handler: Handler | None = None
-    task: asyncio.Task[None] | None = None
-    discard = False  # answered early: drop the rest of the body
-    head_sent = False
-    responded = False
-    status = 0
-    error: tuple[int, str, str] | None = None
-    started = 0.0
-
-    def __init__(self) -> None:
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []  # body received before a handler takes it
-
-    def classify(self) -> None:
-        """Read the headers that matter to framing and forwarding."""
-        connection: list[bytes] = []
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"host":
-                self.host = value
-            elif lname == b"content-length":
-                self.content_length = int(value)
-            elif lname == b"transfer-encoding":
-                self.chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
-                connection.extend(t.strip() for t in value.lower().split(b","))
-            elif lname == b"upgrade":
-                self.upgrade = value
-            elif lname == b"expect":
-                self.expect = value.lower() == b"100-continue"
-            elif lname == b"x-forwarded-for":
-                self.xff = value if self.xff is None else self.xff + b", " + value
-        if b"upgrade" not in connection:
-            self.upgrade = None
-        extra = set(connection) - {b"close", b"keep-alive", b"upgrade", b""}
-        if extra:
-            self.hop = extra
 
 
 class ClientConnection(asyncio.Protocol):
@@ -340,7 +262,7 @@ class ClientConnection(asyncio.Protocol):
         if self.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
             self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
         server = self.server
-        if status >= 500:
+        if status >= 500 and not ex.own:
             server.metrics.inc("http_errors")
         if server.debug:
             self._log(ex)

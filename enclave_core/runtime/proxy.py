@@ -1,11 +1,11 @@
 """The runtime's public listener: its own routes, and a streaming reverse proxy to the app.
 
-The hot path is asyncio Protocols and httptools, not a framework plus an HTTP client: a framework
-sink forwarding through aiohttp reached 0.26x of direct throughput on our benchmark machine, this
-design 0.75x or more (see docs/benchmarks.md). Requests are parsed by
-:class:`~enclave_core.runtime.httpserver.ClientConnection`; bodies stream both ways through pooled
-keep-alive upstream connections (:class:`Upstream`) with back-pressure; an accepted ``Upgrade``
-(WebSocket) becomes a byte splice.
+The hot path is asyncio Protocols and httptools, not a framework plus an HTTP client (a framework
+sink forwarding through aiohttp reached 0.26x of direct throughput on our benchmark machine; see
+docs/benchmarks.md for this design). Requests are parsed by
+:class:`~enclave_core.runtime.httpserver.ClientConnection`; :class:`UpstreamPool` hands them to
+pooled keep-alive :class:`~enclave_core.runtime.upstream.Upstream` connections; bodies stream both
+ways with back-pressure, and an accepted ``Upgrade`` (WebSocket) becomes a byte splice.
 The event loop is the caller's choice: the runtime and the benchmark pick uvloop.
 """
 
@@ -22,18 +22,15 @@ from loguru import logger
 from enclave_core import transport
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.asgi_bridge import ASGIApp, OwnRequest, make_scope
-from enclave_core.runtime.httpserver import ClientConnection, Exchange
-from enclave_core.runtime.upstream import UpstreamPool
+from enclave_core.runtime.exchange import Exchange
+from enclave_core.runtime.httpserver import ClientConnection
+from enclave_core.runtime.upstream import Upstream
 
 SWEEP_S = 5.0
 IDLE_TIMEOUT_S = 60.0  # a client connection with no request in progress is closed after this
 CLOSE_GRACE_S = 5.0
-_REQ_DROP = frozenset(
-    {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"upgrade", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-    }
-)  # fmt: skip
+CONNECT_TIMEOUT_S = 10.0
+MAX_IDLE = 128  # idle upstream connections kept for reuse
 
 __all__ = ["ASGIApp", "PublicServer"]
 
@@ -102,14 +99,18 @@ class PublicServer:
         """The bound port (useful after binding port 0)."""
         if self._server is None or not self._server.sockets:
             raise RuntimeError("the public listener is not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        name = self._server.sockets[0].getsockname()
+        if not isinstance(name, tuple):
+            raise RuntimeError(f"the public listener has no port: it listens on {name}")
+        return int(name[1])
 
     async def close(self) -> None:
         """Stop accepting, close idle connections, give requests in flight a moment, then cut."""
-        if self._server is None:
+        server, self._server = self._server, None
+        if server is None:
             return
         self.closing = True
-        self._server.close()
+        server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):
@@ -121,9 +122,8 @@ class PublicServer:
         for conn in list(self.connections):
             conn.transport.abort()
         self.pool.close()
-        await self._server.wait_closed()
+        await server.wait_closed()
         await asyncio.sleep(0)  # let the transports' connection_lost callbacks run
-        self._server = None
 
     # -- per request
     def dispatch(self, conn: ClientConnection, ex: Exchange) -> None:
@@ -165,13 +165,7 @@ class PublicServer:
         self.pool.forward(conn, ex, self._request_head(conn, ex, target))
 
     def _request_head(self, conn: ClientConnection, ex: Exchange, target: bytes) -> bytes:
-        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
-        hop = ex.hop
-        for name, value in ex.headers:
-            lname = name.lower()
-            if lname in _REQ_DROP or (hop is not None and lname in hop):
-                continue
-            parts += (name, b": ", value, b"\r\n")
+        parts = [ex.method, b" ", target, b" HTTP/1.1\r\n", *ex.fwd]
         xff = conn.client_ip if ex.xff is None else ex.xff + b", " + conn.client_ip
         parts += (b"X-Forwarded-For: ", xff, b"\r\n", self.proto_line)
         if ex.host is not None:
@@ -191,3 +185,68 @@ class PublicServer:
             if not conn.pipeline and conn.tunnel is None and conn.idle_since < cutoff:
                 conn.close(linger=False)
         self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+
+
+class UpstreamPool:
+    """Keep-alive connections to the app: reuse idle ones, open more as needed, drop broken ones."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.idle: list[Upstream] = []  # a stack: the most recently used is reused first
+        self._warned = -1e9
+
+    def forward(self, conn: ClientConnection, ex: Exchange, head: bytes) -> None:
+        """Send the request of ``ex`` over an idle connection, or a new one."""
+        idle = self.idle
+        while idle:
+            up = idle.pop()
+            if not up.closed:
+                up.bind(conn, ex, head, reused=True)
+                return
+        ex.task = self.loop.create_task(self._open(conn, ex, head, False))
+
+    def retry(self, conn: ClientConnection, ex: Exchange, request: bytes) -> None:
+        """Send a fully buffered request again, on a fresh connection."""
+        ex.task = self.loop.create_task(self._open(conn, ex, request, True))
+
+    async def _open(self, conn: ClientConnection, ex: Exchange, data: bytes, replay: bool) -> None:
+        try:
+            _, up = await asyncio.wait_for(
+                self.loop.create_connection(lambda: Upstream(self), self.host, self.port),
+                CONNECT_TIMEOUT_S,
+            )
+        except (TimeoutError, OSError) as exc:
+            ex.task = None
+            if self.loop.time() - self._warned > 10:  # one line per burst, not one per request
+                self._warned = self.loop.time()
+                logger.warning("app not reachable", port=self.port, error=str(exc))
+            if not conn.closed and not ex.responded:
+                conn.reply_error(ex, 502, "Bad gateway", "the app is not reachable")
+            return
+        ex.task = None
+        if conn.closed or ex.responded:
+            self.release(up)
+            return
+        up.bind(conn, ex, data, reused=False, replay=replay)
+
+    def release(self, up: Upstream) -> None:
+        """Return a healthy connection for reuse."""
+        if len(self.idle) < MAX_IDLE:
+            self.idle.append(up)
+        else:
+            up.close()
+
+    def forget(self, up: Upstream) -> None:
+        """A connection closed: never hand it out again."""
+        try:
+            self.idle.remove(up)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for up in self.idle:
+            up.close()
+        self.idle.clear()

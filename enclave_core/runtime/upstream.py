@@ -1,19 +1,24 @@
-"""Pooled keep-alive connections from the public listener to the app, relaying responses.
+"""A keep-alive connection from the public listener to the app, relaying one response at a time.
 
-:class:`Upstream` is an asyncio Protocol with an ``httptools.HttpResponseParser``: it sends one
-request at a time, rewrites the response head (hop-by-hop headers out, framing chosen for the
-client), streams the body to the client as it arrives with back-pressure both ways, and after an
-accepted ``Upgrade`` splices raw bytes. :class:`UpstreamPool` reuses idle connections.
+:class:`Upstream` is an asyncio Protocol with an ``httptools.HttpResponseParser``: it sends a
+request (head and body as the body arrives), rewrites the response head (hop-by-hop headers out,
+framing chosen for the client), streams the body to the client with back-pressure both ways, and
+after an accepted ``Upgrade`` splices raw bytes. The pool that reuses these lives in
+:mod:`enclave_core.runtime.proxy`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import httptools
-from loguru import logger
 
-from enclave_core.runtime.httpserver import PAUSE_UPSTREAM, REASONS, ClientConnection, Exchange
+from enclave_core.runtime.exchange import PAUSE_UPSTREAM, REASONS, Exchange
+
+if TYPE_CHECKING:
+    from enclave_core.runtime.httpserver import ClientConnection
+    from enclave_core.runtime.proxy import UpstreamPool
 
 _RESP_DROP = frozenset(
     {
@@ -22,75 +27,6 @@ _RESP_DROP = frozenset(
     }
 )  # fmt: skip
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
-CONNECT_TIMEOUT_S = 10.0
-MAX_IDLE = 128
-
-
-class UpstreamPool:
-    """Keep-alive connections to the app: reuse idle ones, open more as needed, drop broken ones."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
-        self.loop = loop
-        self.host = host
-        self.port = port
-        self.idle: list[Upstream] = []
-        self.opened = 0
-        self._warned = -1e9
-
-    def forward(self, conn: ClientConnection, ex: Exchange, head: bytes) -> None:
-        """Send the request of ``ex`` over an idle connection, or a new one."""
-        idle = self.idle
-        while idle:
-            up = idle.pop()
-            if not up.closed:
-                up.bind(conn, ex, head, reused=True)
-                return
-        ex.task = self.loop.create_task(self._open(conn, ex, head, False))
-
-    def retry(self, conn: ClientConnection, ex: Exchange, request: bytes) -> None:
-        """Send a fully buffered request again, on a fresh connection."""
-        ex.task = self.loop.create_task(self._open(conn, ex, request, True))
-
-    async def _open(self, conn: ClientConnection, ex: Exchange, data: bytes, replay: bool) -> None:
-        try:
-            _, up = await asyncio.wait_for(
-                self.loop.create_connection(lambda: Upstream(self), self.host, self.port),
-                CONNECT_TIMEOUT_S,
-            )
-        except (TimeoutError, OSError) as exc:
-            ex.task = None
-            if self.loop.time() - self._warned > 10:  # one line per burst, not one per request
-                self._warned = self.loop.time()
-                logger.warning("app not reachable", port=self.port, error=str(exc))
-            if not conn.closed and not ex.responded:
-                conn.reply_error(ex, 502, "Bad gateway", "the app is not reachable")
-            return
-        ex.task = None
-        self.opened += 1
-        if conn.closed or ex.responded:
-            self.release(up)
-            return
-        up.bind(conn, ex, data, reused=False, replay=replay)
-
-    def release(self, up: Upstream) -> None:
-        """Return a healthy connection for reuse."""
-        if len(self.idle) < MAX_IDLE:
-            self.idle.append(up)
-        else:
-            up.close()
-
-    def forget(self, up: Upstream) -> None:
-        """A connection closed: never hand it out again."""
-        try:
-            self.idle.remove(up)
-        except ValueError:
-            pass
-
-    def close(self) -> None:
-        """Close every idle connection."""
-        for up in self.idle:
-            up.close()
-        self.idle.clear()
 
 
 class Upstream(asyncio.Protocol):
@@ -111,6 +47,8 @@ class Upstream(asyncio.Protocol):
         self.until_close = self.interim = self.switching = self.spliced = self.done = False
         self.keep = True
         self.client_close = self.reset = self.closed = self.read_paused = self.peer_eof = False
+        self.hold = False  # the head waits for the first body bytes, to leave in one write
+        self.head_pending = False  # the final response head is in ``out``, not yet written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -220,10 +158,13 @@ class Upstream(asyncio.Protocol):
             self._broken()
             return
         out = self.out
-        if out:
+        if out and not self.hold:
             if not conn.closed:
                 conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            if self.head_pending:
+                self.head_pending = False
+                self.ex.head_sent = True  # type: ignore[union-attr]
         if self.switching:
             self._splice()
         elif self.done:
@@ -249,9 +190,11 @@ class Upstream(asyncio.Protocol):
                 conn.close()
             return
         self._unbind()
+        self.hold = self.head_pending = False
         if conn.closed:
             return
         if not ex.head_sent:
+            self.out.clear()
             ex.handler = None
             if self.reused and not self.got and self.replay is not None:
                 self.pool.retry(conn, ex, self.replay)
@@ -323,7 +266,9 @@ class Upstream(asyncio.Protocol):
         parts.append(b"\r\n")
         self.out.append(b"".join(parts))
         self.client_close = close
-        ex.head_sent = True
+        self.head_pending = True
+        # apps often write head and body separately: a sized body's head waits for its bytes
+        self.hold = length and not chunked and not bodyless
         if status == 101:
             self.switching = True
         elif ex.method == b"HEAD":
@@ -331,6 +276,7 @@ class Upstream(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         """A piece of the response body, re-chunked when the client needs chunks."""
+        self.hold = False
         if self.chunk_out:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -344,6 +290,7 @@ class Upstream(asyncio.Protocol):
         if self.chunk_out:
             self.out.append(b"0\r\n\r\n")
         self.done = True
+        self.hold = False
 
     def _finish(self) -> None:
         conn, ex = self.conn, self.ex
@@ -376,9 +323,9 @@ class Upstream(asyncio.Protocol):
         """The app sent something that is not HTTP."""
         conn, ex = self.conn, self.ex
         assert conn is not None and ex is not None
-        if self.out:
-            if not conn.closed:
-                conn.transport.write(b"".join(self.out))
-            self.out.clear()
+        if self.out and ex.head_sent and not conn.closed:
+            conn.transport.write(b"".join(self.out))
+        self.out.clear()
+        self.hold = self.head_pending = False
         self.abort()
         conn.reply_error(ex, 502, "Bad gateway", "the app sent an invalid HTTP response")

@@ -29,9 +29,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from loguru import logger
 
 from enclave_core.metrics import Metrics
-from enclave_core.runtime.proxy import PublicServer
+from enclave_core.runtime.proxy import PublicServer, debug_enabled
 from enclave_core.testing import free_port
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -109,7 +110,7 @@ class AppHandler(BaseHTTPRequestHandler):
             self.server.drop_reused = False
             self.close_connection = True  # swallow the request: a stale keep-alive connection
             return
-        if self.path == "/hello":
+        if self.path.partition("?")[0] == "/hello":
             self.reply(200, b"hello", {"Keep-Alive": "timeout=5", "Connection": "keep-alive"})
         elif self.path == "/headers":
             self.reply(200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode())
@@ -208,7 +209,9 @@ def read_frame(read: Callable[[int], bytes]) -> tuple[int, bytes]:
 # -- the runtime's own routes: a real small Falcon ASGI app -------------------------------------
 class Health:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        resp.media = {"status": "ready"}
+        stage = req.get_param("stage")
+        resp.media = {"status": "initializing", "stage": stage} if stage else {"status": "ready"}
+        resp.status = 503 if stage else 200
 
 
 class Info:
@@ -219,11 +222,17 @@ class Info:
         resp.media = {"length": len(await req.stream.read())}
 
 
-def own_app() -> falcon.asgi.App:
+def own_app() -> Callable[..., Any]:
     app = falcon.asgi.App()
     app.add_route("/health", Health())
     app.add_route("/v1/enclave-info", Info())
-    return app
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/enclave/attestation":
+            raise RuntimeError("a bug in a runtime route")
+        await app(scope, receive, send)
+
+    return asgi
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -487,7 +496,7 @@ def test_close_lets_the_request_in_flight_finish(stack: Stack, loop_thread: Loop
     while time.monotonic() < deadline:  # the listener stops accepting at once
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             break
         time.sleep(0.02)
     else:
@@ -515,12 +524,31 @@ def test_forwarded_headers_added_and_hop_by_hop_stripped(stack: Stack) -> None:
 
 
 def test_metrics_count_requests_and_errors(stack: Stack) -> None:
-    for path in ("/hello", "/health", "/missing", "/fail"):
-        request(stack, "GET", path)
+    for path in ("/hello", "/health", "/missing", "/fail", "/health?stage=storage"):
+        request(stack, "GET", path)  # the runtime's own 503 reports a stage: not an error
+    status, _, body = request(stack, "GET", "/enclave/attestation")
+    assert (status, json.loads(body)["title"]) == (500, "Internal error")  # no traceback
     stack.unavailable[0] = "restarting"
     request(stack, "GET", "/hello")
     counters = stack.metrics.snapshot()
-    assert (counters["http_requests"], counters["http_errors"]) == (5, 2)
+    assert (counters["http_requests"], counters["http_errors"]) == (7, 3)
+
+
+def test_access_log_at_debug(stack: Stack) -> None:
+    records: list[Any] = []
+    sink = logger.add(lambda message: records.append(message.record), level="DEBUG")
+    try:
+        stack.server.debug = debug_enabled()  # the server checks every few seconds
+        request(stack, "GET", "/hello?x=1")
+    finally:
+        logger.remove(sink)
+    fields = [r["extra"] for r in records if r["message"] == "request"]
+    assert len(fields) == 1 and fields[0]["duration_ms"] >= 0
+    assert {k: fields[0][k] for k in ("method", "path", "status")} == {
+        "method": "GET",
+        "path": "/hello",
+        "status": 200,
+    }
 
 
 def test_tls_listener_reports_https(loop_thread: LoopThread, tmp_path: Path) -> None:
