@@ -1,0 +1,331 @@
+"""``aws`` KMS: AWS Key Management Service through boto3, with the Nitro ``Recipient`` flow.
+
+Options (``kms.options``):
+
+- ``endpoint_url``: the KMS endpoint (moto, LocalStack, a VPC endpoint); default: botocore's
+  ``AWS_ENDPOINT_URL_KMS`` / ``AWS_ENDPOINT_URL`` variables, else the public regional endpoint.
+- ``sts_endpoint_url``: the same for STS (used by :meth:`AwsKms.caller_arn`); default likewise
+  (``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT_URL``).
+- ``region``: default the deployment's region (``aws.region`` in enclave.yaml).
+- ``key_id``: a key id or ARN to remember (the core reads its key from the ``KMSKeyID`` parameter).
+- ``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5, botocore ``standard``
+  retries, which back off on throttling).
+
+Example::
+
+    kms:
+      backend: aws
+      options: {region: eu-west-1, read_timeout_s: 10}
+
+The boto3 client is built on first use from the injected session (or a default one made then),
+and credentials are never copied out of it, so instance-role credentials keep refreshing. With a
+``Recipient`` (an attestation document holding the enclave's RSA public key), Decrypt and
+GenerateDataKey return ``CiphertextForRecipient`` and no plaintext; an answer that carries a
+plaintext anyway is refused, since the plaintext has then left KMS. AWS errors become distinct
+project errors: AccessDeniedException -> AccessDenied, KMSInvalidStateException and
+DisabledException -> InvalidKeyState, NotFoundException -> NotFound, InvalidCiphertextException and
+IncorrectKeyException -> CryptoError, MalformedPolicyDocumentException and ValidationException ->
+ValidationError, throttling (after retries) and the rest -> BackendError. Messages name the
+operation and the key, never a plaintext or a ciphertext.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from loguru import logger
+from marshmallow import Schema, fields, validate
+
+from enclave_core import hookimpl
+from enclave_core.aws import AwsClients, aws_errors, client_config, principal_arn
+from enclave_core.errors import (
+    AccessDenied,
+    BackendError,
+    CryptoError,
+    EnclaveError,
+    InvalidKeyState,
+    NotFound,
+    ValidationError,
+)
+from enclave_core.interfaces import BackendContext, KeyInfo, KmsResult, Recipient
+from enclave_core.registry import BackendRegistry
+
+MAX_PLAINTEXT = 4096  # the KMS Encrypt limit
+MAX_DATA_KEY = 1024  # the GenerateDataKey NumberOfBytes limit
+
+KMS_ERRORS: dict[str, type[EnclaveError]] = {
+    "AccessDeniedException": AccessDenied,
+    "KMSInvalidStateException": InvalidKeyState,
+    "DisabledException": InvalidKeyState,
+    "NotFoundException": NotFound,
+    "InvalidCiphertextException": CryptoError,
+    "IncorrectKeyException": CryptoError,
+    "MalformedPolicyDocumentException": ValidationError,
+    "ValidationException": ValidationError,
+}
+
+
+def _check_context(operation: str, context: dict[str, str] | None) -> dict[str, str]:
+    context = context or {}
+    if not isinstance(context, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in context.items()
+    ):
+        raise ValidationError(
+            f"KMS {operation}: the encryption context must map strings to strings"
+        )
+    return dict(context)
+
+
+def _iso(moment: Any) -> str | None:
+    if isinstance(moment, datetime):
+        return moment.astimezone(UTC).isoformat(timespec="seconds")
+    return None
+
+
+class AwsKms:
+    """AWS KMS keys, policies, encryption contexts and Recipient answers, through boto3."""
+
+    name: ClassVar[str] = "aws"
+
+    class Options(Schema):
+        """``kms.options`` of the aws backend."""
+
+        endpoint_url = fields.String(load_default=None, allow_none=True)
+        sts_endpoint_url = fields.String(load_default=None, allow_none=True)
+        region = fields.String(load_default=None, allow_none=True)
+        key_id = fields.String(load_default=None, allow_none=True)
+        connect_timeout_s = fields.Float(load_default=5.0, validate=validate.Range(min=0.1))
+        read_timeout_s = fields.Float(load_default=20.0, validate=validate.Range(min=0.1))
+        max_attempts = fields.Integer(load_default=5, validate=validate.Range(min=1, max=20))
+
+    def __init__(self, clients: AwsClients, *, key_id: str | None = None) -> None:
+        self._clients = clients
+        self.key_id = key_id
+        self._caller: str | None = None
+        self._caller_lock = threading.Lock()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], context: BackendContext) -> AwsKms:
+        """Build the backend; no session, client or credential is touched until the first call."""
+        clients = AwsClients(
+            session=context.session,
+            region=options.get("region") or context.region,
+            config=client_config(
+                connect_timeout_s=options.get("connect_timeout_s", 5.0),
+                read_timeout_s=options.get("read_timeout_s", 20.0),
+                max_attempts=options.get("max_attempts", 5),
+            ),
+            endpoints={"kms": options.get("endpoint_url"), "sts": options.get("sts_endpoint_url")},
+        )
+        return cls(clients, key_id=options.get("key_id"))
+
+    @property
+    def client(self) -> Any:
+        """The boto3 KMS client (built on first use)."""
+        return self._clients.client("kms")
+
+    @staticmethod
+    def _info(meta: dict[str, Any]) -> KeyInfo:
+        return KeyInfo(
+            key_id=meta["KeyId"],
+            arn=meta["Arn"],
+            state=meta.get("KeyState", "Enabled" if meta.get("Enabled") else "Disabled"),
+            description=meta.get("Description", "") or "",
+            deletion_date=_iso(meta.get("DeletionDate")),
+        )
+
+    # ------------------------------------------------------------------ key management
+
+    def create_key(
+        self,
+        *,
+        description: str = "",
+        policy: dict[str, Any] | None = None,
+        bypass_lockout_safety_check: bool = False,
+    ) -> KeyInfo:
+        """Create a symmetric encryption key, with ``policy`` or AWS's default policy."""
+        params: dict[str, Any] = {
+            "Description": description,
+            "KeyUsage": "ENCRYPT_DECRYPT",
+            "KeySpec": "SYMMETRIC_DEFAULT",
+        }
+        if policy is not None:
+            params["Policy"] = json.dumps(policy)
+            params["BypassPolicyLockoutSafetyCheck"] = bypass_lockout_safety_check
+        with aws_errors("KMS", "CreateKey", "a new key", codes=KMS_ERRORS):
+            meta = self.client.create_key(**params)["KeyMetadata"]
+        info = self._info(meta)
+        logger.bind(key_id=info.key_id).info("KMS key created")
+        return info
+
+    def describe_key(self, key_id: str) -> KeyInfo:
+        """Return the key's metadata; NotFound if it does not exist."""
+        with aws_errors("KMS", "DescribeKey", f"key {key_id}", codes=KMS_ERRORS):
+            return self._info(self.client.describe_key(KeyId=key_id)["KeyMetadata"])
+
+    def get_key_policy(self, key_id: str) -> dict[str, Any]:
+        """Return the key policy (the ``default`` policy, the only one KMS keys have)."""
+        with aws_errors("KMS", "GetKeyPolicy", f"key {key_id}", codes=KMS_ERRORS):
+            text = self.client.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
+        try:
+            policy = json.loads(text)
+        except ValueError:
+            raise BackendError(
+                f"KMS GetKeyPolicy of key {key_id}: the policy is not JSON"
+            ) from None
+        if not isinstance(policy, dict):
+            raise BackendError(f"KMS GetKeyPolicy of key {key_id}: the policy is not an object")
+        return policy
+
+    def put_key_policy(
+        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+    ) -> None:
+        """Replace the key policy; ``bypass_lockout_safety_check`` when the new policy locks out
+        the caller (as a policy that allows Decrypt only to an attested enclave does)."""
+        with aws_errors("KMS", "PutKeyPolicy", f"key {key_id}", codes=KMS_ERRORS):
+            self.client.put_key_policy(
+                KeyId=key_id,
+                PolicyName="default",
+                Policy=json.dumps(policy),
+                BypassPolicyLockoutSafetyCheck=bypass_lockout_safety_check,
+            )
+        logger.bind(key_id=key_id).info(
+            "KMS key policy replaced", bypass=bypass_lockout_safety_check
+        )
+
+    def schedule_key_deletion(self, key_id: str, pending_window_days: int = 7) -> KeyInfo:
+        """Schedule deletion after 7..30 days; the key is unusable from now on."""
+        if isinstance(pending_window_days, bool) or not isinstance(pending_window_days, int):
+            raise ValidationError("KMS ScheduleKeyDeletion: the window must be whole days")
+        if not 7 <= pending_window_days <= 30:
+            raise ValidationError(
+                f"KMS ScheduleKeyDeletion of key {key_id}: the pending window must be 7..30 "
+                f"days, not {pending_window_days}"
+            )
+        with aws_errors("KMS", "ScheduleKeyDeletion", f"key {key_id}", codes=KMS_ERRORS):
+            self.client.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=pending_window_days)
+        info = self.describe_key(key_id)
+        logger.bind(key_id=info.key_id).info(
+            "KMS key deletion scheduled", deletion_date=info.deletion_date
+        )
+        return info
+
+    # ------------------------------------------------------------------ cryptography
+
+    def encrypt(self, key_id: str, plaintext: bytes, context: dict[str, str]) -> bytes:
+        """Encrypt 1..4096 bytes under the key, binding ``context``; return the ciphertext blob."""
+        if not 1 <= len(plaintext) <= MAX_PLAINTEXT:
+            raise ValidationError(f"KMS Encrypt of key {key_id}: plaintext must be 1..4096 bytes")
+        params = {
+            "KeyId": key_id,
+            "Plaintext": bytes(plaintext),
+            "EncryptionContext": _check_context("Encrypt", context),
+        }
+        with aws_errors(
+            "KMS", "Encrypt", f"key {key_id}", codes=KMS_ERRORS, sensitive=(bytes(plaintext),)
+        ):
+            blob: bytes = self.client.encrypt(**params)["CiphertextBlob"]
+        return blob
+
+    def _answer(
+        self, operation: str, key_id: str, response: dict[str, Any], recipient: Recipient | None
+    ) -> KmsResult:
+        """Build the result, refusing an answer that ignored the Recipient."""
+        plaintext = response.get("Plaintext") or None
+        sealed = response.get("CiphertextForRecipient") or None
+        if recipient is not None and (sealed is None or plaintext is not None):
+            what = (
+                "carries a plaintext" if plaintext is not None else "has no CiphertextForRecipient"
+            )
+            raise BackendError(
+                f"KMS {operation} of key {key_id}: a Recipient was sent but the answer {what} "
+                "(the endpoint does not support the Nitro Recipient flow)"
+            )
+        if recipient is None and plaintext is None:
+            raise BackendError(f"KMS {operation} of key {key_id}: the answer has no plaintext")
+        return KmsResult(
+            key_id=response.get("KeyId") or key_id,
+            plaintext=None if recipient is not None else plaintext,
+            ciphertext_for_recipient=sealed if recipient is not None else None,
+            ciphertext_blob=response.get("CiphertextBlob"),
+        )
+
+    @staticmethod
+    def _recipient(params: dict[str, Any], recipient: Recipient | None) -> None:
+        if recipient is not None:
+            params["Recipient"] = {
+                "KeyEncryptionAlgorithm": recipient.key_encryption_algorithm,
+                "AttestationDocument": recipient.attestation_document,
+            }
+
+    def decrypt(
+        self,
+        key_id: str,
+        ciphertext: bytes,
+        context: dict[str, str],
+        recipient: Recipient | None = None,
+    ) -> KmsResult:
+        """Decrypt a ciphertext blob; ``context`` must equal the one it was made with.
+
+        With ``recipient``, the result has ``ciphertext_for_recipient`` and no plaintext.
+        """
+        params: dict[str, Any] = {
+            "CiphertextBlob": bytes(ciphertext),
+            "EncryptionContext": _check_context("Decrypt", context),
+        }
+        if key_id:
+            params["KeyId"] = key_id
+        self._recipient(params, recipient)
+        with aws_errors(
+            "KMS",
+            "Decrypt",
+            f"key {key_id or '(from the blob)'}",
+            codes=KMS_ERRORS,
+            sensitive=(bytes(ciphertext),),
+        ):
+            response = self.client.decrypt(**params)
+        return self._answer("Decrypt", key_id, response, recipient)
+
+    def generate_data_key(
+        self,
+        key_id: str,
+        context: dict[str, str],
+        *,
+        number_of_bytes: int = 32,
+        recipient: Recipient | None = None,
+    ) -> KmsResult:
+        """Generate 1..1024 random bytes under the key; return the blob and the plaintext
+        (or, with ``recipient``, the CiphertextForRecipient)."""
+        if isinstance(number_of_bytes, bool) or not 1 <= number_of_bytes <= MAX_DATA_KEY:
+            raise ValidationError(
+                f"KMS GenerateDataKey of key {key_id}: number_of_bytes must be 1..{MAX_DATA_KEY}"
+            )
+        params: dict[str, Any] = {
+            "KeyId": key_id,
+            "EncryptionContext": _check_context("GenerateDataKey", context),
+            "NumberOfBytes": number_of_bytes,
+        }
+        self._recipient(params, recipient)
+        with aws_errors("KMS", "GenerateDataKey", f"key {key_id}", codes=KMS_ERRORS):
+            response = self.client.generate_data_key(**params)
+        return self._answer("GenerateDataKey", key_id, response, recipient)
+
+    # ------------------------------------------------------------------ identity
+
+    def caller_arn(self) -> str:
+        """The IAM user or role this backend calls KMS as (STS GetCallerIdentity, cached)."""
+        with self._caller_lock:
+            if self._caller is None:
+                with aws_errors("STS", "GetCallerIdentity", "the caller"):
+                    arn = self._clients.client("sts").get_caller_identity()["Arn"]
+                self._caller = principal_arn(arn)
+            return self._caller
+
+
+@hookimpl
+def enclave_register_kms(registry: BackendRegistry[Any]) -> None:
+    """Register the ``aws`` KMS backend."""
+    registry.add(AwsKms)

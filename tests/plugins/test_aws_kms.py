@@ -1,0 +1,605 @@
+"""Tests for the ``aws`` KMS backend, over HTTP against this session's moto server.
+
+moto ignores Recipient, key policies and key states, so most tests install the test-only
+:class:`~tests.kms_recipient_shim.KmsRecipientShim` on the session, which makes moto answer as KMS
+does there (requests still go to moto over HTTP); ``raw_kms`` talks to moto without it. Error
+codes moto never sends come from a small canned HTTP server on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.session
+import marshmallow
+import pytest
+from botocore.credentials import CredentialProvider, RefreshableCredentials
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from enclave_plugins.aws_kms import AwsKms
+from enclave_plugins.simulated_attestation import SimulatedNsm
+
+from enclave_core.aws import principal_arn
+from enclave_core.backends import build_backend, plugins_for, validate_backends
+from enclave_core.config import Config
+from enclave_core.crypto.cms import open_ciphertext_for_recipient
+from enclave_core.crypto.devca import DevCa
+from enclave_core.errors import (
+    AccessDenied,
+    BackendError,
+    CryptoError,
+    EnclaveError,
+    InvalidKeyState,
+    NotFound,
+    ValidationError,
+)
+from enclave_core.interfaces import BackendContext, Kms, Recipient
+from enclave_core.kms_policy import locked_policy
+from enclave_core.manager import get_plugin_manager
+from tests.kms_recipient_shim import MOTO_PRINCIPAL, KmsRecipientShim
+
+CONTEXT = {"app": "hello", "purpose": "storage-dek"}
+SECRET = b"the static secret value 0123456789"
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Sid": "root",
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ],
+}
+
+
+def _context(tmp_path: Path, session: Any) -> BackendContext:
+    return BackendContext(
+        name="hello",
+        prefix="dev",
+        region="us-east-1",
+        mode="development",
+        base_dir=tmp_path,
+        state_dir=tmp_path / ".enclave",
+        app_dir=tmp_path / "app",
+        session=session,
+    )
+
+
+def _build(tmp_path: Path, session: Any, **options: Any) -> AwsKms:
+    return AwsKms.from_options(AwsKms.Options().load(options), _context(tmp_path, session))
+
+
+@pytest.fixture
+def nsm_root(tmp_path: Path) -> tuple[SimulatedNsm, Any]:
+    """A simulated NSM and its dev root certificate."""
+    (tmp_path / "app").mkdir()
+    nsm = SimulatedNsm(state_dir=tmp_path / ".enclave", app_dir=tmp_path / "app", pcr0=b"\x07" * 48)
+    return nsm, DevCa(tmp_path / ".enclave").root_certificate()
+
+
+@pytest.fixture
+def shim(nsm_root: tuple[SimulatedNsm, Any], moto_reset: str) -> KmsRecipientShim:
+    return KmsRecipientShim(root=nsm_root[1], endpoint_url=moto_reset)
+
+
+@pytest.fixture
+def kms(tmp_path: Path, moto_reset: str, shim: KmsRecipientShim) -> AwsKms:
+    """The backend on moto, with KMS's Recipient and key-state behaviour supplied by the shim."""
+    session = shim.install(boto3.session.Session(region_name="us-east-1"))
+    return _build(tmp_path, session, endpoint_url=moto_reset, sts_endpoint_url=moto_reset)
+
+
+@pytest.fixture
+def raw_kms(tmp_path: Path, moto_reset: str, boto3_session: Any) -> AwsKms:
+    return _build(tmp_path, boto3_session, endpoint_url=moto_reset)
+
+
+def _admin(url: str) -> Any:
+    return boto3.session.Session(region_name="us-east-1").client("kms", endpoint_url=url)
+
+
+def _enclave_recipient(nsm: SimulatedNsm) -> tuple[Recipient, rsa.RSAPrivateKey]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Recipient(attestation_document=nsm.attestation(public_key=spki)), key
+
+
+def _leaks(error: BaseException, *values: bytes) -> bool:
+    text = str(error)
+    return any(v.decode("latin-1") in text or base64.b64encode(v).decode() in text for v in values)
+
+
+# --------------------------------------------------------------------------- registration, config
+
+
+def test_hook_enclave_register_kms_aws() -> None:
+    plugins = get_plugin_manager()
+    assert plugins.kms.get("aws") is AwsKms
+    assert plugins.kms.owner("aws") == "aws-kms"
+
+
+def test_options_and_client_config(tmp_path: Path, boto3_session: Any) -> None:
+    with pytest.raises(marshmallow.ValidationError):
+        AwsKms.Options().load({"bucket": "x"})
+    kms = _build(tmp_path, boto3_session, connect_timeout_s=2, read_timeout_s=7, max_attempts=3)
+    assert isinstance(kms, Kms)  # the Protocol, structurally
+    assert isinstance(kms, AwsKms)
+    config = kms.client.meta.config
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+    assert (config.connect_timeout, config.read_timeout) == (2.0, 7.0)
+    assert "simple-enclave/" in config.user_agent_extra
+    assert kms.client.meta.region_name == "us-east-1"
+    assert kms.client.meta.endpoint_url == "https://kms.us-east-1.amazonaws.com"
+    assert (
+        _build(tmp_path, boto3_session, region="eu-west-2").client.meta.region_name == "eu-west-2"
+    )
+
+
+def test_built_from_enclave_yaml(make_config: Callable[..., Config], moto_reset: str) -> None:
+    config = make_config(
+        kms={"backend": "aws", "options": {"endpoint_url": moto_reset, "region": "us-east-1"}}
+    )
+    plugins = plugins_for(config)
+    kms = build_backend(config, plugins, "kms")
+    assert isinstance(kms, AwsKms)
+    info = kms.create_key(description="from yaml")
+    assert _admin(moto_reset).describe_key(KeyId=info.key_id)["KeyMetadata"]["Enabled"]
+    typo = make_config(kms={"backend": "aws", "options": {"endpoint": moto_reset}})
+    assert any(line.startswith("kms.options.endpoint") for line in validate_backends(typo, plugins))
+
+
+def test_endpoint_env_var_is_honoured_and_option_wins(
+    tmp_path: Path, moto_reset: str, boto3_session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", moto_reset)
+    kms = _build(tmp_path, boto3_session)
+    info = kms.create_key(description="via env")
+    assert kms.client.meta.endpoint_url == moto_reset
+    assert _admin(moto_reset).describe_key(KeyId=info.key_id)["KeyMetadata"]["Description"] == (
+        "via env"
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", "http://127.0.0.1:9")  # nothing listens there
+    fresh = boto3.session.Session(aws_access_key_id="t", aws_secret_access_key="t")
+    assert _build(tmp_path, fresh, endpoint_url=moto_reset).describe_key(info.key_id) == info
+
+
+def test_no_session_or_credentials_until_the_first_call(
+    tmp_path: Path, moto_reset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Any] = []
+    real = boto3.session.Session
+
+    def counting() -> Any:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(boto3.session, "Session", counting)
+    kms = _build(tmp_path, None, endpoint_url=moto_reset, sts_endpoint_url=moto_reset)
+    assert made == []
+    # Credentials that appear after construction are the ones used: nothing was captured.
+    sts = real(region_name="us-east-1").client("sts", endpoint_url=moto_reset)
+    role = "arn:aws:iam::123456789012:role/enclave-instance"
+    creds = sts.assume_role(RoleArn=role, RoleSessionName="i-0abc")["Credentials"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    assert kms.caller_arn() == role
+    assert len(made) == 1
+
+
+class _Expiring(CredentialProvider):
+    """Credentials that are always about to expire, each fetch with a new access key."""
+
+    METHOD = "test-expiring"
+    CANONICAL_NAME = "TestExpiring"
+
+    def __init__(self) -> None:
+        self.fetched: list[str] = []
+
+    def fetch(self) -> dict[str, str]:
+        self.fetched.append(f"ASIATEST{len(self.fetched):08d}")
+        expiry = datetime.now(UTC) + timedelta(minutes=2)  # inside botocore's refresh window
+        return {
+            "access_key": self.fetched[-1],
+            "secret_key": "secret",
+            "token": "token",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    def load(self) -> RefreshableCredentials:
+        return RefreshableCredentials.create_from_metadata(self.fetch(), self.fetch, self.METHOD)
+
+
+def test_refreshing_credentials_keep_refreshing(tmp_path: Path, moto_reset: str) -> None:
+    provider = _Expiring()
+    core = botocore.session.Session()
+    core.get_component("credential_provider").insert_before("env", provider)
+    session = boto3.session.Session(botocore_session=core, region_name="us-east-1")
+    signed: list[str] = []
+    session.events.register(
+        "before-send.kms",
+        lambda request, **_: signed.append(request.headers["Authorization"].decode()),
+    )
+    kms = _build(tmp_path, session, endpoint_url=moto_reset)
+    assert provider.fetched == []
+    key = kms.create_key().key_id
+    blob = kms.encrypt(key, SECRET, CONTEXT)
+    assert kms.decrypt(key, blob, CONTEXT).plaintext == SECRET
+    assert len(signed) == 3
+    used = [h.split("Credential=", 1)[1].split("/", 1)[0] for h in signed]
+    assert len(set(used)) == 3 and set(used) <= set(provider.fetched)
+
+
+# --------------------------------------------------------------------------- keys and policies
+
+
+def test_create_describe_and_key_policies(kms: AwsKms) -> None:
+    sent: list[bool] = []
+    kms.client.meta.events.register(
+        "before-parameter-build.kms.PutKeyPolicy",
+        lambda params, **_: sent.append(params["BypassPolicyLockoutSafetyCheck"]),
+    )
+    info = kms.create_key(description="hello key", policy=POLICY)
+    assert info.state == "Enabled" and info.description == "hello key"
+    assert info.arn == f"arn:aws:kms:us-east-1:123456789012:key/{info.key_id}"
+    assert kms.describe_key(info.key_id) == kms.describe_key(info.arn) == info
+    assert kms.get_key_policy(info.key_id) == POLICY
+    locked = json.loads(json.dumps(POLICY))
+    locked["Statement"][0]["Sid"] = "locked"
+    kms.put_key_policy(info.key_id, locked)
+    assert kms.get_key_policy(info.key_id) == locked
+    kms.put_key_policy(info.arn, POLICY, bypass_lockout_safety_check=True)
+    assert kms.get_key_policy(info.key_id) == POLICY
+    assert sent == [False, True]
+    default = kms.create_key()
+    assert default.description == ""
+    assert kms.get_key_policy(default.key_id)["Statement"]
+
+
+def test_unknown_key_is_not_found(kms: AwsKms) -> None:
+    missing = str(uuid.uuid4())
+    for call in (
+        lambda: kms.describe_key(missing),
+        lambda: kms.get_key_policy(missing),
+        lambda: kms.encrypt(missing, SECRET, CONTEXT),
+        lambda: kms.generate_data_key(missing, CONTEXT),
+    ):
+        with pytest.raises(NotFound) as info:
+            call()
+        assert type(info.value) is NotFound and missing in str(info.value)
+        assert not _leaks(info.value, SECRET)
+
+
+def test_schedule_key_deletion(kms: AwsKms) -> None:
+    key = kms.create_key().key_id
+    blob = kms.encrypt(key, SECRET, CONTEXT)
+    for days in (6, 31):
+        with pytest.raises(ValidationError):
+            kms.schedule_key_deletion(key, days)
+    assert kms.describe_key(key).state == "Enabled"
+    info = kms.schedule_key_deletion(key, 7)
+    assert info.state == "PendingDeletion" and info.deletion_date is not None
+    when = datetime.fromisoformat(info.deletion_date)
+    assert abs(when - (datetime.now(UTC) + timedelta(days=7))) < timedelta(minutes=5)
+    for call in (
+        lambda: kms.decrypt(key, blob, CONTEXT),
+        lambda: kms.decrypt("", blob, CONTEXT),
+        lambda: kms.encrypt(key, SECRET, CONTEXT),
+        lambda: kms.generate_data_key(key, CONTEXT),
+    ):
+        with pytest.raises(InvalidKeyState) as error:
+            call()
+        assert str(error.value).startswith("KMS ")
+        assert key in str(error.value) and not _leaks(error.value, SECRET, blob)
+
+
+def test_disabled_key_is_invalid_state_until_enabled(kms: AwsKms, moto_reset: str) -> None:
+    key = kms.create_key().key_id
+    blob = kms.encrypt(key, SECRET, CONTEXT)
+    _admin(moto_reset).disable_key(KeyId=key)
+    assert kms.describe_key(key).state == "Disabled"
+    with pytest.raises(InvalidKeyState) as error:
+        kms.decrypt(key, blob, CONTEXT)
+    assert f"KMS Decrypt of key {key} failed: DisabledException" in str(error.value)
+    assert not _leaks(error.value, SECRET, blob)
+    with pytest.raises(InvalidKeyState):
+        kms.encrypt(key, SECRET, CONTEXT)
+    _admin(moto_reset).enable_key(KeyId=key)
+    assert kms.decrypt(key, blob, CONTEXT).plaintext == SECRET
+
+
+# --------------------------------------------------------------------------- cryptography
+
+
+def test_encrypt_decrypt_with_encryption_context(kms: AwsKms) -> None:
+    info = kms.create_key()
+    blob = kms.encrypt(info.key_id, SECRET, CONTEXT)
+    assert SECRET not in blob
+    result = kms.decrypt(info.key_id, blob, CONTEXT)
+    assert (result.plaintext, result.key_id, result.ciphertext_for_recipient) == (
+        SECRET,
+        info.arn,
+        None,
+    )
+    assert kms.decrypt("", blob, CONTEXT).plaintext == SECRET  # the key comes from the blob
+    for wrong in ({**CONTEXT, "purpose": "static-secret"}, {}):
+        with pytest.raises(CryptoError) as error:
+            kms.decrypt(info.key_id, blob, wrong)
+        assert info.key_id in str(error.value) and not _leaks(error.value, SECRET, blob)
+    with pytest.raises(CryptoError):
+        kms.decrypt(info.key_id, blob[:-1] + bytes([blob[-1] ^ 1]), CONTEXT)
+    for size in (0, 4097):
+        with pytest.raises(ValidationError):
+            kms.encrypt(info.key_id, b"x" * size, CONTEXT)
+
+
+@pytest.mark.parametrize("size", [1, 32, 1024])
+def test_generate_data_key_sizes(kms: AwsKms, size: int) -> None:
+    info = kms.create_key()
+    result = kms.generate_data_key(info.key_id, CONTEXT, number_of_bytes=size)
+    assert result.plaintext is not None and len(result.plaintext) == size
+    assert result.key_id == info.arn and result.ciphertext_blob
+    assert kms.decrypt(info.key_id, result.ciphertext_blob, CONTEXT).plaintext == result.plaintext
+
+
+def test_generate_data_key_size_limits(kms: AwsKms) -> None:
+    key = kms.create_key().key_id
+    for size in (0, 1025):
+        with pytest.raises(ValidationError):
+            kms.generate_data_key(key, CONTEXT, number_of_bytes=size)
+
+
+def test_recipient_round_trip_through_the_shim(
+    kms: AwsKms, shim: KmsRecipientShim, nsm_root: tuple[SimulatedNsm, Any]
+) -> None:
+    nsm = nsm_root[0]
+    key = kms.create_key().key_id
+    blob = kms.encrypt(key, SECRET, CONTEXT)
+    recipient, private = _enclave_recipient(nsm)
+    result = kms.decrypt(key, blob, CONTEXT, recipient)
+    assert result.plaintext is None and result.ciphertext_for_recipient
+    assert SECRET not in result.ciphertext_for_recipient
+    assert open_ciphertext_for_recipient(result.ciphertext_for_recipient, private) == SECRET
+    generated = kms.generate_data_key(key, CONTEXT, number_of_bytes=32, recipient=recipient)
+    assert generated.plaintext is None and generated.ciphertext_blob
+    assert generated.ciphertext_for_recipient is not None
+    data_key = open_ciphertext_for_recipient(generated.ciphertext_for_recipient, private)
+    assert len(data_key) == 32
+    assert kms.decrypt(key, generated.ciphertext_blob, CONTEXT).plaintext == data_key
+    assert [d.module_id for d in shim.verified] == [nsm.module_id, nsm.module_id]
+    assert shim.verified[0].pcrs[0] == b"\x07" * 48
+    # another enclave's key cannot open it
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(CryptoError):
+        open_ciphertext_for_recipient(result.ciphertext_for_recipient, other)
+
+
+def test_recipient_documents_the_shim_refuses(
+    kms: AwsKms, tmp_path: Path, nsm_root: tuple[SimulatedNsm, Any]
+) -> None:
+    key = kms.create_key().key_id
+    blob = kms.encrypt(key, SECRET, CONTEXT)
+    (tmp_path / "other-app").mkdir()
+    stranger = SimulatedNsm(state_dir=tmp_path / "other", app_dir=tmp_path / "other-app")
+    foreign, _ = _enclave_recipient(stranger)  # signed under another dev root
+    keyless = Recipient(attestation_document=nsm_root[0].attestation())
+    wrong_alg = Recipient(foreign.attestation_document, key_encryption_algorithm="RSAES_PKCS1")
+    with pytest.raises(AccessDenied) as denied:
+        kms.decrypt(key, blob, CONTEXT, foreign)
+    assert "attestation document is invalid" in str(denied.value)
+    for recipient in (keyless, wrong_alg):
+        with pytest.raises(ValidationError) as error:
+            kms.decrypt(key, blob, CONTEXT, recipient)
+        assert "ValidationException" in str(error.value) and not _leaks(error.value, SECRET)
+
+
+def test_key_locked_to_pcr0_decrypts_only_for_that_image(
+    kms: AwsKms, tmp_path: Path, nsm_root: tuple[SimulatedNsm, Any]
+) -> None:
+    assert kms.caller_arn() == MOTO_PRINCIPAL
+    policy = locked_policy(pcr0_hex=(b"\x07" * 48).hex(), principal_arn=kms.caller_arn())
+    with pytest.raises(ValidationError) as lockout:
+        kms.create_key(policy=policy)
+    assert "MalformedPolicyDocumentException" in str(lockout.value)
+    key = kms.create_key().key_id
+    blob = kms.encrypt(key, SECRET, CONTEXT)
+    with pytest.raises(ValidationError):
+        kms.put_key_policy(key, policy)  # the lockout safety check
+    assert kms.get_key_policy(key)["Statement"][0]["Principal"] != {"AWS": MOTO_PRINCIPAL}
+    kms.put_key_policy(key, policy, bypass_lockout_safety_check=True)
+    assert kms.get_key_policy(key) == policy
+    recipient, private = _enclave_recipient(nsm_root[0])
+    result = kms.decrypt(key, blob, CONTEXT, recipient)
+    assert result.ciphertext_for_recipient is not None
+    assert open_ciphertext_for_recipient(result.ciphertext_for_recipient, private) == SECRET
+    other_image = SimulatedNsm(
+        state_dir=tmp_path / ".enclave", app_dir=tmp_path / "app", pcr0=b"\x08" * 48
+    )
+    for call in (
+        lambda: kms.decrypt(key, blob, CONTEXT),  # no attestation at all
+        lambda: kms.decrypt(key, blob, CONTEXT, _enclave_recipient(other_image)[0]),
+        lambda: kms.generate_data_key(key, CONTEXT),
+        lambda: kms.encrypt(key, SECRET, CONTEXT),  # the locked policy has no Encrypt
+        lambda: kms.put_key_policy(key, POLICY, bypass_lockout_safety_check=True),
+    ):
+        with pytest.raises(AccessDenied) as denied:
+            call()
+        assert type(denied.value) is AccessDenied and key in str(denied.value)
+        assert not _leaks(denied.value, SECRET, blob)
+    bypassed = kms.create_key(policy=policy, bypass_lockout_safety_check=True)
+    assert kms.get_key_policy(bypassed.key_id) == policy
+
+
+def test_an_endpoint_ignoring_recipient_is_refused(
+    raw_kms: AwsKms, nsm_root: tuple[SimulatedNsm, Any]
+) -> None:
+    key = raw_kms.create_key().key_id
+    blob = raw_kms.encrypt(key, SECRET, CONTEXT)
+    recipient, _ = _enclave_recipient(nsm_root[0])
+    for call in (
+        lambda: raw_kms.decrypt(key, blob, CONTEXT, recipient),
+        lambda: raw_kms.generate_data_key(key, CONTEXT, recipient=recipient),
+    ):
+        with pytest.raises(BackendError) as error:
+            call()
+        assert "carries a plaintext" in str(error.value) and not _leaks(error.value, SECRET)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@pytest.mark.parametrize(
+    ("arn", "principal"),
+    [
+        (
+            "arn:aws:sts::123456789012:assumed-role/enclave-role/i-0abc",
+            "arn:aws:iam::123456789012:role/enclave-role",
+        ),
+        (
+            "arn:aws-us-gov:sts::123456789012:assumed-role/R/s",
+            "arn:aws-us-gov:iam::123456789012:role/R",
+        ),
+        ("arn:aws:iam::123456789012:role/path/R", "arn:aws:iam::123456789012:role/path/R"),
+        ("arn:aws:iam::123456789012:user/alice", "arn:aws:iam::123456789012:user/alice"),
+        ("arn:aws:sts::123456789012:user/moto", "arn:aws:iam::123456789012:user/moto"),
+        ("arn:aws:iam::123456789012:root", "arn:aws:iam::123456789012:root"),
+    ],
+)
+def test_principal_arn(arn: str, principal: str) -> None:
+    assert principal_arn(arn) == principal
+
+
+def test_principal_arn_refuses_what_is_not_a_principal() -> None:
+    for bad in ("", "arn:aws:s3:::bucket", "arn:aws:sts::123456789012:assumed-role/R"):
+        with pytest.raises(BackendError):
+            principal_arn(bad)
+
+
+def test_caller_arn_from_sts_is_cached(tmp_path: Path, moto_reset: str) -> None:
+    sts = boto3.session.Session(region_name="us-east-1").client("sts", endpoint_url=moto_reset)
+    role = "arn:aws:iam::123456789012:role/enclave-role"
+    creds = sts.assume_role(RoleArn=role, RoleSessionName="i-0abc-enc01")["Credentials"]
+    session = boto3.session.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+        region_name="us-east-1",
+    )
+    calls: list[str] = []
+    session.events.register("before-send.sts", lambda request, **_: calls.append(request.url))
+    kms = _build(tmp_path, session, sts_endpoint_url=moto_reset)
+    assert kms.caller_arn() == role
+    assert kms.caller_arn() == role
+    assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- AWS error codes
+
+
+class _Canned(ThreadingHTTPServer):
+    """Answers every request with one fixed JSON error, counting requests."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _CannedHandler)
+        self.answer: tuple[int, dict[str, str]] = (500, {})
+        self.hits = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _CannedHandler(BaseHTTPRequestHandler):
+    server: _Canned
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.hits += 1
+        status, body = self.server.answer
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def canned() -> Iterator[_Canned]:
+    server = _Canned()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("AccessDeniedException", AccessDenied),
+        ("KMSInvalidStateException", InvalidKeyState),
+        ("DisabledException", InvalidKeyState),
+        ("NotFoundException", NotFound),
+        ("InvalidCiphertextException", CryptoError),
+        ("IncorrectKeyException", CryptoError),
+        ("MalformedPolicyDocumentException", ValidationError),
+        ("ValidationException", ValidationError),
+        ("KMSInternalExceptionX", BackendError),
+    ],
+)
+def test_aws_error_codes_map_to_distinct_project_errors(
+    tmp_path: Path, canned: _Canned, boto3_session: Any, code: str, expected: type[EnclaveError]
+) -> None:
+    canned.answer = (400, {"__type": code, "message": f"{SECRET.decode()} was refused"})
+    kms = _build(tmp_path, boto3_session, endpoint_url=canned.url, max_attempts=1)
+    with pytest.raises(EnclaveError) as error:
+        kms.decrypt("1234abcd-12ab-34cd-56ef-1234567890ab", SECRET, CONTEXT)
+    assert type(error.value) is expected
+    message = str(error.value)
+    assert message.startswith("KMS Decrypt of key 1234abcd-12ab-34cd-56ef-1234567890ab")
+    assert code in message and not _leaks(error.value, SECRET)
+
+
+def test_throttling_is_retried_then_a_backend_error(
+    tmp_path: Path, canned: _Canned, boto3_session: Any
+) -> None:
+    canned.answer = (400, {"__type": "ThrottlingException", "message": "Rate exceeded"})
+    kms = _build(tmp_path, boto3_session, endpoint_url=canned.url, max_attempts=2)
+    with pytest.raises(BackendError) as error:
+        kms.describe_key("alias/enclave")
+    assert type(error.value) is BackendError
+    assert "throttled" in str(error.value) and "alias/enclave" in str(error.value)
+    assert canned.hits == 2
+
+
+def test_unreachable_endpoint_is_a_backend_error(tmp_path: Path, boto3_session: Any) -> None:
+    kms = _build(
+        tmp_path,
+        boto3_session,
+        endpoint_url="http://127.0.0.1:9",
+        max_attempts=1,
+        connect_timeout_s=1,
+    )
+    with pytest.raises(BackendError) as error:
+        kms.encrypt("k", SECRET, CONTEXT)
+    assert "could not reach" in str(error.value) and not _leaks(error.value, SECRET)
