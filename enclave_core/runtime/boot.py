@@ -3,6 +3,12 @@
 Each stage is visible in ``/health`` while it runs. A failure leaves the runtime degraded, with a
 reason that names the stage and never a secret; the runtime keeps serving ``/health`` instead of
 crashing. Backends are synchronous, so every call runs in a worker thread.
+
+Keys: the ``kms_key`` stage makes sure the KMS key is locked to this enclave's PCR0 (locking an
+unlocked key on first boot with :func:`~enclave_core.kms_policy.locked_policy`), and every static
+secret and the storage data key are generated and decrypted through KMS Recipient
+(:class:`~enclave_core.runtime.recipient.RecipientSession`), so no plaintext key ever leaves KMS
+unencrypted. There is no Recipient-less Decrypt or GenerateDataKey in the runtime.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from loguru import logger
 
 from enclave_core.backends import build_backend
 from enclave_core.crypto.envelope import EncryptedStorage
-from enclave_core.errors import AttestationError, BackendError, CryptoError, EnclaveError
+from enclave_core.errors import AttestationError, CryptoError, EnclaveError
+from enclave_core.kms_policy import analyse, locked_policy
 from enclave_core.manager import Plugins
 from enclave_core.runtime.counting import CountingKms, CountingSecrets, CountingStorage
 from enclave_core.runtime.dynsecrets import DynamicSecrets
+from enclave_core.runtime.recipient import RecipientSession
 from enclave_core.runtime.state import RuntimeState
 
 KMS_KEY_PARAM = "KMSKeyID"
@@ -64,6 +72,8 @@ def _attestation(state: RuntimeState) -> None:
     if len(random) < TOKEN_BYTES:
         raise AttestationError(f"NSM GetRandom returned {len(random)} bytes, need {TOKEN_BYTES}")
     state.mgmt_token = random[:TOKEN_BYTES].hex()
+    # A fresh Recipient key pair per boot; its document is requested when KMS is first called.
+    state.recipient = RecipientSession(state.attestation, user_data=state.user_data)
     logger.bind(pcr0=state.pcr0).info("attestation ready")
 
 
@@ -83,31 +93,72 @@ def _kms_key(state: RuntimeState) -> None:
     info = state.kms.describe_key(key_id)
     if info.state != "Enabled":
         raise EnclaveError(f"KMS key {key_id} is {info.state}, expected Enabled")
+    _check_lock(state, key_id)
     state.kms_key_id = key_id
     logger.bind(key_id=key_id).info("KMS key ready")
 
 
+def _short(pcr0: str) -> str:
+    return f"{pcr0[:16]}…"
+
+
+def _check_lock(state: RuntimeState, key_id: str) -> None:
+    """Require the key to be locked to this enclave's PCR0; lock an unlocked key (first boot)."""
+    assert state.kms is not None and state.pcr0 is not None
+    own = state.pcr0.lower()
+    analysis = analyse(state.kms.get_key_policy(key_id), pcr0_hex=own)
+    if not analysis.locked:
+        policy = locked_policy(pcr0_hex=own, principal_arn=state.kms.caller_arn())
+        state.kms.put_key_policy(key_id, policy, bypass_lockout_safety_check=True)
+        logger.bind(key_id=key_id, pcr0=own).info("KMS key locked to this enclave's PCR0")
+        analysis = analyse(state.kms.get_key_policy(key_id), pcr0_hex=own)
+        if not analysis.locked:
+            raise EnclaveError(f"KMS key {key_id} is still not locked after its policy was put")
+    if analysis.unconditioned_decrypt:
+        reason = next((r for r in analysis.reasons if "without an attestation" in r), "")
+        raise EnclaveError(
+            f"KMS key {key_id} policy lets a principal decrypt without attestation: {reason}"
+        )
+    others = sorted(analysis.attested_pcr0 - {own})
+    if not analysis.attested_pcr0:
+        raise EnclaveError(
+            f"KMS key {key_id} is locked and lets no enclave image decrypt, not even this "
+            f"enclave's PCR0 {_short(own)}"
+        )
+    if own not in analysis.attested_pcr0:
+        raise EnclaveError(
+            f"KMS key {key_id} is locked to PCR0 {', '.join(_short(p) for p in others)}, not "
+            f"this enclave's PCR0 {_short(own)} (a changed image needs `enclave migrate`)"
+        )
+    if others:
+        # Another image could decrypt every secret: the key is not this enclave's alone.
+        raise EnclaveError(
+            f"KMS key {key_id} also lets PCR0 {', '.join(_short(p) for p in others)} decrypt, "
+            f"besides this enclave's PCR0 {_short(own)}"
+        )
+
+
 def _data_key(state: RuntimeState, param: str, context: dict[str, str], what: str) -> bytes:
-    """Decrypt the data key stored as ``param``, or on first boot generate and store it."""
+    """Decrypt the data key stored as ``param``, or on first boot generate and store it.
+
+    Both go through KMS Recipient: the key arrives enveloped for this boot's RSA key pair.
+    """
     assert state.secrets is not None and state.kms is not None and state.kms_key_id is not None
+    assert state.recipient is not None
     key_id = state.kms_key_id
     stored = state.secrets.get(param)
     if stored is None:
-        result = state.kms.generate_data_key(key_id, context, number_of_bytes=DATA_KEY_BYTES)
-        if result.plaintext is None or result.ciphertext_blob is None:
-            raise BackendError(f"KMS GenerateDataKey for {what} under {key_id} returned no key")
-        state.secrets.put(param, base64.b64encode(result.ciphertext_blob).decode("ascii"))
+        blob, plaintext = state.recipient.generate_data_key(
+            state.kms, key_id, context, DATA_KEY_BYTES
+        )
+        state.secrets.put(param, base64.b64encode(blob).decode("ascii"))
         logger.bind(key_id=key_id, parameter=param).info("data key generated")
-        return _check_length(result.plaintext, what)
-    else:
-        try:
-            blob = base64.b64decode(stored, validate=True)
-        except (binascii.Error, ValueError):
-            raise CryptoError(f"parameter {param} is not valid base64") from None
-        plaintext = state.kms.decrypt(key_id, blob, context).plaintext
-        if plaintext is None:
-            raise BackendError(f"KMS Decrypt of {param} under {key_id} returned no plaintext")
         return _check_length(plaintext, what)
+    try:
+        blob = base64.b64decode(stored, validate=True)
+    except (binascii.Error, ValueError):
+        raise CryptoError(f"parameter {param} is not valid base64") from None
+    return _check_length(state.recipient.decrypt(state.kms, key_id, blob, context), what)
 
 
 def _check_length(key: bytes, what: str) -> bytes:

@@ -185,3 +185,7 @@ class CountingKms:
     def schedule_key_deletion(self, key_id: str, pending_window_days: int = 7) -> KeyInfo:
         """Schedule a key's deletion."""
         return self._call(lambda: self._inner.schedule_key_deletion(key_id, pending_window_days))
+
+    def caller_arn(self) -> str:
+        """The inner backend's principal (not a KMS operation, so not counted)."""
+        return self._inner.caller_arn()

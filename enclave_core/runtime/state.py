@@ -20,6 +20,7 @@ from enclave_core.config import Config
 from enclave_core.interfaces import Attestation, Kms, Secrets, Storage
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.dynsecrets import DynamicSecrets
+from enclave_core.runtime.recipient import RecipientSession
 
 STAGES = ("config", "attestation", "kms_key", "static_secrets", "storage", "dynamic_secrets", "app")
 
@@ -64,6 +65,8 @@ class RuntimeState:
     raw_storage: Storage | None = None
     storage: Storage | None = None
     dynamic: DynamicSecrets | None = None
+    #: The boot's KMS Recipient key pair and document (every decrypt goes through it).
+    recipient: RecipientSession | None = None
 
     pcr0: str | None = None
     signing_key: Ed25519PrivateKey | None = None

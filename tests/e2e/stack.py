@@ -141,7 +141,8 @@ class DevStack:
         )
 
     def start(self) -> None:
-        self.stderr_path = self.folder / "dev-stderr.log"
+        # Beside the app folder, not in it: the simulated PCR0 measures every file there.
+        self.stderr_path = self.folder.parent / f"{self.folder.name}-dev-stderr.log"
         err = self.stderr_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)],

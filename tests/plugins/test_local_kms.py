@@ -10,19 +10,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import marshmallow
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enclave_plugins.local_kms import MATERIAL_AAD, LocalKms
 from loguru import logger
 
 from enclave_core.errors import (
+    AccessDenied,
     BackendError,
     CryptoError,
     InvalidKeyState,
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, Kms, Recipient
+from enclave_core.interfaces import BackendContext, Kms
+from enclave_core.kms_policy import default_policy, locked_policy
 from enclave_core.manager import get_plugin_manager
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}
@@ -215,25 +218,14 @@ def test_default_and_replaced_key_policy(kms: LocalKms) -> None:
     [statement] = policy["Statement"]
     assert statement["Principal"] == {"AWS": "arn:aws:iam::000000000000:root"}
     assert (statement["Effect"], statement["Action"]) == ("Allow", "kms:*")
-    locked = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": "arn:aws:iam::000000000000:role/enclave"},
-                "Action": "kms:Decrypt",
-                "Resource": "*",
-                "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": "ab"}},
-            }
-        ],
-    }
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
     kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
     assert kms.get_key_policy(info.key_id) == locked
     assert LocalKms(kms.directory).get_key_policy(info.arn) == locked
 
 
 def test_create_key_with_policy_and_invalid_policies(kms: LocalKms) -> None:
-    custom: dict[str, Any] = {"Version": "2012-10-17", "Statement": []}
+    custom = {**default_policy("000000000000"), "Id": "custom"}
     info = kms.create_key(policy=custom)
     assert kms.get_key_policy(info.key_id) == custom
     bad: dict[str, Any]
@@ -249,16 +241,10 @@ def test_create_key_with_policy_and_invalid_policies(kms: LocalKms) -> None:
     with pytest.raises(ValidationError):
         kms.create_key(policy={"Statement": "nope"})
     assert kms.key_ids() == [info.key_id]
-
-
-def test_recipient_is_refused_for_now(kms: LocalKms) -> None:
-    info = kms.create_key()
-    blob = kms.encrypt(info.key_id, b"data", CONTEXT)
-    recipient = Recipient(attestation_document=b"\x84")
-    with pytest.raises(BackendError, match="Recipient is not supported by the local KMS yet"):
-        kms.decrypt(info.key_id, blob, CONTEXT, recipient)
-    with pytest.raises(BackendError, match="Recipient is not supported by the local KMS yet"):
-        kms.generate_data_key(info.key_id, CONTEXT, recipient=recipient)
+    # A key whose policy allows nothing exists, but nobody can use or even describe it.
+    sealed = kms.create_key(policy={"Version": "2012-10-17", "Statement": []})
+    with pytest.raises(AccessDenied, match=f"kms:DescribeKey on key {sealed.key_id} denied"):
+        kms.describe_key(sealed.key_id)
 
 
 def test_logs_never_carry_key_material_or_plaintext(kms: LocalKms) -> None:
@@ -279,10 +265,8 @@ def test_logs_never_carry_key_material_or_plaintext(kms: LocalKms) -> None:
             assert form not in text
 
 
-def test_from_options(tmp_path: Path) -> None:
-    options = LocalKms.Options().load({})
-    assert options == {"path": ".enclave/kms"}
-    context = BackendContext(
+def _context(tmp_path: Path) -> BackendContext:
+    return BackendContext(
         name="hello",
         prefix="dev",
         region="ap-south-1",
@@ -291,13 +275,122 @@ def test_from_options(tmp_path: Path) -> None:
         state_dir=tmp_path / ".enclave",
         app_dir=tmp_path,
     )
-    backend = LocalKms.from_options(options, context)
+
+
+def test_from_options(tmp_path: Path) -> None:
+    options = LocalKms.Options().load({})
+    assert options == {
+        "path": ".enclave/kms",
+        "principal": "arn:aws:iam::000000000000:role/enclave",
+        "root_pem": None,
+    }
+    backend = LocalKms.from_options(options, _context(tmp_path))
     info = backend.create_key()
     assert info.arn.startswith("arn:aws:kms:ap-south-1:000000000000:key/")
     assert (tmp_path / ".enclave" / "kms" / f"{info.key_id}.json").is_file()
+    assert backend.caller_arn() == "arn:aws:iam::000000000000:role/enclave"
+    assert backend.root_pem == tmp_path / ".enclave" / "dev-root.pem"  # the simulated NSM's
+    assert isinstance(backend, Kms)
+
+
+def test_options_principal_and_root(tmp_path: Path) -> None:
+    role = "arn:aws:iam::123456789012:role/app"
+    options = LocalKms.Options().load({"principal": role, "root_pem": "certs/root.pem"})
+    backend = LocalKms.from_options(options, _context(tmp_path))
+    assert backend.caller_arn() == role
+    assert backend.root_pem == tmp_path / "certs" / "root.pem"
+    for bad in ("role/app", "arn:aws:iam::12:role/app", ""):
+        with pytest.raises(marshmallow.ValidationError):
+            LocalKms.Options().load({"principal": bad})
+    with pytest.raises(marshmallow.ValidationError):
+        LocalKms.Options().load({"bogus": 1})
 
 
 def test_hook_enclave_register_kms() -> None:
     plugins = get_plugin_manager()
     assert plugins.kms.get("local") is LocalKms
     assert plugins.kms.owner("local") == "local-kms"
+
+
+# ------------------------------------------------------------------ key policies enforced
+
+
+def test_put_key_policy_lockout_safety_check(kms: LocalKms) -> None:
+    info = kms.create_key()
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
+    with pytest.raises(ValidationError, match="MalformedPolicyDocumentException") as raised:
+        kms.put_key_policy(info.key_id, locked)
+    assert "will not allow you to update the key policy in the future" in str(raised.value)
+    assert kms.get_key_policy(info.key_id) == default_policy("000000000000")  # unchanged
+    # A new policy that still lets the caller put policies passes without the bypass.
+    keeps_admin = {**default_policy("000000000000"), "Id": "v2"}
+    kms.put_key_policy(info.key_id, keeps_admin)
+    assert kms.get_key_policy(info.key_id)["Id"] == "v2"
+    kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
+    # Locked: nobody, the account root included, can change it again, with or without bypass.
+    for bypass in (False, True):
+        with pytest.raises(AccessDenied, match="kms:PutKeyPolicy on key .* denied"):
+            kms.put_key_policy(info.key_id, keeps_admin, bypass_lockout_safety_check=bypass)
+    assert kms.get_key_policy(info.key_id) == locked
+
+
+def test_a_locked_key_refuses_what_its_policy_does_not_grant(kms: LocalKms) -> None:
+    info = kms.create_key()
+    blob = kms.encrypt(info.key_id, b"made before the lock", CONTEXT)
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
+    kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
+    assert kms.describe_key(info.key_id).state == "Enabled"  # DescribeKey stays allowed
+    denied = {
+        "kms:Encrypt": lambda: kms.encrypt(info.key_id, b"forged", CONTEXT),
+        "kms:DisableKey": lambda: kms.disable_key(info.key_id),
+        "kms:EnableKey": lambda: kms.enable_key(info.key_id),
+        "kms:CancelKeyDeletion": lambda: kms.cancel_key_deletion(info.key_id),
+    }
+    for action, call in denied.items():
+        with pytest.raises(AccessDenied, match=f"{action} on key {info.key_id} denied"):
+            call()
+    # Recipient-less Decrypt and GenerateDataKey: the attestation condition is not met.
+    for call in (
+        lambda: kms.decrypt(info.key_id, blob, CONTEXT),
+        lambda: kms.generate_data_key(info.key_id, CONTEXT),
+    ):
+        with pytest.raises(AccessDenied) as raised:
+            call()
+        message = str(raised.value)
+        assert info.key_id in message and "kms:RecipientAttestation:PCR0" in message
+        assert "the request has no attestation document" in message
+        assert "made before the lock" not in message
+    assert kms.schedule_key_deletion(info.key_id, 7).state == "PendingDeletion"  # allowed
+
+
+def test_another_principal_is_denied(kms: LocalKms) -> None:
+    info = kms.create_key()
+    role_only = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::000000000000:role/other"},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ],
+    }
+    kms.put_key_policy(info.key_id, role_only, bypass_lockout_safety_check=True)
+    with pytest.raises(
+        AccessDenied,
+        match="no statement allows kms:DescribeKey for arn:aws:iam::000000000000:role/enclave",
+    ):
+        kms.describe_key(info.key_id)
+    other = LocalKms(kms.directory, principal="arn:aws:iam::000000000000:role/other")
+    assert other.describe_key(info.key_id).key_id == info.key_id
+
+
+def test_encryption_context_conditions_are_enforced(kms: LocalKms) -> None:
+    policy = default_policy("000000000000")
+    policy["Statement"][0]["Condition"] = {"StringEquals": {"kms:EncryptionContext:app": "hello"}}
+    info = kms.create_key(policy=policy)
+    blob = kms.encrypt(info.key_id, b"data", CONTEXT)
+    assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"data"
+    with pytest.raises(AccessDenied, match="kms:EncryptionContext:app"):
+        kms.encrypt(info.key_id, b"data", {"app": "other"})

@@ -3,6 +3,12 @@
 They are real implementations (real AES-GCM in the KMS, real SHA-384 PCRs), only kept in memory.
 ``DoublesPlugin`` registers them under the name ``testmem``; instances are shared per state
 directory, so a second boot in the same folder sees what the first one stored.
+
+The KMS double behaves like the local KMS where the runtime can tell: key policies are evaluated
+with :mod:`enclave_core.kms_policy`, and a Recipient gets a real CMS envelope and no plaintext.
+The NSM double's "attestation document" is transparent, not signed
+(``DOC:<nonce>:<user_data>:<public_key>:<pcr0>``, hex fields), and the KMS double reads it
+without verification; tests of the real checks use the local KMS and the simulated NSM.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from marshmallow import Schema
 
 from enclave_core import hookimpl
-from enclave_core.errors import CryptoError, NotFound, NsmError, PreconditionFailed
+from enclave_core.crypto.cms import build_ciphertext_for_recipient
+from enclave_core.errors import (
+    AccessDenied,
+    CryptoError,
+    InvalidKeyState,
+    NotFound,
+    NsmError,
+    PreconditionFailed,
+)
 from enclave_core.interfaces import (
     BackendContext,
     KeyInfo,
@@ -28,6 +42,7 @@ from enclave_core.interfaces import (
     Recipient,
     StoredObject,
 )
+from enclave_core.kms_policy import RequestContext, default_policy, evaluate
 from enclave_core.registry import BackendRegistry
 
 NAME = "testmem"
@@ -109,15 +124,18 @@ class MemorySecrets:
 
 
 class MemoryKms:
-    """KMS with real AES-GCM keys and encryption contexts bound as associated data."""
+    """KMS with real AES-GCM keys, encryption contexts bound as associated data, evaluated key
+    policies and Recipient answers (from the transparent documents of :class:`MemoryNsm`)."""
 
     name: ClassVar[str] = NAME
+    PRINCIPAL = "arn:aws:iam::000000000000:role/enclave"
 
     class Options(Schema):
         pass
 
     def __init__(self) -> None:
         self.keys: dict[str, tuple[str, bytes]] = {}
+        self.policies: dict[str, dict[str, Any]] = {}
         self.calls: list[str] = []
         #: When set, describe_key waits for it (lets a test observe the kms_key stage).
         self.gate: threading.Event | None = None
@@ -126,10 +144,40 @@ class MemoryKms:
     def from_options(cls, options: dict[str, Any], context: BackendContext) -> MemoryKms:
         return _shared(cls, context)
 
+    def caller_arn(self) -> str:
+        return self.PRINCIPAL
+
     def _info(self, key_id: str) -> KeyInfo:
         if key_id not in self.keys:
             raise NotFound(f"memory kms: key {key_id} not found")
         return KeyInfo(key_id, f"arn:test:kms:key/{key_id}", self.keys[key_id][0])
+
+    def _authorize(self, key_id: str, action: str, context: RequestContext | None = None) -> None:
+        self._info(key_id)
+        decision = evaluate(
+            self.policies[key_id],
+            action=action,
+            principal=self.PRINCIPAL,
+            context=context or RequestContext(),
+        )
+        if not decision.allowed:
+            raise AccessDenied(f"memory kms: {action} on {key_id} denied: {decision.reason}")
+
+    def _usable(
+        self, key_id: str, action: str, context: dict[str, str], recipient: Recipient | None
+    ) -> bytes | None:
+        """Authorize and check the state; return the Recipient's public key (DER) if any."""
+        public_key, pcrs = None, None
+        if recipient is not None:
+            _, _nonce, _user_data, key_hex, pcr0_hex = recipient.attestation_document.split(b":")
+            public_key, pcrs = (
+                bytes.fromhex(key_hex.decode()),
+                {0: bytes.fromhex(pcr0_hex.decode())},
+            )
+        self._authorize(key_id, action, RequestContext(encryption_context=context, pcrs=pcrs))
+        if self.keys[key_id][0] != "Enabled":
+            raise InvalidKeyState(f"memory kms: key {key_id} is {self.keys[key_id][0]}")
+        return public_key
 
     def set_state(self, key_id: str, state: str) -> None:
         self.keys[key_id] = (state, self.keys[key_id][1])
@@ -138,30 +186,47 @@ class MemoryKms:
         self.calls.append("create_key")
         key_id = str(uuid.uuid4())
         self.keys[key_id] = ("Enabled", AESGCM.generate_key(256))
+        self.policies[key_id] = policy or default_policy("000000000000")
         return self._info(key_id)
 
     def describe_key(self, key_id: str) -> KeyInfo:
         self.calls.append("describe_key")
         if self.gate is not None:
             self.gate.wait(10)
+        self._authorize(key_id, "kms:DescribeKey")
         return self._info(key_id)
 
     def get_key_policy(self, key_id: str) -> dict[str, Any]:
-        return {}
+        self.calls.append("get_key_policy")
+        self._authorize(key_id, "kms:GetKeyPolicy")
+        return json.loads(json.dumps(self.policies[key_id]))
 
     def put_key_policy(
         self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
     ) -> None:
-        pass
+        self.calls.append("put_key_policy")
+        self._authorize(key_id, "kms:PutKeyPolicy")
+        self.policies[key_id] = json.loads(json.dumps(policy))
 
     def _aad(self, key_id: str, context: dict[str, str]) -> bytes:
         return key_id.encode() + json.dumps(context, sort_keys=True).encode()
 
+    def _seal(self, key_id: str, plaintext: bytes, context: dict[str, str]) -> bytes:
+        nonce = os.urandom(12)
+        material = self.keys[key_id][1]
+        return nonce + AESGCM(material).encrypt(nonce, plaintext, self._aad(key_id, context))
+
     def encrypt(self, key_id: str, plaintext: bytes, context: dict[str, str]) -> bytes:
         self.calls.append("encrypt")
-        state, material = self.keys[key_id]
-        nonce = os.urandom(12)
-        return nonce + AESGCM(material).encrypt(nonce, plaintext, self._aad(key_id, context))
+        self._usable(key_id, "kms:Encrypt", context, None)
+        return self._seal(key_id, plaintext, context)
+
+    @staticmethod
+    def _answer(key_id: str, plain: bytes, public_key: bytes | None, **extra: Any) -> KmsResult:
+        if public_key is None:
+            return KmsResult(key_id=key_id, plaintext=plain, **extra)
+        envelope = build_ciphertext_for_recipient(plain, public_key)
+        return KmsResult(key_id=key_id, ciphertext_for_recipient=envelope, **extra)
 
     def decrypt(
         self,
@@ -171,14 +236,15 @@ class MemoryKms:
         recipient: Recipient | None = None,
     ) -> KmsResult:
         self.calls.append("decrypt")
-        _state, material = self.keys[key_id]
+        public_key = self._usable(key_id, "kms:Decrypt", context, recipient)
+        material = self.keys[key_id][1]
         try:
             plain = AESGCM(material).decrypt(
                 ciphertext[:12], ciphertext[12:], self._aad(key_id, context)
             )
         except InvalidTag:
             raise CryptoError(f"memory kms: ciphertext does not decrypt under {key_id}") from None
-        return KmsResult(key_id=key_id, plaintext=plain)
+        return self._answer(key_id, plain, public_key)
 
     def generate_data_key(
         self,
@@ -189,12 +255,13 @@ class MemoryKms:
         recipient: Recipient | None = None,
     ) -> KmsResult:
         self.calls.append("generate_data_key")
+        public_key = self._usable(key_id, "kms:GenerateDataKey", context, recipient)
         plain = os.urandom(number_of_bytes)
-        blob = self.encrypt(key_id, plain, context)
-        self.calls.pop()  # count the inner encrypt as part of this call
-        return KmsResult(key_id=key_id, plaintext=plain, ciphertext_blob=blob)
+        blob = self._seal(key_id, plain, context)
+        return self._answer(key_id, plain, public_key, ciphertext_blob=blob)
 
     def schedule_key_deletion(self, key_id: str, pending_window_days: int = 7) -> KeyInfo:
+        self._authorize(key_id, "kms:ScheduleKeyDeletion")
         self.set_state(key_id, "PendingDeletion")
         return self._info(key_id)
 
@@ -251,7 +318,8 @@ class MemoryNsm:
         public_key: bytes | None = None,
     ) -> bytes:
         self.documents.append({"user_data": user_data, "nonce": nonce, "public_key": public_key})
-        return b"DOC:" + (nonce or b"").hex().encode() + b":" + (user_data or b"").hex().encode()
+        fields = (nonce or b"", user_data or b"", public_key or b"", self.pcrs[0])
+        return b"DOC:" + b":".join(f.hex().encode() for f in fields)
 
     def get_random(self, length: int = 32) -> bytes:
         return os.urandom(length)

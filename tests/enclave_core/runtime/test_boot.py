@@ -1,37 +1,412 @@
-"""Boot stages over in-memory backends: order, first and later boots, failures as degraded."""
+"""Boot stages: order, first and later boots, the KMS key lock, Recipient, failures as degraded.
+
+Most tests boot the real development backends (local KMS, secrets and storage, the simulated NSM)
+in a temporary folder; the KMS is wrapped by a spy that records every call. A few use the
+in-memory doubles where a test needs to break a backend from outside.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
+from enclave_plugins.local_kms import LocalKms
+from enclave_plugins.simulated_attestation import SimulatedNsm
 
+from enclave_core import hookimpl
+from enclave_core.backends import build_backend
 from enclave_core.config import Config
+from enclave_core.crypto.attestation import verify_document
+from enclave_core.crypto.aws_root import load_root_pem
+from enclave_core.errors import AccessDenied
+from enclave_core.interfaces import BackendContext, KmsResult, Recipient
+from enclave_core.kms_policy import locked_policy
 from enclave_core.manager import Plugins, get_plugin_manager
+from enclave_core.registry import BackendRegistry
 from enclave_core.runtime.boot import (
     STORAGE_DEK_PARAM,
     app_env_provider,
     run_boot,
     static_secret_context,
+    storage_dek_context,
 )
+from enclave_core.runtime.recipient import RecipientSession
 from enclave_core.runtime.state import STAGES, RuntimeState, attestation_user_data
 from tests.enclave_core.runtime.doubles import (
     DOUBLES_CONFIG,
     DoublesPlugin,
     MemoryKms,
     MemoryNsm,
-    MemorySecrets,
     MemoryStorage,
     shared,
 )
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+STATIC = {"static": [{"name": "signing_key", "env_var": "APP_SIGNING_KEY"}]}
+
+
+# ------------------------------------------------------------------ a spy around the local KMS
+
+
+@dataclass(frozen=True)
+class KmsCall:
+    """One call the runtime made: its method, the Recipient it sent and what KMS answered."""
+
+    method: str
+    recipient: Recipient | None
+    result: KmsResult | None
+
+
+class SpyKms(LocalKms):
+    """The local KMS, recording each call; ``describe_key`` can wait for a gate."""
+
+    name: ClassVar[str] = "spy"
+    calls: ClassVar[dict[str, list[KmsCall]]] = {}
+    gates: ClassVar[dict[str, threading.Event]] = {}
+    spy_key = ""
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], context: BackendContext) -> LocalKms:
+        kms = super().from_options(options, context)
+        assert isinstance(kms, SpyKms)
+        kms.spy_key = str(context.state_dir)
+        return kms
+
+    def _record(self, method: str, recipient: Any = None, result: Any = None) -> None:
+        self.calls.setdefault(self.spy_key, []).append(KmsCall(method, recipient, result))
+
+    def describe_key(self, key_id: str) -> Any:
+        self._record("describe_key")
+        gate = self.gates.get(self.spy_key)
+        if gate is not None:
+            gate.wait(10)
+        return super().describe_key(key_id)
+
+    def create_key(self, **kwargs: Any) -> Any:
+        self._record("create_key")
+        return super().create_key(**kwargs)
+
+    def put_key_policy(self, key_id: str, policy: dict[str, Any], **kwargs: Any) -> None:
+        self._record("put_key_policy")
+        super().put_key_policy(key_id, policy, **kwargs)
+
+    def decrypt(self, key_id: str, blob: bytes, context: Any, recipient: Any = None) -> KmsResult:
+        result = super().decrypt(key_id, blob, context, recipient)
+        self._record("decrypt", recipient, result)
+        return result
+
+    def generate_data_key(self, key_id: str, context: Any, **kwargs: Any) -> KmsResult:
+        result = super().generate_data_key(key_id, context, **kwargs)
+        self._record("generate_data_key", kwargs.get("recipient"), result)
+        return result
+
+
+class SpyPlugin:
+    """Registers :class:`SpyKms` as the ``spy`` KMS backend."""
+
+    @hookimpl
+    def enclave_register_kms(self, registry: BackendRegistry[Any]) -> None:
+        registry.add(SpyKms)
+
+
+@pytest.fixture
+def local_plugins() -> Plugins:
+    return get_plugin_manager(extra_plugins=[("test-spy", SpyPlugin())])
+
+
+@pytest.fixture
+def local_config(make_config: Callable[..., Config], tmp_path: Path) -> Config:
+    (tmp_path / "app.py").write_text("print('version 1')\n")
+    return make_config(kms={"backend": "spy"}, secrets=STATIC)
+
+
+def calls(config: Config, method: str | None = None) -> list[KmsCall]:
+    recorded = SpyKms.calls.get(str(config.state_dir), [])
+    return [c for c in recorded if method is None or c.method == method]
+
+
+def local_kms(config: Config) -> LocalKms:
+    return LocalKms(config.state_dir / "kms", root_pem=config.state_dir / "dev-root.pem")
+
+
+def params(config: Config, plugins: Plugins) -> Any:
+    return build_backend(config, plugins, "secrets")
+
+
+def boot(config: Config, plugins: Plugins, start_app: Any = None) -> RuntimeState:
+    state = RuntimeState(config)
+    asyncio.run(run_boot(state, plugins, start_app))
+    return state
+
+
+def open_stored(config: Config, key_id: str, stored: str, context: dict[str, str]) -> bytes:
+    """Decrypt a stored parameter as a boot of this image would: through Recipient."""
+    nsm = SimulatedNsm(state_dir=config.state_dir, app_dir=config.app_dir)
+    session = RecipientSession(nsm)
+    return session.decrypt(local_kms(config), key_id, base64.b64decode(stored), context)
+
+
+# ------------------------------------------------------------------ real backends
+
+
+def test_stages_run_in_order_and_start_the_app_last(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    seen: list[tuple[str, bool]] = []
+    state = RuntimeState(local_config)
+
+    async def start_app() -> None:
+        seen.append((state.stage, state.storage_ready))
+
+    assert asyncio.run(run_boot(state, local_plugins, start_app)) is True
+    assert state.stage_history == list(STAGES)
+    assert seen == [("app", True)]
+    assert state.boot_error is None
+    # Boot done, app not up yet: still initializing at stage "app".
+    assert state.health() == (503, {"status": "initializing", "stage": "app"})
+
+
+def test_each_stage_is_visible_in_health_while_it_runs(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    gate = SpyKms.gates[str(local_config.state_dir)] = threading.Event()
+    state = RuntimeState(local_config)
+
+    async def scenario() -> list[Any]:
+        task = asyncio.create_task(run_boot(state, local_plugins, None))
+        while not calls(local_config, "describe_key"):
+            await asyncio.sleep(0.01)
+        during = state.health()
+        gate.set()
+        await task
+        return [during, state.health()]
+
+    during, after = asyncio.run(scenario())
+    assert during == (503, {"status": "initializing", "stage": "kms_key"})
+    assert after == (503, {"status": "initializing", "stage": "app"})
+
+
+def test_first_boot_locks_the_key_and_generates_through_recipient(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    state = boot(local_config, local_plugins)
+    assert state.boot_error is None
+    secrets = params(local_config, local_plugins)
+    assert set(secrets.list()) == {"KMSKeyID", "signing_key/Ciphertext", STORAGE_DEK_PARAM}
+    key_id = secrets.get("KMSKeyID")
+    assert state.kms_key_id == key_id
+    # The key now carries exactly the locked policy, for this PCR0 and the backend's principal.
+    kms = local_kms(local_config)
+    assert state.pcr0 is not None and len(state.pcr0) == 96
+    expected = locked_policy(pcr0_hex=state.pcr0, principal_arn=kms.caller_arn())
+    assert kms.get_key_policy(key_id) == expected
+    assert [c.method for c in calls(local_config)] == [
+        "create_key",
+        "describe_key",
+        "put_key_policy",
+        "generate_data_key",
+        "generate_data_key",
+    ]
+    # Every data key came through Recipient, and no answer carried a plaintext.
+    generated = calls(local_config, "generate_data_key")
+    assert all(c.recipient is not None for c in generated)
+    assert all(c.result is not None and c.result.plaintext is None for c in generated)
+    # The Recipient document binds this boot's RSA key and the runtime's user_data.
+    document = generated[0].recipient.attestation_document  # type: ignore[union-attr]
+    root = load_root_pem(local_config.state_dir / "dev-root.pem")
+    verified = verify_document(document, root=root, at=datetime.now(UTC))
+    assert state.recipient is not None
+    assert verified.public_key == state.recipient.public_key_der
+    assert verified.user_data == state.user_data() and verified.pcrs[0].hex() == state.pcr0
+    # The stored ciphertext is exactly the app's secret, under its context.
+    value = state.static_env["APP_SIGNING_KEY"]
+    assert HEX64.match(value)
+    context = static_secret_context("hello", "signing_key")
+    assert open_stored(local_config, key_id, secrets.get("signing_key/Ciphertext"), context) == (
+        bytes.fromhex(value)
+    )
+    assert value not in json.dumps({n: secrets.get(n) for n in secrets.list()})
+    metrics = state.metrics.snapshot()
+    assert metrics["secret_writes"] == 3
+    # create, describe, get policy, put policy, get policy again, two data keys
+    assert (metrics["kms_operations"], metrics["kms_errors"]) == (7, 0)
+    assert state.mgmt_token is not None and HEX64.match(state.mgmt_token)
+    assert (
+        state.attestation_pubkey is not None and len(bytes.fromhex(state.attestation_pubkey)) == 32
+    )
+
+
+def test_second_boot_decrypts_the_same_values(local_config: Config, local_plugins: Plugins) -> None:
+    first = boot(local_config, local_plugins)
+    assert first.storage is not None
+    first.storage.put("notes/a", b"kept")
+    SpyKms.calls.clear()
+    second = boot(local_config, local_plugins)
+    assert second.boot_error is None
+    assert second.static_env == first.static_env
+    assert second.kms_key_id == first.kms_key_id
+    assert [c.method for c in calls(local_config)] == ["describe_key", "decrypt", "decrypt"]
+    decrypts = calls(local_config, "decrypt")
+    assert all(c.recipient is not None for c in decrypts)
+    assert all(c.result is not None and c.result.plaintext is None for c in decrypts)
+    assert second.recipient is not None and first.recipient is not None
+    assert second.recipient.public_key_der != first.recipient.public_key_der  # per boot
+    assert second.storage is not None and second.storage.get("notes/a").data == b"kept"
+    assert second.mgmt_token != first.mgmt_token  # a new token every boot
+
+
+def test_a_changed_app_is_degraded_and_never_sees_the_secrets(
+    local_config: Config, local_plugins: Plugins, tmp_path: Path
+) -> None:
+    first = boot(local_config, local_plugins)
+    assert first.pcr0 is not None
+    (tmp_path / "app.py").write_text("print('version 2')\n")  # a new image: a new PCR0
+    SpyKms.calls.clear()
+    state = boot(local_config, local_plugins)
+    assert state.pcr0 is not None and state.pcr0 != first.pcr0
+    status, body = state.health()
+    assert status == 503 and body["status"] == "degraded"
+    assert body["error"].startswith(
+        f"boot stage kms_key failed: KMS key {first.kms_key_id} is locked to PCR0 "
+        f"{first.pcr0[:16]}…, not this enclave's PCR0 {state.pcr0[:16]}…"
+    )
+    assert state.static_env == {} and state.storage is None
+    assert calls(local_config, "decrypt") == [] and calls(local_config, "put_key_policy") == []
+    # KMS itself would refuse this image the secret anyway.
+    stored = params(local_config, local_plugins).get("signing_key/Ciphertext")
+    context = static_secret_context("hello", "signing_key")
+    with pytest.raises(AccessDenied, match="the request's value differs"):
+        open_stored(local_config, first.kms_key_id or "", stored, context)
+
+
+def prepared_key(config: Config, plugins: Plugins, policy: Callable[[str], dict[str, Any]]) -> str:
+    """A key named in KMSKeyID whose policy is ``policy(this image's PCR0)``."""
+    kms = local_kms(config)
+    key_id = kms.create_key().key_id
+    nsm = build_backend(config, plugins, "attestation")
+    kms.put_key_policy(
+        key_id, policy(nsm.describe_pcr(0).data.hex()), bypass_lockout_safety_check=True
+    )
+    params(config, plugins).put("KMSKeyID", key_id)
+    return key_id
+
+
+def test_a_key_other_images_can_decrypt_is_degraded(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    other = "0f" * 48
+
+    def two_images(own: str) -> dict[str, Any]:
+        policy = locked_policy(pcr0_hex=own, principal_arn=local_kms(local_config).caller_arn())
+        condition = policy["Statement"][0]["Condition"]["StringEqualsIgnoreCase"]
+        condition["kms:RecipientAttestation:PCR0"] = [own, other]
+        return policy
+
+    key_id = prepared_key(local_config, local_plugins, two_images)
+    state = boot(local_config, local_plugins)
+    assert state.pcr0 is not None
+    assert state.health()[1]["error"] == (
+        f"boot stage kms_key failed: KMS key {key_id} also lets PCR0 {other[:16]}… decrypt, "
+        f"besides this enclave's PCR0 {state.pcr0[:16]}…"
+    )
+    assert calls(local_config, "generate_data_key") == []
+
+
+def test_a_locked_key_no_image_can_use_is_degraded(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    def read_only(own: str) -> dict[str, Any]:
+        policy = locked_policy(pcr0_hex=own, principal_arn=local_kms(local_config).caller_arn())
+        del policy["Statement"][0]  # no Decrypt for anyone
+        return policy
+
+    key_id = prepared_key(local_config, local_plugins, read_only)
+    state = boot(local_config, local_plugins)
+    assert state.pcr0 is not None
+    assert state.health()[1]["error"] == (
+        f"boot stage kms_key failed: KMS key {key_id} is locked and lets no enclave image "
+        f"decrypt, not even this enclave's PCR0 {state.pcr0[:16]}…"
+    )
+
+
+def test_a_key_with_unconditioned_decrypt_is_degraded(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    def open_decrypt(own: str) -> dict[str, Any]:
+        principal = local_kms(local_config).caller_arn()
+        policy = locked_policy(pcr0_hex=own, principal_arn=principal)
+        policy["Statement"].append(
+            {
+                "Sid": "HostDecrypt",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::000000000000:role/host"},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+            }
+        )
+        return policy
+
+    key_id = prepared_key(local_config, local_plugins, open_decrypt)
+    error = boot(local_config, local_plugins).health()[1]["error"]
+    assert error == (
+        f"boot stage kms_key failed: KMS key {key_id} policy lets a principal decrypt without "
+        "attestation: statement 'HostDecrypt' (#3) lets arn:aws:iam::000000000000:role/host "
+        "call kms:Decrypt without an attestation condition"
+    )
+
+
+def test_disabled_key_is_degraded_naming_key_and_state(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    first = boot(local_config, local_plugins)
+    # The locked policy lets nobody disable the key through KMS; the key file stands for
+    # whatever AWS-side event disabled it.
+    path = local_config.state_dir / "kms" / f"{first.kms_key_id}.json"
+    record = json.loads(path.read_text())
+    record["state"] = "Disabled"
+    path.write_text(json.dumps(record))
+    body = boot(local_config, local_plugins).health()[1]
+    assert body == {
+        "status": "degraded",
+        "error": f"boot stage kms_key failed: KMS key {first.kms_key_id} is Disabled, "
+        "expected Enabled",
+    }
+
+
+def test_undecryptable_static_secret_is_degraded_without_the_value(
+    local_config: Config, local_plugins: Plugins
+) -> None:
+    first = boot(local_config, local_plugins)
+    secrets = params(local_config, local_plugins)
+    # Swap in the storage DEK's ciphertext: same key, other context, so KMS must refuse it.
+    secrets.put("signing_key/Ciphertext", secrets.get(STORAGE_DEK_PARAM))
+    state = boot(local_config, local_plugins)
+    error = state.health()[1]["error"]
+    assert error.startswith("boot stage static_secrets failed: ")
+    assert "encryption context does not match" in error
+    assert first.static_env["APP_SIGNING_KEY"] not in error
+    assert state.metrics.snapshot()["kms_errors"] == 1
+    # The storage DEK itself still opens under its own context.
+    dek = open_stored(
+        local_config,
+        first.kms_key_id or "",
+        secrets.get(STORAGE_DEK_PARAM),
+        storage_dek_context("hello"),
+    )
+    assert len(dek) == 32
+
+
+# ------------------------------------------------------------------ in-memory doubles
 
 
 @pytest.fixture
@@ -44,85 +419,15 @@ def config(make_config: Callable[..., Config]) -> Config:
     return make_config(**DOUBLES_CONFIG)
 
 
-def boot(config: Config, plugins: Plugins, start_app: Any = None) -> RuntimeState:
-    state = RuntimeState(config)
-    asyncio.run(run_boot(state, plugins, start_app))
-    return state
-
-
-def test_stages_run_in_order_and_start_the_app_last(config: Config, plugins: Plugins) -> None:
-    seen: list[tuple[str, bool]] = []
-    state = RuntimeState(config)
-
-    async def start_app() -> None:
-        seen.append((state.stage, state.storage_ready))
-
-    assert asyncio.run(run_boot(state, plugins, start_app)) is True
-    assert state.stage_history == list(STAGES)
-    assert seen == [("app", True)]
-    assert state.boot_error is None
-    # Boot done, app not up yet: still initializing at stage "app".
-    assert state.health() == (503, {"status": "initializing", "stage": "app"})
-
-
-def test_each_stage_is_visible_in_health_while_it_runs(config: Config, plugins: Plugins) -> None:
-    kms = shared(MemoryKms, config.state_dir)
-    kms.gate = threading.Event()
-    state = RuntimeState(config)
-
-    async def scenario() -> list[Any]:
-        task = asyncio.create_task(run_boot(state, plugins, None))
-        while "describe_key" not in kms.calls:
-            await asyncio.sleep(0.01)
-        during = state.health()
-        kms.gate.set()
-        await task
-        return [during, state.health()]
-
-    during, after = asyncio.run(scenario())
-    assert during == (503, {"status": "initializing", "stage": "kms_key"})
-    assert after == (503, {"status": "initializing", "stage": "app"})
-
-
-def test_first_boot_generates_and_stores_ciphertexts(config: Config, plugins: Plugins) -> None:
+def test_doubles_boot_locks_and_uses_recipient_too(config: Config, plugins: Plugins) -> None:
     state = boot(config, plugins)
-    params = shared(MemorySecrets, config.state_dir).values
+    assert state.boot_error is None
     kms = shared(MemoryKms, config.state_dir)
-    assert set(params) == {"KMSKeyID", "signing_key/Ciphertext", STORAGE_DEK_PARAM}
-    key_id = params["KMSKeyID"]
-    assert state.kms_key_id == key_id and kms.keys[key_id][0] == "Enabled"
-    value = state.static_env["APP_SIGNING_KEY"]
-    assert HEX64.match(value)
-    # The stored parameter is the KMS ciphertext of exactly that value, under the right context.
-    blob = base64.b64decode(params["signing_key/Ciphertext"])
-    plain = kms.decrypt(key_id, blob, static_secret_context("hello", "signing_key")).plaintext
-    assert plain is not None and plain.hex() == value
-    assert value not in str(params)
-    assert kms.calls.count("create_key") == 1 and kms.calls.count("generate_data_key") == 2
-    metrics = state.metrics.snapshot()
-    assert metrics["secret_writes"] == 3
-    assert metrics["kms_operations"] == 4  # create, describe, two data keys
-    assert metrics["kms_errors"] == 0
-    assert state.pcr0 == MemoryNsm.PCR0.hex()
-    assert state.mgmt_token is not None and HEX64.match(state.mgmt_token)
-    assert (
-        state.attestation_pubkey is not None and len(bytes.fromhex(state.attestation_pubkey)) == 32
+    assert kms.policies[state.kms_key_id] == locked_policy(
+        pcr0_hex=MemoryNsm.PCR0.hex(), principal_arn=MemoryKms.PRINCIPAL
     )
-
-
-def test_second_boot_decrypts_the_same_values(config: Config, plugins: Plugins) -> None:
-    first = boot(config, plugins)
-    first.storage.put("notes/a", b"kept")  # type: ignore[union-attr]
-    kms = shared(MemoryKms, config.state_dir)
-    kms.calls.clear()
-    second = boot(config, plugins)
-    assert second.boot_error is None
-    assert second.static_env == first.static_env
-    assert second.kms_key_id == first.kms_key_id
-    assert "create_key" not in kms.calls and "generate_data_key" not in kms.calls
-    assert kms.calls.count("decrypt") == 2
-    assert second.storage.get("notes/a").data == b"kept"  # type: ignore[union-attr]
-    assert second.mgmt_token != first.mgmt_token  # a new token every boot
+    documents = shared(MemoryNsm, config.state_dir).documents
+    assert len(documents) == 1 and documents[0]["public_key"] is not None
 
 
 def test_production_without_kms_key_is_degraded(
@@ -140,31 +445,6 @@ def test_production_without_kms_key_is_degraded(
     assert "kms_key" in body["error"] and "KMSKeyID" in body["error"]
     assert state.storage is None and started == []
     assert shared(MemoryKms, config.state_dir).keys == {}
-
-
-def test_disabled_key_is_degraded_naming_key_and_state(config: Config, plugins: Plugins) -> None:
-    first = boot(config, plugins)
-    kms = shared(MemoryKms, config.state_dir)
-    kms.set_state(first.kms_key_id, "Disabled")
-    state = boot(config, plugins)
-    body = state.health()[1]
-    assert body["status"] == "degraded"
-    assert first.kms_key_id in body["error"] and "Disabled" in body["error"]
-    assert "kms_key" in body["error"]
-
-
-def test_undecryptable_static_secret_is_degraded_without_the_value(
-    config: Config, plugins: Plugins
-) -> None:
-    first = boot(config, plugins)
-    params = shared(MemorySecrets, config.state_dir).values
-    # Swap in the storage DEK's ciphertext: same key, other context, so KMS must refuse it.
-    params["signing_key/Ciphertext"] = params[STORAGE_DEK_PARAM]
-    state = boot(config, plugins)
-    error = state.health()[1]["error"]
-    assert "static_secrets" in error
-    assert first.static_env["APP_SIGNING_KEY"] not in error
-    assert state.metrics.snapshot()["kms_errors"] == 1
 
 
 def test_unexpected_backend_exception_is_degraded(config: Config, plugins: Plugins) -> None:
