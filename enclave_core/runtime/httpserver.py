@@ -24,6 +24,7 @@ from enclave_core.runtime.exchange import (
     PAUSE_UPSTREAM,
     Exchange,
     error_response,
+    half_close,
 )
 
 if TYPE_CHECKING:
@@ -124,11 +125,13 @@ class ClientConnection(asyncio.Protocol):
         self.eof = True
         up = self.tunnel
         if up is not None:  # pass the half-close on; close once both sides have ended
-            if up.peer_eof or not up.transport.can_write_eof() or self.server.ssl_context:
+            if up.peer_eof or self.server.ssl_context or not half_close(up.transport):
                 up.close()
                 return False
-            up.transport.write_eof()
             return True
+        ex = self.parsing
+        if ex is not None and ex.method and not ex.complete:
+            return False  # a request body cut short: it can never be answered
         return bool(self.pipeline) and self.server.ssl_context is None
 
     def pause_writing(self) -> None:
@@ -146,13 +149,12 @@ class ClientConnection(asyncio.Protocol):
             up.resume_reading()
 
     # -- httptools callbacks
-    def on_message_begin(self) -> None:
-        """A new request starts."""
-        self.parsing = Exchange()
-
     def on_url(self, url: bytes) -> None:
-        """The request target, possibly in pieces."""
-        self.parsing.url += url  # type: ignore[union-attr]
+        """The request target, possibly in pieces; its first piece starts a new request."""
+        ex = self.parsing
+        if ex is None or ex.method:  # (no on_message_begin: one callback less per request)
+            ex = self.parsing = Exchange()
+        ex.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """One header (trailers after a chunked body are ignored)."""
@@ -223,16 +225,17 @@ class ClientConnection(asyncio.Protocol):
             return
         self.closed = True
         transport = self.transport
-        if not linger or self.eof or transport.is_closing() or not transport.can_write_eof():
+        if not linger or self.eof or not half_close(transport):
             transport.close()
             return
-        transport.write_eof()
         if self.paused:
             transport.resume_reading()
         self.linger = self.loop.call_later(LINGER_S, transport.close)
 
     def reply(self, ex: Exchange, data: bytes, status: int, close: bool = False) -> None:
         """Send a complete response for ``ex`` (the head of the pipeline)."""
+        if status >= 500 and not ex.own:  # counted before the client can see it
+            self.server.metrics.inc("http_errors")
         if not self.closed:
             self.transport.write(data)
         self.response_done(ex, status, close)
@@ -262,8 +265,6 @@ class ClientConnection(asyncio.Protocol):
         if self.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
             self.resume(PAUSE_UPSTREAM | PAUSE_BUFFER)
         server = self.server
-        if status >= 500 and not ex.own:
-            server.metrics.inc("http_errors")
         if server.debug:
             self._log(ex)
         if close or not ex.keep_alive or ex.upgrade is not None or self.eof or server.closing:
@@ -272,6 +273,13 @@ class ClientConnection(asyncio.Protocol):
         if not ex.complete:
             ex.discard = True
             ex.body = []
+            return
+        pipeline = self.pipeline
+        if len(pipeline) == 1 and not self.advancing:  # the usual case: nothing queued behind
+            pipeline.popleft()
+            self.idle_since = self.loop.time()
+            if self.paused:
+                self.resume(PAUSE_PIPELINE)
             return
         self._advance()
 
@@ -285,6 +293,9 @@ class ClientConnection(asyncio.Protocol):
         self.pipeline.clear()
         self.raw = None
         self.resume(PAUSE_BUFFER | PAUSE_PIPELINE)
+        # the client stopped sending before the app accepted: tell the app
+        if self.eof and not half_close(up.transport):
+            up.close()
 
     # -- internals
     def _body(self, ex: Exchange, data: bytes) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from enclave_core.runtime.exchange import PAUSE_UPSTREAM, REASONS, Exchange
+from enclave_core.runtime.exchange import PAUSE_UPSTREAM, REASONS, Exchange, half_close
 
 if TYPE_CHECKING:
     from enclave_core.runtime.httpserver import ClientConnection
@@ -62,6 +62,7 @@ class Upstream(asyncio.Protocol):
         conn.bound = self
         ex.handler = self
         self.reused, self.got, self.done, self.until_close = reused, False, False, False
+        self.in_head = True
         self.chunk_out = self.client_close = False
         self.chunk_req = ex.chunked and not replay
         pieces = [head]
@@ -175,9 +176,7 @@ class Upstream(asyncio.Protocol):
         self.peer_eof = True
         conn = self.conn
         if self.spliced and conn is not None and not conn.closed and not conn.eof:
-            if conn.transport.can_write_eof():
-                conn.transport.write_eof()
-                return True
+            return half_close(conn.transport)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,10 +207,6 @@ class Upstream(asyncio.Protocol):
             conn.close()
             conn.response_done(ex, self.status, True)
 
-    def on_message_begin(self) -> None:
-        """A response starts."""
-        self.in_head = True
-
     def on_header(self, name: bytes, value: bytes) -> None:
         """A response header (trailers are dropped)."""
         if self.in_head:
@@ -228,10 +223,13 @@ class Upstream(asyncio.Protocol):
             if ex.version == "1.1":
                 self.out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, REASONS.get(status, b"")))
             self.headers = []
+            self.in_head = True  # the final head follows
             return
         if status == 101 and ex.upgrade is None:
             raise ValueError("101 without an upgrade request")
         self.status = status
+        if status >= 500:  # counted before the client can see it
+            conn.server.metrics.inc("http_errors")
         self.keep = self.parser.should_keep_alive()
         parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
         chunked = length = False
@@ -247,7 +245,9 @@ class Upstream(asyncio.Protocol):
             if lname == b"content-length":
                 length = True
             parts += (name, b": ", value, b"\r\n")
-        close = conn.must_close(ex) and status != 101
+        close = status != 101 and (
+            not ex.keep_alive or ex.upgrade is not None or conn.eof or conn.server.closing
+        )
         bodyless = status == 101 or status == 204 or status == 304 or ex.method == b"HEAD"
         if chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -295,7 +295,9 @@ class Upstream(asyncio.Protocol):
     def _finish(self) -> None:
         conn, ex = self.conn, self.ex
         assert conn is not None and ex is not None
-        self._unbind()
+        conn.bound = self.conn = self.ex = None
+        if conn.paused & PAUSE_UPSTREAM:
+            conn.resume(PAUSE_UPSTREAM)
         self.done = False
         if self.reset:
             self.reset = False

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from enclave_core.cli.main import main
+from enclave_core.manager import get_plugin_manager
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -110,9 +111,11 @@ def test_unknown_backend_is_one_line_listing_installed_names(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     path = write(tmp_path, "name: hello\nkms: {backend: hsm}\n")
+    installed = ", ".join(get_plugin_manager().kms.names())
+    assert "local" in installed
     assert validate(capsys, path)[2] == [
         f"ERROR: {path} is invalid: kms.backend: kms backend 'hsm' is not available; "
-        "installed: local (is the plugin installed?)"
+        f"installed: {installed} (is the plugin installed?)"
     ]
 
 

@@ -120,6 +120,12 @@ class AppHandler(BaseHTTPRequestHandler):
             self.reply(500, b"boom")
         elif self.path == "/reset":
             self.close_connection = True
+        elif self.path == "/head-only":
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.flush()
+            self.close_connection = True  # and no body: the app died mid-answer
         elif self.path == "/chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -312,10 +318,12 @@ def request(stack: Stack, method: str, path: str, **kw: Any) -> tuple[int, dict[
         conn.close()
 
 
-def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send ``data``, read until the server closes."""
+def raw_exchange(port: int, data: bytes, half_close: bool = False) -> bytes:
+    """Send ``data`` (then shut the write side if ``half_close``), read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -417,6 +425,11 @@ def test_502_when_the_app_is_down_or_resets(stack: Stack, loop_thread: LoopThrea
         loop_thread.run(down.close())
 
 
+def test_an_answer_cut_after_its_head_is_a_502(stack: Stack) -> None:
+    status, _, body = request(stack, "GET", "/head-only")
+    assert (status, json.loads(body)["title"]) == (502, "Bad gateway")
+
+
 def test_a_stale_idle_upstream_connection_is_retried_once(stack: Stack) -> None:
     assert request(stack, "GET", "/hello")[0] == 200
     stack.app.drop_reused = True
@@ -466,6 +479,27 @@ def test_websocket_upgrade_is_spliced(stack: Stack) -> None:
         assert read_frame(reader.read) == (8, b"")
         assert reader.read() == b""
         reader.close()
+
+
+def test_websocket_client_half_close_ends_the_tunnel(stack: Stack) -> None:
+    key = base64.b64encode(os.urandom(16))
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\n\r\n" + frame(1, b"last words", mask=True)
+        )
+        sock.shutdown(socket.SHUT_WR)  # possibly before the app has accepted the upgrade
+        reader = sock.makefile("rb")
+        while reader.readline() != b"\r\n":
+            pass
+        assert read_frame(reader.read) == (1, b"last words")
+        assert reader.read() == b""  # the app saw the end, so the proxy closes
+        reader.close()
+
+
+def test_a_body_cut_short_closes_the_connection(stack: Stack) -> None:
+    request = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten.."
+    assert raw_exchange(stack.port, request, half_close=True) == b""  # not a wait for 90 bytes
 
 
 def test_malformed_request_gets_400_and_close(stack: Stack) -> None:
@@ -540,6 +574,9 @@ def test_access_log_at_debug(stack: Stack) -> None:
     try:
         stack.server.debug = debug_enabled()  # the server checks every few seconds
         request(stack, "GET", "/hello?x=1")
+        deadline = time.monotonic() + 10  # the server logs right after it has answered
+        while not any(r["message"] == "request" for r in records) and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         logger.remove(sink)
     fields = [r["extra"] for r in records if r["message"] == "request"]
@@ -615,14 +652,17 @@ async def buffered(server: PublicServer) -> int:
 def test_back_pressure_on_a_slow_client(stack: Stack, loop_thread: LoopThread) -> None:
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
         sock.sendall(b"GET /flood HTTP/1.1\r\nHost: a\r\n\r\n")
-        received = len(sock.recv(65536))
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200 ")
         assert wait_until_stalled(lambda: stack.app.flood_sent, FLOOD) < FLOOD
         assert loop_thread.run(buffered(stack.server)) <= 1 << 20
-        while chunk := sock.recv(1 << 20):  # the client catches up: everything arrives
+        while reader.readline() != b"\r\n":
+            pass
+        received = 0
+        while received < FLOOD and (chunk := reader.read1(1 << 20)):  # the client catches up
             received += len(chunk)
-            if received >= FLOOD:
-                break
-    assert received > FLOOD and stack.app.flood_sent == FLOOD
+        reader.close()
+    assert received == FLOOD and stack.app.flood_sent == FLOOD
 
 
 def test_back_pressure_on_a_slow_app(stack: Stack, loop_thread: LoopThread) -> None:
