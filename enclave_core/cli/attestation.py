@@ -89,7 +89,7 @@ def summarize(document: VerifiedDocument) -> dict[str, Any]:
     }
     for index in SHOWN_PCRS:
         value = document.pcrs.get(index)
-        summary[f"pcr{index}"] = value.hex() if value is not None else None
+        summary[f"PCR{index}"] = value.hex() if value is not None else None
     summary.update(
         debug_mode=document.debug_mode,
         user_data_present=document.user_data is not None,

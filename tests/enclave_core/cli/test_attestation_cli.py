@@ -66,12 +66,12 @@ def test_a_real_document_shows_its_fields(capsys: pytest.CaptureFixture[str]) ->
         "module_id": "i-0a22e5c5f24d22174-enc0191cceb4289903f",
         "timestamp": "2024-09-07T14:37:39.545Z",
         "digest": "SHA384",
-        "pcr0": NITRITE_PCR0,
-        "pcr1": result["pcr1"],
-        "pcr2": result["pcr2"],
-        "pcr3": ZERO,  # no instance role
-        "pcr4": result["pcr4"],
-        "pcr8": ZERO,  # unsigned image
+        "PCR0": NITRITE_PCR0,
+        "PCR1": result["PCR1"],
+        "PCR2": result["PCR2"],
+        "PCR3": ZERO,  # no instance role
+        "PCR4": result["PCR4"],
+        "PCR8": ZERO,  # unsigned image
         "debug_mode": False,
         "user_data_present": True,
         "nonce_present": True,
@@ -79,12 +79,12 @@ def test_a_real_document_shows_its_fields(capsys: pytest.CaptureFixture[str]) ->
         "verified_at": "2024-09-07T14:37:39.545Z",
         "verified": True,
     }
-    assert all(len(str(result[f"pcr{i}"])) == 96 and result[f"pcr{i}"] != ZERO for i in (1, 2, 4))
+    assert all(len(str(result[f"PCR{i}"])) == 96 and result[f"PCR{i}"] != ZERO for i in (1, 2, 4))
 
 
 def test_debug_documents_say_so(capsys: pytest.CaptureFixture[str]) -> None:
     result = verified(capsys, str(TESTDATA / "evervault-debug-2022-10-12.cbor"))
-    assert (result["debug_mode"], result["pcr0"], result["pcr1"], result["pcr2"]) == (
+    assert (result["debug_mode"], result["PCR0"], result["PCR1"], result["PCR2"]) == (
         True,
         ZERO,
         ZERO,
@@ -114,7 +114,7 @@ def test_standard_input_is_read_with_a_dash(
 ) -> None:
     text = base64.b64encode(NITRITE.read_bytes())
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text)))
-    assert verified(capsys, "-")["pcr0"] == NITRITE_PCR0
+    assert verified(capsys, "-")["PCR0"] == NITRITE_PCR0
 
 
 def test_at_now_fails_on_the_expired_leaf(capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,7 +153,7 @@ def test_the_root_option_selects_the_trust_anchor(capsys: pytest.CaptureFixture[
     sample = str(TESTDATA / "synthetic" / "dev-sample.cbor")
     dev_root = str(TESTDATA / "synthetic" / "dev-root.pem")
     result = verified(capsys, sample, "--root", dev_root)
-    assert (result["module_id"], result["pcr0"]) == (
+    assert (result["module_id"], result["PCR0"]) == (
         "i-0123456789abcdef0-enc0123456789abcdef",
         "aa" * 48,
     )
@@ -177,7 +177,7 @@ def test_a_simulated_nsm_document_verifies_now_with_the_dev_root(
     root = str(tmp_path / "state" / "dev-root.pem")
     result = verified(capsys, str(document), "--root", root, "--at", "now", "-c", "unused.yaml")
     assert (result["module_id"], result["nonce_present"]) == (nsm.module_id, True)
-    assert result["pcr0"] == nsm.describe_pcr(0).data.hex()
+    assert result["PCR0"] == nsm.describe_pcr(0).data.hex()
 
 
 def test_tampered_unreadable_and_foreign_files_fail_with_one_line(
@@ -213,5 +213,5 @@ def test_table_and_value_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[0] == ["Field", "Value"]
     assert rows[1] == ["module_id", "i-0a22e5c5f24d22174-enc0191cceb4289903f"]
     assert rows[-1] == ["verified", "True"]
-    code, out, _ = cli(capsys, str(NITRITE), "-f", "value", "--column", "pcr0")
+    code, out, _ = cli(capsys, str(NITRITE), "-f", "value", "--column", "PCR0")
     assert (code, out) == (0, NITRITE_PCR0 + "\n")
