@@ -1,7 +1,9 @@
 """The runtime's own routes: public ones (health, enclave-info, attestation) and the control app.
 
 Everything else on the public listener is proxied to the app by
-:class:`enclave_core.runtime.proxy.PublicServer`, which asks :func:`is_own_path` first.
+:class:`enclave_core.runtime.proxy.PublicServer`, which asks :func:`is_own_path` first. Each
+response of the public app is signed by :class:`~enclave_core.runtime.signing.SigningMiddleware`
+(the control app's are not: it is never reachable from outside the parent instance).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import falcon
 import falcon.asgi
 
 from enclave_core.runtime.httperrors import install_error_handlers
+from enclave_core.runtime.signing import SigningMiddleware
 from enclave_core.runtime.state import RuntimeState
 
 HEALTH_PATH = "/health"
@@ -97,8 +100,8 @@ class AttestationResource:
 
 
 def create_public_app(state: RuntimeState) -> falcon.asgi.App:
-    """The Falcon app behind the runtime's own public routes."""
-    app = falcon.asgi.App()
+    """The Falcon app behind the runtime's own public routes; every response is signed."""
+    app = falcon.asgi.App(middleware=[SigningMiddleware(state)])
     install_error_handlers(app)
     app.add_route(HEALTH_PATH, HealthResource(state))
     app.add_route(INFO_PATH, EnclaveInfoResource(state))

@@ -1,8 +1,12 @@
 """``run_runtime``: the enclave's entry point, serving every runtime listener on one event loop.
 
 The public listener (own routes + streaming proxy to the app), the app API and the control listener
-start first, so ``/health`` answers during boot; boot then runs as a task. SIGTERM or SIGINT stops
-the app, then the listeners, and returns 0; repeated app failures return 3.
+start first, so ``/health`` answers during boot; boot then runs as a task. With ``runtime.tls``
+(the default) the public listener serves HTTPS with a certificate made in memory just before it
+starts (:mod:`enclave_core.runtime.tls`), so every attestation document binds it; the control
+listener and the app API stay plain HTTP (loopback or vsock, never forwarded by ingress).
+SIGTERM or SIGINT stops the app, then the listeners, and returns 0; repeated app failures
+return 3.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import uvicorn
 from loguru import logger
 
 from enclave_core.config import Config
+from enclave_core.errors import EnclaveError
 from enclave_core.manager import Plugins
 from enclave_core.runtime.appapi import create_app_api
 from enclave_core.runtime.boot import app_env_provider, run_boot
 from enclave_core.runtime.child import EXIT_APP_FAILED, AppSupervisor
 from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
 from enclave_core.runtime.state import RuntimeState
+from enclave_core.runtime.tls import make_tls_identity
 from enclave_core.transport import listen_socket
 
 EXIT_LISTEN_FAILED = 1
@@ -110,13 +116,24 @@ async def serve_runtime(
     """
     from enclave_core.runtime.proxy import PublicServer
 
+    state = RuntimeState(config)  # its stage is "config" until boot moves on
+    rt = config.runtime
+    ssl_context = None
+    if rt.tls:
+        # Before the listener and before boot's first attestation document, which binds it.
+        try:
+            identity = make_tls_identity(config.name)
+        except EnclaveError as exc:
+            logger.bind(error=str(exc)).error("runtime cannot serve TLS")
+            return EXIT_LISTEN_FAILED
+        state.tls_cert_der, state.tls_cert_sha256 = identity.certificate_der, identity.sha256
+        ssl_context = identity.context
+        logger.bind(tls_cert_sha256=identity.sha256).info("TLS certificate made")
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    state = RuntimeState(config)  # its stage is "config" until boot moves on
     app = AppSupervisor(config, state, app_env_provider(state), **(supervisor_options or {}))
-    rt = config.runtime
     public = PublicServer(
         own_app=create_public_app(state),
         is_own_path=is_own_path,
@@ -124,6 +141,7 @@ async def serve_runtime(
         upstream_port=config.app.port,
         metrics=state.metrics,
         app_unavailable=state.app_unavailable,
+        ssl_context=ssl_context,
     )
     listeners = [
         AsgiListener(create_app_api(state), f"tcp://127.0.0.1:{rt.app_api_port}", "app-api"),
@@ -143,6 +161,7 @@ async def serve_runtime(
             return EXIT_LISTEN_FAILED
         logger.bind(
             public=f"tcp://127.0.0.1:{rt.port}",
+            tls=rt.tls,
             app_api=listeners[0].address,
             control=listeners[1].address,
         ).info("runtime listening")

@@ -1,9 +1,12 @@
 """The supervisor's view of the runtime: its control ``/health`` and its public enclave-info.
 
 Requests go through :mod:`enclave_core.transport`, so the same code reaches ``vsock://CID:PORT``
-on a Nitro host and ``tcp://127.0.0.1:PORT`` in development. The public listener is read over
-plain HTTP for now; passing an ``ssl_context`` is the single switch to HTTPS once the supervisor
-pins the runtime's attested certificate.
+on a Nitro host and ``tcp://127.0.0.1:PORT`` in development. With ``runtime.tls`` the public
+listener speaks HTTPS, and the supervisor reads it with :func:`public_tls_context`, which does
+**not** verify the certificate. That is deliberate: the supervisor runs on the untrusted parent
+instance, only reads public information (enclave-info and its counters), and sends no secret; a
+host able to intercept it could as well rewrite what the supervisor reports. Clients that must
+trust the enclave verify it themselves (``enclave verify`` pins the attested certificate).
 """
 
 from __future__ import annotations
@@ -50,6 +53,18 @@ class RuntimeUnavailable(EnclaveError):
 
     http_status = 503
     title = "Runtime unavailable"
+
+
+def public_tls_context() -> ssl.SSLContext:
+    """The client context for the runtime's public listener: TLS 1.2+, no certificate check.
+
+    See the module docstring for why the supervisor does not verify the certificate.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class RuntimeClient:

@@ -29,7 +29,7 @@ from enclave_core.manager import Plugins
 from enclave_core.supervisor.api import create_app
 from enclave_core.supervisor.forwarders import IngressForwarder
 from enclave_core.supervisor.promexport import SupervisorMetrics
-from enclave_core.supervisor.runtime_client import RuntimeClient
+from enclave_core.supervisor.runtime_client import RuntimeClient, public_tls_context
 from enclave_core.supervisor.token import ensure_token
 from enclave_core.supervisor.watchdog import Watchdog
 
@@ -117,7 +117,10 @@ async def _serve(config: Config, launcher: Launcher, token: str, announce: Annou
     stop = asyncio.Event()
     _handle_signals(stop)  # only once every listener is bound: a bind failure leaves none behind
 
-    runtime = RuntimeClient(launcher, config)
+    # The runtime's public listener speaks TLS when runtime.tls; read unverified (see
+    # runtime_client: the supervisor is on the untrusted host and reads only public data).
+    tls = public_tls_context() if config.runtime.tls else None
+    runtime = RuntimeClient(launcher, config, ssl_context=tls)
     watchdog = Watchdog(
         launcher,
         launch_spec(config),

@@ -43,7 +43,7 @@ def test_the_written_config_is_commented_and_has_every_section(tmp_path: Path) -
     text = (tmp_path / "enclave.yaml").read_text()
     document = yaml.safe_load(text)
     assert set(document) == set(ConfigSchema().fields)  # every section of DESIGN section 4
-    assert document["runtime"]["tls"] is False
+    assert document["runtime"]["tls"] is True
     assert document["supervisor"]["ingress"] == [{"listen": "127.0.0.1:8080", "port": 7073}]
     assert document["runtime"]["port"] == 7073
     assert document["secrets"]["static"] == [{"name": "signing_key", "env_var": "APP_SIGNING_KEY"}]

@@ -1,0 +1,337 @@
+"""Verify a live enclave over HTTPS: attestation, PCR0, the TLS certificate and a signed response.
+
+:func:`verify_enclave` (the library behind ``enclave verify``) runs these checks, every one
+mandatory, and raises :class:`~enclave_core.errors.AttestationError` naming the first that fails:
+
+1. the URL is ``https``: the TLS certificate is part of what is verified;
+2. one TLS connection is opened **without trusting any CA**, and the certificate the server
+   presents on it is captured; every request below goes over that same connection, and the
+   certificate is checked again before each;
+3. ``GET /enclave/attestation?nonce=<20 fresh random bytes>``; the document verifies against the
+   given root (default: the pinned AWS Nitro root G1) **at the present time**, and carries the
+   nonce (so it was made for this request, not replayed);
+4. it is not a debug-mode document (PCR0 all zero), and its PCR0 is the expected one;
+5. its ``user_data`` is exactly 68 bytes in nitriding's layout
+   ``0x12 0x20 || SHA-256(TLS cert DER) || 0x12 0x20 || SHA-256(signing public key)``; anything
+   shorter or otherwise shaped fails (no check is skipped);
+6. the SHA-256 of the certificate seen on the connection is the attested one (an interceptor
+   with any other certificate fails here, so the session is end to end with the enclave);
+7. ``GET /v1/enclave-info`` with a fresh ``X-Attestation-Nonce`` answers 200 with an
+   ``X-Attestation-Pubkey`` whose SHA-256 is the attested one and an ``X-Attestation-Signature``
+   that verifies over its status, body and that nonce
+   (:func:`enclave_core.runtime.signing.verify_response_signature`); the attestation response
+   itself must be signed the same way; the body's ``pcr0``, ``attestation_pubkey`` and
+   ``tls_cert_sha256`` must agree with what was verified.
+
+The result reports ``previous_pcr0`` from enclave-info; checking the migration chain behind it
+is a separate step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import http.client
+import json
+import secrets
+import socket
+import ssl
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from enclave_core.crypto.attestation import PCR_SIZE, VerifiedDocument, verify_document
+from enclave_core.crypto.aws_root import aws_nitro_root
+from enclave_core.errors import AttestationError
+from enclave_core.runtime.signing import (
+    NONCE_HEADER,
+    PUBKEY_HEADER,
+    SIGNATURE_HEADER,
+    verify_response_signature,
+)
+from enclave_core.runtime.state import SHA256_MULTIHASH
+
+NONCE_BYTES = 20  # as nitriding: 40 hex digits
+USER_DATA_SIZE = 68
+MAX_BODY = 1 << 20
+ATTESTATION_PATH = "/enclave/attestation"
+INFO_PATH = "/v1/enclave-info"
+HTTPS_REQUIRED = "enclave verify needs https: the TLS certificate is part of what is verified"
+
+
+@dataclass(frozen=True)
+class EnclaveVerification:
+    """What :func:`verify_enclave` established about a live enclave."""
+
+    url: str
+    module_id: str
+    pcr0: str
+    tls_cert_sha256: str
+    attestation_pubkey: str
+    nonce: str  # hex, the one the document carries
+    timestamp: str  # the document's, ISO-8601 UTC
+    previous_pcr0: str | None
+    verified: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields in display order."""
+        return asdict(self)
+
+
+def parse_expected_pcr0(value: str | bytes) -> bytes:
+    """The expected PCR0: 48 bytes, or 96 hex characters (an ``0x`` prefix is allowed)."""
+    if isinstance(value, bytes):
+        raw = value
+    else:
+        text = value.strip().lower().removeprefix("0x")
+        try:
+            raw = bytes.fromhex(text) if len(text) == 2 * PCR_SIZE else b""
+        except ValueError:
+            raw = b""
+    if len(raw) != PCR_SIZE:
+        raise AttestationError(
+            f"expected PCR0: need {2 * PCR_SIZE} hex characters ({PCR_SIZE} bytes)"
+        )
+    return raw
+
+
+def check_pcr0(document: VerifiedDocument, expected: bytes) -> None:
+    """Refuse a debug-mode document, then require PCR0 == ``expected``."""
+    got = document.pcrs.get(0)
+    if got is None:
+        raise AttestationError("PCR0 mismatch: the document has no PCR0")
+    if got == bytes(PCR_SIZE) or document.debug_mode:
+        raise AttestationError(
+            "debug-mode attestation document (PCR0 is all zero): its measurements prove nothing"
+        )
+    if not hmac.compare_digest(got, expected):
+        raise AttestationError(f"PCR0 mismatch: expected {expected.hex()}, got {got.hex()}")
+
+
+def check_user_data(user_data: bytes | None) -> tuple[bytes, bytes]:
+    """Split nitriding's 68-byte user_data; return (certificate digest, signing key digest)."""
+    if user_data is None:
+        raise AttestationError(
+            f"user_data: the document has none; expected {USER_DATA_SIZE} bytes binding the TLS "
+            "certificate and the response-signing key"
+        )
+    if len(user_data) != USER_DATA_SIZE:
+        raise AttestationError(
+            f"user_data: expected {USER_DATA_SIZE} bytes (nitriding layout), got {len(user_data)}"
+        )
+    for offset in (0, 34):
+        if user_data[offset : offset + 2] != SHA256_MULTIHASH:
+            raise AttestationError(
+                f"user_data: bytes {offset}-{offset + 1} are {user_data[offset : offset + 2].hex()}"
+                f", not the SHA-256 multihash prefix {SHA256_MULTIHASH.hex()}"
+            )
+    return user_data[2:34], user_data[36:68]
+
+
+def check_certificate(certificate_der: bytes, attested_digest: bytes) -> str:
+    """Require SHA-256(certificate DER) == the attested digest; return the hex digest."""
+    digest = hashlib.sha256(certificate_der).digest()
+    if not hmac.compare_digest(digest, attested_digest):
+        raise AttestationError(
+            f"TLS certificate is not the attested one: the server presented SHA-256 "
+            f"{digest.hex()}, the attestation document binds {attested_digest.hex()}"
+        )
+    return digest.hex()
+
+
+def check_signed_response(
+    headers: dict[str, str], status: int, body: bytes, nonce: str, attested_key_digest: bytes
+) -> str:
+    """Require a response signed by the attested key; return the public key (hex).
+
+    :param headers: response headers, names in lower case.
+    """
+    pubkey = headers.get(PUBKEY_HEADER.lower())
+    signature = headers.get(SIGNATURE_HEADER.lower())
+    verify_response_signature(pubkey, signature, status, body, nonce)
+    assert pubkey is not None  # verify_response_signature refused a missing one
+    digest = hashlib.sha256(bytes.fromhex(pubkey.strip())).digest()
+    if not hmac.compare_digest(digest, attested_key_digest):
+        raise AttestationError(
+            f"response signing key is not the attested one: SHA-256 of {PUBKEY_HEADER} is "
+            f"{digest.hex()}, the attestation document binds {attested_key_digest.hex()}"
+        )
+    return pubkey.strip().lower()
+
+
+class PinnedConnection:
+    """One HTTPS connection that trusts no CA but remembers the server's certificate.
+
+    Trust comes from comparing that certificate with the attested hash, not from a CA. Requests
+    reuse the one connection (it never reopens silently), and each first re-checks that the
+    peer certificate is still the captured one.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.where = f"{host}:{port}"
+        self._conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        self._conn.auto_open = 0  # a closed connection is an error, never a new handshake
+        try:
+            self._conn.connect()
+            sock = self._conn.sock
+            certificate = sock.getpeercert(binary_form=True) if sock is not None else None
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise AttestationError(f"cannot connect to {self.where}: {_why(exc)}") from None
+        if not certificate:
+            self.close()
+            raise AttestationError(f"TLS: {self.where} presented no certificate")
+        self._sock = sock
+        self.certificate_der: bytes = certificate
+
+    def get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """GET ``path`` on the pinned connection; return status, headers (lower-case), body."""
+        sock = self._conn.sock
+        if sock is None or sock is not self._sock:
+            raise AttestationError(
+                f"{self.where} closed the TLS connection; the checks need one connection"
+            )
+        if sock.getpeercert(binary_form=True) != self.certificate_der:
+            raise AttestationError("TLS certificate is not the attested one: it changed")
+        try:
+            self._conn.request("GET", path, headers={"Accept": "*/*", **headers})
+            response = self._conn.getresponse()
+            body = response.read(MAX_BODY + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise AttestationError(f"GET {_path(path)} on {self.where}: {_why(exc)}") from None
+        if len(body) > MAX_BODY:
+            raise AttestationError(f"GET {_path(path)}: the answer exceeds {MAX_BODY} bytes")
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def _path(path: str) -> str:
+    return path.split("?", 1)[0]
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _split_url(url: str) -> tuple[str, int, str]:
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise AttestationError(f"--url {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "http":
+        raise AttestationError(HTTPS_REQUIRED)
+    if scheme != "https" or not parts.hostname:
+        raise AttestationError(f"--url {url!r}: expected https://HOST[:PORT]")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise AttestationError(f"--url {url!r}: no query, fragment or credentials allowed")
+    return parts.hostname, port or 443, parts.path.rstrip("/")
+
+
+def _decode_document(status: int, body: bytes) -> bytes:
+    if status != 200:
+        raise AttestationError(f"GET {ATTESTATION_PATH} answered HTTP {status}, expected 200")
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise AttestationError(f"GET {ATTESTATION_PATH}: the answer is not base64") from None
+
+
+def _info_document(status: int, body: bytes) -> dict[str, Any]:
+    if status != 200:
+        raise AttestationError(f"GET {INFO_PATH} answered HTTP {status}, expected 200")
+    try:
+        info = json.loads(body)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise AttestationError(f"GET {INFO_PATH}: the answer is not a JSON object")
+    return info
+
+
+def _check_info(info: dict[str, Any], pcr0: str, pubkey: str, cert_sha256: str) -> None:
+    """The signed enclave-info must describe what was verified."""
+    for field, verified in (
+        ("pcr0", pcr0),
+        ("attestation_pubkey", pubkey),
+        ("tls_cert_sha256", cert_sha256),
+    ):
+        claimed = info.get(field)
+        if not isinstance(claimed, str) or claimed.lower() != verified:
+            raise AttestationError(
+                f"enclave-info {field} is {claimed!r}, not the verified {verified}"
+            )
+
+
+def verify_enclave(
+    url: str,
+    expected_pcr0: str | bytes,
+    *,
+    root: x509.Certificate | None = None,
+    timeout: float = 10.0,
+) -> EnclaveVerification:
+    """Verify the enclave serving ``url`` (see the module docstring for every check).
+
+    :param expected_pcr0: the PCR0 the enclave must run (48 bytes or 96 hex characters).
+    :param root: the trust anchor; default the pinned AWS Nitro Enclaves root G1 (give the dev
+        root, ``.enclave/dev-root.pem``, for `enclave dev`).
+    :raises AttestationError: naming the check that failed.
+    """
+    host, port, base = _split_url(url)
+    expected = parse_expected_pcr0(expected_pcr0)
+    trusted = aws_nitro_root() if root is None else root
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    connection = PinnedConnection(host, port, timeout)
+    try:
+        att_nonce = secrets.token_hex(16)
+        status, headers, body = connection.get(
+            f"{base}{ATTESTATION_PATH}?nonce={nonce.hex()}", {NONCE_HEADER: att_nonce}
+        )
+        document = verify_document(
+            _decode_document(status, body),
+            root=trusted,
+            at=datetime.now(UTC),
+            expected_nonce=nonce,
+        )
+        check_pcr0(document, expected)
+        cert_digest, key_digest = check_user_data(document.user_data)
+        cert_sha256 = check_certificate(connection.certificate_der, cert_digest)
+        pubkey = check_signed_response(headers, status, body, att_nonce, key_digest)
+        info_nonce = secrets.token_hex(16)
+        status, headers, body = connection.get(f"{base}{INFO_PATH}", {NONCE_HEADER: info_nonce})
+        info = _info_document(status, body)
+        check_signed_response(headers, status, body, info_nonce, key_digest)
+        pcr0 = document.pcrs[0].hex()
+        _check_info(info, pcr0, pubkey, cert_sha256)
+    finally:
+        connection.close()
+    previous = info.get("previous_pcr0")
+    return EnclaveVerification(
+        url=url,
+        module_id=document.module_id,
+        pcr0=pcr0,
+        tls_cert_sha256=cert_sha256,
+        attestation_pubkey=pubkey,
+        nonce=nonce.hex(),
+        timestamp=document.timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        previous_pcr0=previous if isinstance(previous, str) else None,
+    )
