@@ -12,6 +12,12 @@ Endpoints: an ``endpoint_url`` option wins; otherwise botocore itself applies th
 ``setup.cfg`` requires boto3 >= 1.34), so the backends run against moto, LocalStack or a VPC
 endpoint alike.
 
+Credentials: option ``credentials`` of every AWS backend (:class:`AwsCredentialOptions`):
+``default`` is boto3's chain (which refreshes instance-role credentials itself on EC2);
+``imds`` is the instance role through IMDSv2 at ``imds_endpoint`` or
+``$AWS_EC2_METADATA_SERVICE_ENDPOINT`` (the enclave's bridge), refreshed before expiry
+(:func:`enclave_core.aws_credentials.enclave_session`).
+
 Every call runs under botocore's ``standard`` retry mode (throttling and transient errors are
 retried with backoff up to ``max_attempts``) and explicit connect and read timeouts.
 :func:`aws_errors` turns what still fails into the project's exception tree, naming the service,
@@ -26,6 +32,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import boto3
@@ -39,15 +46,26 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from loguru import logger
+from marshmallow import Schema, fields, validate, validates_schema
+from marshmallow import ValidationError as SchemaError
 
 from enclave_core import __version__
-from enclave_core.errors import AccessDenied, BackendError, EnclaveError, ValidationError
+from enclave_core.aws_credentials import enclave_session
+from enclave_core.errors import (
+    AccessDenied,
+    BackendError,
+    ConfigError,
+    EnclaveError,
+    ValidationError,
+)
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 20.0
 DEFAULT_MAX_ATTEMPTS = 5
 USER_AGENT_EXTRA = f"simple-enclave/{__version__}"
 _MAX_AWS_MESSAGE = 500  # AWS access-denied messages name two ARNs and a reason
+#: Values of the ``credentials`` option.
+CREDENTIAL_SOURCES = ("default", "imds")
 
 #: Error codes every AWS service shares; a backend adds its own on top.
 COMMON_ERRORS: Mapping[str, type[EnclaveError]] = {
@@ -89,6 +107,31 @@ def client_config(
     )
 
 
+class AwsCredentialOptions(Schema):
+    """Options every AWS backend shares: where its credentials come from.
+
+    A backend's ``Options`` derives from this class (``class Options(AwsCredentialOptions)``) and
+    passes ``credentials`` and ``imds_endpoint`` on to :class:`AwsClients`.
+
+    - ``credentials``: ``default`` (boto3's chain: env, profile, container, EC2 instance role) or
+      ``imds`` (the instance role through IMDSv2 only, refreshed before expiry; for enclaves).
+    - ``imds_endpoint``: ``http://host[:port]`` of IMDS for ``credentials: imds``; default
+      ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``, else ``http://169.254.169.254``.
+    """
+
+    credentials = fields.String(load_default="default", validate=validate.OneOf(CREDENTIAL_SOURCES))
+    imds_endpoint = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.URL(schemes={"http"}, require_tld=False),
+    )
+
+    @validates_schema
+    def _endpoint_needs_imds(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("imds_endpoint") and data.get("credentials") != "imds":
+            raise SchemaError("needs credentials: imds", field_name="imds_endpoint")
+
+
 class AwsClients:
     """Builds one boto3 client per service on first use, from an injected or a default session.
 
@@ -98,6 +141,9 @@ class AwsClients:
     :param config: the botocore config (see :func:`client_config`).
     :param endpoints: ``{service: endpoint_url}``; a missing or None entry lets botocore apply
         ``AWS_ENDPOINT_URL_<SERVICE>`` / ``AWS_ENDPOINT_URL``, else the public endpoint.
+    :param credentials: ``"default"`` or ``"imds"``; ``"imds"`` builds the session with
+        :func:`~enclave_core.aws_credentials.enclave_session` (at ``imds_endpoint``) on first use,
+        in place of any injected session or factory.
     """
 
     def __init__(
@@ -108,7 +154,14 @@ class AwsClients:
         config: Config | None = None,
         endpoints: Mapping[str, str | None] | None = None,
         session_factory: Callable[[], Any] | None = None,
+        credentials: str = "default",
+        imds_endpoint: str | None = None,
     ) -> None:
+        if credentials not in CREDENTIAL_SOURCES:
+            raise ConfigError(f"AWS credentials must be one of {CREDENTIAL_SOURCES}")
+        if credentials == "imds":
+            session = None
+            session_factory = partial(enclave_session, region, imds_endpoint=imds_endpoint)
         self._session = session
         self._session_factory = session_factory
         self.region = region

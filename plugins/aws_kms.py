@@ -10,12 +10,15 @@ Options (``kms.options``):
 - ``key_id``: a key id or ARN to remember (the core reads its key from the ``KMSKeyID`` parameter).
 - ``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5, botocore ``standard``
   retries, which back off on throttling).
+- ``credentials``: ``default`` (boto3's chain) or ``imds`` (the instance role through IMDSv2,
+  refreshed before expiry; what an enclave uses); ``imds_endpoint``: ``http://host[:port]``,
+  default ``$AWS_EC2_METADATA_SERVICE_ENDPOINT`` (:class:`enclave_core.aws.AwsCredentialOptions`).
 
 Example::
 
     kms:
       backend: aws
-      options: {region: eu-west-1, read_timeout_s: 10}
+      options: {region: eu-west-1, read_timeout_s: 10, credentials: imds}
 
 The boto3 client is built on first use from the injected session (or a default one made then),
 and credentials are never copied out of it, so instance-role credentials keep refreshing. With a
@@ -37,10 +40,16 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from loguru import logger
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from enclave_core import hookimpl
-from enclave_core.aws import AwsClients, aws_errors, client_config, principal_arn
+from enclave_core.aws import (
+    AwsClients,
+    AwsCredentialOptions,
+    aws_errors,
+    client_config,
+    principal_arn,
+)
 from enclave_core.errors import (
     AccessDenied,
     BackendError,
@@ -90,8 +99,8 @@ class AwsKms:
 
     name: ClassVar[str] = "aws"
 
-    class Options(Schema):
-        """``kms.options`` of the aws backend."""
+    class Options(AwsCredentialOptions):
+        """``kms.options`` of the aws backend (``credentials``, ``imds_endpoint`` inherited)."""
 
         endpoint_url = fields.String(load_default=None, allow_none=True)
         sts_endpoint_url = fields.String(load_default=None, allow_none=True)
@@ -119,6 +128,8 @@ class AwsKms:
                 max_attempts=options.get("max_attempts", 5),
             ),
             endpoints={"kms": options.get("endpoint_url"), "sts": options.get("sts_endpoint_url")},
+            credentials=options.get("credentials", "default"),
+            imds_endpoint=options.get("imds_endpoint"),
         )
         return cls(clients, key_id=options.get("key_id"))
 

@@ -13,7 +13,7 @@ from enclave_core.testing import dev_config_document, write_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.moto_server"]
+pytest_plugins = ["tests.moto_server", "tests.kms_shim_server"]
 
 
 @pytest.fixture(autouse=True)

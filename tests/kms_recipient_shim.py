@@ -27,6 +27,10 @@ only decides, as KMS would, whether they may, and rewrites the answer:
 - ``after-call.kms.{Decrypt,GenerateDataKey}``: replaces ``Plaintext`` with a
   ``CiphertextForRecipient`` for the document's key, in KMS's BER layout.
 
+The decision itself is :meth:`KmsRecipientShim.check`, which ``tests/kms_shim_server.py`` reuses
+for the same rules over HTTP (for a runtime in its own process). ``root`` may be a callable that
+returns the certificate, so a root that does not exist yet is read when it is first needed.
+
 Never import this outside ``tests/``: it trusts whatever root it is given, and it is the test
 stand-in for AWS's side of the Recipient flow, nothing more.
 """
@@ -34,6 +38,7 @@ stand-in for AWS's side of the Recipient flow, nothing more.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +83,8 @@ class _Key:
 class KmsRecipientShim:
     """Botocore hooks giving moto's KMS the Recipient flow, policies and key states of AWS KMS.
 
-    :param root: the trust anchor for attestation documents (the dev root of a SimulatedNsm).
+    :param root: the trust anchor for attestation documents (the dev root of a SimulatedNsm), or
+        a callable returning it, called for every Recipient (it may raise AttestationError).
     :param endpoint_url: the moto server, for the shim's own key lookups.
     :param principal: the caller's IAM ARN that key policies are evaluated for.
     """
@@ -86,12 +92,12 @@ class KmsRecipientShim:
     def __init__(
         self,
         *,
-        root: x509.Certificate,
+        root: x509.Certificate | Callable[[], x509.Certificate],
         endpoint_url: str,
         region: str = "us-east-1",
         principal: str = MOTO_PRINCIPAL,
     ) -> None:
-        self.root = root
+        self._root = root
         self.endpoint_url = endpoint_url
         self.region = region
         self.principal = principal
@@ -107,6 +113,15 @@ class KmsRecipientShim:
         for op in RECIPIENT_OPS:
             events.register(f"after-call.kms.{op}", self._after_call)
         return target
+
+    @property
+    def root(self) -> x509.Certificate:
+        """The trusted root now (read through the callable when one was given)."""
+        return self._root if isinstance(self._root, x509.Certificate) else self._root()
+
+    @root.setter
+    def root(self, root: x509.Certificate | Callable[[], x509.Certificate]) -> None:
+        self._root = root
 
     # ------------------------------------------------------------------ what KMS would decide
 
@@ -154,13 +169,15 @@ class KmsRecipientShim:
         )
         return None if again.allowed else ("MalformedPolicyDocumentException", LOCKOUT)
 
-    def _check(
+    def check(
         self, operation: str, params: dict[str, Any]
     ) -> tuple[str, str] | VerifiedRecipient | None:
         """Return the (error code, message) KMS would answer with, else the verified Recipient
         (None without one).
 
-        The Recipient is popped from ``params`` either way: moto must not see it.
+        ``operation`` is a key of :data:`ACTIONS`; ``params`` the request's parameters, with
+        ``CiphertextBlob`` and ``Recipient.AttestationDocument`` as bytes. The Recipient is
+        popped from ``params`` either way: moto must not see it.
         """
         action = ACTIONS[operation]
         sent = params.pop("Recipient", None) if operation in RECIPIENT_OPS else None
@@ -202,7 +219,7 @@ class KmsRecipientShim:
     def _before_parameter_build(
         self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
-        outcome = self._check(model.name, params)
+        outcome = self.check(model.name, params)
         if isinstance(outcome, tuple):
             context[_REFUSAL] = outcome
         elif outcome is not None:
