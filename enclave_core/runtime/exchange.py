@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
 
@@ -38,13 +39,30 @@ class Handler(Protocol):
         """Stop: the exchange was answered otherwise or the client went away."""
 
 
-def error_response(status: int, title: str, description: str, *, close: bool) -> bytes:
-    """A complete JSON error response ``{"title","description"}`` with Content-Length."""
+#: Signs a response the listener writes itself: ``(status, body, nonce) -> extra header lines``.
+ErrorSigner = Callable[[int, bytes, bytes], bytes]
+
+
+def error_response(
+    status: int,
+    title: str,
+    description: str,
+    *,
+    close: bool,
+    signer: ErrorSigner | None = None,
+    nonce: bytes = b"",
+) -> bytes:
+    """A complete JSON error response ``{"title","description"}`` with Content-Length.
+
+    With a ``signer`` the response carries the runtime's attestation signature headers too.
+    """
     body = json.dumps({"title": title, "description": description}).encode()
-    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+    extra = signer(status, body, nonce) if signer is not None else b""
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n" % (
         status,
         REASONS.get(status, b"Error"),
         len(body),
+        extra,
         b"Connection: close\r\n" if close else b"",
     )
     return head + body

@@ -251,7 +251,12 @@ class ClientConnection(asyncio.Protocol):
             return
         # a body the client will not send (it waits for 100-continue) cannot be drained
         close = close or self.must_close(ex) or (ex.expect and not ex.complete)
-        self.reply(ex, error_response(status, title, description, close=close), status, close)
+        signer = self.server.error_signer
+        nonce = b""
+        if signer is not None:
+            nonce = next((v for k, v in ex.headers if k.lower() == b"x-attestation-nonce"), b"")
+        data = error_response(status, title, description, close=close, signer=signer, nonce=nonce)
+        self.reply(ex, data, status, close)
 
     def must_close(self, ex: Exchange) -> bool:
         """Whether the connection ends after the answer to ``ex``."""

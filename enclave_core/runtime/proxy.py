@@ -22,7 +22,7 @@ from loguru import logger
 from enclave_core import transport
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.asgi_bridge import ASGIApp, OwnRequest, make_scope
-from enclave_core.runtime.exchange import Exchange
+from enclave_core.runtime.exchange import ErrorSigner, Exchange
 from enclave_core.runtime.httpserver import ClientConnection
 from enclave_core.runtime.upstream import Upstream
 
@@ -59,6 +59,7 @@ class PublicServer:
         app_unavailable: Callable[[], str | None] = lambda: None,
         ssl_context: ssl.SSLContext | None = None,
         max_body_bytes: int | None = None,
+        error_signer: ErrorSigner | None = None,
     ) -> None:
         self.own_app = own_app
         self.is_own_path = is_own_path
@@ -68,6 +69,9 @@ class PublicServer:
         self.app_unavailable = app_unavailable
         self.ssl_context = ssl_context
         self.max_body_bytes = max_body_bytes
+        # Errors the listener answers itself (502, 503, 413, 400) are signed like the runtime's
+        # own endpoints' answers.
+        self.error_signer = error_signer
         self.scheme = "https" if ssl_context is not None else "http"
         self.proto_line = b"X-Forwarded-Proto: " + self.scheme.encode() + b"\r\n"
         self.connections: set[ClientConnection] = set()

@@ -27,6 +27,7 @@ from enclave_core.runtime.appapi import create_app_api
 from enclave_core.runtime.boot import app_env_provider, run_boot
 from enclave_core.runtime.child import EXIT_APP_FAILED, AppSupervisor
 from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
+from enclave_core.runtime.signing import listener_error_signer
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.tls import make_tls_identity
 from enclave_core.transport import listen_socket
@@ -142,6 +143,7 @@ async def serve_runtime(
         metrics=state.metrics,
         app_unavailable=state.app_unavailable,
         ssl_context=ssl_context,
+        error_signer=listener_error_signer(state),
     )
     listeners = [
         AsgiListener(create_app_api(state), f"tcp://127.0.0.1:{rt.app_api_port}", "app-api"),

@@ -1,8 +1,9 @@
 """Signed responses: the runtime's own answers carry an Ed25519 signature bound to the request.
 
 Every response the runtime itself serves on the public listener (``/health``,
-``/v1/enclave-info``, ``/enclave/attestation`` and the errors its Falcon app produces, such as a
-400 for a bad nonce or a 405) carries two headers:
+``/v1/enclave-info``, ``/enclave/attestation``, the errors its Falcon app produces, such as a
+400 for a bad nonce or a 405, and the errors the listener writes itself: 502 and 503 for a proxied
+path, 413, 400 for a malformed request) carries two headers:
 
 - ``X-Attestation-Signature``: hex of the 64-byte Ed25519 signature over the canonical string;
 - ``X-Attestation-Pubkey``: hex of the raw 32-byte Ed25519 public key. Its SHA-256 is the second
@@ -26,8 +27,6 @@ Not signed, by design:
 - responses proxied from the app: they are streamed both ways (server-sent events, WebSockets,
   large downloads), and a signature over a body must wait for its end; apps that want signed
   answers sign them themselves;
-- the few answers the listener writes before a request reaches the runtime's routes (a malformed
-  request, a 413 for an oversized body, a 503 while the app is not up for a proxied path);
 - responses served in the first moments of boot, before the ``attestation`` stage has made the
   signing key; no attestation document exists then either (that route answers 503), so nothing
   can be verified in that window and a verifier that requires signatures simply fails.
@@ -39,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import falcon
@@ -170,3 +170,25 @@ class SigningMiddleware:
         nonce = getattr(req.context, "attestation_nonce", "")
         resp.set_header(SIGNATURE_HEADER, sign_response(key, status, body, nonce))
         resp.set_header(PUBKEY_HEADER, public_key_hex(key))
+
+
+def listener_error_signer(state: RuntimeState) -> Callable[[int, bytes, bytes], bytes]:
+    """Sign the errors the public listener writes itself (502, 503, 413, 400) like the app's.
+
+    Returns the header lines to add; nothing before the signing key exists (first moments of boot).
+    """
+
+    def sign(status: int, body: bytes, raw_nonce: bytes) -> bytes:
+        key = state.signing_key
+        if key is None:
+            return b""
+        try:
+            nonce = check_nonce(raw_nonce.decode("latin-1"))
+        except ValueError:
+            nonce = ""  # a malformed nonce is not echoed into what is signed
+        signature = sign_response(key, status, body, nonce)
+        return (
+            f"{SIGNATURE_HEADER}: {signature}\r\n{PUBKEY_HEADER}: {public_key_hex(key)}\r\n"
+        ).encode("latin-1")
+
+    return sign
