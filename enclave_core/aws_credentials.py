@@ -260,13 +260,31 @@ class ScaledRefreshableCredentials(RefreshableCredentials):
 
     def _set_from_data(self, data: Any) -> None:
         super()._set_from_data(data)
+        # Newer botocore stages the new expiry instead of setting it here, so the lifetime comes
+        # from the fetched data itself rather than from ``_seconds_remaining()``.
+        expiry = data.get("expiry_time") if isinstance(data, dict) else None
+        self._known_expiry = _as_datetime(expiry) if expiry else None
         self._scale_margins()
 
     def _scale_margins(self) -> None:
-        lifetime = max(0.0, float(self._seconds_remaining()))
+        known: datetime | None = getattr(self, "_known_expiry", None)
+        if known is not None:
+            lifetime = (known - datetime.now(UTC)).total_seconds()
+        else:
+            lifetime = float(self._seconds_remaining())
+        lifetime = max(0.0, lifetime)
         advisory = min(self.max_margin_s, lifetime * self.lifetime_fraction)
         self._advisory_refresh_timeout = advisory
         self._mandatory_refresh_timeout = advisory * MANDATORY_RATIO
+
+
+def _as_datetime(expiry: Any) -> datetime:
+    """An ISO-8601 expiry (string or datetime) as an aware datetime."""
+    if isinstance(expiry, datetime):
+        when = expiry
+    else:
+        when = datetime.fromisoformat(str(expiry).replace("Z", "+00:00"))
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 class ImdsCredentialProvider(CredentialProvider):

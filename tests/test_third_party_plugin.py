@@ -157,9 +157,10 @@ def test_disabling_a_plugin_removes_its_backend(
 
     validated = enclave("config", "validate", "-c", str(config.path), cwd=tmp_path)
     assert validated.returncode == 1
+    remaining = ", ".join(plugins_for(config).storage.names()) or "none"
     assert validated.stderr.splitlines() == [
         f"ERROR: {config.path} is invalid: storage.backend: storage backend 'local' is not "
-        "available; installed: none (is the plugin installed?)"
+        f"available; installed: {remaining} (is the plugin installed?)"
     ]
 
 
