@@ -16,9 +16,12 @@ import yaml
 
 from enclave_core.cli.dev import READY_LINE, announcer
 from enclave_core.cli.main import main
+from enclave_core.manager import get_plugin_manager
 from enclave_core.testing import dev_config_document
 
 EXAMPLE_APP = Path(__file__).resolve().parents[3] / "examples" / "hello" / "app.py"
+
+LAUNCHERS = ", ".join(get_plugin_manager().launcher.names())
 
 
 def test_announcer_prints_each_address_then_ready() -> None:
@@ -48,7 +51,7 @@ def test_backend_errors_stop_dev_before_anything_starts(
     assert (code, out) == (1, "")
     assert err.splitlines() == [
         f"ERROR: {path} is invalid: launcher.backend: launcher backend 'firecracker' is not "
-        "available; installed: process (is the plugin installed?)"
+        f"available; installed: {LAUNCHERS} (is the plugin installed?)"
     ]
     assert not (tmp_path / ".enclave").exists()
 

@@ -9,6 +9,7 @@ import pytest
 
 from enclave_core.cli.main import main
 from enclave_core.config import Config
+from enclave_core.manager import get_plugin_manager
 
 
 @pytest.mark.parametrize("command", ["runtime", "supervisor"])
@@ -30,6 +31,6 @@ def test_supervisor_with_an_unknown_launcher_names_the_installed_ones(
     _, err = capsys.readouterr()
     assert code == 1
     assert err.splitlines() == [
-        "ERROR: launcher backend 'qemu' is not available; installed: process "
-        "(is the plugin installed?)"
+        f"ERROR: launcher backend 'qemu' is not available; installed: "
+        f"{', '.join(get_plugin_manager().launcher.names())} (is the plugin installed?)"
     ]
