@@ -8,7 +8,7 @@ Options (``storage.options``):
   none inside another.
 - ``endpoint_url``: the S3 endpoint (moto, LocalStack, a VPC endpoint); default: botocore's
   ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` variables, else the public regional endpoint.
-- ``region``: default the deployment's region (``aws.region`` in enclave.yaml).
+- ``region``: default the deployment's region (the top-level ``region`` in enclave.yaml).
 - ``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5, botocore ``standard``
   retries).
 - ``page_size`` (1000): keys asked for per ListObjectsV2 page.

@@ -4,7 +4,7 @@ Options (``secrets.options``):
 
 - ``endpoint_url``: the SSM endpoint (moto, LocalStack, a VPC endpoint); default: botocore's
   ``AWS_ENDPOINT_URL_SSM`` / ``AWS_ENDPOINT_URL`` variables, else the public regional endpoint.
-- ``region``: default the deployment's region (``aws.region`` in enclave.yaml).
+- ``region``: default the deployment's region (the top-level ``region`` in enclave.yaml).
 - ``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5, botocore ``standard``
   retries).
 - ``kms_key_id``: when set, parameters are ``SecureString`` encrypted under this KMS key; default
