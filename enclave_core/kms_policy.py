@@ -49,6 +49,7 @@ __all__ = [
     "default_policy",
     "evaluate",
     "locked_policy",
+    "migration_target_policy",
     "validate_policy",
 ]
 
@@ -221,6 +222,38 @@ def locked_policy(*, pcr0_hex: str, principal_arn: str) -> dict[str, Any]:
             },
         ],
     }
+
+
+def migration_target_policy(
+    *, pcr0_hex: str, principal_arn: str, app: str, host_arn: str | None = None
+) -> dict[str, Any]:
+    """The final policy of a migration's new key (DESIGN section 7, step 3).
+
+    It is :func:`locked_policy` for the new image's PCR0 plus ``kms:Encrypt`` for the enclave
+    principal, limited to encryption contexts naming ``app``: the old enclave needs Encrypt to
+    re-encrypt its secrets under the new key. Encrypt gives no plaintext, so the policy stays
+    locked. ``host_arn`` (the supervisor's principal, when it differs) may read the key and
+    schedule its deletion, nothing more. Known limit: whoever holds Encrypt can make ciphertexts
+    of chosen plaintexts under the key; the app name condition narrows, not removes, that.
+    """
+    policy = locked_policy(pcr0_hex=pcr0_hex, principal_arn=principal_arn)
+    policy["Id"] = "simple-enclave-migration-target"
+    if host_arn and host_arn != principal_arn:
+        both = {"AWS": [principal_arn, host_arn]}
+        for statement in policy["Statement"]:
+            if statement["Sid"] in ("EnclaveReadKey", "AllowKeyDeletion"):
+                statement["Principal"] = both
+    policy["Statement"].append(
+        {
+            "Sid": "EnclaveReEncryptForMigration",
+            "Effect": "Allow",
+            "Principal": {"AWS": principal_arn},
+            "Action": "kms:Encrypt",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:EncryptionContext:app": app}},
+        }
+    )
+    return policy
 
 
 def _grants(statement: Mapping[str, Any], action: str) -> bool:

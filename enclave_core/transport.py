@@ -3,6 +3,11 @@
 This is the only module that touches ``AF_VSOCK``. Inside an enclave the public and control
 listeners are vsock ports; in development every vsock address becomes a loopback TCP address, and
 the same pumps move the bytes.
+
+Processes that use vsock run on the standard asyncio loop, not uvloop (see
+:func:`event_loop_factory`): uvloop's TCP transport sets ``TCP_NODELAY`` on every stream socket it
+adopts, which fails with ``ENOPROTOOPT`` on an ``AF_VSOCK`` socket, so every vsock connection,
+accepted or opened, would fail there.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 CHUNK = 64 * 1024
+#: Listen on every CID (``VMADDR_CID_ANY``): ``vsock://4294967295:PORT``.
+VSOCK_ANY_CID = 0xFFFFFFFF
+#: The parent EC2 instance, as seen from inside a Nitro Enclave.
+VSOCK_PARENT_CID = 3
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -71,6 +80,45 @@ def _vsock_socket() -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM)
 
 
+def _refuse_uvloop() -> None:
+    """OSError when the running loop is uvloop, which cannot carry vsock streams."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop yet: the caller picks one (event_loop_factory)
+    if type(loop).__module__.startswith("uvloop"):
+        raise OSError("vsock needs the standard asyncio event loop, not uvloop")
+
+
+def _bind_vsock(addr: Address, backlog: int) -> socket.socket:
+    _refuse_uvloop()
+    sock = _vsock_socket()
+    try:
+        sock.bind((addr.cid, addr.port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()  # a taken port must not leak the socket
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def event_loop_factory(*, vsock: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``asyncio.Runner``: uvloop, or None (the standard loop) with vsock.
+
+    :param vsock: whether the process listens on or connects to ``vsock://`` addresses; uvloop
+        cannot carry vsock streams (see the module docstring).
+    """
+    if vsock:
+        return None
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 async def listen(
     address: str | Address, handler: Handler, *, backlog: int = 1024, ssl: Any = None, **kw: Any
 ) -> asyncio.AbstractServer:
@@ -82,28 +130,33 @@ async def listen(
         )
     if addr.scheme == "unix":
         return await asyncio.start_unix_server(handler, addr.path, backlog=backlog, ssl=ssl, **kw)
-    sock = _vsock_socket()
-    sock.bind((addr.cid, addr.port))
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return await asyncio.start_server(handler, sock=sock, ssl=ssl, **kw)
+    sock = _bind_vsock(addr, backlog)
+    try:
+        return await asyncio.start_server(handler, sock=sock, ssl=ssl, **kw)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def listen_socket(address: str | Address, backlog: int = 1024) -> socket.socket:
     """Create, bind and listen a non-blocking socket (for servers that take a socket)."""
     addr = parse_address(address) if isinstance(address, str) else address
+    if addr.scheme == "vsock":
+        return _bind_vsock(addr, backlog)
     if addr.scheme == "tcp":
         family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((addr.host, addr.port))
-    elif addr.scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(addr.path)
+        target: Any = (addr.host, addr.port)
     else:
-        sock = _vsock_socket()
-        sock.bind((addr.cid, addr.port))
-    sock.listen(backlog)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target = addr.path
+    try:
+        sock.bind(target)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()  # a taken address must not leak the socket
+        raise
     sock.setblocking(False)
     return sock
 
@@ -125,6 +178,7 @@ async def connect(
 async def _vsock_connect(
     addr: Address, **kw: Any
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    _refuse_uvloop()
     sock = _vsock_socket()
     sock.setblocking(False)
     try:

@@ -23,8 +23,12 @@ mandatory, and raises :class:`~enclave_core.errors.AttestationError` naming the 
    itself must be signed the same way; the body's ``pcr0``, ``attestation_pubkey`` and
    ``tls_cert_sha256`` must agree with what was verified.
 
-The result reports ``previous_pcr0`` from enclave-info; checking the migration chain behind it
-is a separate step.
+8. the migration chain: ``previous_pcr0`` in enclave-info is ``"genesis"`` (never migrated), or
+   ``previous_pcr0_attestation`` (base64) verifies against the same root **at its own
+   timestamp** (the old enclave is gone), its PCR0 is ``previous_pcr0`` and its ``user_data``
+   is :func:`~enclave_core.runtime.chain.migration_binding` of (``previous_pcr0``, the
+   enclave's ``kms_key_id``, the verified PCR0); a null ``previous_pcr0`` or a missing document
+   fails (no "unverified" pass).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from cryptography import x509
 from enclave_core.crypto.attestation import PCR_SIZE, VerifiedDocument, verify_document
 from enclave_core.crypto.aws_root import aws_nitro_root
 from enclave_core.errors import AttestationError
+from enclave_core.runtime.chain import GENESIS, normalise_pcr0, verify_chain_link
 from enclave_core.runtime.signing import (
     NONCE_HEADER,
     PUBKEY_HEADER,
@@ -75,7 +80,9 @@ class EnclaveVerification:
     attestation_pubkey: str
     nonce: str  # hex, the one the document carries
     timestamp: str  # the document's, ISO-8601 UTC
-    previous_pcr0: str | None
+    previous_pcr0: str
+    #: True when the chain link to ``previous_pcr0`` verified; None for ``"genesis"``.
+    previous_pcr0_verified: bool | None
     verified: bool = True
 
     def as_dict(self) -> dict[str, Any]:
@@ -282,6 +289,40 @@ def _check_info(info: dict[str, Any], pcr0: str, pubkey: str, cert_sha256: str) 
             )
 
 
+def check_previous_pcr0(
+    info: dict[str, Any], pcr0: str, root: x509.Certificate
+) -> tuple[str, bool | None]:
+    """Check the migration chain link enclave-info reports; return (previous_pcr0, verified).
+
+    ``"genesis"`` needs no link: ``("genesis", None)``. Anything else must be a previous PCR0
+    whose document verifies (:func:`~enclave_core.runtime.chain.verify_chain_link`) for the
+    enclave's ``kms_key_id`` and the verified ``pcr0``.
+    """
+    previous = info.get("previous_pcr0")
+    if previous == GENESIS:
+        return GENESIS, None
+    if not isinstance(previous, str) or not previous:
+        raise AttestationError(
+            f"previous_pcr0: enclave-info reports {previous!r}: the enclave has no verified chain "
+            "link (boot unfinished, or the link did not verify)"
+        )
+    encoded = info.get("previous_pcr0_attestation")
+    if not isinstance(encoded, str) or not encoded:
+        raise AttestationError(
+            f"previous_pcr0_attestation: missing, so the chain link to previous PCR0 "
+            f"{previous[:16]}… cannot be checked"
+        )
+    try:
+        document = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise AttestationError("previous_pcr0_attestation: not base64") from None
+    key_id = info.get("kms_key_id")
+    if not isinstance(key_id, str) or not key_id:
+        raise AttestationError("chain link: enclave-info names no kms_key_id to check it against")
+    verify_chain_link(document, previous_pcr0=previous, key_id=key_id, pcr0=pcr0, root=root)
+    return normalise_pcr0(previous, "previous_pcr0"), True
+
+
 def verify_enclave(
     url: str,
     expected_pcr0: str | bytes,
@@ -324,7 +365,7 @@ def verify_enclave(
         _check_info(info, pcr0, pubkey, cert_sha256)
     finally:
         connection.close()
-    previous = info.get("previous_pcr0")
+    previous, previous_verified = check_previous_pcr0(info, pcr0, trusted)
     return EnclaveVerification(
         url=url,
         module_id=document.module_id,
@@ -333,5 +374,6 @@ def verify_enclave(
         attestation_pubkey=pubkey,
         nonce=nonce.hex(),
         timestamp=document.timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        previous_pcr0=previous if isinstance(previous, str) else None,
+        previous_pcr0=previous,
+        previous_pcr0_verified=previous_verified,
     )

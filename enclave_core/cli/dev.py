@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from enclave_core.backends import validate_backends
 from enclave_core.cli.common import EnclaveCommand, config_error
+from enclave_core.image import apply_image_override
 
 READY_LINE = "Ready. Press Ctrl-C to stop."
 
@@ -41,7 +42,7 @@ class Dev(EnclaveCommand):
         from enclave_core.supervisor.service import run_supervisor
 
         path = self.config_path(parsed_args)
-        config = self.load(parsed_args, allow_missing=True)
+        config = apply_image_override(self.load(parsed_args, allow_missing=True))
         plugins = self.plugins(config)
         # Fail here, with every problem listed, rather than inside a child process.
         problems = validate_backends(config, plugins)

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from enclave_core.cli.common import EnclaveCommand
+from enclave_core.image import apply_image_override
 
 
 class Runtime(EnclaveCommand):
@@ -22,6 +23,7 @@ class Runtime(EnclaveCommand):
         from enclave_core.supervisor.service import DEFAULTS_ENV
 
         config = self.load(parsed_args, allow_missing=os.environ.get(DEFAULTS_ENV) == "1")
+        config = apply_image_override(config)  # a migrated development image's app folder
         return run_runtime(config, self.plugins(config))
 
 
@@ -36,5 +38,5 @@ class Supervisor(EnclaveCommand):
         """Load the config and run the supervisor until it is told to stop."""
         from enclave_core.supervisor.service import run_supervisor
 
-        config = self.load(parsed_args)
+        config = apply_image_override(self.load(parsed_args))
         return run_supervisor(config, self.plugins(config))

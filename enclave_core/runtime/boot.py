@@ -9,6 +9,11 @@ unlocked key on first boot with :func:`~enclave_core.kms_policy.locked_policy`),
 secret and the storage data key are generated and decrypted through KMS Recipient
 (:class:`~enclave_core.runtime.recipient.RecipientSession`), so no plaintext key ever leaves KMS
 unencrypted. There is no Recipient-less Decrypt or GenerateDataKey in the runtime.
+
+After the last data stage, before the app starts, a migrated enclave records its chain link
+(:func:`~enclave_core.runtime.chain.record_chain_link`) and schedules the deletion of the key it
+was migrated from (``MigrationOldKMSKeyID``); neither can fail boot, since every secret already
+opened under the new key.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from loguru import logger
 
 from enclave_core.backends import build_backend
 from enclave_core.crypto.envelope import EncryptedStorage
-from enclave_core.errors import AttestationError, CryptoError, EnclaveError
+from enclave_core.errors import AttestationError, CryptoError, EnclaveError, NotFound
 from enclave_core.kms_policy import analyse, locked_policy
 from enclave_core.manager import Plugins
+from enclave_core.runtime.chain import record_chain_link
 from enclave_core.runtime.counting import CountingKms, CountingSecrets, CountingStorage
 from enclave_core.runtime.dynsecrets import DynamicSecrets
 from enclave_core.runtime.recipient import RecipientSession
@@ -34,6 +40,9 @@ from enclave_core.runtime.state import RuntimeState
 
 KMS_KEY_PARAM = "KMSKeyID"
 STORAGE_DEK_PARAM = "StorageDEK/Ciphertext"
+OLD_KEY_PARAM = "MigrationOldKMSKeyID"
+#: The waiting period before a migrated-from key is deleted.
+OLD_KEY_DELETION_DAYS = 7
 DATA_KEY_BYTES = 32
 TOKEN_BYTES = 32
 #: Called at the ``app`` stage to start the app supervisor (it reports readiness itself).
@@ -186,10 +195,42 @@ def _storage(state: RuntimeState) -> None:
     dek = _data_key(
         state, STORAGE_DEK_PARAM, storage_dek_context(state.config.name), "storage data key"
     )
+    state.storage_dek = dek  # export-key re-encrypts it for a migration
     storage = CountingStorage(EncryptedStorage(state.raw_storage, dek), state.metrics)
     static_vars = frozenset(s.env_var for s in state.config.secrets.static)
     state.dynamic = DynamicSecrets(storage, state.metrics, static_vars)
     state.storage = storage
+
+
+def retire_old_key(state: RuntimeState) -> None:
+    """Schedule deletion of the key named in ``MigrationOldKMSKeyID``, then forget the name.
+
+    Only a key other than this enclave's own; one already pending deletion (or gone) counts as
+    done. A failure is logged and the parameter kept, so the supervisor's schedule-key-deletion
+    can finish the job.
+    """
+    assert state.secrets is not None and state.kms is not None
+    old = state.secrets.get(OLD_KEY_PARAM)
+    if old is None or old == state.kms_key_id:
+        return
+    log = logger.bind(key_id=old)
+    try:
+        try:
+            info = state.kms.describe_key(old)
+        except NotFound:
+            log.warning("migrated-from KMS key no longer exists")
+        else:
+            if info.state != "PendingDeletion":
+                state.kms.schedule_key_deletion(old, OLD_KEY_DELETION_DAYS)
+                log.info("migrated-from KMS key scheduled for deletion", days=OLD_KEY_DELETION_DAYS)
+        state.secrets.delete(OLD_KEY_PARAM)
+    except EnclaveError as exc:
+        log.bind(error=str(exc)).warning("migrated-from KMS key not scheduled for deletion")
+
+
+def _after_migration(state: RuntimeState) -> None:
+    record_chain_link(state)
+    retire_old_key(state)
 
 
 def load_dynamic_secrets(state: RuntimeState) -> None:
@@ -250,6 +291,12 @@ async def run_boot(state: RuntimeState, plugins: Plugins, start_app: StartApp | 
         except Exception as exc:  # a backend bug must still leave a cause in /health
             state.fail(f"boot stage {stage} failed: {type(exc).__name__}: {str(exc)[:300]}")
             return False
+    try:
+        await asyncio.to_thread(_after_migration, state)
+    except Exception as exc:  # reported, never fatal: every secret already opened
+        logger.bind(error=f"{type(exc).__name__}: {str(exc)[:300]}").warning(
+            "migration follow-up failed"
+        )
     state.enter_stage("app")
     if start_app is not None:
         try:

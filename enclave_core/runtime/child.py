@@ -21,6 +21,7 @@ from pathlib import Path
 from loguru import logger
 
 from enclave_core.config import Config
+from enclave_core.runtime.bridges import proxy_environment
 from enclave_core.runtime.childio import die_with_parent, probe, relay_lines
 from enclave_core.runtime.state import RuntimeState
 
@@ -29,9 +30,14 @@ EnvProvider = Callable[[], Awaitable[dict[str, str]]]
 
 
 def app_environment(config: Config, state: RuntimeState, secrets: dict[str, str]) -> dict[str, str]:
-    """The app's environment: ours minus ENCLAVE_*, then app.env, secrets and the runtime's vars."""
+    """The app's environment: ours minus ENCLAVE_*, then egress, app.env, secrets, the runtime's.
+
+    The egress variables (``HTTPS_PROXY``, ``NO_PROXY``, ``AWS_EC2_METADATA_SERVICE_ENDPOINT``,
+    see :mod:`enclave_core.runtime.bridges`) come before ``app.env``, which may override them.
+    """
     assert state.mgmt_token is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+    env.update(proxy_environment(config))
     env.update(config.app.env)
     env.update(secrets)
     port = str(config.app.port)

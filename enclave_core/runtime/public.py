@@ -4,16 +4,22 @@ Everything else on the public listener is proxied to the app by
 :class:`enclave_core.runtime.proxy.PublicServer`, which asks :func:`is_own_path` first. Each
 response of the public app is signed by :class:`~enclave_core.runtime.signing.SigningMiddleware`
 (the control app's are not: it is never reachable from outside the parent instance).
+
+``POST /v1/export-key`` (:mod:`enclave_core.runtime.export`) exists only on the control app. The
+public listener keeps the path for itself and answers 404, so a request from outside never
+reaches the export, nor an app that happens to serve that path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import falcon
 import falcon.asgi
 
+from enclave_core.runtime.export import export_keys
 from enclave_core.runtime.httperrors import install_error_handlers
 from enclave_core.runtime.signing import SigningMiddleware
 from enclave_core.runtime.state import RuntimeState
@@ -21,8 +27,11 @@ from enclave_core.runtime.state import RuntimeState
 HEALTH_PATH = "/health"
 INFO_PATH = "/v1/enclave-info"
 ATTESTATION_PATH = "/enclave/attestation"
-OWN_PATHS = frozenset({HEALTH_PATH, INFO_PATH, ATTESTATION_PATH})
+EXPORT_PATH = "/v1/export-key"
+#: Paths the public listener answers itself; EXPORT_PATH only ever with a 404.
+OWN_PATHS = frozenset({HEALTH_PATH, INFO_PATH, ATTESTATION_PATH, EXPORT_PATH})
 MAX_NONCE_BYTES = 1024
+MAX_EXPORT_BODY = 1024
 
 
 def is_own_path(path: str) -> bool:
@@ -99,6 +108,38 @@ class AttestationResource:
         resp.cache_control = ["no-store"]
 
 
+class ExportKeyResource:
+    """POST /v1/export-key (control listener only): re-encrypt the secrets for the migration.
+
+    The body is empty or ``{}``. Exports run one at a time, in a worker thread.
+    """
+
+    def __init__(self, state: RuntimeState) -> None:
+        self._state = state
+        self._lock = asyncio.Lock()
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Check the target key and export (200), or refuse: 409, 403 or 503 with the reason."""
+        if (req.content_length or 0) > MAX_EXPORT_BODY:
+            raise falcon.HTTPContentTooLarge(
+                title="Content too large", description=f"at most {MAX_EXPORT_BODY} bytes"
+            )
+        body = (await req.stream.read(MAX_EXPORT_BODY + 1)).strip()
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+            if parsed != {}:
+                raise falcon.HTTPBadRequest(
+                    title="Bad request", description="export-key takes an empty body or {}"
+                )
+        async with self._lock:
+            result = await asyncio.to_thread(export_keys, self._state)
+        resp.media = result.as_json()
+        resp.cache_control = ["no-store"]
+
+
 def create_public_app(state: RuntimeState) -> falcon.asgi.App:
     """The Falcon app behind the runtime's own public routes; every response is signed."""
     app = falcon.asgi.App(middleware=[SigningMiddleware(state)])
@@ -110,8 +151,12 @@ def create_public_app(state: RuntimeState) -> falcon.asgi.App:
 
 
 def create_control_app(state: RuntimeState) -> falcon.asgi.App:
-    """The Falcon app of the control listener (never forwarded by ingress): ``GET /health``."""
+    """The Falcon app of the control listener (never forwarded by ingress).
+
+    ``GET /health`` (the watchdog) and ``POST /v1/export-key`` (the migration).
+    """
     app = falcon.asgi.App()
     install_error_handlers(app)
     app.add_route(HEALTH_PATH, HealthResource(state))
+    app.add_route(EXPORT_PATH, ExportKeyResource(state))
     return app

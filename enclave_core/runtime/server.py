@@ -7,12 +7,19 @@ starts (:mod:`enclave_core.runtime.tls`), so every attestation document binds it
 listener and the app API stay plain HTTP (loopback or vsock, never forwarded by ingress).
 SIGTERM or SIGINT stops the app, then the listeners, and returns 0; repeated app failures
 return 3.
+
+Inside a Nitro Enclave (:func:`~enclave_core.runtime.bridges.in_enclave`) the public and control
+listeners are vsock ports, the runtime starts the loopback bridges to the host's egress proxy and
+IMDS forwarder, and runs on the standard asyncio loop (uvloop cannot carry vsock). In every mode it
+sets ``HTTPS_PROXY``, ``NO_PROXY`` and ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` for itself (and the
+app gets them too), so its AWS clients go through the host's egress policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -25,12 +32,19 @@ from enclave_core.errors import EnclaveError
 from enclave_core.manager import Plugins
 from enclave_core.runtime.appapi import create_app_api
 from enclave_core.runtime.boot import app_env_provider, run_boot
+from enclave_core.runtime.bridges import (
+    Bridge,
+    in_enclave,
+    proxy_environment,
+    start_bridges,
+    stop_bridges,
+)
 from enclave_core.runtime.child import EXIT_APP_FAILED, AppSupervisor
 from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
 from enclave_core.runtime.signing import listener_error_signer
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.tls import make_tls_identity
-from enclave_core.transport import listen_socket
+from enclave_core.transport import VSOCK_ANY_CID, event_loop_factory, listen_socket
 
 EXIT_LISTEN_FAILED = 1
 
@@ -86,21 +100,23 @@ class AsgiListener:
             logger.bind(listener=self.name, error=str(exc)).warning("listener ended with an error")
 
 
-def _loop_factory() -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return None
-    return uvloop.new_event_loop
-
-
 def run_runtime(config: Config, plugins: Plugins) -> int:
     """Run the runtime until SIGTERM/SIGINT (0) or repeated app failures (3); blocks.
 
-    Logging is configured by the caller (the CLI).
+    Logging is configured by the caller (the CLI). Sets the egress variables of
+    :func:`~enclave_core.runtime.bridges.proxy_environment` in this process's environment.
     """
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve_runtime(config, plugins))
+    from enclave_core.logchannel import start_runtime_channel
+
+    os.environ.update(proxy_environment(config))
+    # In a Nitro enclave the log lines also go to the host over vsock (enclave_core.logchannel).
+    channel = start_runtime_channel(config)
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory(vsock=in_enclave(config))) as runner:
+            return runner.run(serve_runtime(config, plugins))
+    finally:
+        if channel is not None:
+            channel.close()  # sends the last lines ("runtime stopped") within 2 s
 
 
 async def serve_runtime(
@@ -119,6 +135,9 @@ async def serve_runtime(
 
     state = RuntimeState(config)  # its stage is "config" until boot moves on
     rt = config.runtime
+    enclave = in_enclave(config)
+    # Inside an enclave the host reaches the public and control listeners over vsock only.
+    outside = f"vsock://{VSOCK_ANY_CID}" if enclave else "tcp://127.0.0.1"
     ssl_context = None
     if rt.tls:
         # Before the listener and before boot's first attestation document, which binds it.
@@ -147,22 +166,25 @@ async def serve_runtime(
     )
     listeners = [
         AsgiListener(create_app_api(state), f"tcp://127.0.0.1:{rt.app_api_port}", "app-api"),
-        AsgiListener(create_control_app(state), f"tcp://127.0.0.1:{rt.control_port}", "control"),
+        AsgiListener(create_control_app(state), f"{outside}:{rt.control_port}", "control"),
     ]
+    bridges: list[Bridge] = []
     code = 0
     boot: asyncio.Task[bool] | None = None
     public_started = False
     try:
         try:
-            await public.start(f"tcp://127.0.0.1:{rt.port}")
+            await public.start(f"{outside}:{rt.port}")
             public_started = True
             for listener in listeners:
                 await listener.start()
-        except OSError as exc:
+            if enclave:  # before boot: KMS and IMDS are reached through them
+                bridges = await start_bridges(config)
+        except (OSError, EnclaveError) as exc:
             logger.bind(error=str(exc)).error("runtime cannot listen")
             return EXIT_LISTEN_FAILED
         logger.bind(
-            public=f"tcp://127.0.0.1:{rt.port}",
+            public=f"{outside}:{rt.port}",
             tls=rt.tls,
             app_api=listeners[0].address,
             control=listeners[1].address,
@@ -182,6 +204,7 @@ async def serve_runtime(
         await app.stop()
         for listener in listeners:
             await listener.close()
+        await stop_bridges(bridges)
         if public_started:
             await public.close()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -43,8 +43,8 @@ def attestation_user_data(tls_cert_der: bytes | None, signing_public_key: bytes)
 class RuntimeState:
     """Everything the runtime knows, shared by its listeners and tasks.
 
-    Secret material (the management token, the signing key, static secret values) is held here
-    but never included in ``repr`` or logs.
+    Secret material (the management token, the signing key, static secret values, the storage
+    data key) is held here but never included in ``repr`` or logs.
     """
 
     config: Config
@@ -76,6 +76,13 @@ class RuntimeState:
     kms_key_id: str | None = None
     mgmt_token: str | None = None
     static_env: dict[str, str] = field(default_factory=dict)
+    #: The storage data key in plaintext, for export-key to re-encrypt (memory only, never logged).
+    storage_dek: bytes | None = None
+    #: The verified chain link: ``"genesis"``, the previous image's PCR0, or None while boot has
+    #: not checked it yet or when it did not verify.
+    previous_pcr0: str | None = None
+    #: The previous image's attestation document (base64) vouching for this one, once verified.
+    previous_pcr0_attestation: str | None = None
     dynamic_env: dict[str, str] = field(default_factory=dict)
     dynamic_secrets: int | None = None
 
@@ -133,8 +140,8 @@ class RuntimeState:
             "attestation_pubkey": self.attestation_pubkey,
             "tls_cert_sha256": self.tls_cert_sha256,
             "kms_key_id": self.kms_key_id,
-            "previous_pcr0": "genesis",
-            "previous_pcr0_attestation": None,
+            "previous_pcr0": self.previous_pcr0,
+            "previous_pcr0_attestation": self.previous_pcr0_attestation,
             "dynamic_secrets": self.dynamic_secrets,
             "metrics": self.metrics.snapshot(),
         }

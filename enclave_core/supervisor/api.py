@@ -6,6 +6,9 @@
 | GET  /v1/enclave-info    | the runtime's enclave-info plus ``host``; 503 if it cannot answer  |
 | GET  /metrics            | Prometheus text (see :mod:`.promexport`)                           |
 | POST /v1/start, /v1/stop | start or stop the enclave; 409 when already so; Bearer token       |
+| POST /v1/migrate         | start or resume a migration (202), or 200 when already complete    |
+| GET  /v1/migrate         | the migration's progress ``{"id","step","total","status","msg"}``  |
+| POST /v1/schedule-key-deletion | schedule deletion of ``MigrationOldKMSKeyID``; Bearer token  |
 
 ``/health`` status: ``running`` = launched AND the runtime's control ``/health`` answers ready
 (probed on each request); ``starting`` = launched but not ready yet, or a restart is pending;
@@ -33,6 +36,7 @@ from loguru import logger
 from enclave_core import __version__
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError
+from enclave_core.supervisor.migration import MigrationService
 from enclave_core.supervisor.promexport import CONTENT_TYPE, SupervisorMetrics
 from enclave_core.supervisor.watchdog import Watchdog
 
@@ -145,6 +149,55 @@ class StopResource:
         resp.media = await self._watchdog.health()
 
 
+async def _json_body(req: falcon.asgi.Request) -> dict[str, Any]:
+    """The request's JSON object body; ``{}`` when empty; 400 otherwise."""
+    raw = await req.stream.read(64 * 1024)
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise falcon.HTTPBadRequest(
+            title="Bad request", description="the body must be a JSON object"
+        )
+    return doc
+
+
+class MigrateResource:
+    """``POST /v1/migrate`` starts or resumes the migration; ``GET`` reports its progress."""
+
+    def __init__(self, migration: MigrationService, token: str) -> None:
+        self._migration = migration
+        self.token = token
+
+    @falcon.before(require_token)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """202 with the progress; 200 when already complete; 409 while one runs."""
+        status, body = await self._migration.start(await _json_body(req))
+        resp.status = status
+        resp.media = body
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """The latest progress (``status`` ``none`` before any migration)."""
+        resp.media = await self._migration.progress()
+
+
+class ScheduleKeyDeletionResource:
+    """``POST /v1/schedule-key-deletion``: retire the key a migration moved away from."""
+
+    def __init__(self, migration: MigrationService, token: str) -> None:
+        self._migration = migration
+        self.token = token
+
+    @falcon.before(require_token)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Body ``{"days": 7..30}`` (default 7); 409 for the key in use or no old key."""
+        body = await _json_body(req)
+        resp.media = await self._migration.schedule_key_deletion(body.get("days", 7))
+
+
 class RequestLog:
     """Middleware: logs and counts every request with its route template as the metric label."""
 
@@ -197,6 +250,7 @@ def create_app(
     config: Config,
     token: str,
     metrics: SupervisorMetrics | None = None,
+    migration: MigrationService | None = None,
 ) -> falcon.asgi.App:
     """Build the management API around its dependencies (tests pass fakes)."""
     metrics = metrics or SupervisorMetrics()
@@ -206,6 +260,9 @@ def create_app(
     app.add_route("/metrics", MetricsResource(watchdog, runtime_info, metrics))
     app.add_route("/v1/start", StartResource(watchdog, token))
     app.add_route("/v1/stop", StopResource(watchdog, token))
+    if migration is not None:
+        app.add_route("/v1/migrate", MigrateResource(migration, token))
+        app.add_route("/v1/schedule-key-deletion", ScheduleKeyDeletionResource(migration, token))
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(EnclaveError, _enclave_error)
     app.set_error_serializer(_serialize_error)

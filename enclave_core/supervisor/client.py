@@ -17,7 +17,8 @@ from enclave_core.supervisor.token import read_token, token_path
 
 
 class SupervisorClient:
-    """``health()``, ``enclave_info()``, ``metrics()``, ``start()`` and ``stop()``."""
+    """``health()``, ``enclave_info()``, ``metrics()``, ``start()``, ``stop()``, ``migrate()``,
+    ``migration_progress()`` and ``schedule_key_deletion()``."""
 
     def __init__(self, config: Config, *, timeout_s: float = 15.0) -> None:
         host, _, port = config.supervisor.listen.rpartition(":")
@@ -51,14 +52,44 @@ class SupervisorClient:
         """Stop the enclave; StateConflict when it is already stopped."""
         return self._json("POST", "/v1/stop", auth=True)
 
+    def migrate(
+        self,
+        *,
+        app_dir: str | None = None,
+        eif: str | None = None,
+        pcr0: str | None = None,
+        principal: str | None = None,
+    ) -> dict[str, Any]:
+        """Start or resume a migration; the first progress (``status`` ``done`` for a no-op).
+
+        Paths are sent as given: pass absolute ones (the supervisor may run elsewhere).
+        """
+        fields = {"app_dir": app_dir, "eif": eif, "pcr0": pcr0, "principal": principal}
+        body = {k: v for k, v in fields.items() if v is not None}
+        return self._json("POST", "/v1/migrate", auth=True, ok=(200, 202), body=body)
+
+    def migration_progress(self) -> dict[str, Any]:
+        """The latest migration progress ``{"id","step","total","status","msg","steps"}``."""
+        return self._json("GET", "/v1/migrate")
+
+    def schedule_key_deletion(self, days: int = 7) -> dict[str, Any]:
+        """Schedule deletion of ``MigrationOldKMSKeyID``; StateConflict for the key in use."""
+        return self._json("POST", "/v1/schedule-key-deletion", auth=True, body={"days": days})
+
     # ------------------------------------------------------------------ internals
 
     def _json(
-        self, method: str, path: str, *, auth: bool = False, ok: tuple[int, ...] = (200,)
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: bool = False,
+        ok: tuple[int, ...] = (200,),
+        body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        status, body = self._request(method, path, auth=auth, ok=ok)
+        status, raw = self._request(method, path, auth=auth, ok=ok, body=body)
         try:
-            doc = json.loads(body)
+            doc = json.loads(raw)
         except ValueError:
             doc = None
         if not isinstance(doc, dict):
@@ -68,7 +99,13 @@ class SupervisorClient:
         return doc
 
     def _request(
-        self, method: str, path: str, *, auth: bool = False, ok: tuple[int, ...] = (200,)
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: bool = False,
+        ok: tuple[int, ...] = (200,),
+        body: dict[str, Any] | None = None,
     ) -> tuple[int, bytes]:
         url = self.base_url + path
         headers = {"Accept": "application/json"}
@@ -81,17 +118,20 @@ class SupervisorClient:
                 )
             headers["Authorization"] = f"Bearer {token}"
         data = b"" if method == "POST" else None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
         # base_url is always http://host:port built from the config: no file: or custom scheme.
         request = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
         try:
             with self._opener.open(request, timeout=self._timeout_s) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
-            body = exc.read()
+            answer = exc.read()
             exc.close()
             if exc.code in ok:
-                return exc.code, body
-            raise _api_error(method, path, exc.code, body) from None
+                return exc.code, answer
+            raise _api_error(method, path, exc.code, answer) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             reason = getattr(exc, "reason", exc)
             raise EnclaveError(

@@ -4,6 +4,15 @@
 the enclave, serves until SIGINT or SIGTERM, then stops the watchdog, the forwarders, the enclave
 and the API within 10 seconds. uvicorn serves the Falcon app on a socket we bound ourselves and
 does not install signal handlers: the supervisor owns SIGINT and SIGTERM.
+
+The egress proxy and the IMDS forwarder (:mod:`.egress`, :mod:`.imds`) listen on the host's
+vsock ports ``egress.port`` and ``egress.imds_port`` when the launcher reaches the enclave over
+vsock, else on those loopback TCP ports. With vsock the loop is asyncio's own, not uvloop.
+
+A supervisor that died abruptly (kill -9, a crash) leaves a locally launched runtime running in its
+own process group, holding the runtime's ports: the supervisor records the runtime it launches
+and, when it starts, ends such a leftover (:mod:`.leftover`). Migrations (``/v1/migrate``) run
+through :mod:`.migration`.
 """
 
 from __future__ import annotations
@@ -24,10 +33,18 @@ from enclave_core import transport
 from enclave_core.backends import build_backend
 from enclave_core.config import CONFIG_FILENAME, Config
 from enclave_core.errors import EnclaveError
-from enclave_core.interfaces import Launcher, LaunchSpec
+from enclave_core.interfaces import Kms, Launcher, LaunchSpec, Secrets
 from enclave_core.manager import Plugins
 from enclave_core.supervisor.api import create_app
+from enclave_core.supervisor.egress import (
+    host_uses_vsock,
+    start_host_services,
+    stop_host_services,
+)
 from enclave_core.supervisor.forwarders import IngressForwarder
+from enclave_core.supervisor.httpio import ConnectionServer
+from enclave_core.supervisor.leftover import PidRecordingLauncher, stop_stale_runtime
+from enclave_core.supervisor.migration import MigrationService, SupervisorEnclave
 from enclave_core.supervisor.promexport import SupervisorMetrics
 from enclave_core.supervisor.runtime_client import RuntimeClient, public_tls_context
 from enclave_core.supervisor.token import ensure_token
@@ -79,36 +96,40 @@ def run_supervisor(config: Config, plugins: Plugins, *, announce: Announce | Non
         ingress, the runtime and the app.
     :raises EnclaveError: a listen address is taken, or the launcher cannot be built.
     """
-    launcher: Launcher = build_backend(config, plugins, "launcher")
+    stop_stale_runtime(config.state_dir)
+    launcher: Launcher = PidRecordingLauncher(
+        build_backend(config, plugins, "launcher"), config.state_dir
+    )
     token = ensure_token(config.state_dir)
     if not _is_loopback(config.supervisor.listen):
         logger.warning(
             "the management API listens on a non-loopback address",
             listen=config.supervisor.listen,
         )
-    return _run(_serve(config, launcher, token, announce))
+    return _run(_serve(config, plugins, launcher, token, announce), vsock=host_uses_vsock(launcher))
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        factory = None
+def _run(coro: Coroutine[Any, Any, int], *, vsock: bool = False) -> int:
+    # uvloop cannot carry vsock streams: a Nitro host runs on the standard loop (see transport).
+    factory = transport.event_loop_factory(vsock=vsock)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
 
 
-async def _serve(config: Config, launcher: Launcher, token: str, announce: Announce | None) -> int:
+async def _serve(
+    config: Config, plugins: Plugins, launcher: Launcher, token: str, announce: Announce | None
+) -> int:
     api_socket = _bind(config.supervisor.listen)
     forwarders: list[IngressForwarder] = []
+    egress: list[ConnectionServer] = []  # the egress proxy and the IMDS forwarder
     try:
         for entry in config.supervisor.ingress:
             target = partial(launcher.enclave_address, entry.port)
             forwarder = IngressForwarder(entry.listen, target)
             await forwarder.start()
             forwarders.append(forwarder)
+        # vsock on a Nitro host; loopback TCP in development, so the policy applies there too.
+        egress = await start_host_services(config, vsock=host_uses_vsock(launcher))
     except BaseException:
         api_socket.close()
         for forwarder in forwarders:
@@ -128,12 +149,21 @@ async def _serve(config: Config, launcher: Launcher, token: str, announce: Annou
         config.supervisor.watchdog,
         stop_timeout_s=STOP_TIMEOUT_S,
     )
+    loop = asyncio.get_running_loop()
+    migration = MigrationService(
+        config,
+        backends=_lazy_backends(config, plugins),
+        enclave_factory=lambda: SupervisorEnclave(
+            config, launcher, watchdog, runtime.health, loop, stopping=migration.stopping
+        ),
+    )
     app = create_app(
         watchdog=watchdog,
         runtime_info=runtime.enclave_info,
         config=config,
         token=token,
         metrics=SupervisorMetrics(),
+        migration=migration,
     )
     server = _Server(
         uvicorn.Config(
@@ -146,6 +176,10 @@ async def _serve(config: Config, launcher: Launcher, token: str, announce: Annou
     )
     api_task = asyncio.create_task(server.serve(sockets=[api_socket]))
     watchdog_task: asyncio.Task[None] | None = None
+    from enclave_core.supervisor.logreceiver import start_supervisor_channel
+
+    # The enclave's log lines over vsock (nitro-cli only; never fails the supervisor).
+    log_channel = await start_supervisor_channel(config, launcher)
     try:
         await watchdog.boot()
         watchdog_task = asyncio.create_task(watchdog.run())  # exactly one watchdog
@@ -157,7 +191,11 @@ async def _serve(config: Config, launcher: Launcher, token: str, announce: Annou
         await asyncio.wait({stop_task, api_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
     finally:
+        await migration.close()
         await _shutdown(watchdog, watchdog_task, forwarders, server, api_task)
+        await stop_host_services(egress)
+        if log_channel is not None:
+            await log_channel.close()  # after the enclave stopped: its last lines are kept
         api_socket.close()
     return 0
 
@@ -234,3 +272,18 @@ def _urls(
         "runtime": _http_url(runtime.public_address(), scheme),
         "app": f"http://127.0.0.1:{config.app.port}",
     }
+
+
+def _lazy_backends(config: Config, plugins: Plugins) -> Callable[[], tuple[Kms, Secrets]]:
+    """The migration's KMS and Secrets backends, built once, on first use (the host principal)."""
+    built: list[tuple[Kms, Secrets]] = []
+    lock = threading.Lock()
+
+    def get() -> tuple[Kms, Secrets]:
+        with lock:
+            if not built:
+                kms = build_backend(config, plugins, "kms")
+                built.append((kms, build_backend(config, plugins, "secrets")))
+            return built[0]
+
+    return get

@@ -165,12 +165,14 @@ def test_an_honest_enclave_verifies(fake: FakeEnclave) -> None:
         "nonce",
         "timestamp",
         "previous_pcr0",
+        "previous_pcr0_verified",
         "verified",
     ]
     assert result["verified"] is True
     assert result["pcr0"] == fake.pcr0.hex() and result["tls_cert_sha256"] == fake.tls.sha256
     assert result["attestation_pubkey"] == public_key_hex(fake.key)
     assert result["module_id"] == fake.nsm.module_id and result["previous_pcr0"] == "genesis"
+    assert result["previous_pcr0_verified"] is None  # nothing to verify
     nonce = str(result["nonce"])
     assert len(nonce) == 40 and fake.requests[0] == f"/enclave/attestation?nonce={nonce}"
     assert fake.requests[1] == "/v1/enclave-info"

@@ -88,7 +88,10 @@ def test_enclave_info_fields(state: RuntimeState, client: falcon.testing.TestCli
         "key-1",
     )
     assert info["tls_cert_sha256"] is None
-    assert (info["previous_pcr0"], info["previous_pcr0_attestation"]) == ("genesis", None)
+    # Unknown until boot has checked the chain link; then "genesis" or the verified link.
+    assert (info["previous_pcr0"], info["previous_pcr0_attestation"]) == (None, None)
+    state.previous_pcr0 = "genesis"
+    assert client.simulate_get("/v1/enclave-info").json["previous_pcr0"] == "genesis"
     assert info["dynamic_secrets"] == 2
     assert list(info["metrics"]) == list(COUNTERS)
     assert info["metrics"]["storage_writes"] == 3

@@ -1,0 +1,550 @@
+"""The nine migration steps against the real local backends, with a stand-in old enclave.
+
+The "old enclave" is a real in-process boot (local KMS, secrets, storage, simulated NSM) of the
+app folder; its export is done here with the boot's own secrets, as the runtime's export-key does.
+After a migration the new image is booted in-process too, from the folder the image override
+names, and must see the same secret and read back the stored objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+from enclave_plugins.local_kms import LocalKms
+
+from enclave_core.backends import build_backend
+from enclave_core.config import Config
+from enclave_core.errors import EnclaveError, StateConflict, ValidationError
+from enclave_core.image import apply_image_override, measure_new_image, read_image_override
+from enclave_core.interfaces import Kms, Secrets
+from enclave_core.kms_policy import analyse, default_policy, locked_policy
+from enclave_core.manager import Plugins, get_plugin_manager
+from enclave_core.runtime.boot import run_boot, static_secret_context, storage_dek_context
+from enclave_core.runtime.recipient import RecipientSession
+from enclave_core.runtime.state import RuntimeState
+from enclave_core.supervisor.api import create_app
+from enclave_core.supervisor.migration import MigrationService
+from enclave_core.supervisor.migration_checkpoint import (
+    CHECKPOINT_PARAM,
+    OLD_KEY_PARAM,
+    Checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
+from enclave_core.supervisor.migration_enclave import SupervisorEnclave
+from enclave_core.supervisor.migration_steps import MigrationRunner, _enclave_principal
+from enclave_core.supervisor.runtime_client import Probe
+from enclave_core.testing import free_port
+
+STATIC = {"static": [{"name": "signing_key", "env_var": "APP_SIGNING_KEY"}]}
+TOKEN = "ab" * 32
+
+
+class Crash(Exception):
+    """Stands in for the supervisor dying right after a step's checkpoint."""
+
+
+def boot(config: Config, plugins: Plugins) -> RuntimeState:
+    state = RuntimeState(config)
+    assert asyncio.run(run_boot(state, plugins, None)) is True, state.boot_error
+    return state
+
+
+@dataclass
+class OldEnclave:
+    """The old enclave's side of step 5 and the launcher's side of step 8, without processes."""
+
+    state: RuntimeState
+    secrets: Secrets
+    exports: int = 0
+    restarts: int = 0
+    write: bool = True
+    gate: threading.Event | None = None
+    refuse: str | None = None
+    names: list[str] = field(default_factory=list)
+
+    def export_key(self) -> dict[str, Any]:
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.refuse is not None:
+            raise EnclaveError(f"the old enclave refused export-key (403): {self.refuse}")
+        self.exports += 1
+        state, config = self.state, self.state.config
+        assert state.kms is not None and state.recipient is not None
+        new_key = self.secrets.get("MigrationKMSKeyID")
+        target = self.secrets.get("MigrationTargetPCR0")
+        assert new_key and target
+        analysis = analyse(state.kms.get_key_policy(new_key), pcr0_hex=target)
+        assert analysis.locked and analysis.attested_pcr0 == {target}
+        plain: dict[str, tuple[bytes, dict[str, str]]] = {}
+        for secret in config.secrets.static:
+            value = bytes.fromhex(state.static_env[secret.env_var])
+            plain[secret.name] = (value, static_secret_context(config.name, secret.name))
+        dek_context = storage_dek_context(config.name)
+        stored = base64.b64decode(self.secrets.get("StorageDEK/Ciphertext") or "")
+        dek = state.recipient.decrypt(state.kms, state.kms_key_id or "", stored, dek_context)
+        plain["StorageDEK"] = (dek, dek_context)
+        if self.write:
+            for name, (value, context) in plain.items():
+                blob = state.kms.encrypt(new_key, value, context)
+                self.secrets.put(f"Migration/{name}/Ciphertext", base64.b64encode(blob).decode())
+        self.names = list(plain)
+        return {"exported": list(plain), "pcr0": state.pcr0, "new_key_id": new_key}
+
+    def restart(self) -> None:
+        self.restarts += 1
+
+
+@dataclass
+class World:
+    config: Config
+    plugins: Plugins
+    new_dir: Path
+    old: RuntimeState
+    old_key: str
+
+    def backends(self) -> tuple[Kms, Secrets]:
+        """Fresh backend objects, as a restarted supervisor would build."""
+        return (
+            build_backend(self.config, self.plugins, "kms"),
+            build_backend(self.config, self.plugins, "secrets"),
+        )
+
+    @property
+    def secrets(self) -> Secrets:
+        return self.backends()[1]
+
+    def key_ids(self) -> list[str]:
+        kms = self.backends()[0]
+        assert isinstance(kms, LocalKms)
+        return kms.key_ids()
+
+    def service(self, enclave: OldEnclave, **kwargs: Any) -> MigrationService:
+        return MigrationService(
+            self.config,
+            backends=self.backends,
+            enclave_factory=lambda: enclave,
+            measure=lambda config, **kw: measure_new_image(config, plugins=self.plugins, **kw),
+            **kwargs,
+        )
+
+    def enclave(self, **kwargs: Any) -> OldEnclave:
+        return OldEnclave(self.old, self.secrets, **kwargs)
+
+
+@pytest.fixture
+def world(tmp_path: Path, make_config: Callable[..., Config]) -> World:
+    old_dir, new_dir = tmp_path / "app", tmp_path / "app-v2"
+    old_dir.mkdir()
+    (old_dir / "app.py").write_text("print('version 1')\n")
+    new_dir.mkdir()
+    (new_dir / "app.py").write_text("print('version 2')\n")
+    config = make_config(old_dir, secrets=STATIC)
+    plugins = get_plugin_manager()
+    old = boot(config, plugins)
+    assert old.storage is not None and old.kms_key_id is not None
+    old.storage.put("visits", b'{"visits": 3}')
+    return World(config, plugins, new_dir, old, old.kms_key_id)
+
+
+def migrate(service: MigrationService, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST /v1/migrate and wait for the steps to stop; return its status and the progress
+    (for a no-op, its answer)."""
+
+    async def scenario() -> tuple[int, dict[str, Any]]:
+        status, answer = await service.start(body)
+        await service.wait()
+        return status, (answer if status == 200 else await service.progress())
+
+    return asyncio.run(scenario())
+
+
+def crash_at(step: int) -> Callable[[int], None]:
+    def hook(done: int) -> None:
+        if done == step:
+            raise Crash(f"crash after step {done}")
+
+    return hook
+
+
+def assert_migrated(world: World, new_key: str) -> None:
+    """Final parameters, one new key, and a boot of the new image with the same secrets."""
+    secrets = world.secrets
+    assert secrets.get("KMSKeyID") == new_key
+    assert sorted(set(world.key_ids()) - {world.old_key}) == [new_key]
+    assert secrets.get(OLD_KEY_PARAM) == world.old_key  # the new enclave consumes it
+    for gone in ("MigrationKMSKeyID", "MigrationTargetPCR0"):
+        assert secrets.get(gone) is None
+    assert [n for n in secrets.list("Migration/") if n.endswith("/Ciphertext")] == []
+    checkpoint = read_checkpoint(secrets)
+    assert checkpoint is not None and (checkpoint.step, checkpoint.status) == (9, "done")
+    override = read_image_override(world.config)
+    assert override == {"app_dir": str(world.new_dir), "pcr0": checkpoint.target_pcr0}
+    new = boot(apply_image_override(world.config), world.plugins)
+    assert new.pcr0 == checkpoint.target_pcr0 != world.old.pcr0
+    assert new.kms_key_id == new_key
+    assert new.static_env == world.old.static_env
+    assert new.storage is not None
+    assert json.loads(new.storage.get("visits").data) == {"visits": 3}
+
+
+# ------------------------------------------------------------------ the whole migration
+
+
+def test_a_migration_moves_every_secret_to_a_key_only_the_new_image_can_use(world: World) -> None:
+    enclave = world.enclave()
+    service = world.service(enclave)
+    status, progress = migrate(service, {"app_dir": str(world.new_dir)})
+    assert status == 202
+    assert (progress["step"], progress["total"], progress["status"]) == (9, 9, "done")
+    assert [s["step"] for s in progress["steps"]] == list(range(1, 10))
+    assert progress["steps"][-1]["msg"] == "migration parameters cleaned up; migration complete"
+    assert (enclave.exports, enclave.restarts) == (1, 1)
+    assert enclave.names == ["signing_key", "StorageDEK"]
+    new_key = progress["new_key_id"]
+    # The new key: locked, Decrypt only for the new image, Encrypt for the enclave's role.
+    kms = world.backends()[0]
+    policy = kms.get_key_policy(new_key)
+    analysis = analyse(policy, pcr0_hex=progress["target_pcr0"])
+    assert analysis.locked and not analysis.unconditioned_decrypt
+    assert analysis.attested_pcr0 == {progress["target_pcr0"]}
+    assert world.config.name in kms.describe_key(new_key).description
+    assert progress["target_pcr0"] in kms.describe_key(new_key).description
+    # Neither the supervisor nor anyone else can decrypt under it without the new image.
+    blob = base64.b64decode(world.secrets.get("signing_key/Ciphertext") or "")
+    with pytest.raises(EnclaveError, match="denied"):
+        kms.decrypt(new_key, blob, static_secret_context("hello", "signing_key"))
+    old_session = RecipientSession(world.old.attestation)  # type: ignore[arg-type]
+    with pytest.raises(EnclaveError, match="denied"):
+        old_session.decrypt(kms, new_key, blob, static_secret_context("hello", "signing_key"))
+    assert_migrated(world, new_key)
+    checkpoint = read_checkpoint(world.secrets)
+    assert checkpoint is not None and checkpoint.previous_pcr0 == world.old.pcr0
+
+
+@pytest.mark.parametrize("step", range(1, 10))
+def test_a_crash_after_any_step_resumes_to_the_same_result(world: World, step: int) -> None:
+    first = world.enclave()
+    _, progress = migrate(
+        world.service(first, after_step=crash_at(step)), {"app_dir": str(world.new_dir)}
+    )
+    stored = read_checkpoint(world.secrets)
+    assert stored is not None and stored.step == step
+    assert stored.status == ("done" if step == 9 else "running")
+    # A new supervisor (fresh backends), the same command again.
+    second = world.enclave()
+    status, progress = migrate(world.service(second), {"app_dir": str(world.new_dir)})
+    if step == 9:
+        assert (status, progress["msg"]) == (200, "migration already complete")
+    else:
+        assert status == 202 and progress["status"] == "done", progress
+        assert progress["id"] == stored.id
+        assert [s["step"] for s in progress["steps"]] == list(range(1, 10))
+    assert first.exports + second.exports == 1
+    assert first.restarts + second.restarts == 1
+    assert_migrated(world, str(stored.new_key_id or progress["new_key_id"]))
+
+
+def test_a_crash_between_create_key_and_its_checkpoint_creates_no_second_key(
+    world: World,
+) -> None:
+    kms, secrets = world.backends()
+    checkpoint = Checkpoint.new(world.config, "ab" * 48, app_dir=str(world.new_dir), eif=None)
+    write_checkpoint(secrets, checkpoint)
+    runner = MigrationRunner(world.config, kms=kms, secrets=secrets, enclave=world.enclave())
+    runner.read_old_key(checkpoint)
+    runner.create_new_key(checkpoint)  # ... and the process dies before the checkpoint
+    created = checkpoint.new_key_id
+    resumed = read_checkpoint(secrets)
+    assert resumed is not None and resumed.new_key_id is None
+    msg = runner.create_new_key(resumed)
+    assert resumed.new_key_id == created
+    assert msg == f"new key {created} (found by its description after a crash)"
+    assert sorted(set(world.key_ids()) - {world.old_key}) == [created]
+
+
+def test_rerunning_a_finished_migration_is_a_no_op(world: World) -> None:
+    migrate(world.service(world.enclave()), {"app_dir": str(world.new_dir)})
+    keys = world.key_ids()
+    enclave = world.enclave()
+    service = world.service(enclave)
+    status, answer = migrate(service, {"app_dir": str(world.new_dir)})
+    assert (status, answer["status"], answer["msg"]) == (200, "done", "migration already complete")
+    # GET after the no-op reports the stored checkpoint.
+    assert asyncio.run(service.progress())["msg"] == "migration complete"
+    assert world.key_ids() == keys and enclave.exports == 0 and enclave.restarts == 0
+
+
+# ------------------------------------------------------------------ hostile cases
+
+
+def test_a_pcr0_that_differs_from_the_new_images_measurement_is_refused(world: World) -> None:
+    service = world.service(world.enclave())
+    with pytest.raises(ValidationError, match="differs from the new image's measurement"):
+        asyncio.run(service.start({"app_dir": str(world.new_dir), "pcr0": "0" * 96}))
+    assert world.secrets.get(CHECKPOINT_PARAM) is None
+    assert world.key_ids() == [world.old_key]
+    assert not service.running
+
+
+def test_a_second_concurrent_migration_is_refused_with_409(world: World) -> None:
+    gate = threading.Event()
+    enclave = world.enclave(gate=gate)
+    service = world.service(enclave)
+    app = create_app(
+        watchdog=None,  # type: ignore[arg-type]
+        runtime_info=dict,
+        config=world.config,
+        token=TOKEN,
+        migration=service,
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    body = {"app_dir": str(world.new_dir)}
+
+    async def scenario() -> list[Any]:
+        answers: list[Any] = []
+        async with falcon.testing.ASGIConductor(app) as api:
+            answers.append(await api.simulate_post("/v1/migrate", json=body))
+            answers.append(await api.simulate_post("/v1/migrate", json=body, headers=auth))
+            answers.append(await api.simulate_post("/v1/migrate", json=body, headers=auth))
+            answers.append(await api.simulate_get("/v1/migrate"))
+            gate.set()
+            await service.wait()
+            answers.append(await api.simulate_get("/v1/migrate"))
+        return answers
+
+    unauthorized, first, second, during, after = asyncio.run(scenario())
+    assert unauthorized.status_code == 401
+    assert first.status_code == 202 and first.json["status"] == "running"
+    assert second.status_code == 409
+    assert second.json["description"].startswith("a migration is already running")
+    assert during.json["status"] == "running" and during.json["id"] == first.json["id"]
+    assert after.json["status"] == "done" and after.json["step"] == 9
+    assert enclave.exports == 1
+
+
+@pytest.mark.parametrize("fate", ["PendingDeletion", "gone"])
+def test_a_checkpoint_naming_a_key_that_no_longer_exists_is_refused(
+    world: World, fate: str
+) -> None:
+    migrate(world.service(world.enclave(), after_step=crash_at(4)), {"app_dir": str(world.new_dir)})
+    checkpoint = read_checkpoint(world.secrets)
+    assert checkpoint is not None and checkpoint.new_key_id is not None
+    kms = world.backends()[0]
+    assert isinstance(kms, LocalKms)
+    if fate == "PendingDeletion":
+        kms.schedule_key_deletion(checkpoint.new_key_id, 7)
+    else:
+        (kms.directory / f"{checkpoint.new_key_id}.json").unlink()
+    service = world.service(world.enclave())
+    expected = (
+        f"the migration's new key {checkpoint.new_key_id} no longer exists ({fate}); the secrets "
+        f"are still under key {world.old_key}"
+    )
+    with pytest.raises(StateConflict, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        asyncio.run(service.start({"app_dir": str(world.new_dir)}))
+    assert world.secrets.get("KMSKeyID") == world.old_key
+
+
+def test_an_unfinished_migration_to_another_image_blocks_a_new_one(
+    world: World, tmp_path: Path
+) -> None:
+    migrate(world.service(world.enclave(), after_step=crash_at(3)), {"app_dir": str(world.new_dir)})
+    other = tmp_path / "app-v3"
+    other.mkdir()
+    (other / "app.py").write_text("print('version 3')\n")
+    with pytest.raises(StateConflict, match=r"is unfinished \(step 3/9\)"):
+        asyncio.run(world.service(world.enclave()).start({"app_dir": str(other)}))
+
+
+def test_a_refused_export_fails_the_step_and_a_rerun_resumes_there(world: World) -> None:
+    refused = world.enclave(refuse="target key policy can be changed")
+    _, progress = migrate(world.service(refused), {"app_dir": str(world.new_dir)})
+    assert progress["status"] == "failed" and progress["step"] == 4
+    assert "refused export-key (403): target key policy can be changed" in progress["msg"]
+    stored = read_checkpoint(world.secrets)
+    assert stored is not None and (stored.step, stored.status) == (4, "failed")
+    assert stored.error is not None and "step 5 failed" in stored.error
+    assert world.secrets.get("KMSKeyID") == world.old_key
+    enclave = world.enclave()
+    _, progress = migrate(world.service(enclave), {"app_dir": str(world.new_dir)})
+    assert progress["status"] == "done" and enclave.exports == 1
+    assert_migrated(world, progress["new_key_id"])
+
+
+def test_missing_migration_ciphertexts_time_out_with_their_names(world: World) -> None:
+    service = world.service(world.enclave(write=False), export_timeout_s=0.5)
+    _, progress = migrate(service, {"app_dir": str(world.new_dir)})
+    assert progress["status"] == "failed"
+    assert (
+        "timed out after 0.5 s waiting for the old enclave's Migration/signing_key/"
+        in (progress["msg"])
+    )
+    assert world.secrets.get("KMSKeyID") == world.old_key
+
+
+def test_bad_requests_are_refused(world: World) -> None:
+    service = world.service(world.enclave())
+    for body, message in [
+        ({}, "exactly one of 'eif' and 'app_dir'"),
+        ({"app_dir": "relative"}, "must be an absolute path"),
+        ({"app_dir": str(world.new_dir), "pcr0": "xyz"}, "96 hex"),
+        ({"app_dir": str(world.new_dir), "colour": "red"}, "unknown field"),
+        ({"eif": str(world.new_dir / "app.py")}, "--eif needs mode: production"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            asyncio.run(service.start(body))
+    assert not service.running
+
+
+# ------------------------------------------------------------------ key deletion
+
+
+def test_schedule_key_deletion_retires_the_old_key_and_refuses_the_key_in_use(
+    world: World,
+) -> None:
+    service = world.service(world.enclave())
+    with pytest.raises(StateConflict, match="MigrationOldKMSKeyID is not set"):
+        asyncio.run(service.schedule_key_deletion(7))
+    world.secrets.put(OLD_KEY_PARAM, world.old_key)
+    with pytest.raises(StateConflict, match=f"key {world.old_key} is the key in use"):
+        asyncio.run(service.schedule_key_deletion(7))
+    with pytest.raises(ValidationError, match="7 to 30"):
+        asyncio.run(service.schedule_key_deletion(31))
+    _, progress = migrate(service, {"app_dir": str(world.new_dir)})
+    answer = asyncio.run(service.schedule_key_deletion(10))
+    assert (answer["key_id"], answer["state"]) == (world.old_key, "PendingDeletion")
+    assert world.backends()[0].describe_key(world.old_key).state == "PendingDeletion"
+    assert world.secrets.get(OLD_KEY_PARAM) is None
+    assert world.backends()[0].describe_key(progress["new_key_id"]).state == "Enabled"
+
+
+# ------------------------------------------------------------------ the real enclave's side
+
+
+class FakeControl:
+    """A control listener answering POST /v1/export-key with a canned status and body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.requests: list[tuple[str, bytes]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"] or 0)
+                fake.requests.append((self.path, self.rfile.read(length)))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class LoopbackLauncher:
+    def enclave_address(self, port: int) -> str:
+        return f"tcp://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def control() -> Iterator[Callable[[int, dict[str, Any]], FakeControl]]:
+    made: list[FakeControl] = []
+
+    def make(status: int, body: dict[str, Any]) -> FakeControl:
+        made.append(FakeControl(status, body))
+        return made[-1]
+
+    yield make
+    for fake in made:
+        fake.close()
+
+
+def test_the_supervisor_posts_export_key_to_the_control_listener_and_reports_a_refusal(
+    make_config: Callable[..., Config], control: Callable[[int, dict[str, Any]], FakeControl]
+) -> None:
+    answer = {"exported": ["StorageDEK"], "pcr0": "00" * 48, "new_key_id": "k"}
+    ok = control(200, answer)
+    config = make_config(runtime={"control_port": ok.port})
+    loop = asyncio.new_event_loop()
+    try:
+        enclave = SupervisorEnclave(
+            config,
+            LoopbackLauncher(),  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            lambda: Probe(True, "ready"),
+            loop,
+        )
+        assert enclave.export_key() == answer
+        assert ok.requests == [("/v1/export-key", b"{}")]
+        refusing = control(403, {"title": "Export refused", "description": "policy can change"})
+        config.runtime.control_port = refusing.port
+        with pytest.raises(EnclaveError, match=r"refused export-key \(403\): policy can change"):
+            enclave.export_key()
+        booting = SupervisorEnclave(
+            config,
+            LoopbackLauncher(),  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            lambda: Probe(False, "degraded", "boot stage kms_key failed"),
+            loop,
+            ready_timeout_s=0.3,
+        )
+        with pytest.raises(EnclaveError, match="did not become ready within 0.3 s"):
+            booting.export_key()
+    finally:
+        loop.close()
+
+
+# ------------------------------------------------------------------ the enclave's principal
+
+
+def test_the_enclave_principal_comes_from_the_current_keys_policy() -> None:
+    role = "arn:aws:iam::123456789012:role/enclave-prod"
+    policy = locked_policy(pcr0_hex="ab" * 48, principal_arn=role)
+    assert _enclave_principal(policy) == role
+    assert _enclave_principal(default_policy("123456789012")) is None
+    assert _enclave_principal(None) is None
+
+
+def test_production_refuses_to_guess_the_enclave_principal(world: World) -> None:
+    kms, secrets = world.backends()
+    # A current key whose policy names no attested principal (the account root's default).
+    secrets.put("KMSKeyID", kms.create_key(description="plain").key_id)
+    production = dataclasses.replace(world.config, mode="production")
+    runner = MigrationRunner(production, kms=kms, secrets=secrets, enclave=world.enclave())
+    checkpoint = Checkpoint.new(production, "ab" * 48, app_dir=None, eif="/new.eif")
+    with pytest.raises(EnclaveError, match="pass --enclave-principal <role-arn>"):
+        runner.read_old_key(checkpoint)
+    checkpoint.principal = "arn:aws:iam::123456789012:role/given"
+    runner.read_old_key(checkpoint)
+    assert checkpoint.principal == "arn:aws:iam::123456789012:role/given"
+    development = Checkpoint.new(world.config, "ab" * 48, app_dir="/new", eif=None)
+    MigrationRunner(world.config, kms=kms, secrets=secrets, enclave=world.enclave()).read_old_key(
+        development
+    )
+    assert development.principal == kms.caller_arn()
