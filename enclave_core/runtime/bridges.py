@@ -24,16 +24,12 @@ with simulated attestation, as an ordinary process: no bridges there.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from loguru import logger
-
 from enclave_core import transport
 from enclave_core.config import Config
-from enclave_core.errors import EnclaveError
+from enclave_core.forwarding import Forwarder
 
 NSM_DEVICE = Path("/dev/nsm")
 IMDS_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
@@ -63,76 +59,21 @@ def parent_address(port: int) -> str:
     return f"vsock://{transport.VSOCK_PARENT_CID}:{port}"
 
 
-class Bridge:
+class Bridge(Forwarder):
     """Listens on loopback TCP and splices every connection to ``target`` (vsock to the host)."""
+
+    kind = "bridge"
+    unreachable = "cannot reach the host"
 
     def __init__(self, listen: str, target: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S):
         """:param listen: ``tcp://127.0.0.1:PORT``; :param target: ``vsock://3:PORT`` (or tcp)."""
-        self.listen = listen
-        self.target = target
-        self.connect_timeout_s = connect_timeout_s
-        self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        """Bind; EnclaveError naming the address when it cannot."""
-        try:
-            self._server = await transport.listen(self.listen, self._handle)
-        except (OSError, ValueError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise EnclaveError(f"bridge cannot listen on {self.listen}: {why}") from None
-        logger.bind(listen=self.bound, target=self.target).info("bridge listening")
+        super().__init__(listen, target, connect_timeout_s=connect_timeout_s)
 
     @property
     def bound(self) -> str:
         """The ``tcp://HOST:PORT`` actually bound (after asking for port 0)."""
-        sockets = getattr(self._server, "sockets", None)
-        if not sockets:
-            return self.listen
-        host, port = sockets[0].getsockname()[:2]
-        return f"tcp://{host}:{port}"
-
-    async def close(self) -> None:
-        """Stop listening and cut every open connection."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # The work runs in its own task, which close() cancels: cancelling the task asyncio made
-        # for this callback would make asyncio (3.11) log the cancellation as an error.
-        work = asyncio.create_task(self._bridge(reader, writer))
-        self._connections.add(work)
-        work.add_done_callback(self._connections.discard)
-        try:
-            await asyncio.wait({work})
-        finally:
-            if not work.done():
-                work.cancel()
-            if work.cancelled():
-                await _close(writer)
-
-    async def _bridge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream = await transport.connect(self.target, timeout=self.connect_timeout_s)
-        except (OSError, TimeoutError) as exc:
-            why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            logger.bind(target=self.target, error=why).warning("bridge cannot reach the host")
-            await _close(writer)
-            return
-        await transport.splice((reader, writer), upstream)
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+        bound = super().bound
+        return bound if "://" in bound else f"tcp://{bound}"
 
 
 async def start_bridges(
