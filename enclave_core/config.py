@@ -33,6 +33,10 @@ DEVELOPMENT_ONLY_BACKENDS = {
 NAME_RE = r"^[a-z][a-z0-9-]{0,31}$"
 SECRET_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # noqa: S105 - a pattern, not a password
 ENV_VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+#: Bounds on a parsed document: YAML aliases can nest or repeat a node without end (cycles,
+#: "billion laughs"), which would otherwise exhaust the stack or hang the recursive checks below.
+MAX_DOCUMENT_DEPTH = 64
+MAX_DOCUMENT_NODES = 100_000
 
 
 class _Strict(Schema):
@@ -319,6 +323,8 @@ class Config:
     region: str = "us-east-1"
     account: str | None = None
     instance_type: str = "m6i.xlarge"
+    #: EC2 hosts to run; more than 1 puts an auto-scaling group behind a network load balancer.
+    instances: int = 1
     enclave: EnclaveSettings = field(default_factory=EnclaveSettings)
     app: AppSettings = field(default_factory=AppSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -403,6 +409,7 @@ class ConfigSchema(_Strict):
         validate=validate.Regexp(r"^\d{12}$", error="must be 12 digits, quoted."),
     )
     instance_type = fields.String(load_default="m6i.xlarge")
+    instances = fields.Integer(load_default=1, validate=validate.Range(1, 100))
     enclave = fields.Nested(EnclaveSchema)
     app = fields.Nested(AppSchema)
     runtime = fields.Nested(RuntimeSchema)
@@ -489,12 +496,31 @@ def resolve_env_refs(
     return value
 
 
+def _check_size(document: Any, where: str) -> None:
+    """Raise ConfigError when ``document`` nests too deep or has too many nodes (aliases count)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_DOCUMENT_DEPTH or nodes > MAX_DOCUMENT_NODES:
+            raise ConfigError(
+                f"{where}: the document nests deeper than {MAX_DOCUMENT_DEPTH} levels or has "
+                f"more than {MAX_DOCUMENT_NODES} values (recursive or repeated YAML aliases?)"
+            )
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def parse_config(document: Any, *, base_dir: Path, path: Path | None = None) -> Config:
     """Validate an already-parsed enclave.yaml document; raise ConfigError with every problem."""
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(f"{path or CONFIG_FILENAME}: the top level must be a mapping.")
+    _check_size(document, str(path or CONFIG_FILENAME))
     refs: dict[str, str] = {}
     env_errors: list[str] = []
     resolved = resolve_env_refs(document, refs=refs, errors=env_errors)
@@ -553,6 +579,8 @@ def load_config(path: str | Path | None = None, *, allow_missing: bool = False) 
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{file}: malformed YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{file}: malformed YAML: nested too deep") from None
     return parse_config(document, base_dir=file.parent, path=file)
 
 

@@ -102,7 +102,8 @@ def show_mapping(data: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[Any, .
 def error_lines(err: BaseException) -> list[str]:
     """The lines the CLI prints for an error that ended a command.
 
-    An :class:`EnclaveError` is one ``ERROR:`` line (its message's first line). A
+    An :class:`EnclaveError` is one ``ERROR:`` line (its message's first line), followed by its
+    ``details`` attribute's lines, indented, when it has one (a failed tool's last output). A
     :class:`ConfigError` with several problems prints its header line and then one problem per
     line; with a single problem it stays on one line. Anything else is unexpected: its type is
     named and ``--debug`` shows the traceback.
@@ -114,7 +115,9 @@ def error_lines(err: BaseException) -> list[str]:
             return [f"ERROR: {lines[0]} {lines[1]}"]
         return [f"ERROR: {lines[0]}"] + [f"  {line}" for line in lines[1:]]
     if isinstance(err, EnclaveError):
-        return [f"ERROR: {lines[0] if lines else type(err).__name__}"]
+        # An error may carry ``details`` (a failed tool's last output lines), shown indented.
+        details = [f"  {line}" for line in getattr(err, "details", None) or ()]
+        return [f"ERROR: {lines[0] if lines else type(err).__name__}", *details]
     first = lines[0] if lines else ""
     detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
     return [f"ERROR: {detail} (run with --debug for the traceback)"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from enclave_core import sizing
 from enclave_core.backends import validate_backends
 from enclave_core.cli.common import EnclaveCommand, EnclaveShowOne, config_error, show_mapping
 from enclave_core.config import effective_config
@@ -13,7 +14,9 @@ from enclave_core.config import effective_config
 class ValidateConfig(EnclaveCommand):
     """Check enclave.yaml: its shape, its values and every backend's options.
 
-    Prints `OK: <file>`, or the problems one per line and exits 1.
+    Prints `OK: <file>`, or the problems one per line and exits 1. Sizing problems
+    (:mod:`enclave_core.sizing`) are errors with `mode: production` or an `account` set, and
+    `warning:` lines on stderr otherwise.
     """
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -21,6 +24,11 @@ class ValidateConfig(EnclaveCommand):
         path = self.config_path(parsed_args)
         config = self.load(parsed_args)
         problems = validate_backends(config, self.plugins(config))
+        if sizing.enforced(config):
+            problems += sizing.check(config)
+        else:
+            for problem in sizing.check(config):
+                self.app.stderr.write(f"warning: {problem}\n")
         if problems:
             raise config_error(path, problems)
         self.write(f"OK: {path}")

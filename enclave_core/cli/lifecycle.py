@@ -26,10 +26,26 @@ def _client(config: Config) -> Any:
 
 
 class Status(EnclaveShowOne):
-    """Show the supervisor's view of the enclave (its `/health`)."""
+    """Show the supervisor's view of the enclave (its `/health`).
+
+    With --cloud: the deployed stack instead (its status and outputs, its instances, and each
+    supervisor's /health fetched over SSM Run Command); needs AWS credentials.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        """Add ``--cloud``."""
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--cloud", action="store_true", help="the deployed stack on AWS, not this machine"
+        )
+        return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        """Ask the supervisor for its health document."""
+        """Ask the supervisor for its health document (or, with --cloud, AWS)."""
+        if parsed_args.cloud:
+            from enclave_core.cli.deploy import cloud_status_of  # boto3 work: only when asked
+
+            return show_mapping(cloud_status_of(self, self.load(parsed_args)))
         config = self.load(parsed_args, allow_missing=True)
         return show_mapping(_client(config).health())
 
@@ -130,7 +146,12 @@ def follow(
 
 
 class Logs(EnclaveCommand):
-    """Print the runtime's and the app's log lines (`.enclave/logs/runtime.log`)."""
+    """Print the runtime's and the app's log lines (`.enclave/logs/runtime.log`).
+
+    The ``process`` launcher writes that file in development; on a Nitro host the supervisor's
+    log channel (:mod:`enclave_core.logchannel`) writes it, debug mode or not. ``--follow``
+    survives the channel's rotation to ``runtime.log.1``.
+    """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         """Add ``--follow`` and ``--lines``."""

@@ -1,0 +1,169 @@
+"""`enclave deploy`, `enclave destroy`, and the cloud half of `enclave status --cloud`.
+
+The logic lives in :mod:`enclave_core.deploy`, :mod:`enclave_core.destroy` and
+:mod:`enclave_core.cloud`; these commands add the questions and the printing. Their outside
+world (boto3 clients, the CDK app, pip) comes from :data:`deps_factory`, which tests replace.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from enclave_core.backends import validate_backends
+from enclave_core.cli.common import ConfigOption, EnclaveCommand
+from enclave_core.cloud import Deps, cloud_status, default_deps, find_output
+from enclave_core.config import Config
+from enclave_core.deploy import DeployResult, Preflight, deploy
+from enclave_core.destroy import DestroyPlan, destroy, plan_destroy
+from enclave_core.errors import EnclaveError
+
+#: Builds the commands' :class:`~enclave_core.cloud.Deps`: ``deps_factory(config, progress=,
+#: echo=)``. The injection point for tests (botocore Stubber clients, a fake synthesize).
+deps_factory: Callable[..., Deps] = default_deps
+SHOWN_OUTPUTS = ("KMSKeyID", "StorageBucketName", "EifBucketName", "EC2InstanceRoleARN")
+
+
+def _indented(write: Callable[[str], None]) -> Callable[[str], None]:
+    """A sink for a tool's output lines: indented under the step, blank lines dropped."""
+
+    def echo(line: str) -> None:
+        if line.strip():
+            write(f"    {line}")
+
+    return echo
+
+
+def _ask(command: EnclaveCommand, question: str) -> str:
+    """Print ``question`` and read one line of the answer ("" at end of input)."""
+    command.app.stdout.write(question)
+    command.app.stdout.flush()
+    return str(command.app.stdin.readline()).strip()
+
+
+class Deploy(EnclaveCommand):
+    """Deploy the enclave to AWS: the stack, the EIF, the enclave started and running.
+
+    Six numbered steps: checks (nothing is created before they pass), synthesize, cdk deploy,
+    upload the EIF and the hosts' wheels, start the enclave (SSM Run Command), wait for it to be
+    running. Run it again after changing instance_type or instances to scale.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        """``--pcr0 HEX`` and ``--yes``."""
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--pcr0",
+            metavar="<hex>",
+            help="the EIF's PCR0 (default: artifacts/pcr.json, written by enclave build)",
+        )
+        parser.add_argument(
+            "--yes", action="store_true", help="do not ask before creating billable resources"
+        )
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        """Deploy, then print where the app answers."""
+        config = self.load(parsed_args)
+        problems = validate_backends(config, self.plugins(config))
+        deps = deps_factory(config, progress=self.write, echo=_indented(self.write))
+        confirm = None if parsed_args.yes else (lambda checked: self._confirm(config, checked))
+        result = deploy(config, deps, pcr0=parsed_args.pcr0, problems=problems, confirm=confirm)
+        self._report(result)
+        return 0
+
+    def _confirm(self, config: Config, checked: Preflight) -> bool:
+        verb = "update" if checked.existing else "create"
+        hosts = f"{config.instances} x {config.instance_type}"
+        if config.instances > 1:
+            hosts += " behind a network load balancer"
+        self.write(
+            f"enclave deploy will {verb} stack {checked.stack} in account {config.account}, "
+            f"{config.region}: {hosts} (enclave: {config.enclave.cpu_count} vCPUs, "
+            f"{config.enclave.memory_mib} MiB), a KMS key, S3 buckets and VPC endpoints, "
+            "billed by AWS for as long as they exist (enclave destroy removes them)."
+        )
+        return _ask(self, "Continue? [y/N] ").lower() in ("y", "yes")
+
+    def _report(self, result: DeployResult) -> None:
+        self.write(f"deployed stack {result.stack} (PCR0 {result.pcr0[:16]}…)")
+        for instance in result.instances:
+            address = instance.get("public_ip") or instance.get("private_ip") or "no address"
+            status = result.health.get(str(instance["id"]), {}).get("status", "unknown")
+            self.write(f"  {instance['id']}: {instance['state']}, {address}, enclave {status}")
+        for endpoint in result.endpoints:
+            self.write(f"  endpoint: {endpoint}")
+        for name in SHOWN_OUTPUTS:
+            value = find_output(result.outputs, name)
+            if value:
+                self.write(f"  {name}: {value}")
+
+
+class Destroy(EnclaveCommand):
+    """Delete the deployed stack: the instances, the network and the key.
+
+    Shows what is lost for good (the KMS key is scheduled for deletion: the secrets and the
+    stored data can never be decrypted afterwards) and what remains (the retained buckets, the
+    parameters the enclave wrote), asks you to type the stack name unless --force, stops the
+    enclave and runs cdk destroy.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        """``--force``."""
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--force", action="store_true", help="do not ask for the stack name first"
+        )
+        return parser
+
+    def take_action(self, parsed_args: argparse.Namespace) -> int:
+        """Plan, warn, confirm, destroy."""
+        config = self.load(parsed_args)
+        deps = deps_factory(config, progress=self.write, echo=_indented(self.write))
+        plan = plan_destroy(config, deps)
+        if not plan.exists:
+            self.write(
+                f"stack {plan.stack} does not exist in account {config.account}, "
+                f"{config.region}: nothing to destroy"
+            )
+            return 0
+        self._warn(config, plan)
+        if not parsed_args.force:
+            typed = _ask(self, f"Type the stack name ({plan.stack}) to destroy it: ")
+            if typed != plan.stack:
+                raise EnclaveError(
+                    f"destroy cancelled: {typed!r} is not the stack name; nothing was changed"
+                )
+        destroy(config, deps, plan)
+        self.write(f"destroyed stack {plan.stack}")
+        if plan.remains:
+            self.write("still there, until you delete it:")
+            for line in plan.remains:
+                self.write(f"  - {line}")
+        return 0
+
+    def _warn(self, config: Config, plan: DestroyPlan) -> None:
+        self.write(
+            f"WARNING: enclave destroy deletes stack {plan.stack} (account {config.account}, "
+            f"{config.region}). Lost for good:"
+        )
+        for line in plan.lost:
+            self.write(f"  - {line}")
+        self.write(
+            "The enclave's secrets and its stored data cannot be recovered once the key is "
+            "deleted: no backup, no AWS support case brings them back."
+        )
+        if plan.remains:
+            self.write("What remains afterwards (delete it yourself when you no longer need it):")
+            for line in plan.remains:
+                self.write(f"  - {line}")
+
+
+def cloud_status_of(command: ConfigOption, config: Config) -> dict[str, Any]:
+    """The document `enclave status --cloud` shows (:class:`enclave_core.cli.lifecycle.Status`)."""
+
+    def to_stderr(line: str) -> None:
+        command.app.stderr.write(line + "\n")
+
+    return cloud_status(config, deps_factory(config, progress=to_stderr, echo=to_stderr))

@@ -1,0 +1,162 @@
+"""The hosts' instance role: least privilege, one inline policy, no AWS managed policy.
+
+The supervisor on the host and the runtime in the enclave (through the host's IMDS forwarder)
+both act as this role. It may:
+
+- read and write the app's parameters, ``/{prefix}/{name}/*`` (and list that path);
+- read, write and delete objects in the storage bucket (under the s3 backend's ``prefix`` when
+  one is set) and list the bucket;
+- read ``image.eif`` and ``wheels/*`` in the EIF bucket;
+- talk to Systems Manager for Run Command (``enclave deploy``/``status`` run commands on the
+  host): ``ssm:UpdateInstanceInformation`` and the ``ssmmessages``/``ec2messages`` channels.
+
+It holds **no KMS permission in IAM**: the key policy names the role itself, which is enough
+for KMS, and conditions every way to plaintext on the image's PCR0. ``AmazonSSMManagedInstanceCore``
+is deliberately not attached: it allows ``ssm:GetParameter(s)`` on every parameter of the
+account (and S3 and document reads besides), which would undo the parameter scoping above; the
+statement below is the subset Run Command needs.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Aws
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+from enclave_infra.nag import acknowledge
+from enclave_infra.naming import EIF_OBJECT_KEY, WHEELS_PREFIX
+
+__all__ = ["PARAMETER_ACTIONS", "RUN_COMMAND_ACTIONS", "instance_role"]
+
+PARAMETER_ACTIONS = [
+    "ssm:DeleteParameter",
+    "ssm:GetParameter",
+    "ssm:GetParameters",
+    "ssm:GetParametersByPath",
+    "ssm:PutParameter",
+]
+#: What the SSM agent needs to register the host and receive Run Command invocations.
+RUN_COMMAND_ACTIONS = [
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+]
+
+
+def instance_role(
+    scope: Construct,
+    construct_id: str,
+    *,
+    parameter_path: str,
+    storage: s3.IBucket,
+    storage_prefix: str,
+    eif: s3.IBucket,
+) -> iam.Role:
+    """The role of the enclave hosts, with its one inline policy.
+
+    :param parameter_path: ``/{prefix}/{name}`` (no trailing slash).
+    :param storage_prefix: the s3 backend's key prefix (``""`` or ending in ``/``).
+    """
+    parameter_arn = f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}:{Aws.ACCOUNT_ID}:parameter"
+    statements = [
+        iam.PolicyStatement(
+            sid="AppParameters",
+            actions=PARAMETER_ACTIONS,
+            resources=[f"{parameter_arn}{parameter_path}/*"],
+        ),
+        iam.PolicyStatement(
+            # GetParametersByPath is authorized against the path itself.
+            sid="AppParameterPath",
+            actions=["ssm:GetParametersByPath"],
+            resources=[f"{parameter_arn}{parameter_path}"],
+        ),
+        iam.PolicyStatement(
+            sid="StorageObjects",
+            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            resources=[storage.arn_for_objects(f"{storage_prefix}*")],
+        ),
+        # Unconditioned: S3 answers HeadObject of a missing key with 404 (not 403) only to a
+        # caller allowed ListBucket, and HeadBucket needs it too; it reveals key names only.
+        _list(storage, "StorageList", None),
+        iam.PolicyStatement(
+            sid="EifAndWheelsRead",
+            actions=["s3:GetObject"],
+            resources=[
+                eif.arn_for_objects(EIF_OBJECT_KEY),
+                eif.arn_for_objects(f"{WHEELS_PREFIX}*"),
+            ],
+        ),
+        _list(eif, "WheelsList", f"{WHEELS_PREFIX}*"),
+        iam.PolicyStatement(
+            sid="RunCommandRegistration",
+            actions=["ssm:UpdateInstanceInformation"],
+            resources=[f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/*"],
+        ),
+        iam.PolicyStatement(sid="RunCommandChannels", actions=RUN_COMMAND_ACTIONS, resources=["*"]),
+    ]
+    role = iam.Role(
+        scope,
+        construct_id,
+        assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+        description="Simple Enclave host and enclave: its parameters, its buckets, Run Command",
+        inline_policies={"EnclaveHost": iam.PolicyDocument(statements=statements)},
+    )
+    _wildcard(
+        role,
+        f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{parameter_path}/*",
+        "The app's parameters are created at run time under its own path /{prefix}/{name}/ "
+        "(DESIGN section 7: secret ciphertexts, migration state); the wildcard is that path.",
+    )
+    _wildcard(
+        role,
+        "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*",
+        "ssm:UpdateInstanceInformation is called by the SSM agent of hosts that the auto "
+        "scaling group (or a replacement) creates later; their ids are not known at deploy.",
+    )
+    _wildcard(
+        role,
+        "*",
+        "The ssmmessages and ec2messages actions Run Command needs support no resource-level "
+        "permissions (AWS service authorization reference); nothing else uses '*'.",
+    )
+    _wildcard(
+        role,
+        f"<{_logical(storage)}.Arn>/{storage_prefix}*",
+        "The enclave stores objects under keys it chooses at run time, in its own bucket "
+        "(under the storage prefix); the objects are AES-256-GCM encrypted by the enclave.",
+    )
+    _wildcard(
+        role,
+        f"<{_logical(eif)}.Arn>/{WHEELS_PREFIX}*",
+        "The host installs simple-enclave from the wheels `enclave deploy` uploads; their "
+        "file names carry versions decided at upload time. Read only.",
+    )
+    return role
+
+
+def _wildcard(role: iam.Role, resource: str, reason: str) -> None:
+    """Acknowledge cdk-nag's IAM5 finding for one wildcard resource of the role."""
+    acknowledge(role, f"IAM5[Resource::{resource}]", reason)
+
+
+def _list(bucket: s3.IBucket, sid: str, prefix: str | None) -> iam.PolicyStatement:
+    conditions = {"StringLike": {"s3:prefix": [prefix]}} if prefix else None
+    return iam.PolicyStatement(
+        sid=sid, actions=["s3:ListBucket"], resources=[bucket.bucket_arn], conditions=conditions
+    )
+
+
+def _logical(bucket: s3.IBucket) -> str:
+    """The logical id cdk-nag prints for a bucket's ``Fn::GetAtt`` (its CfnBucket's)."""
+    from aws_cdk import Stack
+
+    child = bucket.node.default_child
+    assert child is not None
+    return str(Stack.of(bucket).get_logical_id(child))  # type: ignore[arg-type]
