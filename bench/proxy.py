@@ -2,13 +2,17 @@
 """Benchmark the runtime's public listener: the app direct versus through the proxy, same run.
 
     python bench/proxy.py [--rounds 6] [--duration 5] [--connections 32]
-                          [--app auto|example|builtin] [--no-docs]
+                          [--app auto|example|builtin] [--no-docs] [--no-nginx]
 
 Starts the app (``examples/hello/app.py`` serving ``GET /`` without the app API, or a built-in
 stdlib HTTP/1.1 app with ``--app builtin``) and a :class:`PublicServer` in front of it, each in its
 own process (the proxy on uvloop, logging at INFO as the runtime does). Then it alternates load
 runs against the two, several rounds, and reports medians of requests/s and p50/p99 latency with
 ``wrk`` when installed, else with a built-in asyncio keep-alive client in a separate process.
+When ``nginx`` is installed (Debian's package), it runs as a third target in front of the same
+app, started by the benchmark on loopback with a generated config: one worker process (so it uses
+one core, like the runtime's proxy), upstream keep-alive (``keepalive 32``, HTTP/1.1, an empty
+``Connection`` header) and no access log.
 The table is printed and appended to ``docs/benchmarks.md`` (``--no-docs`` to skip).
 """
 
@@ -24,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,6 +145,44 @@ def serve_splice(port: int, upstream_port: int) -> None:
     uvloop.run(main())
 
 
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream app {{
+        server 127.0.0.1:{upstream};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(port: int, upstream_port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    """Debian's nginx in the foreground on loopback in front of the app, with a generated config."""
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, upstream=upstream_port))
+    return subprocess.Popen(
+        ["nginx", "-p", str(tmp), "-c", str(conf)], stdin=subprocess.DEVNULL, cwd=tmp
+    )
+
+
 # -- load generation --------------------------------------------------------------------------
 def _seconds(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
@@ -251,6 +294,7 @@ def main() -> int:
     parser.add_argument(
         "--no-splice", action="store_true", help="skip the bare byte-relay reference"
     )
+    parser.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
     opts = parser.parse_args()
 
     use_example = opts.app == "example" or (opts.app == "auto" and EXAMPLE.exists())
@@ -266,9 +310,15 @@ def main() -> int:
     ports = {"direct": app_port, "proxy": proxy_port, "splice": splice_port}
     if opts.no_splice:
         del ports["splice"]
+    with_nginx = not opts.no_nginx and shutil.which("nginx") is not None
+    nginx_tmp = tempfile.TemporaryDirectory(prefix="bench-nginx-")
+    if with_nginx:
+        ports["nginx"] = free_port()
     # the app's stderr would fill with tracebacks of connections the load generator drops
     procs = [start(app_cmd, env, quiet=True)]
-    for name in ports.keys() - {"direct"}:
+    if with_nginx:
+        procs.append(start_nginx(ports["nginx"], app_port, Path(nginx_tmp.name)))
+    for name in ports.keys() - {"direct", "nginx"}:
         cmd = [sys.executable, __file__, f"_{name}", str(ports[name]), str(app_port)]
         procs.append(start(cmd, env))
     load = run_wrk if shutil.which("wrk") else run_builtin_load
@@ -291,6 +341,7 @@ def main() -> int:
             proc.terminate()
         for proc in procs:
             proc.wait(10)
+        nginx_tmp.cleanup()
 
     med = {
         name: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
@@ -300,6 +351,7 @@ def main() -> int:
         "direct": "direct (no proxy)",
         "proxy": "through PublicServer",
         "splice": "through a bare byte relay (reference)",
+        "nginx": "through nginx (1 worker, upstream keep-alive)",
     }
     table = [
         "| target | requests/s (median) | p50 ms | p99 ms | vs direct, median of rounds |",
@@ -319,6 +371,15 @@ def main() -> int:
         f"PublicServer/direct: **{ratio:.2f}x** of the median throughput"
         f" (per round: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
+    if with_nginx:
+        vs_nginx = [
+            p["rps"] / n["rps"] for n, p in zip(results["nginx"], results["proxy"], strict=True)
+        ]
+        ok = "met" if statistics.median(vs_nginx) >= 0.8 else "MISSED"
+        summary += (
+            f"\n\nPublicServer/nginx: **{statistics.median(vs_nginx):.2f}x** (median of per-round"
+            f" ratios: {', '.join(f'{r:.2f}' for r in vs_nginx)}; target ≥ 0.8x: {ok})"
+        )
     if med["direct"]["p50"] > 30:
         summary += (
             "\n\nNote: the app answers in about 40 ms even direct: it writes its head and body"
@@ -342,10 +403,16 @@ def write_docs(
     command = f"python bench/proxy.py --rounds {opts.rounds} --duration {opts.duration:g}"
     command += f" --connections {opts.connections} --app {opts.app}"
     command += " --no-splice" if opts.no_splice else ""
+    command += " --no-nginx" if opts.no_nginx else ""
     lines = [
         f"\n### Public listener proxy, {stamp}\n",
         f"- command: `{command}`",
         f"- app: {app}; proxy: `PublicServer` in its own process on uvloop {uvloop.__version__}",
+        f"- nginx: {_nginx_version()}, generated config: worker_processes 1 (one core, like the"
+        " proxy), upstream `keepalive 32`, `proxy_http_version 1.1`,"
+        ' `proxy_set_header Connection ""`, access_log off'
+        if not opts.no_nginx and shutil.which("nginx")
+        else "- nginx: not run",
         f"- load: {tool}, {opts.connections} keep-alive connections, {opts.rounds} alternating"
         f" rounds of {opts.duration:g} s, medians",
         f"- machine: {os.cpu_count()} CPUs, {platform.machine()},"
@@ -362,6 +429,12 @@ def write_docs(
     with DOCS.open("a", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
     print(f"appended to {DOCS.relative_to(ROOT)}")
+
+
+def _nginx_version() -> str:
+    """`nginx -v`'s answer (it prints to stderr)."""
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
 
 
 if __name__ == "__main__":

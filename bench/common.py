@@ -1,0 +1,198 @@
+"""Helpers shared by the benchmarks: ports, a throwaway `enclave dev` stack, /proc, docs.
+
+Imported by ``bench/storage.py``, ``boot.py``, ``memory.py`` and ``watchdog.py`` (run as scripts,
+so this module is found beside them on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DIR = ROOT / "examples" / "hello"
+DOCS = ROOT / "docs" / "benchmarks.md"
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stamp() -> str:
+    """Now, for a docs heading."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine() -> str:
+    """One line describing the machine and its load."""
+    load = os.getloadavg()[0]
+    return (
+        f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()};"
+        f" load average {load:.1f} when the run began (the machine is shared)"
+    )
+
+
+def append_docs(lines: list[str]) -> None:
+    """Append a section to docs/benchmarks.md."""
+    if not DOCS.exists():
+        DOCS.parent.mkdir(parents=True, exist_ok=True)
+        DOCS.write_text("# Benchmarks\n", encoding="utf-8")
+    with DOCS.open("a", encoding="utf-8") as fh:
+        fh.write("\n" + "\n".join(lines) + "\n")
+    print(f"appended to {DOCS.relative_to(ROOT)}")
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as typed from the repository root."""
+    script = Path(sys.argv[0]).resolve().relative_to(ROOT)
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+# -- /proc ------------------------------------------------------------------------------------
+def rss_mib(pid: int) -> float:
+    """VmRSS of ``pid`` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cmdline(pid: int) -> list[str]:
+    """The argument list of ``pid`` (empty if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+_NO_VERIFY = ssl.create_default_context()
+_NO_VERIFY.check_hostname = False
+_NO_VERIFY.verify_mode = ssl.CERT_NONE
+
+
+def get_status(url: str, timeout: float = 1.0) -> int:
+    """Status of ``GET url`` (TLS not verified: the dev certificate is self-issued); 0 if none."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=_NO_VERIFY) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ssl.SSLError):
+        return 0
+
+
+def get_json(url: str, timeout: float = 2.0) -> Any:
+    """``GET url`` parsed as JSON."""
+    with urllib.request.urlopen(url, timeout=timeout, context=_NO_VERIFY) as resp:
+        return json.loads(resp.read())
+
+
+def wait_200(url: str, deadline_s: float, pause: float = 0.01) -> float:
+    """Poll ``url`` until it answers 200; return when (monotonic). Raises on the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if get_status(url, timeout=0.5) == 200:
+            return time.monotonic()
+        time.sleep(pause)
+    raise RuntimeError(f"{url} did not answer 200 within {deadline_s:g} s")
+
+
+# -- a development stack ----------------------------------------------------------------------
+class DevStack:
+    """A temp copy of examples/hello with an enclave.yaml on free ports, run with `enclave dev`."""
+
+    def __init__(self, *, tls: bool = True, watchdog: dict[str, float] | None = None) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="enclave-bench-"))
+        self.dir = self.tmp / "hello"
+        shutil.copytree(EXAMPLE_DIR, self.dir, ignore=shutil.ignore_patterns(".enclave", "*.pyc"))
+        doc = yaml.safe_load((EXAMPLE_DIR / "enclave.yaml").read_text(encoding="utf-8"))
+        self.ingress_port = free_port()
+        doc["runtime"].update(
+            port=free_port(), app_api_port=free_port(), control_port=free_port(), tls=tls
+        )
+        doc["app"]["port"] = free_port()
+        doc["supervisor"]["listen"] = f"127.0.0.1:{free_port()}"
+        doc["supervisor"]["ingress"] = [
+            {"listen": f"127.0.0.1:{self.ingress_port}", "port": doc["runtime"]["port"]}
+        ]
+        doc["supervisor"]["watchdog"].update(watchdog or {})
+        doc["egress"].update(port=free_port(), imds_port=free_port())
+        self.doc = doc
+        self.config_path = self.dir / "enclave.yaml"
+        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        scheme = "https" if tls else "http"
+        self.ingress = f"{scheme}://127.0.0.1:{self.ingress_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Start `enclave dev`; return the monotonic time just before the process started."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
+        log = (self.tmp / "dev.log").open("ab")
+        began = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)],
+            cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+        return began
+
+    def runtime_pid(self) -> int | None:
+        """The runtime process: the supervisor's child running ``... runtime -c``."""
+        assert self.proc is not None
+        for pid in children(self.proc.pid):
+            if "runtime" in cmdline(pid):
+                return pid
+        return None
+
+    def stop(self) -> None:
+        """SIGTERM `enclave dev` (it stops its children), wait, then SIGKILL what is left."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        """Stop and remove the temp folder."""
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def tail_log(self, count: int = 20) -> str:
+        """The last lines of `enclave dev`'s output, for an error message."""
+        path = self.tmp / "dev.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
