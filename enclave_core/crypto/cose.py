@@ -192,7 +192,7 @@ def decode_document(payload: bytes) -> dict[str, Any]:
     if not isinstance(document["module_id"], str) or not document["module_id"]:
         raise AttestationError("attestation document: module_id must be a non-empty text string")
     digest = document["digest"]
-    if digest not in DIGEST_SIZES:
+    if not isinstance(digest, str) or digest not in DIGEST_SIZES:  # a list is unhashable
         raise AttestationError(f"attestation document: unsupported digest {digest!r}")
     timestamp = document["timestamp"]
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 < timestamp < 2**64:

@@ -41,7 +41,8 @@ def _open(aead: AESGCM, blob: bytes, aad: bytes, what: str) -> bytes:
         raise CryptoError(f"{what} is not a Simple Enclave envelope (bad header or too short)")
     nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
     try:
-        return aead.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], aad)
+        # A memoryview: slicing bytes would copy the whole object once more.
+        return aead.decrypt(nonce, memoryview(blob)[len(MAGIC) + NONCE_BYTES :], aad)
     except InvalidTag:
         raise CryptoError(
             f"{what} failed authentication: it was modified, or belongs to another key or name"
