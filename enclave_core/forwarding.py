@@ -17,46 +17,51 @@ from enclave_core import transport
 from enclave_core.errors import EnclaveError
 
 
-class Forwarder:
-    """Forwards every connection accepted on ``listen`` to ``target`` (an address, or a callable
-    returning one at connect time, since an enclave's CID may change between restarts)."""
+class TrackedServer:
+    """A listener whose connections are tracked, so :meth:`close` can cut every open one.
 
-    #: Names the forwarder in errors and logs ("ingress", "bridge").
-    kind = "forwarder"
-    #: What the log line says when the target cannot be reached.
-    unreachable = "cannot reach its target"
+    Subclasses implement :meth:`serve`; :meth:`admit` may refuse a connection first.
+    """
 
-    def __init__(
-        self, listen: str, target: str | Callable[[], str], *, connect_timeout_s: float = 5.0
-    ) -> None:
+    #: Names the listener in errors and logs ("ingress", "bridge", "egress proxy", ...).
+    kind = "listener"
+
+    def __init__(self, listen: str) -> None:
         self.listen = listen
-        self._target = target if callable(target) else (lambda: target)
-        self.connect_timeout_s = connect_timeout_s
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
-
-    @property
-    def target(self) -> str:
-        """The address connections go to now."""
-        return self._target()
 
     async def start(self) -> None:
         """Bind and listen; EnclaveError naming the address when it cannot."""
         try:
-            self._server = await transport.listen(self.listen, self._handle)
+            self._server = await transport.listen(self.listen, self._accept)
         except (OSError, ValueError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise EnclaveError(f"{self.kind} cannot listen on {self.listen}: {why}") from None
-        logger.bind(listen=self.bound, target=self.target).info(f"{self.kind} listening")
+        logger.bind(listen=self.bound, **self.log_fields()).info(f"{self.kind} listening")
+
+    def log_fields(self) -> dict[str, str]:
+        """Extra fields of the "listening" log line."""
+        return {}
+
+    def bound_host_port(self) -> tuple[str, int] | None:
+        """The TCP ``(host, port)`` actually bound, or None (not listening, or not TCP)."""
+        sockets = getattr(self._server, "sockets", None)
+        if not sockets or self.listen.startswith(("vsock://", "unix://")):
+            return None
+        host, port = sockets[0].getsockname()[:2]
+        return str(host), int(port)
 
     @property
     def bound(self) -> str:
-        """The ``HOST:PORT`` actually bound (useful when ``listen`` asked for port 0)."""
-        sockets = getattr(self._server, "sockets", None)
-        if not sockets:
-            return self.listen
-        host, port = sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        """The address actually bound (``tcp://HOST:PORT`` after asking for port 0)."""
+        bound = self.bound_host_port()
+        return self.listen if bound is None else f"tcp://{bound[0]}:{bound[1]}"
+
+    @property
+    def active(self) -> int:
+        """How many connections are open right now."""
+        return len(self._connections)
 
     async def close(self) -> None:
         """Stop listening and cut every open connection."""
@@ -70,10 +75,20 @@ class Forwarder:
             await self._server.wait_closed()
             self._server = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Whether to serve this connection (a refusal answers and closes it itself)."""
+        return True
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection; the writer is the subclass's to close."""
+        raise NotImplementedError
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not await self.admit(reader, writer):
+            return
         # The work runs in its own task, which close() cancels: cancelling the task asyncio made
         # for this callback would make asyncio (3.11) log the cancellation as an error.
-        work = asyncio.create_task(self._forward(reader, writer))
+        work = asyncio.create_task(self.serve(reader, writer))
         self._connections.add(work)
         work.add_done_callback(self._connections.discard)
         try:
@@ -82,9 +97,35 @@ class Forwarder:
             if not work.done():
                 work.cancel()
             if work.cancelled():
-                await _close(writer)
+                await close_writer(writer)
 
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+class Forwarder(TrackedServer):
+    """Forwards every connection accepted on ``listen`` to ``target`` (an address, or a callable
+    returning one at connect time, since an enclave's CID may change between restarts)."""
+
+    kind = "forwarder"
+    #: What the log line says when the target cannot be reached.
+    unreachable = "cannot reach its target"
+
+    def __init__(
+        self, listen: str, target: str | Callable[[], str], *, connect_timeout_s: float = 5.0
+    ) -> None:
+        super().__init__(listen)
+        self._target = target if callable(target) else (lambda: target)
+        self.connect_timeout_s = connect_timeout_s
+
+    @property
+    def target(self) -> str:
+        """The address connections go to now."""
+        return self._target()
+
+    def log_fields(self) -> dict[str, str]:
+        """The target, in the "listening" log line."""
+        return {"target": self.target}
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Connect to the target and splice both ways."""
         target = self.target
         try:
             upstream = await transport.connect(target, timeout=self.connect_timeout_s)
@@ -93,12 +134,13 @@ class Forwarder:
             logger.bind(listen=self.listen, target=target, error=why).warning(
                 f"{self.kind} {self.unreachable}"
             )
-            await _close(writer)
+            await close_writer(writer)
             return
         await transport.splice((reader, writer), upstream)
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream writer, ignoring a peer that is already gone."""
     writer.close()
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, RuntimeError):
         await writer.wait_closed()

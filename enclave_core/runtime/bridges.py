@@ -69,12 +69,6 @@ class Bridge(Forwarder):
         """:param listen: ``tcp://127.0.0.1:PORT``; :param target: ``vsock://3:PORT`` (or tcp)."""
         super().__init__(listen, target, connect_timeout_s=connect_timeout_s)
 
-    @property
-    def bound(self) -> str:
-        """The ``tcp://HOST:PORT`` actually bound (after asking for port 0)."""
-        bound = super().bound
-        return bound if "://" in bound else f"tcp://{bound}"
-
 
 async def start_bridges(
     config: Config, *, target: Callable[[int], str] = parent_address

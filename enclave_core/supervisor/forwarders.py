@@ -16,3 +16,9 @@ class IngressForwarder(Forwarder):
 
     kind = "ingress"
     unreachable = "cannot reach the enclave"
+
+    @property
+    def bound(self) -> str:
+        """The ``HOST:PORT`` actually bound (useful when ``listen`` asked for port 0)."""
+        bound = self.bound_host_port()
+        return self.listen if bound is None else f"{bound[0]}:{bound[1]}"

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from enclave_core import transport
-from enclave_core.errors import EnclaveError
+from enclave_core.forwarding import TrackedServer, close_writer
 
 HEAD_LIMIT = 8 * 1024
 HEAD_TIMEOUT_S = 10.0
@@ -153,80 +152,24 @@ async def _discard(reader: asyncio.StreamReader) -> None:
         total += len(chunk)
 
 
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    """Close ``writer`` and wait, ignoring a peer that already went away."""
-    writer.close()
-    with contextlib.suppress(OSError, RuntimeError):
-        await writer.wait_closed()
-
-
-class ConnectionServer:
+class ConnectionServer(TrackedServer):
     """A listener whose connections are tracked, bounded in number and cut by :meth:`close`."""
-
-    #: What the listener is, for log lines and error messages ("egress proxy", ...).
-    kind = "listener"
 
     def __init__(self, listen: str, *, max_connections: int = MAX_CONNECTIONS) -> None:
         """:param listen: ``tcp://HOST:PORT`` or ``vsock://CID:PORT``."""
-        self.listen = listen
+        super().__init__(listen)
         self.max_connections = max_connections
-        self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        """Bind and listen; EnclaveError naming the address when it cannot."""
-        try:
-            self._server = await transport.listen(self.listen, self._accept)
-        except (OSError, ValueError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise EnclaveError(f"{self.kind} cannot listen on {self.listen}: {why}") from None
-        logger.bind(listen=self.bound).info(f"{self.kind} listening")
+    async def admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Refuse (503) beyond ``max_connections``."""
+        if len(self._connections) < self.max_connections:
+            return True
+        logger.bind(limit=self.max_connections).warning(f"{self.kind} is at its limit")
+        await respond(reader, writer, 503, f"too many connections to the {self.kind}")
+        return False
 
-    @property
-    def bound(self) -> str:
-        """The address actually bound (``tcp://HOST:PORT`` after asking for port 0)."""
-        sockets = getattr(self._server, "sockets", None)
-        if not sockets or not self.listen.startswith("tcp://"):
-            return self.listen
-        host, port = sockets[0].getsockname()[:2]
-        return f"tcp://{host}:{port}"
-
-    @property
-    def active(self) -> int:
-        """How many connections are open right now."""
-        return len(self._connections)
-
-    async def close(self) -> None:
-        """Stop listening and cut every open connection."""
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self.max_connections:
-            logger.bind(limit=self.max_connections).warning(f"{self.kind} is at its limit")
-            await respond(reader, writer, 503, f"too many connections to the {self.kind}")
-            return
-        # The work runs in its own task, which close() cancels: cancelling the task asyncio made
-        # for this callback would make asyncio (3.11) log the cancellation as an error.
-        work = asyncio.create_task(self._serve_one(reader, writer))
-        self._connections.add(work)
-        work.add_done_callback(self._connections.discard)
-        try:
-            await asyncio.wait({work})
-        finally:
-            if not work.done():
-                work.cancel()
-            if work.cancelled():
-                await close_writer(writer)
-
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Run :meth:`handle`; one connection's failure never reaches the server."""
         try:
             await self.handle(reader, writer)
         except Exception as exc:  # one connection's failure must not reach the server
