@@ -16,7 +16,7 @@ from enclave_core.tools import failure, require_tool, run, stream
 def test_stream_passes_every_line_and_keeps_the_last_ones() -> None:
     seen: list[str] = []
     script = "import sys\nfor i in range(30): print(i)\nprint('oops', file=sys.stderr)\nsys.exit(3)"
-    result = stream([sys.executable, "-c", script], timeout_s=30, echo=seen.append, tail=5)
+    result = stream([sys.executable, "-u", "-c", script], timeout_s=30, echo=seen.append, tail=5)
     assert seen == [str(i) for i in range(30)] + ["oops"]
     assert (result.returncode, result.tail) == (3, ["26", "27", "28", "29", "oops"])
     error = failure("the tool", result)
