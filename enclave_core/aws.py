@@ -146,6 +146,28 @@ class AwsClients:
         in place of any injected session or factory.
     """
 
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, Any], context: Any, endpoints: Mapping[str, str | None]
+    ) -> AwsClients:
+        """Clients for a backend from its validated options (region, timeouts, max_attempts,
+        credentials, imds_endpoint) and the deployment's :class:`BackendContext`.
+
+        :param endpoints: ``{service: endpoint_url option value}``.
+        """
+        return cls(
+            session=context.session,
+            region=options.get("region") or context.region,
+            config=client_config(
+                connect_timeout_s=options.get("connect_timeout_s", 5.0),
+                read_timeout_s=options.get("read_timeout_s", 20.0),
+                max_attempts=options.get("max_attempts", 5),
+            ),
+            endpoints=endpoints,
+            credentials=options.get("credentials", "default"),
+            imds_endpoint=options.get("imds_endpoint"),
+        )
+
     def __init__(
         self,
         *,

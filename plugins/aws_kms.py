@@ -47,7 +47,6 @@ from enclave_core.aws import (
     AwsClients,
     AwsCredentialOptions,
     aws_errors,
-    client_config,
     principal_arn,
 )
 from enclave_core.errors import (
@@ -119,17 +118,10 @@ class AwsKms:
     @classmethod
     def from_options(cls, options: dict[str, Any], context: BackendContext) -> AwsKms:
         """Build the backend; no session, client or credential is touched until the first call."""
-        clients = AwsClients(
-            session=context.session,
-            region=options.get("region") or context.region,
-            config=client_config(
-                connect_timeout_s=options.get("connect_timeout_s", 5.0),
-                read_timeout_s=options.get("read_timeout_s", 20.0),
-                max_attempts=options.get("max_attempts", 5),
-            ),
-            endpoints={"kms": options.get("endpoint_url"), "sts": options.get("sts_endpoint_url")},
-            credentials=options.get("credentials", "default"),
-            imds_endpoint=options.get("imds_endpoint"),
+        clients = AwsClients.from_options(
+            options,
+            context,
+            {"kms": options.get("endpoint_url"), "sts": options.get("sts_endpoint_url")},
         )
         return cls(clients, key_id=options.get("key_id"))
 

@@ -47,7 +47,6 @@ from enclave_core.aws import (
     AwsClients,
     AwsCredentialOptions,
     aws_errors,
-    client_config,
     error_code,
 )
 from enclave_core.errors import (
@@ -122,18 +121,7 @@ class S3Storage:
     @classmethod
     def from_options(cls, options: dict[str, Any], context: BackendContext) -> S3Storage:
         """Build the backend; no session, client or credential is touched until the first call."""
-        clients = AwsClients(
-            session=context.session,
-            region=options.get("region") or context.region,
-            config=client_config(
-                connect_timeout_s=options.get("connect_timeout_s", 5.0),
-                read_timeout_s=options.get("read_timeout_s", 20.0),
-                max_attempts=options.get("max_attempts", 5),
-            ),
-            endpoints={"s3": options.get("endpoint_url")},
-            credentials=options.get("credentials", "default"),
-            imds_endpoint=options.get("imds_endpoint"),
-        )
+        clients = AwsClients.from_options(options, context, {"s3": options.get("endpoint_url")})
         return cls(
             clients,
             bucket=options["bucket"],

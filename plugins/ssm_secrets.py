@@ -51,7 +51,6 @@ from enclave_core.aws import (
     AwsClients,
     AwsCredentialOptions,
     aws_errors,
-    client_config,
     error_code,
 )
 from enclave_core.errors import (
@@ -130,18 +129,7 @@ class SsmSecrets:
     def from_options(cls, options: dict[str, Any], context: BackendContext) -> SsmSecrets:
         """Build the backend for ``/{context.prefix}/{context.name}/``; no session, client or
         credential is touched until the first call."""
-        clients = AwsClients(
-            session=context.session,
-            region=options.get("region") or context.region,
-            config=client_config(
-                connect_timeout_s=options.get("connect_timeout_s", 5.0),
-                read_timeout_s=options.get("read_timeout_s", 20.0),
-                max_attempts=options.get("max_attempts", 5),
-            ),
-            endpoints={"ssm": options.get("endpoint_url")},
-            credentials=options.get("credentials", "default"),
-            imds_endpoint=options.get("imds_endpoint"),
-        )
+        clients = AwsClients.from_options(options, context, {"ssm": options.get("endpoint_url")})
         return cls(
             clients,
             prefix=context.prefix,
