@@ -11,16 +11,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from enclave_core.cli.lifecycle import tail_lines
 from enclave_core.cli.main import main
 from enclave_core.config import Config
-from enclave_core.testing import free_port
+from tests.enclave_core.cli.fake_supervisor import FakeSupervisor, config_for, running_supervisor
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -32,57 +30,15 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 # --------------------------------------------------------------------------- status, start, stop
 
 
-class FakeSupervisor:
-    """A stand-in management API on a free loopback port: canned answers, recorded requests."""
-
-    def __init__(self) -> None:
-        self.answers: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
-        self.requests: list[tuple[str, str, str | None]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                fake.requests.append((self.command, self.path, self.headers["Authorization"]))
-                status, body = fake.answers.get((self.command, self.path), (404, {}))
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def listen(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.fixture
 def supervisor() -> Iterator[FakeSupervisor]:
-    fake = FakeSupervisor()
-    fake.thread.start()
-    try:
+    with running_supervisor() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        fake.thread.join(5)
 
 
 @pytest.fixture
 def config(make_config: Callable[..., Config], supervisor: FakeSupervisor) -> Config:
-    config = make_config(supervisor={"listen": supervisor.listen})
-    token = config.state_dir / "supervisor" / "token"
-    token.parent.mkdir(parents=True)
-    token.write_text("ab" * 32 + "\n")
-    return config
+    return config_for(make_config, supervisor, "ab" * 32)
 
 
 HEALTH = {
@@ -134,7 +90,7 @@ def test_start_and_stop_post_with_the_token(
         '{\n  "status": "starting"\n}\n',
     )
     assert cli(capsys, "stop", "-c", str(config.path), "-f", "value")[:2] == (0, "stopped\n")
-    assert supervisor.requests == [
+    assert [request[:3] for request in supervisor.requests] == [
         ("POST", "/v1/start", "Bearer " + "ab" * 32),
         ("POST", "/v1/stop", "Bearer " + "ab" * 32),
     ]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 
 from enclave_core.cli.main import main
 from enclave_core.config import Config
-from enclave_core.testing import free_port
+from tests.enclave_core.cli.fake_supervisor import FakeSupervisor, config_for, running_supervisor
 
 TOKEN = "cd" * 32
 
@@ -22,64 +20,15 @@ def step(k: int) -> dict[str, Any]:
     return {"step": k, "msg": f"step {k} message"}
 
 
-class FakeSupervisor:
-    """Canned answers per (method, path); GET /v1/migrate answers from a list, one per call."""
-
-    def __init__(self) -> None:
-        self.answers: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
-        self.progress: list[dict[str, Any]] = []
-        self.requests: list[tuple[str, str, str | None, Any]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers["Content-Length"] or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
-                fake.requests.append((self.command, self.path, self.headers["Authorization"], body))
-                if (self.command, self.path) == ("GET", "/v1/migrate") and fake.progress:
-                    status, doc = 200, fake.progress.pop(0)
-                else:
-                    status, doc = fake.answers.get((self.command, self.path), (404, {}))
-                data = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def listen(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.fixture
 def supervisor() -> Iterator[FakeSupervisor]:
-    fake = FakeSupervisor()
-    fake.thread.start()
-    try:
+    with running_supervisor() as fake:
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        fake.thread.join(5)
 
 
 @pytest.fixture
 def config(make_config: Callable[..., Config], supervisor: FakeSupervisor) -> Config:
-    config = make_config(supervisor={"listen": supervisor.listen})
-    token = config.state_dir / "supervisor" / "token"
-    token.parent.mkdir(parents=True)
-    token.write_text(TOKEN + "\n")
-    return config
+    return config_for(make_config, supervisor, TOKEN)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
