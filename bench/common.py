@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -196,3 +197,49 @@ class DevStack:
         """The last lines of `enclave dev`'s output, for an error message."""
         path = self.tmp / "dev.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
+
+
+def wrk_seconds(text: str) -> float:
+    """A wrk latency such as ``1.52ms`` in seconds."""
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    value, unit = match.groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def serve_public_server(port: int, upstream_port: int, loop_name: str = "uvloop") -> None:
+    """Run the runtime's PublicServer on ``port`` in front of ``upstream_port`` until killed.
+
+    ``/health`` is its own route (a fixed answer); everything else is proxied. ``loop_name`` is
+    ``uvloop`` (development) or ``asyncio`` (what a Nitro host runs, since vsock needs it).
+    """
+    import asyncio
+
+    from enclave_core.log import configure_logging
+    from enclave_core.metrics import Metrics
+    from enclave_core.runtime.proxy import PublicServer
+
+    configure_logging("INFO", human=False)
+
+    async def own_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b'{"status":"ready"}'})
+
+    async def main() -> None:
+        server = PublicServer(
+            own_app=own_app,
+            is_own_path=lambda path: path == "/health",
+            upstream_host="127.0.0.1",
+            upstream_port=upstream_port,
+            metrics=Metrics(),
+        )
+        await server.start(f"tcp://127.0.0.1:{port}")
+        await asyncio.Event().wait()
+
+    if loop_name == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

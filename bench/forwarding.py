@@ -42,6 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import free_port, serve_public_server, wrk_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 GREETING = b"Hello from Simple Enclave!\n"
@@ -107,32 +109,6 @@ def _run_loop(main: Callable[[], Any], loop_name: str) -> None:
         asyncio.run(main())
 
 
-def serve_runtime(port: int, upstream_port: int, loop_name: str) -> None:
-    """A PublicServer in front of the app (logging at INFO, as the runtime), until killed."""
-    from enclave_core.log import configure_logging
-    from enclave_core.metrics import Metrics
-    from enclave_core.runtime.proxy import PublicServer
-
-    configure_logging("INFO", human=False)
-
-    async def own_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"status":"ready"}'})
-
-    async def main() -> None:
-        server = PublicServer(
-            own_app=own_app,
-            is_own_path=lambda path: path == "/health",
-            upstream_host="127.0.0.1",
-            upstream_port=upstream_port,
-            metrics=Metrics(),
-        )
-        await server.start(f"tcp://127.0.0.1:{port}")
-        await asyncio.Event().wait()
-
-    _run_loop(main, loop_name)
-
-
 def serve_ingress(port: int, upstream_port: int, loop_name: str) -> None:
     """The supervisor's IngressForwarder in front of the runtime, until killed."""
     from enclave_core.log import configure_logging
@@ -151,11 +127,6 @@ def serve_ingress(port: int, upstream_port: int, loop_name: str) -> None:
 
 
 # -- load generation --------------------------------------------------------------------------
-def _seconds(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
-
-
 def run_wrk(port: int, connections: int, duration: float) -> dict[str, float]:
     """One wrk run on ``GET /``: requests/s and p50/p99 latency in milliseconds."""
     url = f"http://127.0.0.1:{port}/"
@@ -166,8 +137,8 @@ def run_wrk(port: int, connections: int, duration: float) -> dict[str, float]:
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _seconds(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = wrk_seconds(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = wrk_seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
     if errors:
         print(f"  warning: {errors.group(0)}", file=sys.stderr)
@@ -217,13 +188,6 @@ def run_transfer(port: int, size: int, duration: float) -> dict[str, float]:
 
 
 # -- orchestration ----------------------------------------------------------------------------
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_ready(port: int, deadline_s: float = 15.0) -> None:
     """Poll until ``GET /`` on ``port`` answers 200."""
     deadline = time.monotonic() + deadline_s
@@ -361,7 +325,7 @@ if __name__ == "__main__":
     if role == "_app":
         serve_app(int(sys.argv[2]))
     elif role == "_runtime":
-        serve_runtime(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+        serve_public_server(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif role == "_ingress":
         serve_ingress(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif role == "_transfer":

@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from common import free_port, serve_public_server, wrk_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hello" / "app.py"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -70,34 +72,6 @@ class QuietServer(ThreadingHTTPServer):
 def serve_builtin_app(port: int) -> None:
     """The built-in app, until killed."""
     QuietServer(("127.0.0.1", port), GreetingHandler).serve_forever()
-
-
-def serve_proxy(port: int, upstream_port: int) -> None:
-    """A PublicServer on uvloop in front of the app, until killed."""
-    import uvloop
-
-    from enclave_core.log import configure_logging
-    from enclave_core.metrics import Metrics
-    from enclave_core.runtime.proxy import PublicServer
-
-    configure_logging("INFO", human=False)
-
-    async def own_app(scope: dict, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b'{"status":"ready"}'})
-
-    async def main() -> None:
-        server = PublicServer(
-            own_app=own_app,
-            is_own_path=lambda path: path == "/health",
-            upstream_host="127.0.0.1",
-            upstream_port=upstream_port,
-            metrics=Metrics(),
-        )
-        await server.start(f"tcp://127.0.0.1:{port}")
-        await asyncio.Event().wait()
-
-    uvloop.run(main())
 
 
 class _Splice(asyncio.Protocol):
@@ -184,11 +158,6 @@ def start_nginx(port: int, upstream_port: int, tmp: Path) -> subprocess.Popen[by
 
 
 # -- load generation --------------------------------------------------------------------------
-def _seconds(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
-
-
 def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
     """One wrk run: requests/s, p50 and p99 latency in milliseconds."""
     out = subprocess.run(
@@ -196,8 +165,8 @@ def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _seconds(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = wrk_seconds(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = wrk_seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
     if errors:
         print(f"  warning: {errors.group(0)}", file=sys.stderr)
@@ -249,13 +218,6 @@ def run_builtin_load(url: str, connections: int, duration: float) -> dict[str, f
 
 
 # -- orchestration ----------------------------------------------------------------------------
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_ready(port: int, path: str, deadline_s: float = 10.0) -> None:
     """Poll until ``GET path`` on ``port`` answers 200."""
     deadline = time.monotonic() + deadline_s
@@ -441,7 +403,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_app":
         serve_builtin_app(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_proxy":
-        serve_proxy(int(sys.argv[2]), int(sys.argv[3]))
+        serve_public_server(int(sys.argv[2]), int(sys.argv[3]))
     elif len(sys.argv) > 1 and sys.argv[1] == "_splice":
         serve_splice(int(sys.argv[2]), int(sys.argv[3]))
     else:
