@@ -29,6 +29,7 @@ from enclave_plugins.local_storage import LocalStorage
 
 from enclave_core.crypto.envelope import EncryptedStorage
 from enclave_core.log import configure_logging
+from enclave_core.runtime.allocator import tune_allocator
 
 SIZES = {"64 KiB": 64 * 1024, "1 MiB": 1024 * 1024}
 TARGET_STORAGE, TARGET_AES = 0.9, 0.8
@@ -85,8 +86,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="per operation and round")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--allocator",
+        choices=["runtime", "default"],
+        default="runtime",
+        help="runtime: glibc thresholds as `enclave runtime` sets them; default: glibc's own",
+    )
     opts = parser.parse_args()
     configure_logging("INFO", human=False)  # as the runtime does: DEBUG lines are dropped
+    tuned = opts.allocator == "runtime" and tune_allocator()
     began = machine()
 
     with tempfile.TemporaryDirectory(prefix="enclave-bench-storage-") as tmp:
@@ -143,6 +151,8 @@ def main() -> int:
             " medians. AES-GCM: `AESGCM.encrypt` with a fresh nonce per 1 MiB buffer versus"
             f" `openssl speed -seconds {ossl_seconds} -bytes 16384 -evp aes-256-gcm`, one core",
             f"- machine: {began}",
+            "- allocator: "
+            + ("glibc thresholds set as `enclave runtime` does" if tuned else "glibc defaults"),
             "",
             *table,
             "",

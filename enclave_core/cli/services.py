@@ -19,8 +19,11 @@ class Runtime(EnclaveCommand):
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         """Load the config and run the runtime until it is told to stop."""
         # Imported here: the runtime pulls in the HTTP stack, which other commands do not need.
+        from enclave_core.runtime.allocator import tune_allocator
         from enclave_core.runtime.server import run_runtime
         from enclave_core.supervisor.service import DEFAULTS_ENV
+
+        tune_allocator()  # before any large buffer: see enclave_core.runtime.allocator
 
         config = self.load(parsed_args, allow_missing=os.environ.get(DEFAULTS_ENV) == "1")
         config = apply_image_override(config)  # a migrated development image's app folder
