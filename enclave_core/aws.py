@@ -33,10 +33,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -50,7 +48,6 @@ from marshmallow import Schema, fields, validate, validates_schema
 from marshmallow import ValidationError as SchemaError
 
 from enclave_core import __version__
-from enclave_core.aws_credentials import enclave_session
 from enclave_core.errors import (
     AccessDenied,
     BackendError,
@@ -58,6 +55,13 @@ from enclave_core.errors import (
     EnclaveError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from botocore.config import Config
+
+# boto3, botocore.config and the IMDS credential provider are imported where they are first
+# used: they take ~0.25 s to import, which every `enclave` process would otherwise pay at start
+# (the plugins import this module) even with only local backends configured.
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 20.0
@@ -99,6 +103,8 @@ def client_config(
     ``max_attempts`` counts every attempt, the first included (botocore's ``total_max_attempts``,
     as ``AWS_MAX_ATTEMPTS`` does; botocore's own ``max_attempts`` key counts retries only).
     """
+    from botocore.config import Config
+
     return Config(
         retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=connect_timeout_s,
@@ -182,6 +188,8 @@ class AwsClients:
         if credentials not in CREDENTIAL_SOURCES:
             raise ConfigError(f"AWS credentials must be one of {CREDENTIAL_SOURCES}")
         if credentials == "imds":
+            from enclave_core.aws_credentials import enclave_session
+
             session = None
             session_factory = partial(enclave_session, region, imds_endpoint=imds_endpoint)
         self._session = session
@@ -198,6 +206,8 @@ class AwsClients:
         with self._lock:
             if self._session is None:
                 # looked up now, not at import, so tests can substitute the class
+                import boto3.session
+
                 factory = self._session_factory or boto3.session.Session
                 self._session = factory()
             return self._session
