@@ -124,6 +124,70 @@ class AppSchema(_Strict):
         return AppSettings(**data)
 
 
+#: ``runtime.limits.max_body_bytes``: room for the app API's 10 MiB storage objects (DESIGN
+#: section 5), whose route limits (storage 10 MiB, secrets 64 KiB) stay on top of this one.
+RUNTIME_MAX_BODY = 16 * 1024 * 1024
+#: ``supervisor.limits.max_body_bytes``: the management API takes small JSON bodies only.
+SUPERVISOR_MAX_BODY = 1024 * 1024
+
+
+@dataclass
+class LimitsSettings:
+    """What one client may send and hold on a listener (``runtime.limits``, ``supervisor.limits``).
+
+    The defaults are those of mature HTTP servers: a 16 KiB request head (Node.js, uvicorn), a
+    head within 20 s (Apache's mod_reqtimeout), a whole request within 300 s (Node.js), keep-alive
+    connections closed after 60 s without a request (nginx: 75 s) and 1024 connections per
+    listener (nginx: 512 or 768 per worker), so a client holding 500 idle connections does not
+    lock anybody out. Each limit applies per listener; see README "Limits" for what a client sees.
+    """
+
+    #: The request line and header fields: beyond it, 431 and close.
+    max_header_bytes: int = 16 * 1024
+    #: The request body, Content-Length or chunked: beyond it, 413 and close.
+    max_body_bytes: int = RUNTIME_MAX_BODY
+    #: From a connection's accept, or a request's first byte, to the end of its head: 408 (or, if
+    #: no byte of a request came, a silent close); also bounds the TLS handshake.
+    header_timeout_s: float = 20.0
+    #: From a request's first byte to the end of its body: 408 and close. It bounds receiving the
+    #: request, never the answer (a streamed response or a WebSocket runs as long as it needs).
+    request_timeout_s: float = 300.0
+    #: A keep-alive connection with no request in progress is closed after this.
+    idle_timeout_s: float = 60.0
+    #: Connections open at once, per listener (TLS handshakes included); beyond it a new
+    #: connection is closed as soon as it is accepted, before any byte is read or written.
+    max_connections: int = 1024
+
+
+def _limits_schema(max_body_default: int) -> type[_Strict]:
+    class _LimitsSchema(_Strict):
+        max_header_bytes = fields.Integer(
+            load_default=16 * 1024, validate=validate.Range(1024, 1024 * 1024)
+        )
+        max_body_bytes = fields.Integer(
+            load_default=max_body_default, validate=validate.Range(1024, 2**40)
+        )
+        header_timeout_s = fields.Float(load_default=20.0, validate=validate.Range(0.1, 3600))
+        request_timeout_s = fields.Float(load_default=300.0, validate=validate.Range(0.1, 86400))
+        idle_timeout_s = fields.Float(load_default=60.0, validate=validate.Range(0.1, 86400))
+        max_connections = fields.Integer(load_default=1024, validate=validate.Range(1, 1_000_000))
+
+        @validates_schema
+        def request_covers_head(self, data: dict[str, Any], **_: Any) -> None:
+            head, whole = data.get("header_timeout_s"), data.get("request_timeout_s")
+            if head is not None and whole is not None and whole < head:
+                raise marshmallow.ValidationError(
+                    "must be at least header_timeout_s (the request includes its head).",
+                    "request_timeout_s",
+                )
+
+        @post_load
+        def make(self, data: dict[str, Any], **_: Any) -> LimitsSettings:
+            return LimitsSettings(**data)
+
+    return _LimitsSchema
+
+
 @dataclass
 class RuntimeSettings:
     """The ``runtime:`` block: the enclave-side listeners."""
@@ -132,13 +196,17 @@ class RuntimeSettings:
     app_api_port: int = 7075
     control_port: int = 7076
     tls: bool = True
+    #: Applied to the public listener, the app API and the control listener, each on its own.
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
 class RuntimeSchema(_Strict):
+    _nested_defaults = {"limits": {}}
     port = _port(load_default=7073)
     app_api_port = _port(load_default=7075)
     control_port = _port(load_default=7076)
     tls = fields.Boolean(load_default=True)
+    limits = fields.Nested(_limits_schema(RUNTIME_MAX_BODY))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> RuntimeSettings:
@@ -255,16 +323,23 @@ class SupervisorSettings:
     listen: str = "127.0.0.1:8443"
     ingress: list[Ingress] = field(default_factory=lambda: [Ingress("0.0.0.0:443", 7073)])
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    #: Applied to the management API (all of them) and to each ingress listener (max_connections:
+    #: an ingress forwarder never reads the bytes; the runtime's public listener behind it
+    #: enforces the others).
+    limits: LimitsSettings = field(
+        default_factory=lambda: LimitsSettings(max_body_bytes=SUPERVISOR_MAX_BODY)
+    )
 
 
 class SupervisorSchema(_Strict):
-    _nested_defaults = {"watchdog": {}}
+    _nested_defaults = {"watchdog": {}, "limits": {}}
     listen = fields.String(load_default="127.0.0.1:8443", validate=_listen_address)
     ingress = fields.List(
         fields.Nested(IngressSchema),
         load_default=lambda: [Ingress("0.0.0.0:443", 7073)],
     )
     watchdog = fields.Nested(WatchdogSchema)
+    limits = fields.Nested(_limits_schema(SUPERVISOR_MAX_BODY))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> SupervisorSettings:

@@ -102,18 +102,30 @@ class TrackedServer:
 
 class Forwarder(TrackedServer):
     """Forwards every connection accepted on ``listen`` to ``target`` (an address, or a callable
-    returning one at connect time, since an enclave's CID may change between restarts)."""
+    returning one at connect time, since an enclave's CID may change between restarts).
+
+    With ``max_connections``, a connection beyond that many open ones is closed as soon as it is
+    accepted: the forwarder never reads the bytes (they may be TLS), so it cannot answer a 503.
+    """
 
     kind = "forwarder"
     #: What the log line says when the target cannot be reached.
     unreachable = "cannot reach its target"
 
     def __init__(
-        self, listen: str, target: str | Callable[[], str], *, connect_timeout_s: float = 5.0
+        self,
+        listen: str,
+        target: str | Callable[[], str],
+        *,
+        connect_timeout_s: float = 5.0,
+        max_connections: int | None = None,
     ) -> None:
         super().__init__(listen)
         self._target = target if callable(target) else (lambda: target)
         self.connect_timeout_s = connect_timeout_s
+        self.max_connections = max_connections
+        self.refused = 0
+        self._warned_at = -1e9
 
     @property
     def target(self) -> str:
@@ -123,6 +135,20 @@ class Forwarder(TrackedServer):
     def log_fields(self) -> dict[str, str]:
         """The target, in the "listening" log line."""
         return {"target": self.target}
+
+    async def admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Close the connection at once beyond ``max_connections``."""
+        if self.max_connections is None or len(self._connections) < self.max_connections:
+            return True
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._warned_at >= 10.0:  # one line per burst, not one per connection
+            self._warned_at = now
+            logger.bind(listen=self.listen, limit=self.max_connections).warning(
+                f"{self.kind} refused connections beyond max_connections"
+            )
+        await close_writer(writer)
+        return False
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Connect to the target and splice both ways."""

@@ -1,8 +1,9 @@
 """Serve the runtime's own routes (health, enclave-info, attestation) with a real ASGI 3 app.
 
-The public listener collects the request body (at most 1 MiB), calls the app with an HTTP scope,
-gathers its response and sends it with a Content-Length. These routes answer small JSON documents,
-so buffering the response costs nothing and keeps the framing simple.
+The listener collects the request body (at most its ``own_max_body``: 1 MiB beside a proxied app,
+``limits.max_body_bytes`` for an :class:`~enclave_core.runtime.proxy.AsgiServer`), calls the app
+with an HTTP scope, gathers its response and sends it with a Content-Length. These routes answer
+bounded documents, so buffering the response keeps the framing simple at little cost.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from enclave_core.runtime.httpserver import ClientConnection
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
-MAX_OWN_BODY = 1 << 20
 _SKIP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 
 
@@ -42,8 +42,8 @@ class OwnRequest:
         """Take over the exchange: check the declared size, then collect the body."""
         conn, ex = self.conn, self.ex
         ex.own = True
-        if (ex.content_length or 0) > MAX_OWN_BODY:
-            conn.reply_error(ex, 413, "Payload too large", _too_large(), close=True)
+        if (ex.content_length or 0) > conn.server.own_max_body:
+            conn.reply_error(ex, 413, "Payload too large", self._too_large(), close=True)
             return
         ex.handler = self
         for piece in conn.take_body(ex):
@@ -56,12 +56,15 @@ class OwnRequest:
             conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def feed(self, data: bytes) -> None:
-        """Collect a piece of the body; beyond 1 MiB answer 413."""
+        """Collect a piece of the body; beyond the listener's limit answer 413."""
         self.size += len(data)
-        if self.size > MAX_OWN_BODY:
-            self.conn.reply_error(self.ex, 413, "Payload too large", _too_large(), close=True)
+        if self.size > self.conn.server.own_max_body:
+            self.conn.reply_error(self.ex, 413, "Payload too large", self._too_large(), close=True)
             return
         self.body.append(data)
+
+    def _too_large(self) -> str:
+        return f"the body exceeds {self.conn.server.own_max_body} bytes"
 
     def feed_end(self) -> None:
         """The body is complete: run the app."""
@@ -156,7 +159,3 @@ def make_scope(
         "server": info["server"],
         "extensions": {},
     }
-
-
-def _too_large() -> str:
-    return f"the body exceeds {MAX_OWN_BODY} bytes"

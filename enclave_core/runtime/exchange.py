@@ -105,12 +105,20 @@ class Exchange:
     status = 0
     error: tuple[int, str, str] | None = None
     started = 0.0
+    since = 0.0  # when the listener's sweep first saw it being received (its timeouts' start)
     own = False  # answered by the runtime's own routes (their 503 is a status, not an error)
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.fwd: list[bytes] = []  # the headers forwarded unchanged, as name, ": ", value, CRLF
         self.body: list[bytes] = []  # body received before a handler takes it
+
+    def head_size(self) -> int:
+        """The bytes of the request line and header fields parsed so far (line ends included)."""
+        size = len(self.method) + len(self.url) + 12  # spaces, "HTTP/1.1" and CRLF
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+        return size
 
     def classify(self) -> None:
         """Read the headers that matter to framing; collect the ones forwarded as they are."""

@@ -5,6 +5,11 @@ One :class:`ClientConnection` per accepted connection parses requests with
 in ``pipeline`` and only the head of the queue is handled; reading pauses while a later request
 waits, so at most one read's worth of data is buffered. Each request is an :class:`Exchange` whose
 body goes to its handler (the upstream connection or the runtime's own ASGI app) as it arrives.
+
+Limits (``runtime.limits``, see :class:`~enclave_core.config.LimitsSettings`) are checked where they
+cost least: the body size per body piece, the head size from the byte counts of the reads a head
+spans (exactly, from its parsed fields, only when that bound is exceeded), and the timeouts by the
+server's periodic sweep (:meth:`ClientConnection.expire`), never by a timer per request.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ if TYPE_CHECKING:
 BUFFER_HIGH = 256 * 1024  # pause reading a body nobody consumes yet beyond this
 DISCARD_LIMIT = 4 << 20  # request body read and dropped after an early answer, then close
 LINGER_S = 2.0  # after our FIN, unread input is drained this long so it causes no reset
-MAX_HEAD = 1 << 20  # bytes a request head may take (counted per read, so a bound, not exact)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -55,9 +59,13 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.eof = False
         self.advancing = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes of the reads the current, unfinished head spans so far
+        self.head_first = 0  # of those, the bytes of the read it began in (maybe not all its own)
+        self.read_size = 0  # the read being parsed
+        self.max_head = server.max_header_bytes
         self.linger: asyncio.TimerHandle | None = None
-        self.idle_since = self.loop.time()
+        # the answer to the last request was written then (or the connection was accepted then)
+        self.idle_since = self.opened = self.loop.time()
         self.client: tuple[str, int] | None = None
         self.client_ip = b"unknown"
 
@@ -96,27 +104,30 @@ class ClientConnection(asyncio.Protocol):
         if self.raw is not None:
             self._body(self.raw, data)
             return
+        self.read_size = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded(data[exc.args[0] :])
             return
         except httptools.HttpParserCallbackError:
-            logger.opt(exception=True).error("public listener: request handling failed")
+            logger.opt(exception=True).error(f"{self.server.name}: request handling failed")
             self._malformed(500, "Internal error", "the request could not be handled")
             return
         except httptools.HttpParserError as exc:
             self._malformed(400, "Bad request", f"malformed HTTP request: {exc}")
             return
         ex = self.parsing
-        if ex is not None and not ex.method:  # a head still incomplete: bound its size
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD:
-                self._malformed(
-                    431, "Request header fields too large", "the request head is too large"
-                )
-        elif self.head_bytes:
-            self.head_bytes = 0
+        if ex is not None and not ex.method:  # a head still incomplete: bound what it holds
+            n = self.head_bytes
+            if not n:
+                self.head_first = len(data)
+            n = self.head_bytes = n + len(data)
+            # The read it began in may hold earlier requests too: past the limit, only the reads
+            # wholly inside this head, or its fields parsed so far, prove it too large.
+            limit = self.max_head
+            if n > limit and (n - self.head_first > limit or ex.head_size() > limit):
+                self._malformed(431, *_head_too_large(limit))
 
     def eof_received(self) -> bool:
         """Half-close: finish the answers in flight (plain TCP only), then close."""
@@ -154,6 +165,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         if ex is None or ex.method:  # (no on_message_begin: one callback less per request)
             ex = self.parsing = Exchange()
+            self.head_bytes = 0
         ex.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -173,10 +185,15 @@ class ClientConnection(asyncio.Protocol):
         ex.keep_alive = self.parser.should_keep_alive()
         if self.server.debug:
             ex.started = self.loop.time()
-        try:
-            ex.classify()
-        except ValueError:
-            ex.error = (400, "Bad request", "invalid Content-Length")
+        limit = self.max_head
+        # the reads this head spans bound its size; count it exactly only past the limit
+        if self.head_bytes + self.read_size > limit and ex.head_size() > limit:
+            ex.error = (431, *_head_too_large(limit))
+        else:
+            try:
+                ex.classify()
+            except ValueError:
+                ex.error = (400, "Bad request", "invalid Content-Length")
         self.pipeline.append(ex)
         if len(self.pipeline) == 1:
             self.server.dispatch(self, ex)
@@ -303,6 +320,50 @@ class ClientConnection(asyncio.Protocol):
             up.close()
 
     # -- internals
+    # -- limits
+    def expire(self, now: float, paused_for: float) -> None:
+        """Apply the listener's timeouts; the server's sweep calls this every few moments.
+
+        A request's clock starts when the sweep first sees it (within one sweep of its first
+        byte; the accept for a connection's first request) and does not run while we, not the
+        client, hold the reading (``paused_for`` is the time since the last sweep).
+        """
+        if self.closed or self.tunnel is not None:
+            return
+        limits = self.server.limits
+        ex = self.parsing
+        if ex is None or ex.complete:  # no request being received
+            if self.pipeline or self.raw is not None:
+                return  # answering: the app's time, not the client's
+            # before the first request the head timeout runs from the accept
+            limit = limits.header_timeout_s if ex is None else limits.idle_timeout_s
+            if now - self.idle_since > limit:
+                self.close(linger=False)  # no request to answer: a silent close
+            return
+        if self.paused:
+            if ex.since:
+                ex.since += paused_for
+            return
+        if not ex.since:
+            ex.since = self.opened if self.idle_since == self.opened else now
+            return
+        if not ex.method:
+            if now - ex.since > limits.header_timeout_s:
+                what = f"the request head did not arrive within {limits.header_timeout_s:g} s"
+                self._malformed(408, "Request timeout", what)
+            return
+        if now - ex.since <= limits.request_timeout_s:
+            return
+        if ex.responded:  # answered early; the rest of its body is too slow to drain
+            self.close()
+            return
+        what = f"the request did not arrive within {limits.request_timeout_s:g} s"
+        if ex is self.pipeline[0]:
+            self.reply_error(ex, 408, "Request timeout", what, True)
+        else:  # answered in turn, after the requests ahead of it
+            ex.error = (408, "Request timeout", what)
+            ex.discard = True
+
     def _body(self, ex: Exchange, data: bytes) -> None:
         ex.received += len(data)
         limit = self.server.max_body_bytes
@@ -310,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.received > DISCARD_LIMIT:
                 self.close()
             return
-        if limit is not None and ex.received > limit and ex.upgrade is None:
+        if ex.received > limit and ex.upgrade is None:
             description = f"the body exceeds {limit} bytes"
             if ex is self.pipeline[0]:
                 self.reply_error(ex, 413, "Payload too large", description, True)
@@ -404,3 +465,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(sockname, tuple) and len(sockname) >= 2:
             server = (str(sockname[0]), int(sockname[1]))
         return {"client": self.client, "server": server}
+
+
+def _head_too_large(limit: int) -> tuple[str, str]:
+    return "Request header fields too large", f"the request head exceeds {limit} bytes"

@@ -8,6 +8,10 @@ listener and the app API stay plain HTTP (loopback or vsock, never forwarded by 
 SIGTERM or SIGINT stops the app, then the listeners, and returns 0; repeated app failures
 return 3.
 
+All three listeners are the runtime's own HTTP/1.1 server (:mod:`enclave_core.runtime.proxy`; the
+app API and the control listener as :class:`~enclave_core.runtime.proxy.AsgiServer`), each with
+the limits of ``runtime.limits``.
+
 Inside a Nitro Enclave (:func:`~enclave_core.runtime.bridges.in_enclave`) the public and control
 listeners are vsock ports, the runtime starts the loopback bridges to the host's egress proxy and
 IMDS forwarder, and runs on the standard asyncio loop (uvloop cannot carry vsock). In every mode it
@@ -21,10 +25,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
-import uvicorn
 from loguru import logger
 
 from enclave_core.config import Config
@@ -40,64 +42,14 @@ from enclave_core.runtime.bridges import (
     stop_bridges,
 )
 from enclave_core.runtime.child import EXIT_APP_FAILED, AppSupervisor
+from enclave_core.runtime.proxy import AsgiServer, PublicServer, raise_file_limit
 from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
 from enclave_core.runtime.signing import listener_error_signer
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.tls import make_tls_identity
-from enclave_core.transport import VSOCK_ANY_CID, event_loop_factory, listen_socket
+from enclave_core.transport import VSOCK_ANY_CID, event_loop_factory
 
 EXIT_LISTEN_FAILED = 1
-
-
-class QuietServer(uvicorn.Server):
-    """A uvicorn Server that leaves signal handling to the runtime (several share one loop)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Install no signal handlers."""
-        yield
-
-
-class AsgiListener:
-    """One Falcon ASGI app served by uvicorn on a socket we bind ourselves."""
-
-    def __init__(self, app: Any, address: str, name: str) -> None:
-        self.address = address
-        self.name = name
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            http="httptools",
-            ws="none",
-            timeout_graceful_shutdown=5,
-        )
-        self._server = QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Bind (OSError if the port is taken) and wait until uvicorn serves."""
-        # Binding here, not in uvicorn, turns a taken port into an OSError instead of sys.exit.
-        sock = listen_socket(self.address)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-                raise OSError(f"{self.name} listener on {self.address} did not start")
-            await asyncio.sleep(0.01)
-
-    async def close(self) -> None:
-        """Stop accepting, finish in-flight requests, release the socket."""
-        if self._task is None:
-            return
-        self._server.should_exit = True
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:  # it failed already; shutting down must go on
-            logger.bind(listener=self.name, error=str(exc)).warning("listener ended with an error")
 
 
 def run_runtime(config: Config, plugins: Plugins) -> int:
@@ -108,6 +60,7 @@ def run_runtime(config: Config, plugins: Plugins) -> int:
     """
     from enclave_core.logchannel import start_runtime_channel
 
+    raise_file_limit()  # room for max_connections on each listener
     os.environ.update(proxy_environment(config))
     # In a Nitro enclave the log lines also go to the host over vsock (enclave_core.logchannel).
     channel = start_runtime_channel(config)
@@ -131,8 +84,6 @@ async def serve_runtime(
     :param stop: set it to shut down (SIGTERM and SIGINT set it too).
     :param supervisor_options: keyword arguments for :class:`AppSupervisor` (tests shorten delays).
     """
-    from enclave_core.runtime.proxy import PublicServer
-
     state = RuntimeState(config)  # its stage is "config" until boot moves on
     rt = config.runtime
     enclave = in_enclave(config)
@@ -149,6 +100,8 @@ async def serve_runtime(
         state.tls_cert_der, state.tls_cert_sha256 = identity.certificate_der, identity.sha256
         ssl_context = identity.context
         logger.bind(tls_cert_sha256=identity.sha256).info("TLS certificate made")
+    app_api_address = f"tcp://127.0.0.1:{rt.app_api_port}"
+    control_address = f"{outside}:{rt.control_port}"
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -162,12 +115,12 @@ async def serve_runtime(
         metrics=state.metrics,
         app_unavailable=state.app_unavailable,
         ssl_context=ssl_context,
+        limits=rt.limits,
         error_signer=listener_error_signer(state),
     )
-    listeners = [
-        AsgiListener(create_app_api(state), f"tcp://127.0.0.1:{rt.app_api_port}", "app-api"),
-        AsgiListener(create_control_app(state), f"{outside}:{rt.control_port}", "control"),
-    ]
+    app_api = AsgiServer(create_app_api(state), name="app API", limits=rt.limits)
+    control = AsgiServer(create_control_app(state), name="control listener", limits=rt.limits)
+    listeners = [(app_api, app_api_address), (control, control_address)]
     bridges: list[Bridge] = []
     code = 0
     boot: asyncio.Task[bool] | None = None
@@ -176,8 +129,8 @@ async def serve_runtime(
         try:
             await public.start(f"{outside}:{rt.port}")
             public_started = True
-            for listener in listeners:
-                await listener.start()
+            for listener, address in listeners:
+                await listener.start(address)
             if enclave:  # before boot: KMS and IMDS are reached through them
                 bridges = await start_bridges(config)
         except (OSError, EnclaveError) as exc:
@@ -186,8 +139,8 @@ async def serve_runtime(
         logger.bind(
             public=f"{outside}:{rt.port}",
             tls=rt.tls,
-            app_api=listeners[0].address,
-            control=listeners[1].address,
+            app_api=app_api_address,
+            control=control_address,
         ).info("runtime listening")
         boot = asyncio.create_task(run_boot(state, plugins, app.start), name="boot")
         waits = [asyncio.create_task(stop.wait()), asyncio.create_task(app.failed.wait())]
@@ -202,7 +155,7 @@ async def serve_runtime(
             with contextlib.suppress(asyncio.CancelledError):
                 await boot
         await app.stop()
-        for listener in listeners:
+        for listener, _ in listeners:
             await listener.close()
         await stop_bridges(bridges)
         if public_started:

@@ -2,8 +2,10 @@
 
 :func:`run_supervisor` binds every listener first (a taken address fails fast, naming it), starts
 the enclave, serves until SIGINT or SIGTERM, then stops the watchdog, the forwarders, the enclave
-and the API within 10 seconds. uvicorn serves the Falcon app on a socket we bound ourselves and
-does not install signal handlers: the supervisor owns SIGINT and SIGTERM.
+and the API within 10 seconds. The Falcon app is served by the runtime's own HTTP/1.1 server
+(:class:`~enclave_core.runtime.proxy.AsgiServer`) on a socket we bound ourselves, with the limits
+of ``supervisor.limits``; each ingress forwarder refuses connections beyond its
+``max_connections``.
 
 The egress proxy and the IMDS forwarder (:mod:`.egress`, :mod:`.imds`) listen on the host's
 vsock ports ``egress.port`` and ``egress.imds_port`` when the launcher reaches the enclave over
@@ -18,15 +20,13 @@ through :mod:`.migration`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
-import uvicorn
 from loguru import logger
 
 from enclave_core import transport
@@ -35,6 +35,7 @@ from enclave_core.config import CONFIG_FILENAME, Config
 from enclave_core.errors import EnclaveError
 from enclave_core.interfaces import Kms, Launcher, LaunchSpec, Secrets
 from enclave_core.manager import Plugins
+from enclave_core.runtime.proxy import AsgiServer, raise_file_limit
 from enclave_core.supervisor.api import create_app
 from enclave_core.supervisor.egress import (
     host_uses_vsock,
@@ -56,18 +57,6 @@ Announce = Callable[[dict[str, str]], None]
 #: covers the API's and forwarders' shutdown.
 STOP_TIMEOUT_S = 6.0
 API_SHUTDOWN_S = 2.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (the supervisor's loop handles the signals)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """uvicorn >= 0.29 installs handlers here; do nothing."""
-        yield
-
-    def install_signal_handlers(self) -> None:
-        """Older uvicorn versions install handlers here; do nothing."""
 
 
 #: Set in the runtime's environment when the stack runs on defaults, without an enclave.yaml.
@@ -97,6 +86,7 @@ def run_supervisor(config: Config, plugins: Plugins, *, announce: Announce | Non
     :raises EnclaveError: a listen address is taken, or the launcher cannot be built.
     """
     stop_stale_runtime(config.state_dir)
+    raise_file_limit()  # room for max_connections on the API and each ingress listener
     launcher: Launcher = PidRecordingLauncher(
         build_backend(config, plugins, "launcher"), config.state_dir
     )
@@ -125,7 +115,9 @@ async def _serve(
     try:
         for entry in config.supervisor.ingress:
             target = partial(launcher.enclave_address, entry.port)
-            forwarder = IngressForwarder(entry.listen, target)
+            forwarder = IngressForwarder(
+                entry.listen, target, max_connections=config.supervisor.limits.max_connections
+            )
             await forwarder.start()
             forwarders.append(forwarder)
         # vsock on a Nitro host; loopback TCP in development, so the policy applies there too.
@@ -165,16 +157,8 @@ async def _serve(
         metrics=SupervisorMetrics(),
         migration=migration,
     )
-    server = _Server(
-        uvicorn.Config(
-            app,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=int(API_SHUTDOWN_S),
-        )
-    )
-    api_task = asyncio.create_task(server.serve(sockets=[api_socket]))
+    server = AsgiServer(app, name="management API", limits=config.supervisor.limits)
+    await server.start(api_socket)
     watchdog_task: asyncio.Task[None] | None = None
     from enclave_core.supervisor.logreceiver import start_supervisor_channel
 
@@ -187,12 +171,10 @@ async def _serve(
         logger.bind(**urls).info("supervisor ready")
         if announce is not None:
             announce(urls)
-        stop_task = asyncio.create_task(stop.wait())
-        await asyncio.wait({stop_task, api_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop_task.cancel()
+        await stop.wait()
     finally:
         await migration.close()
-        await _shutdown(watchdog, watchdog_task, forwarders, server, api_task)
+        await _shutdown(watchdog, watchdog_task, forwarders, server)
         await stop_host_services(egress)
         if log_channel is not None:
             await log_channel.close()  # after the enclave stopped: its last lines are kept
@@ -204,8 +186,7 @@ async def _shutdown(
     watchdog: Watchdog,
     watchdog_task: asyncio.Task[None] | None,
     forwarders: list[IngressForwarder],
-    server: uvicorn.Server,
-    api_task: asyncio.Task[None],
+    server: AsgiServer,
 ) -> None:
     """Stop the watchdog, the forwarders, the enclave, then the API (within 10 s in all)."""
     logger.info("supervisor stopping")
@@ -218,10 +199,9 @@ async def _shutdown(
         await watchdog.shutdown()
     except EnclaveError as exc:
         logger.bind(error=str(exc)).error("stopping the enclave failed")
-    server.should_exit = True
     try:
-        await asyncio.wait_for(api_task, API_SHUTDOWN_S + 1)
-    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutting down regardless
+        await server.close(grace_s=API_SHUTDOWN_S)
+    except Exception as exc:  # noqa: BLE001 - shutting down regardless
         logger.bind(error=type(exc).__name__).warning("management API did not stop cleanly")
     logger.info("supervisor stopped")
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from loguru import logger
 
+from enclave_core.config import LimitsSettings
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.proxy import PublicServer, debug_enabled
 from enclave_core.testing import free_port
@@ -299,7 +300,7 @@ def stack(loop_thread: LoopThread) -> Iterator[Stack]:
         upstream_port=app.server_address[1],
         metrics=metrics,
         app_unavailable=lambda: unavailable[0],
-        max_body_bytes=100 * 1024 * 1024,
+        limits=LimitsSettings(max_body_bytes=100 * 1024 * 1024),
     )
     loop_thread.run(server.start("tcp://127.0.0.1:0"))
     yield Stack(app, server, metrics, unavailable)
