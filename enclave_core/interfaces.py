@@ -123,6 +123,17 @@ class Secrets(Protocol):
         """Create or overwrite the parameter atomically."""
         ...
 
+    # Optional, and strongly recommended (the built-in backends have it; see
+    # :func:`enclave_core.runtime.boot.create_parameter`):
+    #
+    #     def create(self, name: str, value: str) -> bool:
+    #         """Store the parameter only if it is absent; return False, writing nothing, if it
+    #         exists. Atomic: of concurrent creates of one name exactly one returns True."""
+    #
+    # Several enclaves booting at once against one store (``instances: N``) use it so that
+    # exactly one generated data key or static secret is kept; without it they fall back to
+    # get-then-put, and two first boots could each keep a different secret.
+
     def delete(self, name: str) -> bool:
         """Delete the parameter; return whether it existed."""
         ...

@@ -135,6 +135,20 @@ class LocalSecrets:
             self._store(data)
         logger.debug("parameter put", backend="local", parameter=full)
 
+    def create(self, name: str, value: str) -> bool:
+        """Store ``name`` only if it is absent (under the lock); return whether it was stored."""
+        full = self._full(name)
+        if not isinstance(value, str):
+            raise ValidationError(f"local secrets: the value of {name!r} must be a string")
+        with self._locked():
+            data = self._load()
+            if full in data:
+                return False
+            data[full] = value
+            self._store(data)
+        logger.debug("parameter created", backend="local", parameter=full)
+        return True
+
     def delete(self, name: str) -> bool:
         """Delete ``name``; return whether it existed."""
         full = self._full(name)

@@ -181,6 +181,17 @@ class SsmSecrets:
 
     def put(self, name: str, value: str) -> None:
         """Create or overwrite ``name`` (each write is atomic in SSM)."""
+        self._write(name, value, overwrite=True)
+
+    def create(self, name: str, value: str) -> bool:
+        """Store ``name`` only if it is absent; return whether it was stored.
+
+        PutParameter without ``Overwrite`` is SSM's own create-if-absent: of concurrent calls
+        exactly one succeeds, the others get ParameterAlreadyExists.
+        """
+        return self._write(name, value, overwrite=False)
+
+    def _write(self, name: str, value: str, *, overwrite: bool) -> bool:
         full = self._full(name)
         if not isinstance(value, str):
             raise ValidationError(f"ssm secrets: the value of {full} must be a string")
@@ -188,7 +199,7 @@ class SsmSecrets:
             raise ValidationError(f"ssm secrets: SSM cannot store an empty value ({full})")
         raw = value.encode("utf-8")
         tier = self._tier(full, len(raw))
-        params: dict[str, Any] = {"Name": full, "Value": value, "Overwrite": True}
+        params: dict[str, Any] = {"Name": full, "Value": value, "Overwrite": overwrite}
         if self.kms_key_id:
             params.update(Type="SecureString", KeyId=self.kms_key_id)
         else:
@@ -199,12 +210,15 @@ class SsmSecrets:
             try:
                 self.client.put_parameter(Tier=tier, **params)
             except ClientError as exc:
+                if not overwrite and error_code(exc) == "ParameterAlreadyExists":
+                    return False
                 if not (self.tier == "auto" and tier == "Standard" and _is_downgrade_refusal(exc)):
                     raise
                 # An Advanced parameter stays Advanced: write the small value there.
                 tier = "Advanced"
                 self.client.put_parameter(Tier=tier, **params)
         logger.debug("parameter put", backend="ssm", parameter=full, tier=tier)
+        return True
 
     def delete(self, name: str) -> bool:
         """Delete ``name``; return whether it existed."""

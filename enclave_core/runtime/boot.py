@@ -32,6 +32,7 @@ from enclave_core.crypto.envelope import EncryptedStorage
 from enclave_core.errors import AttestationError, CryptoError, EnclaveError, NotFound
 from enclave_core.kms_policy import analyse, locked_policy
 from enclave_core.manager import Plugins
+from enclave_core.parameters import create_parameter
 from enclave_core.runtime.chain import record_chain_link
 from enclave_core.runtime.counting import CountingKms, CountingSecrets, CountingStorage
 from enclave_core.runtime.dynsecrets import DynamicSecrets
@@ -160,9 +161,15 @@ def _data_key(state: RuntimeState, param: str, context: dict[str, str], what: st
         blob, plaintext = state.recipient.generate_data_key(
             state.kms, key_id, context, DATA_KEY_BYTES
         )
-        state.secrets.put(param, base64.b64encode(blob).decode("ascii"))
-        logger.bind(key_id=key_id, parameter=param).info("data key generated")
-        return _check_length(plaintext, what)
+        if create_parameter(state.secrets, param, base64.b64encode(blob).decode("ascii")):
+            logger.bind(key_id=key_id, parameter=param).info("data key generated")
+            return _check_length(plaintext, what)
+        # Another enclave of this app stored its key first (several first boots at once):
+        # ours was never used and is dropped; everyone uses the stored one.
+        logger.bind(parameter=param).info("data key stored by another enclave first; using it")
+        stored = state.secrets.get(param)
+        if stored is None:
+            raise EnclaveError(f"parameter {param} vanished while this enclave booted")
     try:
         blob = base64.b64decode(stored, validate=True)
     except (binascii.Error, ValueError):

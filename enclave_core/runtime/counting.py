@@ -21,6 +21,7 @@ from enclave_core.interfaces import (
     StoredObject,
 )
 from enclave_core.metrics import Metrics
+from enclave_core.parameters import create_parameter
 
 T = TypeVar("T")
 
@@ -101,6 +102,12 @@ class CountingSecrets:
     def put(self, name: str, value: str) -> None:
         """Write a parameter (``secret_writes``)."""
         counted(self._metrics, "secret_writes", None, lambda: self._inner.put(name, value))
+
+    def create(self, name: str, value: str) -> bool:
+        """Create a parameter if absent (``secret_writes``); see :func:`create_parameter`."""
+        return counted(
+            self._metrics, "secret_writes", None, lambda: create_parameter(self._inner, name, value)
+        )
 
     def delete(self, name: str) -> bool:
         """Delete a parameter (``secret_deletes``)."""

@@ -320,3 +320,18 @@ def test_runtime_counters_count_ssm_calls(
         CountingSecrets(unreachable, metrics).get("KMSKeyID")
     # DESIGN §5 has no secret error counter: the failed call is still a counted read.
     assert metrics.snapshot()["secret_reads"] == 4
+
+
+def test_create_stores_only_when_absent(secrets: SsmSecrets, admin: Any) -> None:
+    # PutParameter without Overwrite: SSM itself refuses the second write.
+    assert secrets.create("signing_key/Ciphertext", "first") is True
+    assert secrets.create("signing_key/Ciphertext", "second") is False
+    assert secrets.get("signing_key/Ciphertext") == "first"
+    assert admin.get_parameter(Name=BASE + "signing_key/Ciphertext")["Parameter"]["Version"] == 1
+
+
+def test_create_of_a_large_value_uses_the_advanced_tier(secrets: SsmSecrets, admin: Any) -> None:
+    assert secrets.create("big", "x" * ATTESTATION_SIZE) is True
+    assert _described(admin, BASE + "big")["Tier"] == "Advanced"
+    assert secrets.create("big", "y" * ATTESTATION_SIZE) is False
+    assert secrets.get("big") == "x" * ATTESTATION_SIZE
