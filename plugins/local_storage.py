@@ -189,6 +189,8 @@ class LocalStorage:
             except (FileNotFoundError, NotADirectoryError):
                 return False
             except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:  # could never have been stored
+                    return False
                 raise BackendError(
                     f"local storage: cannot delete {key!r}: {exc.strerror}"
                 ) from None

@@ -148,6 +148,8 @@ def test_segment_too_long_for_the_filesystem_is_refused(store: LocalStorage) -> 
         store.put(key, b"x")
     with pytest.raises(NotFound):
         store.get(key)
+    assert store.delete(key) is False
+    assert store.delete("y" * 300) is False
     assert store.list() == []
 
 
