@@ -145,12 +145,14 @@ def test_show_json_prints_env_references_never_values(
     assert shown["app"]["env"] == {"API_KEY": {"$env": "HELLO_API_KEY"}}
     assert shown["region"] == {"$env": "HELLO_REGION"}
     # Every default is filled in.
+    limits = shown["runtime"].pop("limits")
     assert shown["runtime"] == {
         "port": 7073,
         "app_api_port": 7075,
         "control_port": 7076,
         "tls": True,
     }
+    assert limits["max_connections"] > 500  # the defaults are shown too
     assert shown["storage"] == {"backend": "local", "options": {"path": ".enclave/storage"}}
     assert shown["supervisor"]["watchdog"]["backoff_max_s"] == 30
 
