@@ -9,27 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hmac
 import json
 from typing import Any
 
 import falcon
 import falcon.asgi
+from marshmallow import Schema
 
+from enclave_core.apischemas import load_request
 from enclave_core.errors import ValidationError
+from enclave_core.openapi import OPENAPI_PATH, OpenApiResource
+from enclave_core.runtime import schemas
+from enclave_core.runtime.apidoc import app_document
 from enclave_core.runtime.httperrors import install_error_handlers
+from enclave_core.runtime.schemas import MAX_JSON_BODY, MAX_STORAGE_BODY
 from enclave_core.runtime.state import RuntimeState
-from enclave_core.runtime.validate import (
-    SECRETS_PREFIX,
-    check_pcr,
-    check_secret_name,
-    check_storage_key,
-    check_storage_prefix,
-)
+from enclave_core.runtime.validate import SECRETS_PREFIX
 
-MAX_STORAGE_BODY = 10 * 1024 * 1024
-MAX_JSON_BODY = 64 * 1024
+__all__ = ["MAX_JSON_BODY", "MAX_STORAGE_BODY", "create_app_api", "read_body", "read_json"]
 
 
 class AuthMiddleware:
@@ -39,7 +37,11 @@ class AuthMiddleware:
         self._state = state
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        """401 without a Bearer token, 403 with a wrong one, 503 before storage is ready."""
+        """401 without a Bearer token, 403 with a wrong one, 503 before storage is ready.
+
+        Before boot has made the token, every call is 503; the OpenAPI document needs the token
+        but not storage.
+        """
         state = self._state
         if state.mgmt_token is None:
             raise self._not_ready()
@@ -52,7 +54,7 @@ class AuthMiddleware:
             )
         if not hmac.compare_digest(token.strip().encode(), state.mgmt_token.encode()):
             raise falcon.HTTPForbidden(title="Forbidden", description="wrong management token")
-        if not state.storage_ready:
+        if not state.storage_ready and req.path != OPENAPI_PATH:
             raise self._not_ready()
 
     def _not_ready(self) -> falcon.HTTPServiceUnavailable:
@@ -82,22 +84,33 @@ async def read_body(req: falcon.asgi.Request, limit: int, what: str) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(req: falcon.asgi.Request, what: str) -> dict[str, Any]:
-    """Read a JSON object body of at most 64 KiB."""
+async def read_json(req: falcon.asgi.Request, schema: Schema, what: str) -> dict[str, Any]:
+    """Read a JSON body of at most 64 KiB and load it with ``schema`` (400 naming the field)."""
     raw = await read_body(req, MAX_JSON_BODY, what)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ValidationError(f"{what}: the body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise ValidationError(f"{what}: the body must be a JSON object")
-    return doc
+    return load_request(schema, doc)
 
 
-def _only(doc: dict[str, Any], allowed: set[str], what: str) -> None:
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise ValidationError(f"{what}: unknown field(s): {', '.join(unknown)}")
+def _params(req: falcon.asgi.Request) -> dict[str, Any]:
+    """The query parameters (a repeated one is a list, which a string field refuses)."""
+    return dict(req.params)
+
+
+def _headers(req: falcon.asgi.Request, *names: str) -> dict[str, str]:
+    return {name: value for name in names if (value := req.get_header(name)) is not None}
+
+
+def _key(key: str) -> str:
+    """The ``{key}`` path parameter, validated."""
+    return str(load_request(schemas.StorageKeyPathSchema(), {"key": key})["key"])
+
+
+def _name(name: str) -> str:
+    """The ``{name}`` path parameter, validated."""
+    return str(load_request(schemas.SecretNamePathSchema(), {"name": name})["name"])
 
 
 class StorageCollection:
@@ -108,7 +121,7 @@ class StorageCollection:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List keys starting with ``prefix``."""
-        prefix = check_storage_prefix(req.get_param("prefix") or "")
+        prefix = load_request(schemas.StorageListQuerySchema(), _params(req))["prefix"]
         assert self._state.storage is not None
         keys = await asyncio.to_thread(self._state.storage.list, prefix)
         resp.media = {"keys": [k for k in keys if not k.startswith(SECRETS_PREFIX)]}
@@ -127,20 +140,18 @@ class StorageItem:
 
     async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, key: str) -> None:
         """Store the raw body; ``If-Match`` / ``If-None-Match: *`` make it conditional."""
-        check_storage_key(key)
-        if_match = req.get_header("If-Match")
-        if_none_match = req.get_header("If-None-Match")
-        if if_none_match is not None and if_none_match.strip() != "*":
-            raise ValidationError("only If-None-Match: * is supported")
-        if if_match is not None and if_none_match is not None:
-            raise ValidationError("use either If-Match or If-None-Match, not both")
+        _key(key)
+        conditions = load_request(
+            schemas.ConditionalHeadersSchema(), _headers(req, "If-Match", "If-None-Match")
+        )
+        if_match = (conditions.get("if_match") or "").strip() or None
         data = await read_body(req, MAX_STORAGE_BODY, "a stored object")
         etag = await asyncio.to_thread(
             self._storage.put,
             key,
             data,
-            if_match=if_match.strip() if if_match else None,
-            if_none_match=if_none_match is not None,
+            if_match=if_match,
+            if_none_match="if_none_match" in conditions,
         )
         resp.status = falcon.HTTP_201
         resp.set_header("ETag", etag)
@@ -148,7 +159,7 @@ class StorageItem:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, key: str) -> None:
         """Return the object's bytes and ETag."""
-        check_storage_key(key)
+        _key(key)
         obj = await asyncio.to_thread(self._storage.get, key)
         resp.content_type = "application/octet-stream"
         resp.set_header("ETag", obj.etag)
@@ -158,7 +169,7 @@ class StorageItem:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, key: str
     ) -> None:
         """Delete the object; 404 when it does not exist."""
-        check_storage_key(key)
+        _key(key)
         if not await asyncio.to_thread(self._storage.delete, key):
             raise falcon.HTTPNotFound(title="Not found", description=f"no stored object {key!r}")
         resp.media = {"key": key, "status": "deleted"}
@@ -190,14 +201,9 @@ class SecretItem:
 
     async def on_put(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str) -> None:
         """Create or replace: body ``{"value": str, "env_var"?: str}``."""
-        check_secret_name(name)
-        doc = await read_json(req, "a dynamic secret")
-        _only(doc, {"value", "env_var"}, "a dynamic secret")
-        value, env_var = doc.get("value"), doc.get("env_var")
-        if not isinstance(value, str):
-            raise ValidationError("a dynamic secret: field 'value' must be a string")
-        if env_var is not None and not isinstance(env_var, str):
-            raise ValidationError("a dynamic secret: field 'env_var' must be a string")
+        _name(name)
+        doc = await read_json(req, schemas.SecretWriteSchema(), "a dynamic secret")
+        value, env_var = doc["value"], doc.get("env_var")
         _secret, created = await asyncio.to_thread(self._dynamic.put, name, value, env_var)
         if created and self._state.dynamic_secrets is not None:
             self._state.dynamic_secrets += 1
@@ -206,7 +212,7 @@ class SecretItem:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str) -> None:
         """Return the secret with its value."""
-        check_secret_name(name)
+        _name(name)
         secret = await asyncio.to_thread(self._dynamic.get, name)
         resp.media = secret.describe(with_value=True)
         resp.cache_control = ["no-store"]
@@ -215,7 +221,7 @@ class SecretItem:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str
     ) -> None:
         """Delete the secret; 404 when it does not exist."""
-        check_secret_name(name)
+        _name(name)
         if not await asyncio.to_thread(self._dynamic.delete, name):
             raise falcon.HTTPNotFound(title="Not found", description=f"no dynamic secret {name!r}")
         if self._state.dynamic_secrets:
@@ -231,16 +237,9 @@ class ExtendPcr:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Extend the PCR; answer its new value in hex."""
-        doc = await read_json(req, "extend-pcr")
-        _only(doc, {"pcr", "data"}, "extend-pcr")
-        pcr = check_pcr(doc.get("pcr"))
-        text = doc.get("data")
-        if not isinstance(text, str):
-            raise ValidationError("extend-pcr: field 'data' must be a base64 string")
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValidationError("extend-pcr: field 'data' is not valid base64") from None
+        doc = await read_json(req, schemas.ExtendPcrSchema(), "extend-pcr")
+        pcr = doc["pcr"]
+        data = base64.b64decode(doc["data"], validate=True)  # the schema checked it
         assert self._state.attestation is not None
         value = await asyncio.to_thread(self._state.attestation.extend_pcr, pcr, data)
         resp.media = {"pcr": pcr, "status": "extended", "value": value.hex()}
@@ -254,16 +253,18 @@ class LockPcr:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Lock the PCR against further extension."""
-        doc = await read_json(req, "lock-pcr")
-        _only(doc, {"pcr"}, "lock-pcr")
-        pcr = check_pcr(doc.get("pcr"))
+        doc = await read_json(req, schemas.LockPcrSchema(), "lock-pcr")
+        pcr = doc["pcr"]
         assert self._state.attestation is not None
         await asyncio.to_thread(self._state.attestation.lock_pcr, pcr)
         resp.media = {"pcr": pcr, "status": "locked"}
 
 
 def create_app_api(state: RuntimeState) -> falcon.asgi.App:
-    """The Falcon ASGI app of the app API, bound to the runtime's state."""
+    """The Falcon ASGI app of the app API, bound to the runtime's state.
+
+    ``GET /openapi.json`` answers its OpenAPI document (behind the token like every route).
+    """
     app = falcon.asgi.App(middleware=[AuthMiddleware(state)])
     install_error_handlers(app)
     app.add_route("/v1/storage", StorageCollection(state))
@@ -272,4 +273,5 @@ def create_app_api(state: RuntimeState) -> falcon.asgi.App:
     app.add_route("/v1/secrets/{name}", SecretItem(state))
     app.add_route("/v1/extend-pcr", ExtendPcr(state))
     app.add_route("/v1/lock-pcr", LockPcr(state))
+    app.add_route(OPENAPI_PATH, OpenApiResource(app_document))
     return app

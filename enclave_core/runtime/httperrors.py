@@ -1,7 +1,8 @@
 """JSON errors for the runtime's Falcon apps: every error is ``{"title","description"}``.
 
 ``EnclaveError`` subclasses map to their ``http_status``; NSM errors carry the module's error
-code; anything unexpected becomes a 500 without a traceback (the log gets the exception type).
+code; a marshmallow ValidationError that was not turned into ours already is a 400 naming the
+fields; anything unexpected becomes a 500 without a traceback (the log gets the exception type).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from typing import Any
 
 import falcon
 import falcon.asgi
+import marshmallow
 from loguru import logger
 
-from enclave_core.errors import EnclaveError, NsmError
+from enclave_core.apischemas import describe_errors
+from enclave_core.errors import EnclaveError, NsmError, ValidationError
 
 #: NSM error codes caused by the caller (400) or by the PCR's state (409); others are 502.
 NSM_STATUS = {
@@ -50,6 +53,17 @@ async def _nsm_error(
     resp.media = _body("NSM error", f"{exc.code}: {exc}", code=exc.code)
 
 
+async def _invalid(
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response,
+    exc: marshmallow.ValidationError,
+    params: Any,
+    **_: Any,
+) -> None:
+    resp.status = ValidationError.http_status
+    resp.media = _body(ValidationError.title, "; ".join(describe_errors(exc.messages)))
+
+
 async def _unexpected(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any, **_: Any
 ) -> None:
@@ -66,3 +80,4 @@ def install_error_handlers(app: falcon.asgi.App) -> None:
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(EnclaveError, _enclave_error)
     app.add_error_handler(NsmError, _nsm_error)
+    app.add_error_handler(marshmallow.ValidationError, _invalid)

@@ -8,6 +8,11 @@ response of the public app is signed by :class:`~enclave_core.runtime.signing.Si
 ``POST /v1/export-key`` (:mod:`enclave_core.runtime.export`) exists only on the control app. The
 public listener keeps the path for itself and answers 404, so a request from outside never
 reaches the export, nor an app that happens to serve that path.
+
+Each app serves its OpenAPI document at ``GET /openapi.json`` (:mod:`.apidoc`); on the public
+listener that path is the runtime's own too (signed like the rest), so an app's own
+``/openapi.json`` is not reachable through the public listener. Query parameters and bodies are
+loaded with the marshmallow schemas of :mod:`.schemas` that the documents are built from.
 """
 
 from __future__ import annotations
@@ -15,12 +20,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from typing import Any
 
 import falcon
 import falcon.asgi
 
+from enclave_core.apischemas import load_request
+from enclave_core.errors import ValidationError
+from enclave_core.openapi import OPENAPI_PATH, OpenApiResource
+from enclave_core.runtime import schemas
+from enclave_core.runtime.apidoc import control_document, public_document
 from enclave_core.runtime.export import export_keys
 from enclave_core.runtime.httperrors import install_error_handlers
+from enclave_core.runtime.schemas import MAX_EXPORT_BODY
 from enclave_core.runtime.signing import SigningMiddleware
 from enclave_core.runtime.state import RuntimeState
 
@@ -29,9 +41,7 @@ INFO_PATH = "/v1/enclave-info"
 ATTESTATION_PATH = "/enclave/attestation"
 EXPORT_PATH = "/v1/export-key"
 #: Paths the public listener answers itself; EXPORT_PATH only ever with a 404.
-OWN_PATHS = frozenset({HEALTH_PATH, INFO_PATH, ATTESTATION_PATH, EXPORT_PATH})
-MAX_NONCE_BYTES = 1024
-MAX_EXPORT_BODY = 1024
+OWN_PATHS = frozenset({HEALTH_PATH, INFO_PATH, ATTESTATION_PATH, EXPORT_PATH, OPENAPI_PATH})
 
 
 def is_own_path(path: str) -> bool:
@@ -65,23 +75,10 @@ class EnclaveInfoResource:
         resp.cache_control = ["no-store"]
 
 
-def parse_nonce(text: str | None) -> bytes:
-    """Decode the ``nonce`` query parameter: 1 to 1024 bytes written in hex."""
-    if not text:
-        raise falcon.HTTPBadRequest(
-            title="Bad request", description="query parameter nonce (hex) is required"
-        )
-    try:
-        nonce = bytes.fromhex(text)
-    except ValueError:
-        raise falcon.HTTPBadRequest(
-            title="Bad request", description="nonce must be hexadecimal"
-        ) from None
-    if not 1 <= len(nonce) <= MAX_NONCE_BYTES:
-        raise falcon.HTTPBadRequest(
-            title="Bad request", description=f"nonce must be 1 to {MAX_NONCE_BYTES} bytes"
-        )
-    return nonce
+def parse_nonce(params: dict[str, Any]) -> bytes:
+    """Decode the ``nonce`` query parameter: 1 to 1024 bytes written in hex (400 otherwise)."""
+    query = load_request(schemas.AttestationQuerySchema(), params)
+    return bytes.fromhex(query["nonce"])
 
 
 class AttestationResource:
@@ -92,7 +89,7 @@ class AttestationResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Return a fresh document binding the nonce and the TLS/signing key hashes."""
-        nonce = parse_nonce(req.get_param("nonce"))
+        nonce = parse_nonce(dict(req.params))
         attestation = self._state.attestation
         user_data = self._state.user_data()
         if attestation is None or user_data is None:
@@ -106,6 +103,14 @@ class AttestationResource:
         resp.content_type = falcon.MEDIA_TEXT
         resp.text = base64.b64encode(document).decode("ascii")
         resp.cache_control = ["no-store"]
+
+
+class ReservedResource:
+    """``POST /v1/export-key`` on the public listener: always 404 (see the module docstring)."""
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Never export from here."""
+        raise falcon.HTTPNotFound(title="Not found", description="no such route")
 
 
 class ExportKeyResource:
@@ -125,15 +130,16 @@ class ExportKeyResource:
                 title="Content too large", description=f"at most {MAX_EXPORT_BODY} bytes"
             )
         body = (await req.stream.read(MAX_EXPORT_BODY + 1)).strip()
+        if len(body) > MAX_EXPORT_BODY:
+            raise falcon.HTTPContentTooLarge(
+                title="Content too large", description=f"at most {MAX_EXPORT_BODY} bytes"
+            )
         if body:
             try:
                 parsed = json.loads(body)
-            except ValueError:
-                parsed = None
-            if parsed != {}:
-                raise falcon.HTTPBadRequest(
-                    title="Bad request", description="export-key takes an empty body or {}"
-                )
+            except (ValueError, UnicodeDecodeError):
+                raise ValidationError("export-key takes an empty body or {}") from None
+            load_request(schemas.ExportKeyRequestSchema(), parsed)
         async with self._lock:
             result = await asyncio.to_thread(export_keys, self._state)
         resp.media = result.as_json()
@@ -147,16 +153,20 @@ def create_public_app(state: RuntimeState) -> falcon.asgi.App:
     app.add_route(HEALTH_PATH, HealthResource(state))
     app.add_route(INFO_PATH, EnclaveInfoResource(state))
     app.add_route(ATTESTATION_PATH, AttestationResource(state))
+    app.add_route(EXPORT_PATH, ReservedResource())
+    app.add_route(OPENAPI_PATH, OpenApiResource(public_document))
     return app
 
 
 def create_control_app(state: RuntimeState) -> falcon.asgi.App:
     """The Falcon app of the control listener (never forwarded by ingress).
 
-    ``GET /health`` (the watchdog) and ``POST /v1/export-key`` (the migration).
+    ``GET /health`` (the watchdog), ``POST /v1/export-key`` (the migration) and
+    ``GET /openapi.json``.
     """
     app = falcon.asgi.App()
     install_error_handlers(app)
     app.add_route(HEALTH_PATH, HealthResource(state))
     app.add_route(EXPORT_PATH, ExportKeyResource(state))
+    app.add_route(OPENAPI_PATH, OpenApiResource(control_document))
     return app

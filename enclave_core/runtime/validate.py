@@ -56,7 +56,8 @@ def check_storage_prefix(prefix: str) -> str:
 
 def check_secret_name(name: str) -> str:
     """Return ``name`` if it is a valid dynamic secret name, else raise ValidationError."""
-    if not SECRET_NAME_RE.match(name) or ".." in name:
+    # fullmatch: with match, '$' would also accept a trailing newline.
+    if not SECRET_NAME_RE.fullmatch(name) or ".." in name:
         raise ValidationError(
             "invalid secret name: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ without '..'"
         )
@@ -65,7 +66,7 @@ def check_secret_name(name: str) -> str:
 
 def check_env_var(env_var: str) -> str:
     """Return ``env_var`` if it is a usable environment variable name for a dynamic secret."""
-    if not _ENV_VAR_RE.match(env_var):
+    if not _ENV_VAR_RE.fullmatch(env_var):
         raise ValidationError(f"invalid env_var: must match {ENV_VAR_RE}")
     if env_var in RESERVED_ENV_VARS or env_var.startswith(RESERVED_ENV_PREFIX):
         raise ValidationError(

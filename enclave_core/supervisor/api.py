@@ -9,6 +9,7 @@
 | POST /v1/migrate         | start or resume a migration (202), or 200 when already complete    |
 | GET  /v1/migrate         | the migration's progress ``{"id","step","total","status","msg"}``  |
 | POST /v1/schedule-key-deletion | schedule deletion of ``MigrationOldKMSKeyID``; Bearer token  |
+| GET  /openapi.json       | this API's OpenAPI document (:mod:`.apidoc`)                       |
 
 ``/health`` status: ``running`` = launched AND the runtime's control ``/health`` answers ready
 (probed on each request); ``starting`` = launched but not ready yet, or a restart is pending;
@@ -16,8 +17,9 @@
 once ready, reports degraded or stops answering. Besides the DESIGN fields the body carries
 ``error`` (the launcher's failure) and ``runtime`` (the last probe).
 
-Every error is JSON ``{"title", "description"}``. Every request is logged (method, path, status,
-duration_ms) and counted.
+Request bodies are loaded with the marshmallow schemas of :mod:`.schemas`, the ones the OpenAPI
+document is built from. Every error is JSON ``{"title", "description"}`` (a bad field named by
+its dotted path). Every request is logged (method, path, status, duration_ms) and counted.
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ from typing import Any
 
 import falcon
 import falcon.asgi
+import marshmallow
 from loguru import logger
 
 from enclave_core import __version__
+from enclave_core.apischemas import describe_errors, load_request
 from enclave_core.config import Config
-from enclave_core.errors import EnclaveError
+from enclave_core.errors import EnclaveError, ValidationError
+from enclave_core.openapi import OPENAPI_PATH, OpenApiResource
+from enclave_core.supervisor import schemas
+from enclave_core.supervisor.apidoc import supervisor_document
 from enclave_core.supervisor.migration import MigrationService
 from enclave_core.supervisor.promexport import CONTENT_TYPE, SupervisorMetrics
 from enclave_core.supervisor.watchdog import Watchdog
@@ -149,20 +156,16 @@ class StopResource:
         resp.media = await self._watchdog.health()
 
 
-async def _json_body(req: falcon.asgi.Request) -> dict[str, Any]:
-    """The request's JSON object body; ``{}`` when empty; 400 otherwise."""
-    raw = await req.stream.read(64 * 1024)
+async def _json_body(req: falcon.asgi.Request, schema: marshmallow.Schema) -> dict[str, Any]:
+    """The request's JSON body (``{}`` when empty) loaded with ``schema``; 400 otherwise."""
+    raw = await req.stream.read(schemas.MAX_BODY)
     if not raw.strip():
-        return {}
+        return load_request(schema, {})
     try:
         doc = json.loads(raw)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        raise falcon.HTTPBadRequest(
-            title="Bad request", description="the body must be a JSON object"
-        )
-    return doc
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("the body is not valid JSON") from None
+    return load_request(schema, doc)
 
 
 class MigrateResource:
@@ -175,7 +178,8 @@ class MigrateResource:
     @falcon.before(require_token)
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """202 with the progress; 200 when already complete; 409 while one runs."""
-        status, body = await self._migration.start(await _json_body(req))
+        request = await _json_body(req, schemas.MigrateRequestSchema())
+        status, body = await self._migration.start(request)
         resp.status = status
         resp.media = body
 
@@ -194,8 +198,8 @@ class ScheduleKeyDeletionResource:
     @falcon.before(require_token)
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Body ``{"days": 7..30}`` (default 7); 409 for the key in use or no old key."""
-        body = await _json_body(req)
-        resp.media = await self._migration.schedule_key_deletion(body.get("days", 7))
+        body = await _json_body(req, schemas.ScheduleDeletionRequestSchema())
+        resp.media = await self._migration.schedule_key_deletion(body["days"])
 
 
 class RequestLog:
@@ -235,6 +239,14 @@ async def _enclave_error(req: Any, resp: Any, exc: EnclaveError, params: Any) ->
     resp.media = {"title": exc.title, "description": str(exc)}
 
 
+async def _invalid(req: Any, resp: Any, exc: marshmallow.ValidationError, params: Any) -> None:
+    resp.status = ValidationError.http_status
+    resp.media = {
+        "title": ValidationError.title,
+        "description": "; ".join(describe_errors(exc.messages)),
+    }
+
+
 async def _unexpected_error(req: Any, resp: Any, exc: Exception, params: Any) -> None:
     logger.bind(method=req.method, path=req.path, error=type(exc).__name__).exception(
         "management API request failed"
@@ -263,7 +275,9 @@ def create_app(
     if migration is not None:
         app.add_route("/v1/migrate", MigrateResource(migration, token))
         app.add_route("/v1/schedule-key-deletion", ScheduleKeyDeletionResource(migration, token))
+    app.add_route(OPENAPI_PATH, OpenApiResource(lambda: supervisor_document(migration is not None)))
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(EnclaveError, _enclave_error)
+    app.add_error_handler(marshmallow.ValidationError, _invalid)
     app.set_error_serializer(_serialize_error)
     return app
