@@ -157,12 +157,18 @@ class ConditionalHeadersSchema(ParamsSchema):
 
     if_match = fields.String(
         data_key="If-Match",
-        metadata={"description": "write only if the object's current ETag is this one"},
+        metadata={
+            "description": "write only if the object's current ETag is this one (not together "
+            "with If-None-Match: 400)"
+        },
     )
     if_none_match = fields.String(
         data_key="If-None-Match",
         validate=validate.OneOf(["*"], error="only If-None-Match: * is supported"),
-        metadata={"description": "'*': write only if the object does not exist yet"},
+        metadata={
+            "description": "'*': write only if the object does not exist yet (not together "
+            "with If-Match: 400)"
+        },
     )
 
     @validates_schema

@@ -177,9 +177,18 @@ class MigrateResource:
 
     @falcon.before(require_token)
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        """202 with the progress; 200 when already complete; 409 while one runs."""
+        """202 with the progress; 200 when already complete; 409 while one runs.
+
+        A new image that cannot be read (measuring ``app_dir`` met an unreadable file) is the
+        request's fault: 400 naming the file, not a 500.
+        """
         request = await _json_body(req, schemas.MigrateRequestSchema())
-        status, body = await self._migration.start(request)
+        try:
+            status, body = await self._migration.start(request)
+        except OSError as exc:
+            what = exc.strerror or type(exc).__name__
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise ValidationError(f"the new image cannot be read: {what}{where}") from None
         resp.status = status
         resp.media = body
 

@@ -12,8 +12,10 @@ from loguru import logger
 
 from enclave_core import __version__
 from enclave_core.config import Config
+from enclave_core.image import measure_new_image
 from enclave_core.metrics import COUNTERS
 from enclave_core.supervisor.api import create_app
+from enclave_core.supervisor.migration import MigrationService
 from enclave_core.supervisor.runtime_client import Probe, RuntimeUnavailable
 from enclave_core.supervisor.watchdog import Watchdog
 from tests.enclave_core.supervisor.test_watchdog import SPEC, FakeLauncher
@@ -212,3 +214,70 @@ def test_every_request_is_logged(api: Api, records: list[dict[str, Any]]) -> Non
     assert (entry["method"], entry["path"], entry["status"]) == ("POST", "/v1/stop", 403)
     assert isinstance(entry["duration_ms"], float)
     assert TOKEN not in str(records) and TOKEN[::-1] not in str(records)
+
+
+def migration_app(config: Config, measure: Callable[..., str]) -> falcon.testing.TestClient:
+    """The API with a migration service whose image measurement is ``measure``."""
+    service = MigrationService(
+        config, backends=lambda: (None, None), enclave_factory=dict, measure=measure
+    )
+    app = create_app(
+        watchdog=None,  # type: ignore[arg-type]
+        runtime_info=dict,
+        config=config,
+        token=TOKEN,
+        migration=service,
+    )
+    return falcon.testing.TestClient(app, headers=AUTH)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({}, "exactly one of 'eif' and 'app_dir'"),
+        ({"eif": "/a.eif", "app_dir": "/app"}, "exactly one of 'eif' and 'app_dir'"),
+        ({"app_dir": "relative"}, "app_dir: must be an absolute path"),
+        ({"app_dir": None}, "app_dir: Field may not be null."),
+        ({"app_dir": "/app", "pcr0": "00"}, "pcr0: must be 96 hex characters"),
+        ({"app_dir": "/app", "pcr0": "0" * 96 + "\n"}, "pcr0: must be 96 hex characters"),
+        ({"app_dir": "/app", "color": "red"}, "color: Unknown field."),
+        (["app_dir"], "the body must be a JSON object"),
+    ],
+)
+def test_migrate_bodies_are_validated_naming_the_field(
+    make_config: Callable[..., Config], body: Any, fragment: str
+) -> None:
+    def measure(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("a refused request must not measure anything")
+
+    result = migration_app(make_config(), measure).simulate_post("/v1/migrate", json=body)
+    assert fragment in assert_error(result, 400)["description"]
+
+
+def test_an_unreadable_new_image_is_400_not_500(make_config: Callable[..., Config]) -> None:
+    def measure(*args: Any, **kwargs: Any) -> str:
+        raise PermissionError(13, "Permission denied", "/app/secret.bin")
+
+    client = migration_app(make_config(), measure)
+    result = client.simulate_post("/v1/migrate", json={"app_dir": "/app"})
+    body = assert_error(result, 400)
+    assert body["description"] == (
+        "the new image cannot be read: Permission denied (/app/secret.bin)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"days": 3}, "days: must be a whole number from 7 to 30"),
+        ({"days": "7"}, "days: must be a whole number from 7 to 30"),
+        ({"days": True}, "days: must be a whole number from 7 to 30"),
+        ({"days": 7, "key": "k"}, "key: Unknown field."),
+    ],
+)
+def test_schedule_key_deletion_bodies_are_validated(
+    make_config: Callable[..., Config], body: Any, fragment: str
+) -> None:
+    client = migration_app(make_config(), measure_new_image)
+    result = client.simulate_post("/v1/schedule-key-deletion", json=body)
+    assert fragment in assert_error(result, 400)["description"]
