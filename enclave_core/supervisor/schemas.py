@@ -27,13 +27,25 @@ MIGRATION_STATUSES = ("none", "running", "done", "failed", "interrupted")
 ONE_IMAGE = {"oneOf": [{"required": ["eif"]}, {"required": ["app_dir"]}]}
 
 
+#: An absolute path without control characters (a NUL would fail every file call).
+ABSOLUTE_PATH_PATTERN = r"^/[^\x00-\x1f\x7f]*$"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_control_characters(value: str) -> None:
+    if _CONTROL.search(value):
+        raise marshmallow.ValidationError("must not hold control characters")
+
+
 def _absolute_path(description: str) -> fields.String:
     return fields.String(
         validate=[
-            validate.Length(min=1, error="must be a non-empty string"),
             validate.Regexp("^/", error="must be an absolute path"),
+            _no_control_characters,
         ],
-        metadata={"description": description, "pattern": "^/"},
+        metadata={"description": description, "pattern": ABSOLUTE_PATH_PATTERN},
     )
 
 
