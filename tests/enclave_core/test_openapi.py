@@ -23,6 +23,7 @@ from enclave_core import __version__
 from enclave_core.apischemas import describe_errors
 from enclave_core.config import Config
 from enclave_core.crypto.envelope import EncryptedStorage
+from enclave_core.manager import get_plugin_manager
 from enclave_core.openapi import REGENERATE, documents, dumps, main, stale_documents
 from enclave_core.runtime.apidoc import app_document, control_document, public_document
 from enclave_core.runtime.appapi import create_app_api
@@ -42,6 +43,7 @@ from enclave_core.supervisor.runtime_client import Probe, RuntimeUnavailable
 from enclave_core.supervisor.watchdog import Watchdog
 from tests.enclave_core.openapi_conformance import check_answer
 from tests.enclave_core.runtime.doubles import DOUBLES_CONFIG, MemoryNsm, MemoryStorage
+from tests.enclave_core.supervisor.test_migration import STATIC, World, boot
 from tests.enclave_core.supervisor.test_watchdog import SPEC, FakeLauncher
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api"
@@ -292,3 +294,59 @@ def test_supervisor_answers_conform(
     walk("GET", "/metrics", 200)
     walk("POST", "/v1/start", 200, headers=AUTH)
     walk("GET", "/openapi.json", 200)
+
+
+@pytest.fixture
+def world(tmp_path: Path, make_config: Callable[..., Config]) -> World:
+    """A booted development enclave (local backends) and the folder of its next version."""
+    old_dir, new_dir = tmp_path / "app", tmp_path / "app-v2"
+    for folder, version in ((old_dir, 1), (new_dir, 2)):
+        folder.mkdir()
+        (folder / "app.py").write_text(f"print('version {version}')\n")
+    config = make_config(old_dir, secrets=STATIC)
+    plugins = get_plugin_manager()
+    old = boot(config, plugins)
+    assert old.kms_key_id is not None
+    return World(config, plugins, new_dir, old, old.kms_key_id)
+
+
+def test_migration_answers_conform(world: World) -> None:
+    """A whole migration through the API: every answer is one the document describes."""
+    service = world.service(world.enclave())
+    app = create_app(
+        watchdog=None,  # type: ignore[arg-type]
+        runtime_info=dict,
+        config=world.config,
+        token=TOKEN,
+        migration=service,
+    )
+    document = supervisor_document()
+    body = json.dumps({"app_dir": str(world.new_dir)}).encode()
+
+    async def scenario() -> list[tuple[str, str, int, Any]]:
+        answers = []
+        async with falcon.testing.ASGIConductor(app, headers=AUTH) as api:
+            answers.append(("GET", "/v1/migrate", 200, await api.simulate_get("/v1/migrate")))
+            answers.append(
+                ("POST", "/v1/migrate", 202, await api.simulate_post("/v1/migrate", body=body))
+            )
+            await service.wait()
+            answers.append(("GET", "/v1/migrate", 200, await api.simulate_get("/v1/migrate")))
+            answers.append(
+                ("POST", "/v1/migrate", 200, await api.simulate_post("/v1/migrate", body=body))
+            )
+            deletion = await api.simulate_post("/v1/schedule-key-deletion", body=b"")
+            answers.append(("POST", "/v1/schedule-key-deletion", 200, deletion))
+            again = await api.simulate_post("/v1/schedule-key-deletion", json={"days": 30})
+            answers.append(("POST", "/v1/schedule-key-deletion", 409, again))
+        return answers
+
+    answers = asyncio.run(scenario())
+    for method, path, expected, result in answers:
+        assert result.status_code == expected, (method, path, result.text)
+        check_answer(
+            document, method, path, result.status_code, dict(result.headers), result.content
+        )
+    assert answers[0][3].json["status"] == "none"
+    assert answers[2][3].json["status"] == "done" and answers[2][3].json["steps"]
+    assert answers[4][3].json["state"] == "PendingDeletion"
