@@ -146,5 +146,6 @@ def test_attestation_before_boot_is_503(client: falcon.testing.TestClient) -> No
 def test_is_own_path() -> None:
     assert is_own_path("/health") and is_own_path("/v1/enclave-info")
     assert is_own_path("/enclave/attestation?nonce=00")
+    assert is_own_path("/openapi.json")  # the runtime's document, never the app's
     assert not is_own_path("/") and not is_own_path("/healthz") and not is_own_path("/v1/storage")
     assert not is_own_path("/health/x")
