@@ -186,8 +186,28 @@ class Kms(Protocol):
 
     name: ClassVar[str]
 
-    def create_key(self, *, description: str = "", policy: dict[str, Any] | None = None) -> KeyInfo:
-        """Create a symmetric key, optionally with an initial policy."""
+    def create_key(
+        self,
+        *,
+        description: str = "",
+        policy: dict[str, Any] | None = None,
+        bypass_lockout_safety_check: bool = False,
+    ) -> KeyInfo:
+        """Create an enabled symmetric encryption key.
+
+        :param description: free text, stored with the key (a migration finds its key by it).
+        :param policy: the key policy the key has from its creation, enforced exactly as after
+            :meth:`put_key_policy`, so there is no moment at which the key is open (KMS
+            CreateKey's ``Policy``). None: the backend's default policy (AWS: the account root
+            may do everything).
+        :param bypass_lockout_safety_check: like :meth:`put_key_policy`'s: without it, a
+            ``policy`` that would not let the caller put a policy later is refused
+            (ValidationError); with it, the key is created locked (CreateKey's
+            ``BypassPolicyLockoutSafetyCheck``). Ignored without ``policy``.
+
+        Backends written before ``policy``/``bypass_lockout_safety_check`` existed may lack
+        them; callers that need them check the signature and otherwise create, then put.
+        """
         ...
 
     def describe_key(self, key_id: str) -> KeyInfo:

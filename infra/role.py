@@ -10,8 +10,26 @@ both act as this role. It may:
 - talk to Systems Manager for Run Command (``enclave deploy``/``status`` run commands on the
   host): ``ssm:UpdateInstanceInformation`` and the ``ssmmessages``/``ec2messages`` channels.
 
-It holds **no KMS permission in IAM**: the key policy names the role itself, which is enough
-for KMS, and conditions every way to plaintext on the image's PCR0. ``AmazonSSMManagedInstanceCore``
+In KMS it may, through IAM, only create keys (``kms:CreateKey``), and only single-Region
+symmetric encryption keys with KMS-made key material (``kms:KeyOrigin`` ``AWS_KMS``,
+``kms:KeySpec`` ``SYMMETRIC_DEFAULT``, ``kms:KeyUsage`` ``ENCRYPT_DECRYPT``, ``kms:MultiRegion``
+false; all four are CreateKey condition keys in the service authorization reference).
+``enclave migrate`` needs it: step 2 creates the new key with its final policy in the same
+CreateKey call, so neither ``kms:PutKeyPolicy`` nor ``kms:TagResource`` (no tags are sent) is
+granted. Every other KMS permission comes from the key policies, which name the role itself and
+condition every way to plaintext on an image's PCR0; IAM grants no Decrypt, GenerateDataKey,
+Encrypt or key management at all.
+
+Why ``kms:CreateKey`` is safe: creating a key exposes nothing. A key the role creates holds no
+ciphertext of the enclave's; the enclave's secrets are re-encrypted under a new key only by the
+old enclave, and only after it has read that key's policy itself and found Decrypt locked to the
+migration's target PCR0 with no principal able to change the policy or create grants
+(``enclave_core.runtime.export`` with ``kms_policy.analyse``). The role (or whoever holds its
+credentials on the host) can create keys with any policy it likes, including open ones, but
+those keys hold nothing of the enclave's. The cost is at most clutter: keys to schedule for
+deletion.
+
+``AmazonSSMManagedInstanceCore``
 is deliberately not attached: it allows ``ssm:GetParameter(s)`` on every parameter of the
 account (and S3 and document reads besides), which would undo the parameter scoping above; the
 statement below is the subset Run Command needs.
@@ -26,7 +44,7 @@ from constructs import Construct
 from enclave_infra.nag import acknowledge
 from enclave_infra.naming import EIF_OBJECT_KEY, WHEELS_PREFIX
 
-__all__ = ["PARAMETER_ACTIONS", "RUN_COMMAND_ACTIONS", "instance_role"]
+__all__ = ["CREATE_KEY_CONDITIONS", "PARAMETER_ACTIONS", "RUN_COMMAND_ACTIONS", "instance_role"]
 
 PARAMETER_ACTIONS = [
     "ssm:DeleteParameter",
@@ -48,6 +66,17 @@ RUN_COMMAND_ACTIONS = [
     "ssmmessages:OpenControlChannel",
     "ssmmessages:OpenDataChannel",
 ]
+
+#: ``kms:CreateKey`` only for the kind of key a migration makes (what ``AwsKms.create_key``
+#: sends): KMS key material, symmetric encryption, one Region.
+CREATE_KEY_CONDITIONS = {
+    "StringEquals": {
+        "kms:KeyOrigin": "AWS_KMS",
+        "kms:KeySpec": "SYMMETRIC_DEFAULT",
+        "kms:KeyUsage": "ENCRYPT_DECRYPT",
+    },
+    "Bool": {"kms:MultiRegion": "false"},
+}
 
 
 def instance_role(
@@ -100,12 +129,22 @@ def instance_role(
             resources=[f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/*"],
         ),
         iam.PolicyStatement(sid="RunCommandChannels", actions=RUN_COMMAND_ACTIONS, resources=["*"]),
+        iam.PolicyStatement(
+            # `enclave migrate` step 2; the policy travels in the CreateKey call (no PutKeyPolicy).
+            sid="MigrationCreateKey",
+            actions=["kms:CreateKey"],
+            resources=["*"],
+            conditions=CREATE_KEY_CONDITIONS,
+        ),
     ]
     role = iam.Role(
         scope,
         construct_id,
         assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-        description="Simple Enclave host and enclave: its parameters, its buckets, Run Command",
+        description=(
+            "Simple Enclave host and enclave: its parameters, its buckets, Run Command, "
+            "creating migration keys"
+        ),
         inline_policies={"EnclaveHost": iam.PolicyDocument(statements=statements)},
     )
     _wildcard(
@@ -124,7 +163,11 @@ def instance_role(
         role,
         "*",
         "The ssmmessages and ec2messages actions Run Command needs support no resource-level "
-        "permissions (AWS service authorization reference); nothing else uses '*'.",
+        "permissions (AWS service authorization reference). kms:CreateKey has no resource (the "
+        "key does not exist yet), so '*' is its only resource; it is limited by conditions to "
+        "single-Region symmetric AWS_KMS keys, and a key it creates holds nothing: the old "
+        "enclave re-encrypts secrets only under a key whose policy it verified is locked to the "
+        "new PCR0. Nothing else uses '*'.",
     )
     _wildcard(
         role,

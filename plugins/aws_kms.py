@@ -149,7 +149,13 @@ class AwsKms:
         policy: dict[str, Any] | None = None,
         bypass_lockout_safety_check: bool = False,
     ) -> KeyInfo:
-        """Create a symmetric encryption key, with ``policy`` or AWS's default policy."""
+        """Create a symmetric encryption key, with ``policy`` or AWS's default policy.
+
+        A ``policy`` goes in the CreateKey call itself (``Policy``), so the key never exists
+        without it; ``bypass_lockout_safety_check`` sends ``BypassPolicyLockoutSafetyCheck``
+        for a policy that leaves the caller unable to change it (a key locked to a PCR0).
+        The caller needs only ``kms:CreateKey`` in IAM for this, no ``kms:PutKeyPolicy``.
+        """
         params: dict[str, Any] = {
             "Description": description,
             "KeyUsage": "ENCRYPT_DECRYPT",

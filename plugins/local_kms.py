@@ -21,9 +21,9 @@ policy that still lets the caller put a policy. A ``Recipient`` on Decrypt or Ge
 carry ``RSAES_OAEP_SHA_256`` and an attestation document that verifies against the root now, whose
 ``public_key`` is an RSA SubjectPublicKeyInfo of at least 2048 bits; its PCRs feed the
 ``kms:RecipientAttestation:*`` conditions, and the answer is a ``CiphertextForRecipient`` (BER, as
-KMS sends it) with no plaintext. ``create_key`` with a policy skips the lockout check (the Kms
-Protocol has no bypass flag there). Changes take an exclusive ``flock`` on ``.lock`` and files
-are replaced atomically.
+KMS sends it) with no plaintext. ``create_key`` with a policy stores it from the first moment
+and applies the same lockout safety check (and bypass) as ``put_key_policy``. Changes take an
+exclusive ``flock`` on ``.lock`` and files are replaced atomically.
 """
 
 from __future__ import annotations
@@ -144,9 +144,25 @@ class LocalKms:
 
     # ------------------------------------------------------------------ key management
 
-    def create_key(self, *, description: str = "", policy: dict[str, Any] | None = None) -> KeyInfo:
-        """Create an enabled key with fresh material and ``policy`` (default: account root)."""
-        stored_policy = validate_policy(policy if policy is not None else default_policy(ACCOUNT))
+    def create_key(
+        self,
+        *,
+        description: str = "",
+        policy: dict[str, Any] | None = None,
+        bypass_lockout_safety_check: bool = False,
+    ) -> KeyInfo:
+        """Create an enabled key with fresh material and ``policy`` (default: account root).
+
+        A given ``policy`` is checked as :meth:`put_key_policy` checks one (validity, and the
+        lockout safety check unless ``bypass_lockout_safety_check``) and is in force from the
+        key's first moment, as with AWS CreateKey's ``Policy``.
+        """
+        if policy is None:
+            stored_policy = default_policy(ACCOUNT)
+        else:
+            stored_policy = validate_policy(policy)
+            if not bypass_lockout_safety_check:
+                self._refuse_lockout(stored_policy, "CreateKey")
         record = self.keys.new_record(description=description, policy=stored_policy)
         with self.keys.locked():
             self.keys.save(record)
@@ -170,20 +186,21 @@ class LocalKms:
         with self.keys.locked():
             record = self._authorized(key_id, "kms:PutKeyPolicy")
             if not bypass_lockout_safety_check:
-                again = evaluate(
-                    new_policy,
-                    action="kms:PutKeyPolicy",
-                    principal=self.principal,
-                    context=RequestContext(),
-                )
-                if not again.allowed:
-                    raise ValidationError(
-                        f"MalformedPolicyDocumentException: key {record['key_id']}: the new key "
-                        "policy will not allow you to update the key policy in the future"
-                    )
+                self._refuse_lockout(new_policy, f"key {record['key_id']}")
             record["policy"] = new_policy
             self.keys.save(record)
         logger.bind(key_id=record["key_id"]).info("local KMS key policy replaced")
+
+    def _refuse_lockout(self, policy: dict[str, Any], what: str) -> None:
+        """AWS's lockout safety check: the policy must still let the caller put a policy."""
+        again = evaluate(
+            policy, action="kms:PutKeyPolicy", principal=self.principal, context=RequestContext()
+        )
+        if not again.allowed:
+            raise ValidationError(
+                f"MalformedPolicyDocumentException: {what}: the new key policy will not allow "
+                "you to update the key policy in the future"
+            )
 
     def enable_key(self, key_id: str) -> KeyInfo:
         """Enable a disabled key (``kms:EnableKey``)."""

@@ -138,9 +138,20 @@ class CountingKms:
             self._metrics.inc("kms_errors")
             raise
 
-    def create_key(self, *, description: str = "", policy: dict[str, Any] | None = None) -> KeyInfo:
-        """Create a key."""
-        return self._call(lambda: self._inner.create_key(description=description, policy=policy))
+    def create_key(
+        self,
+        *,
+        description: str = "",
+        policy: dict[str, Any] | None = None,
+        bypass_lockout_safety_check: bool = False,
+    ) -> KeyInfo:
+        """Create a key (forwarding only the keywords given, as older backends may lack some)."""
+        extra: dict[str, Any] = {}
+        if policy is not None:
+            extra["policy"] = policy
+        if bypass_lockout_safety_check:
+            extra["bypass_lockout_safety_check"] = True
+        return self._call(lambda: self._inner.create_key(description=description, **extra))
 
     def describe_key(self, key_id: str) -> KeyInfo:
         """Describe a key."""

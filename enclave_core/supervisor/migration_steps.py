@@ -5,10 +5,14 @@ idempotent (a crash may happen after its work and before its checkpoint) and wri
 checkpoint before it returns, then logs ``step``, ``total``, ``status`` and ``msg``:
 
 1. read ``KMSKeyID`` (the old key), the enclave principal and the old PCR0 from its policy;
-2. create the new key, or reuse the one the checkpoint names (or, after a crash between the
-   create and the checkpoint, the one whose description carries this migration's id);
-3. put the new key's final policy in one call (:func:`~enclave_core.kms_policy.
-   migration_target_policy`), unless it is already in place;
+2. create the new key with its final policy (:func:`~enclave_core.kms_policy.
+   migration_target_policy`) in the one CreateKey call, so the key is never open; or reuse the
+   one the checkpoint names (or, after a crash between the create and the checkpoint, the one
+   whose description carries this migration's id). The host's IAM role needs only
+   ``kms:CreateKey`` for this, no ``kms:PutKeyPolicy``. A backend whose ``create_key`` takes no
+   policy gets create, then PutKeyPolicy;
+3. check that the final policy is in place (put it in one call if a backend created the key
+   without it);
 4. store ``MigrationKMSKeyID``, ``MigrationOldKMSKeyID``, ``MigrationTargetPCR0``;
 5. ask the old enclave to export (``POST /v1/export-key`` on its control listener);
 6. wait for every ``Migration/{secret}/Ciphertext`` and ``Migration/StorageDEK/Ciphertext``;
@@ -23,6 +27,7 @@ After each step's checkpoint the ``after_step`` hook runs: by default the crash 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -184,22 +189,49 @@ class MigrationRunner:
         return f"current key {old} (PCR0 {_short(cp.previous_pcr0)})"
 
     def create_new_key(self, cp: Checkpoint) -> str:
-        """Step 2: create the new key once, whatever crashes happen."""
+        """Step 2: create the new key once, whatever crashes happen, with its final policy.
+
+        The policy goes in the CreateKey call (with the lockout-safety bypass: nobody may change
+        it), so no moment exists where the key is open, and the host role needs no
+        ``kms:PutKeyPolicy``. A backend whose ``create_key`` lacks ``policy`` or
+        ``bypass_lockout_safety_check`` gets create, then put (the key id is in the checkpoint
+        even when the put fails, so a rerun reuses the key and step 3 puts the policy).
+        """
         if cp.new_key_id is not None:
             return f"new key {cp.new_key_id} (created earlier)"
         found = self._find_key(cp.key_description)
         if found is not None:
             cp.new_key_id = found
             return f"new key {found} (found by its description after a crash)"
-        cp.new_key_id = self.kms.create_key(description=cp.key_description).key_id
-        logger.bind(key_id=cp.new_key_id, migration=cp.id).info("migration key created")
+        wanted = self._target_policy(cp)
+        if creates_with_policy(self.kms):
+            cp.new_key_id = self.kms.create_key(
+                description=cp.key_description, policy=wanted, bypass_lockout_safety_check=True
+            ).key_id
+            logger.bind(key_id=cp.new_key_id, migration=cp.id).info("migration key created")
+        else:
+            cp.new_key_id = self.kms.create_key(description=cp.key_description).key_id
+            logger.bind(key_id=cp.new_key_id, migration=cp.id).info("migration key created")
+            self.kms.put_key_policy(cp.new_key_id, wanted, bypass_lockout_safety_check=True)
+            logger.bind(key_id=cp.new_key_id, pcr0=cp.target_pcr0).info("migration key policy put")
         return f"new key {cp.new_key_id} created"
+
+    def _target_policy(self, cp: Checkpoint) -> dict[str, Any]:
+        """The new key's final policy (the same document in steps 2 and 3)."""
+        assert cp.principal is not None
+        return migration_target_policy(
+            pcr0_hex=cp.target_pcr0,
+            principal_arn=cp.principal,
+            app=self.config.name,
+            host_arn=self.kms.caller_arn(),
+        )
 
     def _find_key(self, description: str) -> str | None:
         """The key with this description, when the backend can list its keys (local KMS).
 
         Without a listing (AWS), a crash between CreateKey and the checkpoint write leaves one
-        unused key behind, which the next attempt does not reuse: that window is a few ms.
+        unused key behind, which the next attempt does not reuse: that window is a few ms, and
+        the key is locked from creation and holds no ciphertext.
         """
         lister = getattr(self.kms, "key_ids", None)
         if not callable(lister):
@@ -214,17 +246,12 @@ class MigrationRunner:
         return None
 
     def lock_new_key(self, cp: Checkpoint) -> str:
-        """Step 3: the final policy, in one PutKeyPolicy (skipped if already in place)."""
+        """Step 3: verify the final policy; put it in one PutKeyPolicy only if it is missing
+        (step 2 normally created the key with it)."""
         assert cp.new_key_id is not None and cp.principal is not None
         key = cp.new_key_id
-        wanted = migration_target_policy(
-            pcr0_hex=cp.target_pcr0,
-            principal_arn=cp.principal,
-            app=self.config.name,
-            host_arn=self.kms.caller_arn(),
-        )
         if self._policy_in_place(key, cp.target_pcr0) is None:
-            self.kms.put_key_policy(key, wanted, bypass_lockout_safety_check=True)
+            self.kms.put_key_policy(key, self._target_policy(cp), bypass_lockout_safety_check=True)
             logger.bind(key_id=key, pcr0=cp.target_pcr0).info("migration key policy put")
         problem = self._policy_in_place(key, cp.target_pcr0)
         if problem:
@@ -317,6 +344,26 @@ class MigrationRunner:
         for name in [NEW_KEY_PARAM, TARGET_PARAM, *self._migration_ciphertexts()]:
             self.secrets.delete(name)
         return "migration parameters cleaned up; migration complete"
+
+
+def creates_with_policy(kms: Kms) -> bool:
+    """Whether ``kms.create_key`` takes ``policy`` and ``bypass_lockout_safety_check``.
+
+    Third-party backends written against the older Protocol may lack them; they are told apart
+    by their signature, never by calling and catching a TypeError from inside the call.
+    """
+    try:
+        parameters = inspect.signature(kms.create_key).parameters
+    except (TypeError, ValueError):  # no introspectable signature (a C callable)
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True  # takes any keyword, as a forwarding wrapper does
+    return all(
+        name in parameters
+        and parameters[name].kind
+        in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for name in ("policy", "bypass_lockout_safety_check")
+    )
 
 
 def _enclave_principal(policy: dict[str, Any] | None) -> str | None:

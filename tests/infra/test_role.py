@@ -1,4 +1,5 @@
-"""The host role: no KMS in IAM, parameters and buckets scoped, no managed policy."""
+"""The host role: in KMS only a narrow CreateKey, parameters and buckets scoped, no managed
+policy."""
 
 from __future__ import annotations
 
@@ -14,6 +15,23 @@ from tests.infra.synthesis import (
     text,
 )
 
+#: KMS actions the role must never get from IAM (the key policies grant what it needs).
+KEY_ACTIONS = (
+    "kms:Decrypt",
+    "kms:GenerateDataKey",
+    "kms:Encrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:DescribeKey",
+    "kms:GetKeyPolicy",
+    "kms:PutKeyPolicy",
+    "kms:CreateGrant",
+    "kms:TagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:ReplicateKey",
+    "kms:ImportKeyMaterial",
+)
+
 
 def test_no_identity_policy_allows_plaintext_without_attestation(single: Synthesized) -> None:
     statements = iam_statements(single.template)
@@ -23,9 +41,38 @@ def test_no_identity_policy_allows_plaintext_without_attestation(single: Synthes
         for action in (*PLAINTEXT_ACTIONS, "kms:Anything"):
             if allows(statement, action):
                 assert attestation_conditioned(statement), (action, statement)
-    # Stronger: IAM grants no KMS action at all; the key policy names the role itself.
-    kms = [s for s in statements if any(allows(s, a) for a in ("kms:DescribeKey", "kms:Encrypt"))]
-    assert kms == []
+    # Stronger: no KMS action but CreateKey; the key policies name the role itself.
+    for statement in statements:
+        for action in (*KEY_ACTIONS, "kms:Anything"):
+            assert not allows(statement, action), (action, statement)
+
+
+def test_the_only_kms_permission_is_create_key_for_single_region_symmetric_keys(
+    single: Synthesized,
+) -> None:
+    kms = [
+        s
+        for s in iam_statements(single.template)
+        if any(str(a).lower().startswith("kms:") for a in as_list(s.get("Action", [])))
+    ]
+    assert kms == [
+        {
+            "Sid": "MigrationCreateKey",
+            "Effect": "Allow",
+            "Action": "kms:CreateKey",
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {
+                    "kms:KeyOrigin": "AWS_KMS",
+                    "kms:KeySpec": "SYMMETRIC_DEFAULT",
+                    "kms:KeyUsage": "ENCRYPT_DECRYPT",
+                },
+                "Bool": {"kms:MultiRegion": "false"},
+            },
+        }
+    ]
+    # AwsKms.create_key sends KeySpec SYMMETRIC_DEFAULT, KeyUsage ENCRYPT_DECRYPT and no Origin
+    # or MultiRegion (their defaults AWS_KMS, false): tests/plugins/test_aws_kms.py checks that.
 
 
 def test_no_managed_policy_is_attached(single: Synthesized) -> None:
@@ -87,8 +134,13 @@ def test_s3_actions_are_scoped_to_the_storage_prefix_and_the_eif_objects(
     }
 
 
-def test_wildcard_resources_are_only_the_run_command_channels(single: Synthesized) -> None:
+def test_wildcard_resources_are_only_the_run_command_channels_and_create_key(
+    single: Synthesized,
+) -> None:
     for statement in iam_statements(single.template):
         if "*" in as_list(statement["Resource"]):
             actions = as_list(statement["Action"])
+            if actions == ["kms:CreateKey"]:
+                assert statement["Condition"], statement  # the conditioned CreateKey only
+                continue
             assert all(a.split(":")[0] in ("ssmmessages", "ec2messages") for a in actions)

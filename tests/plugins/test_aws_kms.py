@@ -43,7 +43,7 @@ from enclave_core.errors import (
     ValidationError,
 )
 from enclave_core.interfaces import BackendContext, Kms, Recipient
-from enclave_core.kms_policy import locked_policy
+from enclave_core.kms_policy import locked_policy, migration_target_policy
 from enclave_core.manager import get_plugin_manager
 from tests.kms_recipient_shim import MOTO_PRINCIPAL, KmsRecipientShim
 
@@ -267,6 +267,42 @@ def test_create_describe_and_key_policies(kms: AwsKms) -> None:
     default = kms.create_key()
     assert default.description == ""
     assert kms.get_key_policy(default.key_id)["Statement"]
+
+
+def test_create_key_sends_the_policy_and_the_bypass_in_the_one_call(
+    raw_kms: AwsKms, kms: AwsKms
+) -> None:
+    """What migration step 2 relies on: moto (without the shim) takes ``Policy`` and
+    ``BypassPolicyLockoutSafetyCheck`` on CreateKey and GetKeyPolicy returns that policy; no
+    PutKeyPolicy is sent."""
+    locked = migration_target_policy(
+        pcr0_hex="5e" * 48, principal_arn=MOTO_PRINCIPAL, app="hello", host_arn=MOTO_PRINCIPAL
+    )
+    for backend in (raw_kms, kms):
+        sent: list[tuple[str, dict[str, Any]]] = []
+        for operation in ("CreateKey", "PutKeyPolicy"):
+            backend.client.meta.events.register(
+                f"before-parameter-build.kms.{operation}",
+                lambda params, _op=operation, _sent=sent, **_: _sent.append((_op, dict(params))),
+            )
+        info = backend.create_key(
+            description="migration target", policy=locked, bypass_lockout_safety_check=True
+        )
+        [(operation, params)] = sent
+        assert operation == "CreateKey"
+        assert json.loads(params["Policy"]) == locked
+        assert params["BypassPolicyLockoutSafetyCheck"] is True
+        assert (params["KeySpec"], params["KeyUsage"]) == ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT")
+        assert "MultiRegion" not in params and "Origin" not in params  # single-Region, AWS_KMS
+        assert info.state == "Enabled" and info.description == "migration target"
+        assert backend.get_key_policy(info.key_id) == locked
+        stored = _admin(str(backend.client.meta.endpoint_url)).get_key_policy(
+            KeyId=info.key_id, PolicyName="default"
+        )
+        assert json.loads(stored["Policy"]) == locked
+    # With the shim (KMS's lockout safety check), the same policy without the bypass is refused.
+    with pytest.raises(ValidationError, match="MalformedPolicyDocumentException"):
+        kms.create_key(policy=locked)
 
 
 def test_unknown_key_is_not_found(kms: AwsKms) -> None:

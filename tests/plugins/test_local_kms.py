@@ -241,8 +241,13 @@ def test_create_key_with_policy_and_invalid_policies(kms: LocalKms) -> None:
     with pytest.raises(ValidationError):
         kms.create_key(policy={"Statement": "nope"})
     assert kms.key_ids() == [info.key_id]
-    # A key whose policy allows nothing exists, but nobody can use or even describe it.
-    sealed = kms.create_key(policy={"Version": "2012-10-17", "Statement": []})
+    # A key whose policy allows nothing: refused by the lockout safety check, as AWS does...
+    nothing: dict[str, Any] = {"Version": "2012-10-17", "Statement": []}
+    with pytest.raises(ValidationError, match="MalformedPolicyDocumentException: CreateKey"):
+        kms.create_key(policy=nothing)
+    assert kms.key_ids() == [info.key_id]  # and no key was made
+    # ... unless bypassed: it exists, but nobody can use or even describe it.
+    sealed = kms.create_key(policy=nothing, bypass_lockout_safety_check=True)
     with pytest.raises(AccessDenied, match=f"kms:DescribeKey on key {sealed.key_id} denied"):
         kms.describe_key(sealed.key_id)
 
@@ -334,6 +339,35 @@ def test_put_key_policy_lockout_safety_check(kms: LocalKms) -> None:
     assert kms.get_key_policy(info.key_id) == locked
 
 
+def test_create_key_with_a_locking_policy_is_locked_from_its_first_moment(kms: LocalKms) -> None:
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
+    # The lockout safety check applies to CreateKey as to PutKeyPolicy; a refusal makes no key.
+    with pytest.raises(ValidationError, match="MalformedPolicyDocumentException") as raised:
+        kms.create_key(description="locked", policy=locked)
+    assert "will not allow you to update the key policy in the future" in str(raised.value)
+    assert kms.key_ids() == []
+    info = kms.create_key(description="locked", policy=locked, bypass_lockout_safety_check=True)
+    assert kms.key_ids() == [info.key_id]
+    # The stored record holds the given policy, never the default one, and it is enforced.
+    record = json.loads((kms.directory / f"{info.key_id}.json").read_text())
+    assert record["policy"] == locked
+    assert LocalKms(kms.directory).get_key_policy(info.key_id) == locked
+    assert kms.describe_key(info.key_id).description == "locked"
+    with pytest.raises(AccessDenied, match=f"kms:Encrypt on key {info.key_id} denied"):
+        kms.encrypt(info.key_id, b"forged", CONTEXT)
+    with pytest.raises(AccessDenied, match="the request has no attestation document"):
+        kms.generate_data_key(info.key_id, CONTEXT)
+    for bypass in (False, True):
+        with pytest.raises(AccessDenied, match=f"kms:PutKeyPolicy on key {info.key_id} denied"):
+            kms.put_key_policy(
+                info.key_id, default_policy("000000000000"), bypass_lockout_safety_check=bypass
+            )
+    assert kms.get_key_policy(info.key_id) == locked
+    # Without a policy the bypass flag changes nothing: the default policy.
+    plain = kms.create_key(bypass_lockout_safety_check=True)
+    assert kms.get_key_policy(plain.key_id) == default_policy("000000000000")
+
+
 def test_a_locked_key_refuses_what_its_policy_does_not_grant(kms: LocalKms) -> None:
     info = kms.create_key()
     blob = kms.encrypt(info.key_id, b"made before the lock", CONTEXT)
@@ -389,7 +423,10 @@ def test_another_principal_is_denied(kms: LocalKms) -> None:
 def test_encryption_context_conditions_are_enforced(kms: LocalKms) -> None:
     policy = default_policy("000000000000")
     policy["Statement"][0]["Condition"] = {"StringEquals": {"kms:EncryptionContext:app": "hello"}}
-    info = kms.create_key(policy=policy)
+    # PutKeyPolicy carries no encryption context, so this policy locks the caller out.
+    with pytest.raises(ValidationError, match="will not allow you to update the key policy"):
+        kms.create_key(policy=policy)
+    info = kms.create_key(policy=policy, bypass_lockout_safety_check=True)
     blob = kms.encrypt(info.key_id, b"data", CONTEXT)
     assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"data"
     with pytest.raises(AccessDenied, match="kms:EncryptionContext:app"):

@@ -21,16 +21,19 @@ from typing import Any
 
 import falcon.testing
 import pytest
+from enclave_plugins.aws_kms import AwsKms
 from enclave_plugins.local_kms import LocalKms
 
 from enclave_core.backends import build_backend
 from enclave_core.config import Config
-from enclave_core.errors import EnclaveError, StateConflict, ValidationError
+from enclave_core.errors import AccessDenied, EnclaveError, StateConflict, ValidationError
 from enclave_core.image import apply_image_override, measure_new_image, read_image_override
-from enclave_core.interfaces import Kms, Secrets
+from enclave_core.interfaces import KeyInfo, Kms, Secrets
 from enclave_core.kms_policy import analyse, default_policy, locked_policy
 from enclave_core.manager import Plugins, get_plugin_manager
+from enclave_core.metrics import Metrics
 from enclave_core.runtime.boot import run_boot, static_secret_context, storage_dek_context
+from enclave_core.runtime.counting import CountingKms
 from enclave_core.runtime.recipient import RecipientSession
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.supervisor.api import create_app
@@ -43,7 +46,11 @@ from enclave_core.supervisor.migration_checkpoint import (
     write_checkpoint,
 )
 from enclave_core.supervisor.migration_enclave import SupervisorEnclave
-from enclave_core.supervisor.migration_steps import MigrationRunner, _enclave_principal
+from enclave_core.supervisor.migration_steps import (
+    MigrationRunner,
+    _enclave_principal,
+    creates_with_policy,
+)
 from enclave_core.supervisor.runtime_client import Probe
 from enclave_core.testing import free_port
 
@@ -121,6 +128,19 @@ class World:
             build_backend(self.config, self.plugins, "secrets"),
         )
 
+    def local_kms(self, cls: type[LocalKms]) -> LocalKms:
+        """A ``cls`` on the same key directory, principal and root as the configured backend."""
+        kms = self.backends()[0]
+        assert isinstance(kms, LocalKms)
+        return cls(kms.directory, region=kms.region, principal=kms.principal, root_pem=kms.root_pem)
+
+    def new_keys(self) -> list[str]:
+        return sorted(set(self.key_ids()) - {self.old_key})
+
+    def locked_to(self, key: str, pcr0: str) -> bool:
+        analysis = analyse(self.backends()[0].get_key_policy(key), pcr0_hex=pcr0)
+        return analysis.locked and analysis.attested_pcr0 == {pcr0}
+
     @property
     def secrets(self) -> Secrets:
         return self.backends()[1]
@@ -130,10 +150,12 @@ class World:
         assert isinstance(kms, LocalKms)
         return kms.key_ids()
 
-    def service(self, enclave: OldEnclave, **kwargs: Any) -> MigrationService:
+    def service(
+        self, enclave: OldEnclave, kms: Kms | None = None, **kwargs: Any
+    ) -> MigrationService:
         return MigrationService(
             self.config,
-            backends=self.backends,
+            backends=self.backends if kms is None else (lambda: (kms, self.backends()[1])),
             enclave_factory=lambda: enclave,
             measure=lambda config, **kw: measure_new_image(config, plugins=self.plugins, **kw),
             **kwargs,
@@ -242,6 +264,12 @@ def test_a_crash_after_any_step_resumes_to_the_same_result(world: World, step: i
     stored = read_checkpoint(world.secrets)
     assert stored is not None and stored.step == step
     assert stored.status == ("done" if step == 9 else "running")
+    # From step 2 on there is exactly one new key, and its final policy is already in place.
+    if step == 1:
+        assert world.new_keys() == [] and stored.new_key_id is None
+    else:
+        assert world.new_keys() == [stored.new_key_id]
+        assert world.locked_to(str(stored.new_key_id), stored.target_pcr0)
     # A new supervisor (fresh backends), the same command again.
     second = world.enclave()
     status, progress = migrate(world.service(second), {"app_dir": str(world.new_dir)})
@@ -271,7 +299,8 @@ def test_a_crash_between_create_key_and_its_checkpoint_creates_no_second_key(
     msg = runner.create_new_key(resumed)
     assert resumed.new_key_id == created
     assert msg == f"new key {created} (found by its description after a crash)"
-    assert sorted(set(world.key_ids()) - {world.old_key}) == [created]
+    assert world.new_keys() == [created]
+    assert world.locked_to(str(created), checkpoint.target_pcr0)  # locked from creation
 
 
 def test_rerunning_a_finished_migration_is_a_no_op(world: World) -> None:
@@ -284,6 +313,136 @@ def test_rerunning_a_finished_migration_is_a_no_op(world: World) -> None:
     # GET after the no-op reports the stored checkpoint.
     assert asyncio.run(service.progress())["msg"] == "migration complete"
     assert world.key_ids() == keys and enclave.exports == 0 and enclave.restarts == 0
+
+
+# ------------------------------------------------------------------ the new key's policy
+
+
+class HostRoleKms(LocalKms):
+    """The real local KMS as the deployed host role sees it: IAM grants it ``kms:CreateKey``
+    and no ``kms:PutKeyPolicy``, so every PutKeyPolicy is denied; CreateKey calls are noted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.created: list[dict[str, Any]] = []
+        self.puts = 0
+
+    def create_key(
+        self,
+        *,
+        description: str = "",
+        policy: dict[str, Any] | None = None,
+        bypass_lockout_safety_check: bool = False,
+    ) -> KeyInfo:
+        self.created.append({"policy": policy, "bypass": bypass_lockout_safety_check})
+        return super().create_key(
+            description=description,
+            policy=policy,
+            bypass_lockout_safety_check=bypass_lockout_safety_check,
+        )
+
+    def put_key_policy(
+        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+    ) -> None:
+        self.puts += 1
+        raise AccessDenied(f"kms:PutKeyPolicy on key {key_id}: no identity-based policy allows it")
+
+
+class OlderKms(LocalKms):
+    """A third-party backend written before ``create_key`` took a policy; its first
+    PutKeyPolicy fails once when ``fail_first_put`` is set."""
+
+    fail_first_put = False
+
+    def create_key(self, *, description: str = "") -> KeyInfo:  # type: ignore[override]
+        return super().create_key(description=description)
+
+    def put_key_policy(
+        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+    ) -> None:
+        if self.fail_first_put:
+            self.fail_first_put = False
+            raise EnclaveError(f"PutKeyPolicy on key {key_id} failed (throttled)")
+        super().put_key_policy(
+            key_id, policy, bypass_lockout_safety_check=bypass_lockout_safety_check
+        )
+
+
+def test_step_2_creates_the_key_with_its_final_policy_and_no_put_key_policy_is_needed(
+    world: World,
+) -> None:
+    kms = world.local_kms(HostRoleKms)
+    assert isinstance(kms, HostRoleKms)
+    status, progress = migrate(
+        world.service(world.enclave(), kms=kms), {"app_dir": str(world.new_dir)}
+    )
+    assert status == 202 and progress["status"] == "done", progress
+    new_key = progress["new_key_id"]
+    # One CreateKey, carrying the final policy and the lockout bypass; PutKeyPolicy never tried.
+    [created] = kms.created
+    assert created["bypass"] is True and created["policy"] == kms.get_key_policy(new_key)
+    assert kms.puts == 0
+    steps = {s["step"]: s["msg"] for s in progress["steps"]}
+    assert steps[2] == f"new key {new_key} created"
+    assert steps[3] == f"new key {new_key} locked to PCR0 {progress['target_pcr0'][:16]}…"
+    assert world.new_keys() == [new_key]
+    assert_migrated(world, new_key)
+
+
+def test_step_2_crash_leaves_a_locked_key_and_step_3_only_verifies(world: World) -> None:
+    kms = world.local_kms(HostRoleKms)
+    migrate(
+        world.service(world.enclave(), kms=kms, after_step=crash_at(2)),
+        {"app_dir": str(world.new_dir)},
+    )
+    stored = read_checkpoint(world.secrets)
+    assert stored is not None and stored.step == 2 and stored.new_key_id is not None
+    assert world.locked_to(stored.new_key_id, stored.target_pcr0)
+    resumed = world.local_kms(HostRoleKms)
+    assert isinstance(resumed, HostRoleKms)
+    _, progress = migrate(
+        world.service(world.enclave(), kms=resumed), {"app_dir": str(world.new_dir)}
+    )
+    assert progress["status"] == "done", progress
+    assert (resumed.created, resumed.puts) == ([], 0)
+    assert_migrated(world, stored.new_key_id)
+
+
+def test_a_backend_whose_create_key_takes_no_policy_gets_create_then_put(world: World) -> None:
+    kms = world.local_kms(OlderKms)
+    assert isinstance(kms, OlderKms)
+    kms.fail_first_put = True  # the put after the create fails once
+    assert not creates_with_policy(kms)
+    _, progress = migrate(world.service(world.enclave(), kms=kms), {"app_dir": str(world.new_dir)})
+    assert progress["status"] == "failed" and progress["step"] == 1, progress
+    assert "step 2 failed: PutKeyPolicy on key" in progress["msg"]
+    stored = read_checkpoint(world.secrets)
+    assert stored is not None and stored.new_key_id is not None  # recorded despite the failure
+    [created] = world.new_keys()
+    assert created == stored.new_key_id
+    _, progress = migrate(world.service(world.enclave(), kms=kms), {"app_dir": str(world.new_dir)})
+    assert progress["status"] == "done", progress
+    steps = {s["step"]: s["msg"] for s in progress["steps"]}
+    assert steps[2] == f"new key {created} (created earlier)"
+    assert world.new_keys() == [created] and world.locked_to(created, progress["target_pcr0"])
+    assert_migrated(world, created)
+
+
+def test_creates_with_policy_reads_the_signature(world: World) -> None:
+    local = world.backends()[0]
+    assert creates_with_policy(local)
+    assert creates_with_policy(AwsKms.__new__(AwsKms))
+    assert creates_with_policy(CountingKms(local, Metrics()))
+    assert not creates_with_policy(world.local_kms(OlderKms))
+
+    class PolicyButNoBypass:
+        def create_key(self, *, description: str = "", policy: Any = None) -> None: ...
+
+    class Forwarding:
+        def create_key(self, **kwargs: Any) -> None: ...
+
+    assert not creates_with_policy(PolicyButNoBypass())  # type: ignore[arg-type]
+    assert creates_with_policy(Forwarding())  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ hostile cases
