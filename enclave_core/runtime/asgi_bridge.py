@@ -1,9 +1,15 @@
-"""Serve the runtime's own routes (health, enclave-info, attestation) with a real ASGI 3 app.
+"""Serve the runtime's own routes, or a whole listener's API, with a real ASGI 3 app.
 
-The listener collects the request body (at most its ``own_max_body``: 1 MiB beside a proxied app,
-``limits.max_body_bytes`` for an :class:`~enclave_core.runtime.proxy.AsgiServer`), calls the app
-with an HTTP scope, gathers its response and sends it with a Content-Length. These routes answer
-bounded documents, so buffering the response keeps the framing simple at little cost.
+The app runs as soon as the request head is in, and its ``receive`` hands it the body as it
+arrives, as any ASGI server would: a route can refuse a request (401, or 413 from its declared
+Content-Length) without waiting for the body. Frameworks such as Falcon await a first body event
+before they route: it comes at once, empty when nothing has arrived yet. A client that sent
+``Expect: 100-continue`` is told to go on only when the app asks for more. At most the
+listener's ``own_max_body`` is accepted (1 MiB beside a proxied app, ``limits.max_body_bytes``
+for an :class:`~enclave_core.runtime.proxy.AsgiServer`); reading pauses while the app leaves
+more than 256 KiB unread. The response is gathered and sent with a Content-Length: these routes
+answer bounded documents (a stored object is at most 10 MiB), so buffering it keeps the framing
+simple.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from enclave_core.runtime.exchange import REASONS
+from enclave_core.runtime.exchange import PAUSE_BUFFER, REASONS
 
 if TYPE_CHECKING:
     from enclave_core.runtime.exchange import Exchange
@@ -22,24 +28,34 @@ if TYPE_CHECKING:
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 _SKIP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+UNREAD_HIGH = 256 * 1024  # pause reading the client beyond this much body the app has not read
 
 
 class OwnRequest:
-    """One request to the runtime's own ASGI app; the body handler of its exchange."""
+    """One request to an own ASGI app; the body handler of its exchange."""
 
-    __slots__ = ("conn", "ex", "app", "scope", "body", "size", "gone")
+    __slots__ = (
+        "conn", "ex", "app", "scope", "body", "unread", "size", "ended", "delivered", "gone",
+        "waiter", "continued", "asked",
+    )  # fmt: skip
 
     def __init__(self, conn: ClientConnection, ex: Exchange, app: ASGIApp, scope: dict) -> None:
         self.conn = conn
         self.ex = ex
         self.app = app
         self.scope = scope
-        self.body: list[bytes] = []
+        self.body: list[bytes] = []  # received, not yet handed to the app
+        self.unread = 0
         self.size = 0
-        self.gone: asyncio.Future[None] | None = None
+        self.ended = False  # the whole body has been received
+        self.delivered = False  # the app has had the end of the body
+        self.gone = False  # the client went away, or the exchange was answered otherwise
+        self.waiter: asyncio.Future[None] | None = None
+        self.continued = False  # 100 Continue sent
+        self.asked = False  # the app has called receive before
 
     def start(self) -> None:
-        """Take over the exchange: check the declared size, then collect the body."""
+        """Take over the exchange: check the declared size, then run the app."""
         conn, ex = self.conn, self.ex
         ex.own = True
         if (ex.content_length or 0) > conn.server.own_max_body:
@@ -51,47 +67,74 @@ class OwnRequest:
         if ex.handler is not self:
             return
         if ex.complete:
-            self.feed_end()
-        elif ex.expect:
-            conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.ended = True
+        ex.task = conn.loop.create_task(self._run())
 
     def feed(self, data: bytes) -> None:
-        """Collect a piece of the body; beyond the listener's limit answer 413."""
+        """Take a piece of the body; beyond the listener's limit answer 413."""
         self.size += len(data)
         if self.size > self.conn.server.own_max_body:
             self.conn.reply_error(self.ex, 413, "Payload too large", self._too_large(), close=True)
             return
         self.body.append(data)
+        self.unread += len(data)
+        if self.unread > UNREAD_HIGH:
+            self.conn.pause(PAUSE_BUFFER)
+        self._wake()
 
     def _too_large(self) -> str:
         return f"the body exceeds {self.conn.server.own_max_body} bytes"
 
     def feed_end(self) -> None:
-        """The body is complete: run the app."""
-        if self.ex.task is None:
-            self.ex.task = self.conn.loop.create_task(self._run())
+        """The body is complete."""
+        self.ended = True
+        self._wake()
 
     def abort(self) -> None:
         """The client went away or the exchange was answered otherwise."""
-        if self.gone is not None and not self.gone.done():
-            self.gone.set_result(None)
+        self.gone = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self.waiter = self.conn.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: the body as it arrives, then (only) a disconnect."""
+        while True:
+            if self.gone:
+                return {"type": "http.disconnect"}
+            if self.body or (self.ended and not self.delivered):
+                self.asked = True
+                data = b"".join(self.body)
+                self.body.clear()
+                if self.unread > UNREAD_HIGH:
+                    self.conn.resume(PAUSE_BUFFER)
+                self.unread = 0
+                self.delivered = self.ended
+                return {"type": "http.request", "body": data, "more_body": not self.ended}
+            if not self.asked:  # let the app start (and perhaps answer) without the body
+                self.asked = True
+                return {"type": "http.request", "body": b"", "more_body": True}
+            if not self.delivered and self.ex.expect and not self.continued:
+                self.continued = True  # the app wants the body: tell the client to send it
+                if not self.conn.closed:
+                    self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._wait()
 
     async def _run(self) -> None:
         conn, ex = self.conn, self.ex
-        sent_body = False
         start: dict[str, Any] | None = None
         parts: list[bytes] = []
         finished = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": b"".join(self.body), "more_body": False}
-            if self.gone is None:
-                self.gone = conn.loop.create_future()
-            await self.gone
-            return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             nonlocal start, finished
@@ -104,7 +147,7 @@ class OwnRequest:
                     self._respond(start, parts)
 
         try:
-            await self.app(self.scope, receive, send)
+            await self.app(self.scope, self.receive, send)
         except Exception:
             logger.opt(exception=True).error("runtime route failed", path=self.scope["path"])
         finally:
@@ -122,7 +165,8 @@ class OwnRequest:
         conn, ex = self.conn, self.ex
         status = int(start["status"])
         body = b"".join(parts)
-        close = conn.must_close(ex)
+        # a client waiting for 100 Continue never sends the body the connection still expects
+        close = conn.must_close(ex) or (ex.expect and not ex.complete and not self.continued)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))]
         for name, value in start.get("headers", ()):
             if bytes(name).lower() not in _SKIP:

@@ -150,3 +150,64 @@ def test_missing_file_and_allow_missing(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_limits_default_per_block(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "name: a\n"))
+    runtime, supervisor = config.runtime.limits, config.supervisor.limits
+    assert (runtime.max_header_bytes, runtime.max_body_bytes) == (16384, 16 * 1024 * 1024)
+    assert (supervisor.max_header_bytes, supervisor.max_body_bytes) == (16384, 1024 * 1024)
+    for limits in (runtime, supervisor):
+        assert (limits.header_timeout_s, limits.request_timeout_s, limits.idle_timeout_s) == (
+            20,
+            300,
+            60,
+        )
+        assert limits.max_connections == 1024
+    shown = effective_config(config)
+    assert shown["runtime"]["limits"]["max_body_bytes"] == 16 * 1024 * 1024
+    assert shown["supervisor"]["limits"]["max_connections"] == 1024
+
+
+def test_limits_are_read_under_runtime_and_supervisor(tmp_path: Path) -> None:
+    text = (
+        "name: a\n"
+        "runtime: {limits: {max_body_bytes: 2048, header_timeout_s: 0.5, max_connections: 4}}\n"
+        "supervisor: {limits: {idle_timeout_s: 2.5, max_header_bytes: 8192}}\n"
+    )
+    config = load_config(write(tmp_path, text))
+    runtime, supervisor = config.runtime.limits, config.supervisor.limits
+    assert (runtime.max_body_bytes, runtime.header_timeout_s, runtime.max_connections) == (
+        2048,
+        0.5,
+        4,
+    )
+    assert runtime.idle_timeout_s == 60 and runtime.max_header_bytes == 16384
+    assert (supervisor.idle_timeout_s, supervisor.max_header_bytes) == (2.5, 8192)
+    assert supervisor.max_body_bytes == 1024 * 1024 and supervisor.max_connections == 1024
+
+
+def test_limits_out_of_range_or_unknown_are_errors(tmp_path: Path) -> None:
+    text = (
+        "name: a\n"
+        "runtime: {limits: {max_header_bytes: 10, max_connections: 0, header_timeout_s: .inf}}\n"
+        "supervisor: {limits: {max_body: 1}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    lines = info.value.errors
+    assert any(line.startswith("runtime.limits.max_header_bytes: ") for line in lines)
+    assert any(line.startswith("runtime.limits.max_connections: ") for line in lines)
+    assert any(line.startswith("runtime.limits.header_timeout_s: ") for line in lines)
+    assert "supervisor.limits.max_body: Unknown field." in lines
+    assert len(lines) == 4
+
+
+def test_request_timeout_must_cover_the_head_timeout(tmp_path: Path) -> None:
+    text = "name: a\nsupervisor: {limits: {header_timeout_s: 30, request_timeout_s: 10}}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.errors == [
+        "supervisor.limits.request_timeout_s: must be at least header_timeout_s "
+        "(the request includes its head)."
+    ]
