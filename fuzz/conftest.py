@@ -3,12 +3,14 @@
 Each listener serves its OpenAPI document at ``/openapi.json`` (the app API's behind its token);
 schemathesis loads it from there, so the run tests what is served. ``ENCLAVE_FUZZ_EXAMPLES``
 (a number) multiplies every listener's example budget for a longer local run;
-``ENCLAVE_FUZZ_SEED`` replays a run.
+``ENCLAVE_FUZZ_SEED`` replays a run (the summary prints the seed used). In CI (``CI`` set) the seed
+is fixed, so a submission is judged on the same cases each time; elsewhere each run draws one.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,16 +28,30 @@ MAX_EXAMPLES = {"public": 150, "app-api": 150, "control": 150, "supervisor": 80}
 SESSION_ENDING = ("POST /v1/stop", "POST /v1/start")
 SESSION_ENDING_EXAMPLES = 10
 
+#: The seed when CI is set and ENCLAVE_FUZZ_SEED is not.
+CI_SEED = 20261127
+
 FUZZER_KEY = pytest.StashKey[Fuzzer]()
+SEED_KEY = pytest.StashKey[int]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep setup.cfg's warnings-as-errors, except urllib3's about verify=False.
+    """Choose the seed; keep setup.cfg's warnings-as-errors, except urllib3's about verify=False.
 
     The public listener's certificate is self-signed and bound into the attestation document
     (`enclave verify` checks it); here TLS is transport only.
     """
     config.addinivalue_line("filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning")
+    config.stash[SEED_KEY] = _seed()
+
+
+def _seed() -> int:
+    value = os.environ.get("ENCLAVE_FUZZ_SEED", "")
+    if value:
+        if not value.isdigit():
+            raise pytest.UsageError(f"ENCLAVE_FUZZ_SEED must be a whole number, not {value!r}")
+        return int(value)
+    return CI_SEED if os.environ.get("CI") else random.getrandbits(64)
 
 
 def _scale() -> int:
@@ -47,8 +63,9 @@ def _scale() -> int:
     return int(value)
 
 
-def _config(base_url: str, listener: str) -> schemathesis.Config:
+def _config(base_url: str, listener: str, seed: int) -> schemathesis.Config:
     data: dict[str, object] = {
+        "seed": seed,
         "base-url": base_url,
         "tls-verify": False,
         "request-timeout": REQUEST_TIMEOUT_S,
@@ -62,9 +79,6 @@ def _config(base_url: str, listener: str) -> schemathesis.Config:
             }
             for name in SESSION_ENDING
         ]
-    seed = os.environ.get("ENCLAVE_FUZZ_SEED")
-    if seed:
-        data["seed"] = int(seed)
     return schemathesis.Config.from_dict(data)
 
 
@@ -82,7 +96,7 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzStack]:
 @pytest.fixture(scope="session")
 def fuzzer(fuzz_stack: FuzzStack, pytestconfig: pytest.Config) -> Fuzzer:
     """The case runner, kept on the config for the summary at the end."""
-    runner = Fuzzer(fuzz_stack)
+    runner = Fuzzer(fuzz_stack, seed=pytestconfig.stash[SEED_KEY])
     pytestconfig.stash[FUZZER_KEY] = runner
     return runner
 
@@ -91,7 +105,7 @@ def _schema(fuzzer: Fuzzer, listener: str) -> OpenApiSchema:
     base = fuzzer.base_url(listener)
     return schemathesis.openapi.from_url(
         base + "/openapi.json",
-        config=_config(base, listener),
+        config=_config(base, listener, fuzzer.seed),
         headers=fuzzer.stack.headers_for(listener),
         verify=False,
         timeout=REQUEST_TIMEOUT_S,

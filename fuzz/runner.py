@@ -70,6 +70,7 @@ class Fuzzer:
     """Runs cases against one stack and counts them per listener and per operation."""
 
     stack: FuzzStack
+    seed: int
     #: Status codes answered, per listener and per "listener METHOD /path".
     statuses: defaultdict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     started: float = field(default_factory=time.monotonic)
@@ -156,6 +157,7 @@ class Fuzzer:
             f"{self.stack.restarts} enclave restart(s) after POST /v1/stop "
             f"({self.stack.restart_seconds:.0f} s), {self.migrations_redirected} POST /v1/migrate "
             "with an existing app_dir sent to a missing one",
+            f"  seed: {self.seed} (ENCLAVE_FUZZ_SEED={self.seed} tox -e fuzz replays it)",
         ]
         for listener in listeners:
             lines.append(f"  {listener}: {counted(listener)}, {self.seconds[listener]:.0f} s")
