@@ -319,7 +319,6 @@ class ClientConnection(asyncio.Protocol):
         if self.eof and not half_close(up.transport):
             up.close()
 
-    # -- internals
     # -- limits
     def expire(self, now: float, paused_for: float) -> None:
         """Apply the listener's timeouts; the server's sweep calls this every few moments.
@@ -364,6 +363,7 @@ class ClientConnection(asyncio.Protocol):
             ex.error = (408, "Request timeout", what)
             ex.discard = True
 
+    # -- internals
     def _body(self, ex: Exchange, data: bytes) -> None:
         ex.received += len(data)
         limit = self.server.max_body_bytes

@@ -64,7 +64,7 @@ def debug_enabled() -> bool:
 
 class PublicServer:
     """The runtime's public listener: serves the runtime's own routes, proxies the rest to
-    the app.
+    the app. Without an upstream (:class:`AsgiServer`) it serves its own app alone.
 
     Call :meth:`start` and :meth:`close` on the event loop that serves it.
     """
