@@ -165,8 +165,12 @@ class PublicServer:
         for conn in list(self.connections):
             if not conn.pipeline or conn.tunnel is not None:
                 conn.close(linger=False)
+        # Wait only for requests in flight: an idle TLS connection, asked to close, would hold
+        # the whole grace period waiting for a close_notify answer its idle client never sends.
         deadline = self.loop.time() + grace_s
-        while self.connections and self.loop.time() < deadline:
+        while self.loop.time() < deadline and any(
+            conn.pipeline and conn.tunnel is None for conn in self.connections
+        ):
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.transport.abort()

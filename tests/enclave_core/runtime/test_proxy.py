@@ -621,6 +621,14 @@ def test_tls_listener_reports_https(loop_thread: LoopThread, tmp_path: Path) -> 
         assert json.loads(conn.getresponse().read())["scheme"] == "https"
         conn.request("GET", "/headers")
         assert json.loads(conn.getresponse().read())["x-forwarded-proto"] == "https"
+        # The connection stays open and idle: closing the server must not wait for it (an idle
+        # TLS client never answers close_notify). A grace of an hour shows a wait as a timeout.
+        idle = http.client.HTTPSConnection("localhost", server.port, timeout=10, context=client_ctx)
+        idle.request("GET", "/hello")
+        assert idle.getresponse().read()
+        loop_thread.run(server.close(grace_s=3600))
+        assert server.connections == set()
+        idle.close()
         conn.close()
     finally:
         loop_thread.run(server.close())
