@@ -29,6 +29,7 @@ REASONS = {
     403: "Forbidden",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    431: "Request Header Fields Too Large",
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
@@ -72,8 +73,8 @@ async def read_head(
 ) -> Head:
     """Read and parse one head ending in an empty line.
 
-    :raises HttpError: 400 when malformed or longer than ``limit`` bytes, 408 when it does not
-        arrive within ``timeout_s``.
+    :raises HttpError: 400 when malformed, 431 when longer than ``limit`` bytes, 408 when it
+        does not arrive within ``timeout_s``.
     :raises EOFError: the peer closed before sending anything.
     """
     try:
@@ -81,13 +82,13 @@ async def read_head(
     except TimeoutError:
         raise HttpError(408, "request head not received in time") from None
     except asyncio.LimitOverrunError:
-        raise HttpError(400, "request head too large") from None
+        raise HttpError(431, "request head too large") from None
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             raise EOFError from None
         raise HttpError(400, "incomplete request head") from None
     if len(raw) > limit:
-        raise HttpError(400, "request head too large")
+        raise HttpError(431, "request head too large")
     return parse_head(raw)
 
 
