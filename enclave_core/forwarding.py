@@ -126,6 +126,9 @@ class Forwarder(TrackedServer):
         self.max_connections = max_connections
         self.refused = 0
         self._warned_at = -1e9
+        self.unreached = 0  # connections dropped because the target could not be reached
+        self._unreached_logged = 0
+        self._unreached_warned_at = -1e9
 
     @property
     def target(self) -> str:
@@ -157,9 +160,19 @@ class Forwarder(TrackedServer):
             upstream = await transport.connect(target, timeout=self.connect_timeout_s)
         except (OSError, TimeoutError) as exc:
             why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            logger.bind(listen=self.listen, target=target, error=why).warning(
-                f"{self.kind} {self.unreachable}"
-            )
+            self.unreached += 1
+            now = asyncio.get_running_loop().time()
+            # One line per burst: while an enclave (re)starts, a client polling every few ms
+            # would otherwise write a warning per attempt.
+            if now - self._unreached_warned_at >= 10.0:
+                self._unreached_warned_at = now
+                dropped, self._unreached_logged = (
+                    self.unreached - self._unreached_logged,
+                    self.unreached,
+                )
+                logger.bind(listen=self.listen, target=target, error=why, dropped=dropped).warning(
+                    f"{self.kind} {self.unreachable}"
+                )
             await close_writer(writer)
             return
         await transport.splice((reader, writer), upstream)

@@ -100,6 +100,29 @@ def test_an_unreachable_enclave_closes_the_client_connection() -> None:
     run_with_forwarder(body, target_port=free_port())
 
 
+def test_an_unreachable_enclave_is_logged_once_per_burst() -> None:
+    from loguru import logger
+
+    lines: list[dict[str, object]] = []
+    sink = logger.add(lambda message: lines.append(dict(message.record)), level="WARNING")
+
+    async def body(forwarder: IngressForwarder, port: int) -> None:
+        for _ in range(20):  # a client polling while the enclave starts
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(-1), 10) == b""
+            writer.close()
+            await writer.wait_closed()
+        assert forwarder.unreached == 20
+
+    try:
+        run_with_forwarder(body, target_port=free_port())
+    finally:
+        logger.remove(sink)
+    unreachable = [r for r in lines if "cannot reach the enclave" in str(r["message"])]
+    assert len(unreachable) == 1
+    assert unreachable[0]["extra"]["dropped"] == 1  # type: ignore[index]
+
+
 def test_close_cuts_open_connections() -> None:
     async def body(forwarder: IngressForwarder, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
