@@ -66,7 +66,7 @@ def _human_sink(stream: TextIO) -> Any:
 
 
 class _InterceptHandler(logging.Handler):
-    """Routes stdlib logging (cliff, botocore, uvicorn) into loguru."""
+    """Routes stdlib logging (cliff, botocore) into loguru."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -87,7 +87,7 @@ def configure_logging(
     logger.configure(extra=bind)
     logger.add(_human_sink(stream) if human else _json_sink(stream), level=level, enqueue=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
-    for noisy in ("botocore", "boto3", "urllib3", "uvicorn.access"):
+    for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
