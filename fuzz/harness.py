@@ -100,10 +100,16 @@ class FuzzStack:
         return token
 
     def headers_for(self, listener: str) -> dict[str, str]:
-        """The Authorization header for a listener: each gets its token (the app API's, else the
-        supervisor's); listeners that need none ignore it."""
-        token = self.app_token if listener == "app-api" else self.supervisor_token
-        return {"Authorization": f"Bearer {token}"}
+        """The Authorization header for a listener: the app API's token or the supervisor's.
+
+        The public and control listeners take no token (their documents declare none), so none is
+        sent there: the public listener would pass an unknown path, and its headers, to the app.
+        """
+        if listener == "app-api":
+            return {"Authorization": f"Bearer {self.app_token}"}
+        if listener == "supervisor":
+            return {"Authorization": f"Bearer {self.supervisor_token}"}
+        return {}
 
     # ------------------------------------------------------------------ lifecycle
 
