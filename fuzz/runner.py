@@ -98,10 +98,6 @@ class Fuzzer:
             self.migrations_redirected += 1
         before = stack.snapshot()
         stopping = (case.method.upper(), case.operation.path) in STOPPING
-        if stopping:
-            # An idle keep-alive TLS connection to the public listener holds the runtime's
-            # shutdown for its whole grace period (reported in the fuzz findings): drop ours.
-            stack.session.close()
         headers = stack.headers_for(listener)
         response = case.call(
             base_url=self.base_url(listener),
