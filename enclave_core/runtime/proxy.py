@@ -315,10 +315,10 @@ class AsgiServer(PublicServer):
 
     The runtime's app API and control listener and the supervisor's management API are Falcon
     apps served this way rather than by uvicorn, so that every listener has the same limits,
-    answers (JSON ``{"title","description"}`` errors) and tests. Each request's body is collected
-    (at most ``limits.max_body_bytes``) before the app runs, and its answer is sent with a
-    Content-Length: these APIs take and return bounded documents (a stored object is at most
-    10 MiB), not streams.
+    answers (JSON ``{"title","description"}`` errors) and tests. The app gets each request's body
+    as it arrives (at most ``limits.max_body_bytes``; see :mod:`enclave_core.runtime.asgi_bridge`),
+    and its answer is sent with a Content-Length: these APIs return bounded documents (a stored
+    object is at most 10 MiB), not streams.
     """
 
     def __init__(
