@@ -12,7 +12,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,16 +24,11 @@ from typing import Any
 
 import yaml
 
+from enclave_core.testing import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DIR = ROOT / "examples" / "hello"
 DOCS = ROOT / "docs" / "benchmarks.md"
-
-
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stamp() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,22 @@ import yaml
 
 from enclave_core.config import Config, load_config
 
+#: Ports handed out lately. The kernel may give the same free port to two binds in a row, and a
+#: stack's ports are all chosen before any is bound: without this, two of its listeners (seen: the
+#: app and the egress proxy) could be handed one port.
+_RECENT_PORTS: deque[int] = deque(maxlen=512)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port that is free on ``host`` right now and was not handed out lately."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _RECENT_PORTS:
+            _RECENT_PORTS.append(port)
+            return port
+    raise RuntimeError(f"no free TCP port on {host} that was not handed out lately")
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
