@@ -15,6 +15,7 @@ from loguru import logger
 
 from enclave_core import transport
 from enclave_core.errors import EnclaveError
+from enclave_core.log import BurstCounter
 
 
 class TrackedServer:
@@ -124,11 +125,8 @@ class Forwarder(TrackedServer):
         self._target = target if callable(target) else (lambda: target)
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
-        self.refused = 0
-        self._warned_at = -1e9
-        self.unreached = 0  # connections dropped because the target could not be reached
-        self._unreached_logged = 0
-        self._unreached_warned_at = -1e9
+        self.refused = BurstCounter()  # connections closed beyond max_connections
+        self.unreached = BurstCounter()  # connections dropped: the target could not be reached
 
     @property
     def target(self) -> str:
@@ -143,11 +141,9 @@ class Forwarder(TrackedServer):
         """Close the connection at once beyond ``max_connections``."""
         if self.max_connections is None or len(self._connections) < self.max_connections:
             return True
-        self.refused += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._warned_at >= 10.0:  # one line per burst, not one per connection
-            self._warned_at = now
-            logger.bind(listen=self.listen, limit=self.max_connections).warning(
+        refused = self.refused.hit()
+        if refused is not None:
+            logger.bind(listen=self.listen, limit=self.max_connections, refused=refused).warning(
                 f"{self.kind} refused connections beyond max_connections"
             )
         await close_writer(writer)
@@ -160,16 +156,8 @@ class Forwarder(TrackedServer):
             upstream = await transport.connect(target, timeout=self.connect_timeout_s)
         except (OSError, TimeoutError) as exc:
             why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            self.unreached += 1
-            now = asyncio.get_running_loop().time()
-            # One line per burst: while an enclave (re)starts, a client polling every few ms
-            # would otherwise write a warning per attempt.
-            if now - self._unreached_warned_at >= 10.0:
-                self._unreached_warned_at = now
-                dropped, self._unreached_logged = (
-                    self.unreached - self._unreached_logged,
-                    self.unreached,
-                )
+            dropped = self.unreached.hit()  # one line while an enclave (re)starts
+            if dropped is not None:
                 logger.bind(listen=self.listen, target=target, error=why, dropped=dropped).warning(
                     f"{self.kind} {self.unreachable}"
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -63,6 +64,32 @@ def _human_sink(stream: TextIO) -> Any:
         stream.flush()
 
     return sink
+
+
+class BurstCounter:
+    """Counts repeated events and says when one log line should stand for them: at most one
+    per ``every_s`` seconds. A flood of refused connections, or a client polling every few ms
+    while an enclave starts, would otherwise write a line per event.
+
+    ``hit()`` counts one event and returns how many events the line to write now covers (the
+    ones since the last line, this one included), or None when it is too soon for a line.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self.count = 0  # every event so far
+        self._reported = 0
+        self._last = -float("inf")
+
+    def hit(self) -> int | None:
+        """Count one event; the number of events to report now, or None."""
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return None
+        self._last = now
+        covered, self._reported = self.count - self._reported, self.count
+        return covered
 
 
 class _InterceptHandler(logging.Handler):

@@ -34,6 +34,7 @@ from loguru import logger
 
 from enclave_core import transport
 from enclave_core.config import LimitsSettings
+from enclave_core.log import BurstCounter
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.asgi_bridge import ASGIApp, OwnRequest, make_scope
 from enclave_core.runtime.exchange import ErrorSigner, Exchange
@@ -46,7 +47,6 @@ CONNECT_TIMEOUT_S = 10.0
 MAX_IDLE = 128  # idle upstream connections kept for reuse
 ACCEPT_BATCH = 128  # connections accepted per wake-up at most, like asyncio's own servers
 ACCEPT_RETRY_S = 1.0  # out of file descriptors: accept again after this
-WARN_EVERY_S = 10.0  # one warning per burst of refused connections, not one per connection
 #: The runtime's own routes on the public listener (health, enclave-info, attestation) take no
 #: body; what they get is buffered, so it is bounded below the proxied bodies' limit.
 OWN_ROUTES_MAX_BODY = 1 << 20
@@ -59,7 +59,8 @@ __all__ = ["ASGIApp", "AsgiServer", "PublicServer"]
 def debug_enabled() -> bool:
     """Whether any loguru sink takes DEBUG records (checked off the hot path, every few seconds)."""
     core = getattr(logger, "_core", None)
-    return int(getattr(core, "min_level", 0)) <= 10
+    # min_level is infinity while no sink is installed: compare it as it is, never int() it.
+    return bool(getattr(core, "min_level", 0) <= 10)
 
 
 class PublicServer:
@@ -120,9 +121,7 @@ class PublicServer:
         # accepted connections not yet served: plain ones for a loop turn, TLS ones until their
         # handshake ends; they count towards max_connections
         self._adopting: set[asyncio.Task[None]] = set()
-        self.refused = 0  # connections closed at accept, beyond max_connections
-        self._refused_warned = 0
-        self._warned_at = -1e9
+        self.refused = BurstCounter()  # connections closed at accept, beyond max_connections
 
     async def start(self, address: str | socket.socket) -> None:
         """Listen on ``address`` (``tcp://HOST:PORT``, ``vsock://CID:PORT`` or ``unix:///path``),
@@ -231,14 +230,11 @@ class PublicServer:
             pass  # a failed or slow handshake: the transport has closed the socket
 
     def _refuse_warning(self) -> None:
-        self.refused += 1
-        now = self.loop.time()
-        if now - self._warned_at >= WARN_EVERY_S:
-            self._warned_at = now
-            logger.bind(
-                limit=self.limits.max_connections, refused=self.refused - self._refused_warned
-            ).warning(f"{self.name} refused connections beyond max_connections")
-            self._refused_warned = self.refused
+        refused = self.refused.hit()
+        if refused is not None:
+            logger.bind(limit=self.limits.max_connections, refused=refused).warning(
+                f"{self.name} refused connections beyond max_connections"
+            )
 
     # -- per request
     def dispatch(self, conn: ClientConnection, ex: Exchange) -> None:
@@ -350,7 +346,7 @@ class UpstreamPool:
         self.host = host
         self.port = port
         self.idle: list[Upstream] = []  # a stack: the most recently used is reused first
-        self._warned = -1e9
+        self.unreachable = BurstCounter()  # requests answered 502: the app did not accept
 
     def forward(self, conn: ClientConnection, ex: Exchange, head: bytes) -> None:
         """Send the request of ``ex`` over an idle connection, or a new one."""
@@ -374,9 +370,9 @@ class UpstreamPool:
             )
         except (TimeoutError, OSError) as exc:
             ex.task = None
-            if self.loop.time() - self._warned > 10:  # one line per burst, not one per request
-                self._warned = self.loop.time()
-                logger.warning("app not reachable", port=self.port, error=str(exc))
+            failed = self.unreachable.hit()
+            if failed is not None:
+                logger.warning("app not reachable", port=self.port, error=str(exc), failed=failed)
             if not conn.closed and not ex.responded:
                 conn.reply_error(ex, 502, "Bad gateway", "the app is not reachable")
             return

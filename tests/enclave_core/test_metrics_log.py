@@ -49,3 +49,18 @@ def test_json_lines_with_fields_and_redaction() -> None:
     assert entry["token"] == "[redacted]"
     assert "abcd" not in stream.getvalue()
     assert entry["time"].endswith("+00:00")
+
+
+def test_burst_counter_reports_one_line_per_burst_with_the_events_it_covers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from enclave_core import log
+
+    clock = [100.0]
+    monkeypatch.setattr(log.time, "monotonic", lambda: clock[0])
+    burst = log.BurstCounter(every_s=10.0)
+    assert burst.hit() == 1  # the first event is reported at once
+    assert [burst.hit() for _ in range(5)] == [None] * 5  # then quiet for 10 s
+    clock[0] += 10.0
+    assert burst.hit() == 6  # the five held back and this one
+    assert burst.count == 7

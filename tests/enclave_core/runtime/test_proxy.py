@@ -739,3 +739,11 @@ def test_client_half_close_still_gets_the_answer(stack: Stack) -> None:
         while chunk := sock.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nhello")
+
+
+def test_the_debug_check_works_with_no_log_sink(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loguru import logger
+
+    # With every sink removed loguru's minimum level is infinity; the sweep must not crash on it.
+    monkeypatch.setattr(logger._core, "min_level", float("inf"))  # type: ignore[attr-defined]
+    assert debug_enabled() is False

@@ -112,7 +112,7 @@ def test_an_unreachable_enclave_is_logged_once_per_burst() -> None:
             assert await asyncio.wait_for(reader.read(-1), 10) == b""
             writer.close()
             await writer.wait_closed()
-        assert forwarder.unreached == 20
+        assert forwarder.unreached.count == 20
 
     try:
         run_with_forwarder(body, target_port=free_port())
