@@ -76,6 +76,19 @@ def document_operation(description: str) -> dict[str, Any]:
     return json_body({"type": "object"}, description)
 
 
+def add_document_path(spec: APISpec) -> None:
+    """``GET /openapi.json`` as a listener without a token answers it (control, supervisor)."""
+    spec.path(
+        OPENAPI_PATH,
+        operations={
+            "get": {
+                "summary": "This OpenAPI document",
+                "responses": {"200": document_operation("this document")},
+            }
+        },
+    )
+
+
 def add_bearer_scheme(spec: APISpec, description: str) -> None:
     """Declare the Bearer token scheme the protected operations name."""
     spec.components.security_scheme(

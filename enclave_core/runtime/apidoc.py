@@ -19,6 +19,7 @@ from enclave_core.openapi import (
     OPENAPI_PATH,
     TEXT,
     add_bearer_scheme,
+    add_document_path,
     document_operation,
     error,
     json_body,
@@ -181,15 +182,7 @@ def control_document() -> dict[str, Any]:
             }
         },
     )
-    spec.path(
-        OPENAPI_PATH,
-        operations={
-            "get": {
-                "summary": "This OpenAPI document",
-                "responses": {"200": document_operation("this document")},
-            }
-        },
-    )
+    add_document_path(spec)
     return render(spec)
 
 

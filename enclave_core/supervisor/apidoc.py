@@ -8,10 +8,9 @@ from typing import Any
 from enclave_core.openapi import (
     BEARER,
     JSON,
-    OPENAPI_PATH,
     TEXT,
     add_bearer_scheme,
-    document_operation,
+    add_document_path,
     error,
     json_body,
     new_spec,
@@ -162,13 +161,5 @@ def supervisor_document(migration: bool = True) -> dict[str, Any]:
         )
     if migration:
         _migration_paths(spec)
-    spec.path(
-        OPENAPI_PATH,
-        operations={
-            "get": {
-                "summary": "This OpenAPI document",
-                "responses": {"200": document_operation("this document")},
-            }
-        },
-    )
+    add_document_path(spec)
     return render(spec)
