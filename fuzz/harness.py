@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,17 +115,7 @@ class FuzzStack:
     def start(self) -> None:
         """Start `enclave dev` in its own process group and wait until everything is ready."""
         dev = self.dev
-        # Beside the app folder, not in it: the simulated PCR0 measures every file there.
-        dev.stderr_path = dev.folder.parent / f"{dev.folder.name}-dev-stderr.log"
-        with dev.stderr_path.open("ab") as log:
-            dev.process = subprocess.Popen(
-                [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(dev.config_path)],
-                cwd=dev.folder,
-                stdout=log,
-                stderr=log,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        dev.launch()
         self.wait_ready()
         # One visit, so storage holds the example app's counter as in normal use.
         status, _, _ = http("GET", dev.ingress_url + "/", timeout=REQUEST_TIMEOUT_S)

@@ -150,19 +150,24 @@ class DevStack:
             cwd=self.folder,
         )
 
-    def start(self) -> None:
+    def launch(self, env: dict[str, str] | None = None) -> None:
+        """Start `enclave dev` in its own process group (extra ``env`` on top); do not wait."""
         # Beside the app folder, not in it: the simulated PCR0 measures every file there.
         self.stderr_path = self.folder.parent / f"{self.folder.name}-dev-stderr.log"
-        err = self.stderr_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)],
-            cwd=self.folder,
-            stdout=err,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        err.close()
+        with self.stderr_path.open("ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)],
+                cwd=self.folder,
+                stdout=err,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
+
+    def start(self) -> None:
+        """Start `enclave dev` and wait until the app answers through the ingress."""
+        self.launch()
         wait_for(self.greeting, timeout=60)
 
     def greeting(self) -> str:

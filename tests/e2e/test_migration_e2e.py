@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,17 +58,7 @@ def new_image(base: Path, stack: DevStack) -> Path:
 
 def start_dev(stack: DevStack, env: dict[str, str] | None = None) -> None:
     """`enclave dev` (optionally with extra environment); wait until the supervisor answers."""
-    stack.stderr_path = stack.folder.parent / f"{stack.folder.name}-dev-stderr.log"
-    with stack.stderr_path.open("ab") as err:
-        stack.process = subprocess.Popen(
-            [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(stack.config_path)],
-            cwd=stack.folder,
-            stdout=err,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
+    stack.launch(env)
     wait_for(stack.health, timeout=60)
 
 
