@@ -273,24 +273,35 @@ class TlsInterceptor:
         self.threads[0].start()
 
     def _accept(self) -> None:
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
         while True:
             try:
                 raw, _ = self.listener.accept()
             except OSError:
                 return
-            try:
-                front = self.identity.context.wrap_socket(raw, server_side=True)
-                back = client.wrap_socket(socket.create_connection(("127.0.0.1", self.target_port)))
-            except OSError:
-                raw.close()
-                continue
-            self.sockets += [front, back]
-            for src, dst in ((front, back), (back, front)):
-                thread = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-                self.threads.append(thread)
-                thread.start()
+            # Each connection's handshakes in a thread of its own: one slow or stuck handshake
+            # must not hold back the next connection (the verifier gives up after 10 s).
+            thread = threading.Thread(target=self._connect, args=(raw,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _connect(self, raw: socket.socket) -> None:
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        try:
+            raw.settimeout(10)
+            front = self.identity.context.wrap_socket(raw, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            back = client.wrap_socket(upstream)
+            front.settimeout(None)
+            back.settimeout(None)
+        except OSError:
+            raw.close()
+            return
+        self.sockets += [front, back]
+        for src, dst in ((front, back), (back, front)):
+            thread = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
+            self.threads.append(thread)
+            thread.start()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
