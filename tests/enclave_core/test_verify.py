@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -261,67 +262,66 @@ def test_an_unreachable_enclave_fails_cleanly() -> None:
 
 
 class TlsInterceptor:
-    """A man in the middle: terminates TLS with its own certificate, forwards to the runtime."""
+    """A man in the middle: terminates TLS with its own certificate, forwards to the runtime.
+
+    It runs on an asyncio loop in a thread of its own. asyncio does TLS through memory BIOs on
+    one thread; blocking SSL sockets read by one thread while another writes them are not safe
+    (one OpenSSL object used from two threads), which made an earlier threaded version stall.
+    """
 
     def __init__(self, target_port: int) -> None:
         self.identity = make_tls_identity("interceptor")
         self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return
-            # Each connection's handshakes in a thread of its own: one slow or stuck handshake
-            # must not hold back the next connection (the verifier gives up after 10 s).
-            thread = threading.Thread(target=self._connect, args=(raw,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.start_server(
+            self._connect, "127.0.0.1", 0, ssl=self.identity.context, ssl_handshake_timeout=10
+        )
 
-    def _connect(self, raw: socket.socket) -> None:
+    async def _connect(
+        self, front_in: asyncio.StreamReader, front_out: asyncio.StreamWriter
+    ) -> None:
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        self.writers.add(front_out)
         try:
-            raw.settimeout(10)
-            front = self.identity.context.wrap_socket(raw, server_side=True)
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-            back = client.wrap_socket(upstream)
-            front.settimeout(None)
-            back.settimeout(None)
-        except OSError:
-            raw.close()
+            back_in, back_out = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.target_port, ssl=client), 10
+            )
+        except (OSError, TimeoutError):
+            front_out.close()
             return
-        self.sockets += [front, back]
-        for src, dst in ((front, back), (back, front)):
-            thread = threading.Thread(target=self._pump, args=(src, dst), daemon=True)
-            self.threads.append(thread)
-            thread.start()
+        self.writers.add(back_out)
+        await asyncio.gather(
+            self._pump(front_in, back_out), self._pump(back_in, front_out), return_exceptions=True
+        )
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        finally:
+            dst.close()
 
     def close(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
-        self.listener.close()
-        for sock in self.sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        for thread in self.threads:
-            thread.join(5)
+        async def stop() -> None:
+            self.server.close()
+            for writer in self.writers:
+                writer.transport.abort()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 def https_json(port: int, path: str) -> tuple[int, bytes]:
