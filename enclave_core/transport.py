@@ -235,11 +235,128 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> in
     return total
 
 
+class _RelaySide(asyncio.Protocol):
+    """One connection of a splice: what it reads goes straight to the other connection.
+
+    The pair replaces the stream protocols once a splice begins, so each chunk costs one
+    ``transport.write`` instead of a buffer copy and a coroutine hop through StreamReader.
+    Back-pressure is the transports' own: when the peer's write buffer fills, reading from
+    this side pauses until it drains.
+    """
+
+    def __init__(self, transport: asyncio.Transport, closed: asyncio.Future[None]) -> None:
+        self.transport = transport
+        # The stream protocol it replaces still hears of the end, so the stream writer's
+        # wait_closed() returns and the reader sees EOF.
+        self.stream_protocol = transport.get_protocol()
+        self.closed = closed  # set when this connection is gone
+        self.peer: _RelaySide = self
+        self.received = 0  # bytes read from this connection
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        """Relay to the peer (its transport buffers what the socket does not take at once)."""
+        self.received += len(data)
+        if not self.peer.transport.is_closing():
+            self.peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        """Half-close the peer; keep this side open while the other direction still flows."""
+        self.eof = True
+        peer = self.peer.transport
+        try:
+            if peer.can_write_eof() and not peer.is_closing():
+                peer.write_eof()  # sent once the peer's buffer has drained
+        except (OSError, RuntimeError):
+            pass
+        return not self.peer.eof  # False: both directions are done, the transport closes
+
+    def pause_writing(self) -> None:
+        """The peer reads slower than this side's writer is fed: stop reading the peer."""
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """This connection's write buffer drained: read the peer again."""
+        self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Close the peer too, after it has written what it holds."""
+        self.peer.transport.close()
+        self.stream_protocol.connection_lost(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+_RELAY_NEEDS = ("set_protocol", "get_protocol", "pause_reading", "resume_reading", "write_eof")
+
+
+def _relayable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether a connection can be handed to :class:`_RelaySide` (plain, open, a known reader)."""
+    transport = writer.transport
+    return (
+        all(hasattr(transport, name) for name in _RELAY_NEEDS)  # uvloop's are not asyncio.Transport
+        and not transport.is_closing()
+        and writer.get_extra_info("sslcontext") is None
+        and isinstance(getattr(reader, "_buffer", None), bytearray)
+        and reader.exception() is None
+    )
+
+
+def _take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """What the stream reader already holds, and whether it saw EOF; the reader is left empty."""
+    buffer: bytearray = reader._buffer  # type: ignore[attr-defined]  # checked by _relayable
+    data = bytes(buffer)
+    buffer.clear()
+    return data, reader.at_eof()
+
+
 async def splice(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 ) -> tuple[int, int]:
-    """Pump both directions between two connections until both end, then close both."""
+    """Relay both directions between two connections until both end, then close both.
+
+    Returns the bytes read from ``a`` and from ``b``. Half-close passes through in each
+    direction; cancelling the splice aborts both connections.
+    """
+    if not (_relayable(*a) and _relayable(*b)):
+        return await _splice_streams(a, b)
+    loop = asyncio.get_running_loop()
+    sides = [
+        _RelaySide(writer.transport, loop.create_future())  # type: ignore[arg-type]
+        for _reader, writer in (a, b)
+    ]
+    sides[0].peer, sides[1].peer = sides[1], sides[0]
+    # Nothing runs between taking the buffers and swapping the protocols (no await), so no byte
+    # can land in a stream reader that nobody reads any more.
+    held = [_take_buffered(reader) for reader, _writer in (a, b)]
+    for side in sides:
+        side.transport.set_protocol(side)
+    for side, (data, eof) in zip(sides, held, strict=True):
+        if data:
+            side.data_received(data)
+        if eof and not side.eof and not side.eof_received():
+            side.transport.close()
+    for side in sides:
+        if not side.transport.is_closing():
+            side.transport.resume_reading()  # the stream protocol may have paused it
+    try:
+        await asyncio.gather(*(side.closed for side in sides))
+    except asyncio.CancelledError:
+        for side in sides:
+            side.transport.abort()
+        raise
+    finally:
+        for side in sides:
+            side.transport.close()
+    return sides[0].received, sides[1].received
+
+
+async def _splice_streams(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> tuple[int, int]:
+    """:func:`splice` through the stream API (TLS streams, or a connection already failing)."""
     try:
         up, down = await asyncio.gather(pump(a[0], b[1]), pump(b[0], a[1]))
         return up, down

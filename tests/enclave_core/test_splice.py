@@ -1,0 +1,294 @@
+"""transport.splice: the byte relay behind ingress, the enclave's bridges and egress tunnels.
+
+Every scenario runs on both event loops the project uses (asyncio's own on a Nitro host and in an
+enclave, uvloop in development), over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from enclave_core import transport
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop] | None] = {
+    "asyncio": None,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Run a scenario on the event loop the test is parametrised with."""
+
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as loop_runner:
+            return loop_runner.run(asyncio.wait_for(coro, 60))
+
+    return runner
+
+
+async def serve(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]):  # type: ignore[no-untyped-def]
+    """A loopback server and its port."""
+    server = await transport.listen("tcp://127.0.0.1:0", handler)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def close_all(*servers: asyncio.AbstractServer) -> None:
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def echo_upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every byte upper-cased; after the client's EOF it still writes ``|END``."""
+    while data := await reader.read(65536):
+        writer.write(data.upper())
+        await writer.drain()
+    writer.write(b"|END")
+    await writer.drain()
+    writer.close()
+
+
+def test_bytes_flow_both_ways_and_half_close_passes_through(run: Callable[..., Any]) -> None:
+    results: list[tuple[int, int]] = []
+
+    async def scenario() -> bytes:
+        backend, backend_port = await serve(echo_upper)
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            results.append(await transport.splice((reader, writer), upstream))
+            await writer.wait_closed()  # the stream writer learns of the end too
+
+        front, front_port = await serve(forward)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        writer.write(b"abc" * 700_000)
+        await writer.drain()
+        writer.write_eof()  # half-close: the answer must still come back
+        answer = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if results:
+                break
+            await asyncio.sleep(0.05)
+        await close_all(front, backend)
+        return answer
+
+    answer = run(scenario())
+    assert answer == b"ABC" * 700_000 + b"|END"
+    assert results == [(2_100_000, 2_100_004)]
+
+
+def test_bytes_the_stream_reader_already_held_are_relayed_first(run: Callable[..., Any]) -> None:
+    """As in egress: the handler reads a head, and what came after it must not be lost."""
+
+    async def scenario() -> bytes:
+        backend, backend_port = await serve(echo_upper)
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            assert await reader.readexactly(5) == b"HEAD|"
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            await transport.splice((reader, writer), upstream)
+
+        front, front_port = await serve(forward)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        writer.write(b"HEAD|first bytes, sent with the head")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # they sit in the forwarder's stream reader
+        writer.write(b"; then more")
+        writer.write_eof()
+        answer = await reader.read()
+        writer.close()
+        await close_all(front, backend)
+        return answer
+
+    assert run(scenario()) == b"FIRST BYTES, SENT WITH THE HEAD; THEN MORE|END"
+
+
+def test_an_eof_seen_before_the_splice_still_reaches_the_target(run: Callable[..., Any]) -> None:
+    async def scenario() -> bytes:
+        backend, backend_port = await serve(echo_upper)
+        client_done = asyncio.Event()
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await client_done.wait()
+            await asyncio.sleep(0.2)  # data and EOF are both in the stream reader by now
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            await transport.splice((reader, writer), upstream)
+
+        front, front_port = await serve(forward)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        writer.write(b"all at once")
+        writer.write_eof()
+        await writer.drain()
+        client_done.set()
+        answer = await reader.read()
+        writer.close()
+        await close_all(front, backend)
+        return answer
+
+    assert run(scenario()) == b"ALL AT ONCE|END"
+
+
+def test_a_slow_reader_holds_back_the_sender_instead_of_filling_memory(
+    run: Callable[..., Any],
+) -> None:
+    size = 48 * 1024 * 1024
+    buffered: list[int] = []
+
+    async def blast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        block = os.urandom(1024 * 1024)
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+        writer.close()
+
+    async def scenario() -> int:
+        backend, backend_port = await serve(blast)
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            relay = asyncio.ensure_future(transport.splice((reader, writer), upstream))
+            while not relay.done():  # what the forwarder holds for the slow client
+                buffered.append(writer.transport.get_write_buffer_size())
+                await asyncio.sleep(0.005)
+            await relay
+
+        front, front_port = await serve(forward)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        received = 0
+        while chunk := await reader.read(256 * 1024):
+            received += len(chunk)
+            if received < size // 2:
+                await asyncio.sleep(0.01)  # about 25 MB/s for the first half
+        writer.close()
+        await close_all(front, backend)
+        return received
+
+    assert run(scenario()) == size
+    assert len(buffered) > 20
+    # The stream moved 48 MiB; the forwarder never held more than a few socket reads of it.
+    assert max(buffered) <= 4 * 1024 * 1024
+
+
+def test_cancelling_a_splice_closes_both_connections(run: Callable[..., Any]) -> None:
+    async def scenario() -> tuple[bytes, bytes]:
+        upstream_saw: list[bytes] = []
+        upstream_gone = asyncio.Event()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                upstream_saw.append(await reader.read())  # until the forwarder cuts it
+            except ConnectionError:
+                upstream_saw.append(b"reset")
+            finally:
+                upstream_gone.set()
+                writer.close()
+
+        backend, backend_port = await serve(hold)
+        relays: list[asyncio.Future[tuple[int, int]]] = []
+        writers: list[asyncio.StreamWriter] = []
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            writers.append(writer)
+            relays.append(asyncio.ensure_future(transport.splice((reader, writer), upstream)))
+            with contextlib.suppress(asyncio.CancelledError):
+                await relays[0]
+
+        front, front_port = await serve(forward)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        writer.write(b"hello")
+        await writer.drain()
+        while not relays:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        relays[0].cancel()
+        try:
+            client_saw = await reader.read()
+        except ConnectionError:
+            client_saw = b"reset"
+        await asyncio.wait_for(upstream_gone.wait(), 5)
+        await asyncio.wait_for(writers[0].wait_closed(), 5)  # does not hang after the swap
+        writer.close()
+        await close_all(front, backend)
+        return client_saw, upstream_saw[0]
+
+    client_saw, upstream_saw = run(scenario())
+    assert client_saw in (b"", b"reset")
+    assert upstream_saw in (b"hello", b"reset")
+
+
+def test_a_target_that_resets_ends_the_client_connection(run: Callable[..., Any]) -> None:
+    async def scenario() -> bytes:
+        async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # with linger 0: a TCP reset, not a FIN
+
+        backend, backend_port = await serve(reset)
+        ended = asyncio.Event()
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            await transport.splice((reader, writer), upstream)
+            ended.set()
+
+        front, front_port = await serve(forward)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        writer.write(b"x")
+        await writer.drain()
+        try:
+            seen = await reader.read()
+        except ConnectionError:
+            seen = b"reset"
+        await asyncio.wait_for(ended.wait(), 5)  # the splice returned, the client did nothing
+        writer.close()
+        await close_all(front, backend)
+        return seen
+
+    assert run(scenario()) in (b"", b"reset")
+
+
+def test_a_target_that_closes_ends_the_splice_once_the_client_closes(
+    run: Callable[..., Any],
+) -> None:
+    async def scenario() -> tuple[bytes, bool, bool]:
+        async def goodbye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+            writer.write(b"bye")
+            writer.close()
+
+        backend, backend_port = await serve(goodbye)
+        ended = asyncio.Event()
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            await transport.splice((reader, writer), upstream)
+            ended.set()
+
+        front, front_port = await serve(forward)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        writer.write(b"x")
+        await writer.drain()
+        seen = await reader.read()  # "bye", then EOF: the half-close passed through
+        await asyncio.sleep(0.2)
+        open_while_client_open = not ended.is_set()
+        writer.close()
+        await asyncio.wait_for(ended.wait(), 5)
+        await close_all(front, backend)
+        return seen, open_while_client_open, ended.is_set()
+
+    assert run(scenario()) == (b"bye", True, True)
