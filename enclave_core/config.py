@@ -154,6 +154,12 @@ class LimitsSettings:
     request_timeout_s: float = 300.0
     #: A keep-alive connection with no request in progress is closed after this.
     idle_timeout_s: float = 60.0
+    #: A client that takes none of what it is sent for this long, while more waits for it (a
+    #: slow reader holding the app's answer), is cut (nginx's ``send_timeout``: 60 s).
+    send_timeout_s: float = 60.0
+    #: A tunnel after a ``101`` (WebSocket) in which no byte moved either way for this long is
+    #: closed; WebSocket pings count as traffic.
+    tunnel_idle_timeout_s: float = 3600.0
     #: Connections open at once, per listener (TLS handshakes included); beyond it a new
     #: connection is closed as soon as it is accepted, before any byte is read or written.
     max_connections: int = 1024
@@ -170,6 +176,10 @@ def _limits_schema(max_body_default: int) -> type[_Strict]:
         header_timeout_s = fields.Float(load_default=20.0, validate=validate.Range(0.1, 3600))
         request_timeout_s = fields.Float(load_default=300.0, validate=validate.Range(0.1, 86400))
         idle_timeout_s = fields.Float(load_default=60.0, validate=validate.Range(0.1, 86400))
+        send_timeout_s = fields.Float(load_default=60.0, validate=validate.Range(0.1, 86400))
+        tunnel_idle_timeout_s = fields.Float(
+            load_default=3600.0, validate=validate.Range(0.1, 7 * 86400)
+        )
         max_connections = fields.Integer(load_default=1024, validate=validate.Range(1, 1_000_000))
 
         @validates_schema

@@ -15,7 +15,10 @@ server's periodic sweep (:meth:`ClientConnection.expire`), never by a timer per 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
+import struct
+import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +44,16 @@ DISCARD_LIMIT = 4 << 20  # request body read and dropped after an early answer, 
 LINGER_S = 2.0  # after our FIN, unread input is drained this long so it causes no reset
 
 
+def unsent_bytes(fd: int) -> int | None:
+    """Bytes in the kernel's send queue of socket ``fd`` (Linux ``SIOCOUTQ``), or None."""
+    if fd < 0:
+        return None
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0])
+    except (OSError, ValueError):
+        return None  # not a socket that reports it (vsock on older kernels)
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection of the public listener."""
 
@@ -56,6 +69,12 @@ class ClientConnection(asyncio.Protocol):
         self.bound: Upstream | None = None  # the upstream answering the current request
         self.paused = 0
         self.write_paused = False
+        self.write_paused_at = 0.0  # when the client last took something while we waited on it
+        self.unsent = -1  # the kernel's send queue when last looked at (-1: unknown)
+        self.fd = -1
+        self.tunnel_moved = 0  # reads either way through a tunnel (counted, never timed)
+        self.tunnel_seen = 0  # that count at the last sweep
+        self.tunnel_quiet = 0.0  # seconds since it last changed
         self.closed = False
         self.eof = False
         self.advancing = False
@@ -76,6 +95,8 @@ class ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            self.fd = sock.fileno()
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client = (str(peer[0]), int(peer[1]))
@@ -99,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return  # lingering: drop what the client still sends
         if self.tunnel is not None:
+            self.tunnel_moved += 1
             self.tunnel.transport.write(data)
             return
         if self.raw is not None:
@@ -148,6 +170,9 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The client reads slower than the app answers: stop reading the app."""
         self.write_paused = True
+        self.write_paused_at = self.loop.time()
+        unsent = unsent_bytes(self.fd)
+        self.unsent = -1 if unsent is None else unsent
         up = self.tunnel or self.bound
         if up is not None:
             up.pause_reading()
@@ -327,9 +352,29 @@ class ClientConnection(asyncio.Protocol):
         byte; the accept for a connection's first request) and does not run while we, not the
         client, hold the reading (``paused_for`` is the time since the last sweep).
         """
-        if self.closed or self.tunnel is not None:
-            return
         limits = self.server.limits
+        if self.write_paused and now - self.write_paused_at > limits.send_timeout_s:
+            # Checked even after close(): an answer nobody reads would hold the socket forever.
+            # The kernel wakes a writer only once a third of a large send buffer is free, so a
+            # slow but steady reader can keep us paused for seconds: a send queue that shrank
+            # since the last look is progress too.
+            unsent = unsent_bytes(self.fd)
+            if unsent is not None and unsent != self.unsent:
+                self.unsent, self.write_paused_at = unsent, now
+            else:
+                self._cut(f"the client took nothing for {limits.send_timeout_s:g} s")
+                return
+        if self.closed:
+            return
+        if self.tunnel is not None:
+            if self.tunnel_moved != self.tunnel_seen:
+                self.tunnel_seen, self.tunnel_quiet = self.tunnel_moved, 0.0
+                return
+            self.tunnel_quiet += paused_for
+            if self.tunnel_quiet > limits.tunnel_idle_timeout_s:
+                what = f"no byte moved for {limits.tunnel_idle_timeout_s:g} s"
+                self._cut(what, "tunnel closed")
+            return
         ex = self.parsing
         if ex is None or ex.complete:  # no request being received
             if self.pipeline or self.raw is not None:
@@ -364,6 +409,19 @@ class ClientConnection(asyncio.Protocol):
             ex.discard = True
 
     # -- internals
+    def _cut(self, why: str, event: str = "slow client cut") -> None:
+        """Abort the connection (nothing more can reach the client) and log why, in bursts."""
+        count = self.server.cut.hit()
+        if count is not None:
+            where = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+            logger.bind(client=where, reason=why, connections=count).warning(
+                f"{self.server.name}: {event}"
+            )
+        self.closed = True
+        if self.linger is not None:
+            self.linger.cancel()
+        self.transport.abort()
+
     def _body(self, ex: Exchange, data: bytes) -> None:
         ex.received += len(data)
         limit = self.server.max_body_bytes

@@ -103,7 +103,13 @@ class PublicServer:
         self.own_max_body = limits.max_body_bytes
         if upstream_port is not None:
             self.own_max_body = min(limits.max_body_bytes, OWN_ROUTES_MAX_BODY)
-        shortest = min(limits.header_timeout_s, limits.request_timeout_s, limits.idle_timeout_s)
+        shortest = min(
+            limits.header_timeout_s,
+            limits.request_timeout_s,
+            limits.idle_timeout_s,
+            limits.send_timeout_s,
+            limits.tunnel_idle_timeout_s,
+        )
         self.sweep_s = min(SWEEP_S, max(0.05, shortest / 8))
         # Errors the listener answers itself (502, 503, 413, 400) are signed like the runtime's
         # own endpoints' answers.
@@ -122,6 +128,7 @@ class PublicServer:
         # handshake ends; they count towards max_connections
         self._adopting: set[asyncio.Task[None]] = set()
         self.refused = BurstCounter()  # connections closed at accept, beyond max_connections
+        self.cut = BurstCounter()  # connections cut by send_timeout_s or tunnel_idle_timeout_s
 
     async def start(self, address: str | socket.socket) -> None:
         """Listen on ``address`` (``tcp://HOST:PORT``, ``vsock://CID:PORT`` or ``unix:///path``),

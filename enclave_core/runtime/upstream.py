@@ -144,6 +144,7 @@ class Upstream(asyncio.Protocol):
         """Parse the answer and relay it in as few writes as possible."""
         conn = self.conn
         if self.spliced:
+            conn.tunnel_moved += 1  # type: ignore[union-attr]
             conn.transport.write(data)  # type: ignore[union-attr]
             return
         if conn is None:

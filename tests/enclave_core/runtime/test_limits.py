@@ -50,6 +50,28 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.path.startswith("/big/"):  # /big/N: N bytes, written as fast as they are taken
+            size = int(self.path[5:])
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            block = b"b" * 65536
+            try:
+                for start in range(0, size, len(block)):
+                    self.wfile.write(block[: size - start])
+            except OSError:
+                pass
+            return
+        if self.path == "/echo":  # a WebSocket-like upgrade: then echoes every byte
+            self.send_response(101)
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", "echo")
+            self.end_headers()
+            self.wfile.flush()
+            while data := self.connection.recv(65536):
+                self.connection.sendall(data)
+            self.close_connection = True
+            return
         if self.path != "/stream":
             return self.reply(b"ok " + self.path.encode())
         self.send_response(200)
@@ -86,6 +108,8 @@ TIGHT = {
     "header_timeout_s": 0.5,
     "request_timeout_s": 1.5,
     "idle_timeout_s": 1.0,
+    "send_timeout_s": 1.0,
+    "tunnel_idle_timeout_s": 1.0,
 }
 CROWDED = {"max_connections": 4}
 
@@ -448,6 +472,70 @@ def test_a_streamed_answer_is_not_cut_by_the_request_timeout(tight: Runtime) -> 
         assert read_response(sock)[0] == 200
 
 
+# -- clients that stop reading, and quiet tunnels ----------------------------------------------
+def receive_all(sock: socket.socket, pace: float = 0.0) -> tuple[int, bool]:
+    """Bytes read until the server closed (``pace``: a pause between reads), and whether the
+    read ended by a close; a read that waited 10 s ends it too (False: the server never did)."""
+    total = 0
+    sock.settimeout(10)
+    try:
+        while chunk := sock.recv(65536):
+            total += len(chunk)
+            if pace:
+                time.sleep(pace)
+    except TimeoutError:
+        return total, False
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return total, True
+
+
+def small_buffer_connection(listener: Listener) -> socket.socket:
+    """A connection whose receive buffer is small, so a client that stops reading stalls us."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", listener.port))
+    return UNVERIFIED.wrap_socket(raw) if listener.tls else raw
+
+
+def test_a_client_that_stops_reading_is_cut_after_send_timeout(tight: Runtime) -> None:
+    listener = tight.listeners()["public"]
+    size = 256 * 1024 * 1024
+    with small_buffer_connection(listener) as sock:
+        sock.sendall(b"GET /big/%d HTTP/1.1\r\nHost: test\r\n\r\n" % size)
+        time.sleep(4)  # reads nothing: send_timeout_s is 1 s
+        received, closed = receive_all(sock)
+    assert closed and received < size // 4  # cut: only what the buffers held arrived
+    assert served(listener)  # the app, whose answer was abandoned, serves on
+
+
+def test_a_slow_but_steady_reader_gets_the_whole_answer(tight: Runtime) -> None:
+    listener = tight.listeners()["public"]
+    size = 6 * 1024 * 1024  # at 64 KiB per 30 ms: over 3 s, the send timeout is 1 s
+    with small_buffer_connection(listener) as sock:
+        sock.sendall(b"GET /big/%d HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n" % size)
+        received, closed = receive_all(sock, pace=0.03)
+    assert closed and size < received < size + 1024, received  # the whole body, and its head
+
+
+def test_a_quiet_tunnel_is_closed_after_tunnel_idle_timeout(tight: Runtime) -> None:
+    listener = tight.listeners()["public"]
+    with listener.connect() as sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 101 ")
+        for i in range(6):  # a ping every 0.5 s for 3 s: traffic, though longer than the timeout
+            time.sleep(0.5)
+            sock.sendall(b"ping %d" % i)
+            assert sock.recv(100) == b"ping %d" % i
+        assert answered(sock, 10) == b""  # then silence: closed
+
+
 # -- connections -------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", LISTENERS)
 def test_beyond_max_connections_a_connection_is_closed_at_accept(
@@ -538,3 +626,29 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
         assert raised > 256 and resource.getrlimit(resource.RLIMIT_NOFILE) == (raised, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = b"a" * (32 * 1024 * 1024) if scope["path"] == "/big" else b"hello"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_an_api_cuts_a_client_that_stops_reading_on_either_event_loop(kind: str) -> None:
+    """The app API, control listener and management API (AsgiServer) apply send_timeout_s."""
+    loop = LoopThread(kind)
+    server = AsgiServer(big, name="test", limits=LimitsSettings(send_timeout_s=0.5))
+    try:
+        loop.run(server.start("tcp://127.0.0.1:0"))
+        listener = Listener("test", server.port, False, "/", 200, "POST /")
+        with small_buffer_connection(listener) as sock:
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
+            time.sleep(3)  # reads nothing
+            received, closed = receive_all(sock)
+        assert closed and received < 16 * 1024 * 1024
+        assert served(listener)
+        assert server.cut.count == 1
+    finally:
+        loop.run(server.close())
+        loop.stop()
