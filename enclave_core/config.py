@@ -646,7 +646,9 @@ def load_config(path: str | Path | None = None, *, allow_missing: bool = False) 
         instead of raising.
     """
     file = Path(path) if path is not None else Path.cwd() / CONFIG_FILENAME
-    file = file.resolve()
+    # Absolute, but a symlinked enclave.yaml keeps its own folder: the state (.enclave/) and the
+    # relative paths in it belong beside the link the user chose, not beside its target.
+    file = Path(os.path.abspath(file))
     if not file.exists():
         if allow_missing:
             return parse_config({"name": default_name(file.parent)}, base_dir=file.parent)

@@ -211,3 +211,17 @@ def test_request_timeout_must_cover_the_head_timeout(tmp_path: Path) -> None:
         "supervisor.limits.request_timeout_s: must be at least header_timeout_s "
         "(the request includes its head)."
     ]
+
+
+def test_a_symlinked_enclave_yaml_keeps_its_state_beside_the_link(tmp_path: Path) -> None:
+    """As in examples/hello, whose enclave.yaml links to the package template."""
+    shared = tmp_path / "templates"
+    shared.mkdir()
+    write(shared, "name: linked\napp: {dir: .}\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "enclave.yaml").symlink_to(shared / "enclave.yaml")
+    config = load_config(project / "enclave.yaml")
+    assert config.base_dir == project
+    assert config.state_dir == project / ".enclave"
+    assert config.app_dir == project
