@@ -96,9 +96,35 @@ def add_bearer_scheme(spec: APISpec, description: str) -> None:
     )
 
 
+#: What every listener may answer to any request before a route sees it (``runtime.limits``,
+#: ``supervisor.limits``; README "Limits"), each with ``Connection: close``.
+LIMIT_RESPONSES = {
+    "408": "the request head or body did not arrive within header_timeout_s / request_timeout_s",
+    "413": "the body exceeds max_body_bytes (or the route's own limit)",
+    "431": "the request line and header fields exceed max_header_bytes",
+}
+ERROR_REF = "#/components/schemas/Error"
+_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
+
+
+def add_limit_responses(document: dict[str, Any]) -> None:
+    """Declare the listener's limit answers on every operation that does not name them."""
+    for item in document.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, description in LIMIT_RESPONSES.items():
+                responses.setdefault(status, json_body({"$ref": ERROR_REF}, description))
+
+
 def render(spec: APISpec) -> dict[str, Any]:
-    """The document as plain JSON data (a round trip drops tuples and other Python types)."""
+    """The document as plain JSON data (a round trip drops tuples and other Python types),
+    with the listener's limit answers on every operation."""
+    if "Error" not in spec.components.schemas:
+        spec.components.schema("Error", schema=ErrorSchema)
     document: dict[str, Any] = json.loads(json.dumps(spec.to_dict()))
+    add_limit_responses(document)
     return document
 
 

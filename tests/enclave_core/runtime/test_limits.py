@@ -29,7 +29,10 @@ from enclave_core.config import Config, LimitsSettings
 from enclave_core.runtime.proxy import AsgiServer, raise_file_limit
 from enclave_core.runtime.tls import make_tls_identity
 from enclave_core.testing import dev_config_document, write_config
+from tests.enclave_core.openapi_conformance import check_answer
 from tests.enclave_core.runtime.test_proxy import LoopThread
+
+REPO = Path(__file__).resolve().parents[3]
 
 # The app behind the public listener: GET answers at once, /stream streams for longer than
 # the tight request_timeout_s, POST reads the whole body (Content-Length or chunked). It leaves
@@ -390,6 +393,30 @@ def test_pipelined_requests_beyond_the_head_limit_in_total_are_all_served(
         reply = read_until_closed(sock)
     assert reply.count(b"HTTP/1.1 %d " % listener.status) == 31
     assert b"HTTP/1.1 431" not in reply
+
+
+DOCUMENTS = {"public": "runtime-public.json", "app API": "runtime-app.json",
+             "control": "runtime-control.json"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", LISTENERS)
+def test_limit_answers_are_the_documented_ones(tight: Runtime, name: str) -> None:
+    """408, 413 and 431 conform to the listener's committed OpenAPI document, on any route."""
+    listener = tight.listeners()[name]
+    path = "/health" if name == "public" else listener.get  # a route the document describes
+    document = json.loads((REPO / "docs" / "api" / DOCUMENTS[name]).read_text(encoding="utf-8"))
+    head = f"GET {path} HTTP/1.1\r\nHost: test\r\n{listener.auth}"
+    sent = {
+        431: [f"{head}X-Big: {'b' * 8000}\r\n\r\n".encode()],
+        413: [f"{head}Content-Length: 100000\r\n\r\n".encode()],
+        408: [head.encode()] + [b"X-Slow: 1\r\n"] * 300,
+    }
+    for status, pieces in sent.items():
+        with listener.connect() as sock:
+            reply = trickle(sock, pieces, 0.1 if status == 408 else 0.01)
+        code, headers, body = parse(reply)
+        assert code == status
+        check_answer(document, "GET", path, code, headers, body)
 
 
 # -- body size ---------------------------------------------------------------------------------
