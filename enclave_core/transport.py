@@ -13,12 +13,19 @@ accepted or opened, would fail there.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
+import struct
+import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 CHUNK = 64 * 1024
+#: Once one side of a splice is gone, how long the other has to write out what it still holds.
+FLUSH_TIMEOUT_S = 60.0
+#: How long a spliced connection may take none of what waits for it (nginx's send_timeout).
+SEND_TIMEOUT_S = 60.0
 #: Listen on every CID (``VMADDR_CID_ANY``): ``vsock://4294967295:PORT``.
 VSOCK_ANY_CID = 0xFFFFFFFF
 #: The parent EC2 instance, as seen from inside a Nitro Enclave.
@@ -235,6 +242,24 @@ async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> in
     return total
 
 
+def unsent_bytes(fd: int) -> int | None:
+    """Bytes in the kernel's send queue of socket ``fd`` (Linux ``SIOCOUTQ``), or None."""
+    if fd < 0:
+        return None
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0])
+    except (OSError, ValueError):
+        return None  # not a socket that reports it (vsock on older kernels)
+
+
+def _fileno(transport: asyncio.BaseTransport) -> int:
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
+
+
 class _RelaySide(asyncio.Protocol):
     """One connection of a splice: what it reads goes straight to the other connection.
 
@@ -244,7 +269,9 @@ class _RelaySide(asyncio.Protocol):
     this side pauses until it drains.
     """
 
-    def __init__(self, transport: asyncio.Transport, closed: asyncio.Future[None]) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, closed: asyncio.Future[None], send_timeout_s: float
+    ) -> None:
         self.transport = transport
         # The stream protocol it replaces still hears of the end, so the stream writer's
         # wait_closed() returns and the reader sees EOF.
@@ -253,6 +280,10 @@ class _RelaySide(asyncio.Protocol):
         self.peer: _RelaySide = self
         self.received = 0  # bytes read from this connection
         self.eof = False
+        self.send_timeout_s = send_timeout_s
+        self.stall: asyncio.TimerHandle | None = None  # armed while this side's writing pauses
+        self.unsent = -1  # the kernel's send queue when last looked at
+        self.fd = _fileno(transport)
 
     def data_received(self, data: bytes) -> None:
         """Relay to the peer (its transport buffers what the socket does not take at once)."""
@@ -272,15 +303,38 @@ class _RelaySide(asyncio.Protocol):
         return not self.peer.eof  # False: both directions are done, the transport closes
 
     def pause_writing(self) -> None:
-        """The peer reads slower than this side's writer is fed: stop reading the peer."""
+        """This connection reads slower than the peer sends: stop reading the peer, and give
+        this one ``send_timeout_s`` to take something."""
         self.peer.transport.pause_reading()
+        self._arm(unsent_bytes(self.fd))
 
     def resume_writing(self) -> None:
         """This connection's write buffer drained: read the peer again."""
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         self.peer.transport.resume_reading()
+
+    def _arm(self, unsent: int | None) -> None:
+        self.unsent = -1 if unsent is None else unsent
+        loop = asyncio.get_running_loop()
+        self.stall = loop.call_later(self.send_timeout_s, self._stalled)
+
+    def _stalled(self) -> None:
+        """Still paused: progress if the kernel's send queue moved (it wakes a writer only once
+        a third of a large buffer is free), otherwise the reader is gone in all but name."""
+        unsent = unsent_bytes(self.fd)
+        if unsent is not None and unsent != self.unsent:
+            self._arm(unsent)
+            return
+        self.stall = None
+        self.transport.abort()  # connection_lost follows, and the peer is aborted below
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Close the peer too, after it has written what it holds."""
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
         self.peer.transport.close()
         self.stream_protocol.connection_lost(exc)
         if not self.closed.done():
@@ -313,17 +367,21 @@ def _take_buffered(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
 async def splice(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    *,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> tuple[int, int]:
     """Relay both directions between two connections until both end, then close both.
 
     Returns the bytes read from ``a`` and from ``b``. Half-close passes through in each
-    direction; cancelling the splice aborts both connections.
+    direction; cancelling the splice aborts both connections. A connection that takes none of
+    what waits for it for ``send_timeout_s`` is cut, and so, once one side is gone, is the
+    other if it cannot write out what it holds within ``FLUSH_TIMEOUT_S``.
     """
     if not (_relayable(*a) and _relayable(*b)):
         return await _splice_streams(a, b)
     loop = asyncio.get_running_loop()
     sides = [
-        _RelaySide(writer.transport, loop.create_future())  # type: ignore[arg-type]
+        _RelaySide(writer.transport, loop.create_future(), send_timeout_s)  # type: ignore[arg-type]
         for _reader, writer in (a, b)
     ]
     sides[0].peer, sides[1].peer = sides[1], sides[0]
@@ -341,7 +399,15 @@ async def splice(
         if not side.transport.is_closing():
             side.transport.resume_reading()  # the stream protocol may have paused it
     try:
-        await asyncio.gather(*(side.closed for side in sides))
+        _done, pending = await asyncio.wait(
+            [side.closed for side in sides], return_when=asyncio.FIRST_COMPLETED
+        )
+        if pending:  # one side is gone; the other may only write out what it holds
+            _done, pending = await asyncio.wait(pending, timeout=FLUSH_TIMEOUT_S)
+        if pending:  # a peer that reads nothing would keep it forever
+            for side in sides:
+                side.transport.abort()
+            await asyncio.wait(pending)
     except asyncio.CancelledError:
         for side in sides:
             side.transport.abort()

@@ -15,10 +15,7 @@ server's periodic sweep (:meth:`ClientConnection.expire`), never by a timer per 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import socket
-import struct
-import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +31,7 @@ from enclave_core.runtime.exchange import (
     error_response,
     half_close,
 )
+from enclave_core.transport import unsent_bytes
 
 if TYPE_CHECKING:
     from enclave_core.runtime.proxy import PublicServer
@@ -42,16 +40,6 @@ if TYPE_CHECKING:
 BUFFER_HIGH = 256 * 1024  # pause reading a body nobody consumes yet beyond this
 DISCARD_LIMIT = 4 << 20  # request body read and dropped after an early answer, then close
 LINGER_S = 2.0  # after our FIN, unread input is drained this long so it causes no reset
-
-
-def unsent_bytes(fd: int) -> int | None:
-    """Bytes in the kernel's send queue of socket ``fd`` (Linux ``SIOCOUTQ``), or None."""
-    if fd < 0:
-        return None
-    try:
-        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0])
-    except (OSError, ValueError):
-        return None  # not a socket that reports it (vsock on older kernels)
 
 
 class ClientConnection(asyncio.Protocol):

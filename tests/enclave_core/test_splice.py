@@ -292,3 +292,82 @@ def test_a_target_that_closes_ends_the_splice_once_the_client_closes(
         return seen, open_while_client_open, ended.is_set()
 
     assert run(scenario()) == (b"bye", True, True)
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
+    run: Callable[..., Any],
+) -> None:
+    """While its side is paused the relay reads nothing from the target, so it cannot even see
+    the target go away: only the client's own stall ends the splice."""
+
+    async def dump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        block = b"d" * (1024 * 1024)
+        with contextlib.suppress(TimeoutError):
+            for _ in range(32):  # until the forwarder stops taking it (its client reads nothing)
+                writer.write(block)
+                await asyncio.wait_for(writer.drain(), 1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # and gone: a reset
+
+    async def scenario() -> int:
+        backend, backend_port = await serve(dump)
+        ended = asyncio.Event()
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            await transport.splice((reader, writer), upstream, send_timeout_s=0.5)
+            ended.set()
+
+        front, front_port = await serve(forward)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", front_port))
+        await asyncio.wait_for(ended.wait(), 10)  # the client read nothing; the splice ended
+        received = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 5):
+                received += len(chunk)
+        sock.close()
+        await close_all(front, backend)
+        return received
+
+    assert run(scenario()) < 32 * 1024 * 1024
+
+
+def test_a_slow_but_steady_reader_is_not_cut(run: Callable[..., Any]) -> None:
+    size = 3 * 1024 * 1024
+
+    async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"s" * size)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> int:
+        backend, backend_port = await serve(send)
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # A large send buffer, as the kernel grows it on a long link: it wakes a writer only
+            # once a third of it is free, so the relay stays paused for seconds at a time.
+            client = writer.get_extra_info("socket")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+            await transport.splice((reader, writer), upstream, send_timeout_s=0.5)
+
+        front, front_port = await serve(forward)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", front_port))
+        received = 0
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 16384), 10):
+            received += len(chunk)
+            await asyncio.sleep(0.02)  # under 1 MB/s: slow, never idle
+        sock.close()
+        await close_all(front, backend)
+        return received
+
+    assert run(scenario()) == size
