@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -19,7 +20,6 @@ import uvloop
 
 from enclave_core import transport
 
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop] | None] = {
     "asyncio": None,
     "uvloop": uvloop.new_event_loop,
@@ -37,10 +37,14 @@ def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], 
     return runner
 
 
-async def serve(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]):  # type: ignore[no-untyped-def]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve(handler: Handler) -> tuple[asyncio.AbstractServer, int]:
     """A loopback server and its port."""
     server = await transport.listen("tcp://127.0.0.1:0", handler)
-    return server, server.sockets[0].getsockname()[1]
+    port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return server, port
 
 
 async def close_all(*servers: asyncio.AbstractServer) -> None:
@@ -59,33 +63,71 @@ async def echo_upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     writer.close()
 
 
+@dataclass
+class Relay:
+    """A forwarder on loopback splicing each connection to a backend, as the ingress does."""
+
+    port: int
+    servers: list[asyncio.AbstractServer]
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # a splice returned
+    results: list[tuple[int, int]] = field(default_factory=list)  # what each splice returned
+
+    async def close(self) -> None:
+        await close_all(*self.servers)
+
+
+Prepare = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def start_relay(backend: Handler, prepare: Prepare | None = None, **options: Any) -> Relay:
+    """``backend`` behind a forwarder; ``prepare`` runs on each client connection first."""
+    backend_server, backend_port = await serve(backend)
+    relay = Relay(0, [backend_server])
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if prepare is not None:
+            await prepare(reader, writer)
+        upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
+        relay.results.append(await transport.splice((reader, writer), upstream, **options))
+        await writer.wait_closed()  # the stream writer learns of the end too
+        relay.ended.set()
+
+    front, relay.port = await serve(forward)
+    relay.servers.insert(0, front)
+    return relay
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection with a TCP reset (linger 0), not a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def small_window_client(port: int) -> socket.socket:
+    """A non-blocking client socket with a 16 KiB receive buffer, connected to ``port``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return sock
+
+
 def test_bytes_flow_both_ways_and_half_close_passes_through(run: Callable[..., Any]) -> None:
-    results: list[tuple[int, int]] = []
-
-    async def scenario() -> bytes:
-        backend, backend_port = await serve(echo_upper)
-
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
-            results.append(await transport.splice((reader, writer), upstream))
-            await writer.wait_closed()  # the stream writer learns of the end too
-
-        front, front_port = await serve(forward)
-        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+    async def scenario() -> tuple[bytes, list[tuple[int, int]]]:
+        relay = await start_relay(echo_upper)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{relay.port}")
         writer.write(b"abc" * 700_000)
         await writer.drain()
         writer.write_eof()  # half-close: the answer must still come back
         answer = await reader.read()
         writer.close()
         await writer.wait_closed()
-        for _ in range(100):
-            if results:
-                break
-            await asyncio.sleep(0.05)
-        await close_all(front, backend)
-        return answer
+        await asyncio.wait_for(relay.ended.wait(), 5)
+        await relay.close()
+        return answer, relay.results
 
-    answer = run(scenario())
+    answer, results = run(scenario())
     assert answer == b"ABC" * 700_000 + b"|END"
     assert results == [(2_100_000, 2_100_004)]
 
@@ -93,16 +135,12 @@ def test_bytes_flow_both_ways_and_half_close_passes_through(run: Callable[..., A
 def test_bytes_the_stream_reader_already_held_are_relayed_first(run: Callable[..., Any]) -> None:
     """As in egress: the handler reads a head, and what came after it must not be lost."""
 
+    async def read_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readexactly(5) == b"HEAD|"
+
     async def scenario() -> bytes:
-        backend, backend_port = await serve(echo_upper)
-
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            assert await reader.readexactly(5) == b"HEAD|"
-            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
-            await transport.splice((reader, writer), upstream)
-
-        front, front_port = await serve(forward)
-        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        relay = await start_relay(echo_upper, read_head)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{relay.port}")
         writer.write(b"HEAD|first bytes, sent with the head")
         await writer.drain()
         await asyncio.sleep(0.2)  # they sit in the forwarder's stream reader
@@ -110,7 +148,7 @@ def test_bytes_the_stream_reader_already_held_are_relayed_first(run: Callable[..
         writer.write_eof()
         answer = await reader.read()
         writer.close()
-        await close_all(front, backend)
+        await relay.close()
         return answer
 
     assert run(scenario()) == b"FIRST BYTES, SENT WITH THE HEAD; THEN MORE|END"
@@ -118,24 +156,21 @@ def test_bytes_the_stream_reader_already_held_are_relayed_first(run: Callable[..
 
 def test_an_eof_seen_before_the_splice_still_reaches_the_target(run: Callable[..., Any]) -> None:
     async def scenario() -> bytes:
-        backend, backend_port = await serve(echo_upper)
         client_done = asyncio.Event()
 
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def wait_for_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await client_done.wait()
             await asyncio.sleep(0.2)  # data and EOF are both in the stream reader by now
-            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
-            await transport.splice((reader, writer), upstream)
 
-        front, front_port = await serve(forward)
-        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        relay = await start_relay(echo_upper, wait_for_eof)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{relay.port}")
         writer.write(b"all at once")
         writer.write_eof()
         await writer.drain()
         client_done.set()
         answer = await reader.read()
         writer.close()
-        await close_all(front, backend)
+        await relay.close()
         return answer
 
     assert run(scenario()) == b"ALL AT ONCE|END"
@@ -231,32 +266,24 @@ def test_cancelling_a_splice_closes_both_connections(run: Callable[..., Any]) ->
 
 
 def test_a_target_that_resets_ends_the_client_connection(run: Callable[..., Any]) -> None:
+    async def reset_after_a_byte(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.read(1)
+        reset(writer)
+
     async def scenario() -> bytes:
-        async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read(1)
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()  # with linger 0: a TCP reset, not a FIN
-
-        backend, backend_port = await serve(reset)
-        ended = asyncio.Event()
-
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
-            await transport.splice((reader, writer), upstream)
-            ended.set()
-
-        front, front_port = await serve(forward)
-        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+        relay = await start_relay(reset_after_a_byte)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{relay.port}")
         writer.write(b"x")
         await writer.drain()
         try:
             seen = await reader.read()
         except ConnectionError:
             seen = b"reset"
-        await asyncio.wait_for(ended.wait(), 5)  # the splice returned, the client did nothing
+        await asyncio.wait_for(relay.ended.wait(), 5)  # the splice returned, the client did nothing
         writer.close()
-        await close_all(front, backend)
+        await relay.close()
         return seen
 
     assert run(scenario()) in (b"", b"reset")
@@ -265,33 +292,25 @@ def test_a_target_that_resets_ends_the_client_connection(run: Callable[..., Any]
 def test_a_target_that_closes_ends_the_splice_once_the_client_closes(
     run: Callable[..., Any],
 ) -> None:
-    async def scenario() -> tuple[bytes, bool, bool]:
-        async def goodbye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read(1)
-            writer.write(b"bye")
-            writer.close()
+    async def goodbye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"bye")
+        writer.close()
 
-        backend, backend_port = await serve(goodbye)
-        ended = asyncio.Event()
-
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
-            await transport.splice((reader, writer), upstream)
-            ended.set()
-
-        front, front_port = await serve(forward)
-        reader, writer = await transport.connect(f"tcp://127.0.0.1:{front_port}")
+    async def scenario() -> tuple[bytes, bool]:
+        relay = await start_relay(goodbye)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{relay.port}")
         writer.write(b"x")
         await writer.drain()
         seen = await reader.read()  # "bye", then EOF: the half-close passed through
         await asyncio.sleep(0.2)
-        open_while_client_open = not ended.is_set()
+        open_while_client_open = not relay.ended.is_set()
         writer.close()
-        await asyncio.wait_for(ended.wait(), 5)
-        await close_all(front, backend)
-        return seen, open_while_client_open, ended.is_set()
+        await asyncio.wait_for(relay.ended.wait(), 5)
+        await relay.close()
+        return seen, open_while_client_open
 
-    assert run(scenario()) == (b"bye", True, True)
+    assert run(scenario()) == (b"bye", True)
 
 
 def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
@@ -306,32 +325,19 @@ def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(
             for _ in range(32):  # until the forwarder stops taking it (its client reads nothing)
                 writer.write(block)
                 await asyncio.wait_for(writer.drain(), 1)
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()  # and gone: a reset
+        reset(writer)  # and gone
 
     async def scenario() -> int:
-        backend, backend_port = await serve(dump)
-        ended = asyncio.Event()
-
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
-            await transport.splice((reader, writer), upstream, send_timeout_s=0.5)
-            ended.set()
-
-        front, front_port = await serve(forward)
-        loop = asyncio.get_running_loop()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", front_port))
-        await asyncio.wait_for(ended.wait(), 10)  # the client read nothing; the splice ended
+        relay = await start_relay(dump, send_timeout_s=0.5)
+        sock = await small_window_client(relay.port)
+        await asyncio.wait_for(relay.ended.wait(), 10)  # the client read nothing; the splice ended
         received = 0
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(ConnectionError):
             while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 5):
                 received += len(chunk)
         sock.close()
-        await close_all(front, backend)
+        await relay.close()
         return received
 
     assert run(scenario()) < 32 * 1024 * 1024
@@ -345,29 +351,22 @@ def test_a_slow_but_steady_reader_is_not_cut(run: Callable[..., Any]) -> None:
         await writer.drain()
         writer.close()
 
+    async def large_send_buffer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # As the kernel grows it on a long link: it wakes a writer only once a third of it is
+        # free, so the relay stays paused for seconds at a time.
+        client = writer.get_extra_info("socket")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+
     async def scenario() -> int:
-        backend, backend_port = await serve(send)
-
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            # A large send buffer, as the kernel grows it on a long link: it wakes a writer only
-            # once a third of it is free, so the relay stays paused for seconds at a time.
-            client = writer.get_extra_info("socket")
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
-            upstream = await transport.connect(f"tcp://127.0.0.1:{backend_port}")
-            await transport.splice((reader, writer), upstream, send_timeout_s=0.5)
-
-        front, front_port = await serve(forward)
+        relay = await start_relay(send, large_send_buffer, send_timeout_s=0.5)
+        sock = await small_window_client(relay.port)
         loop = asyncio.get_running_loop()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", front_port))
         received = 0
         while chunk := await asyncio.wait_for(loop.sock_recv(sock, 16384), 10):
             received += len(chunk)
             await asyncio.sleep(0.02)  # under 1 MB/s: slow, never idle
         sock.close()
-        await close_all(front, backend)
+        await relay.close()
         return received
 
     assert run(scenario()) == size
