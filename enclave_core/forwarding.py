@@ -107,7 +107,8 @@ class Forwarder(TrackedServer):
 
     With ``max_connections``, a connection beyond that many open ones is closed as soon as it is
     accepted: the forwarder never reads the bytes (they may be TLS), so it cannot answer a 503.
-    A side that takes none of what waits for it for ``send_timeout_s`` is cut, with its peer.
+    A side that takes none of what waits for it for ``send_timeout_s`` is cut, with its peer;
+    so is a connection one side has ended (EOF) once no byte moved for ``half_closed_idle_s``.
     """
 
     kind = "forwarder"
@@ -122,12 +123,14 @@ class Forwarder(TrackedServer):
         connect_timeout_s: float = 5.0,
         max_connections: int | None = None,
         send_timeout_s: float = transport.SEND_TIMEOUT_S,
+        half_closed_idle_s: float = transport.HALF_CLOSED_IDLE_S,
     ) -> None:
         super().__init__(listen)
         self._target = target if callable(target) else (lambda: target)
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
         self.send_timeout_s = send_timeout_s
+        self.half_closed_idle_s = half_closed_idle_s
         self.refused = BurstCounter()  # connections closed beyond max_connections
         self.unreached = BurstCounter()  # connections dropped: the target could not be reached
 
@@ -166,7 +169,12 @@ class Forwarder(TrackedServer):
                 )
             await close_writer(writer)
             return
-        await transport.splice((reader, writer), upstream, send_timeout_s=self.send_timeout_s)
+        await transport.splice(
+            (reader, writer),
+            upstream,
+            send_timeout_s=self.send_timeout_s,
+            half_closed_idle_s=self.half_closed_idle_s,
+        )
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:

@@ -26,6 +26,8 @@ CHUNK = 64 * 1024
 FLUSH_TIMEOUT_S = 60.0
 #: How long a spliced connection may take none of what waits for it (nginx's send_timeout).
 SEND_TIMEOUT_S = 60.0
+#: After one side of a splice has sent its EOF, how long no byte may move either way.
+HALF_CLOSED_IDLE_S = 60.0
 #: Listen on every CID (``VMADDR_CID_ANY``): ``vsock://4294967295:PORT``.
 VSOCK_ANY_CID = 0xFFFFFFFF
 #: The parent EC2 instance, as seen from inside a Nitro Enclave.
@@ -270,7 +272,11 @@ class _RelaySide(asyncio.Protocol):
     """
 
     def __init__(
-        self, transport: asyncio.Transport, closed: asyncio.Future[None], send_timeout_s: float
+        self,
+        transport: asyncio.Transport,
+        closed: asyncio.Future[None],
+        send_timeout_s: float,
+        half_closed_idle_s: float,
     ) -> None:
         self.transport = transport
         # The stream protocol it replaces still hears of the end, so the stream writer's
@@ -281,7 +287,9 @@ class _RelaySide(asyncio.Protocol):
         self.received = 0  # bytes read from this connection
         self.eof = False
         self.send_timeout_s = send_timeout_s
+        self.half_closed_idle_s = half_closed_idle_s
         self.stall: asyncio.TimerHandle | None = None  # armed while this side's writing pauses
+        self.quiet: asyncio.TimerHandle | None = None  # armed once this side has sent its EOF
         self.unsent = -1  # the kernel's send queue when last looked at
         self.fd = _fileno(transport)
 
@@ -300,7 +308,25 @@ class _RelaySide(asyncio.Protocol):
                 peer.write_eof()  # sent once the peer's buffer has drained
         except (OSError, RuntimeError):
             pass
-        return not self.peer.eof  # False: both directions are done, the transport closes
+        if self.peer.eof:
+            return False  # both directions are done: the transport closes
+        # Half-closed: the other direction may go on, but not in silence for ever (a client
+        # that keeps a connection the enclave has closed would hold a slot of the listener).
+        self._watch_quiet(self.received + self.peer.received)
+        return True
+
+    def _watch_quiet(self, moved: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.quiet = loop.call_later(self.half_closed_idle_s, self._check_quiet, moved)
+
+    def _check_quiet(self, moved_then: int) -> None:
+        moved = self.received + self.peer.received
+        if moved != moved_then:
+            self._watch_quiet(moved)
+            return
+        self.quiet = None
+        self.transport.abort()
+        self.peer.transport.abort()
 
     def pause_writing(self) -> None:
         """This connection reads slower than the peer sends: stop reading the peer, and give
@@ -332,9 +358,10 @@ class _RelaySide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Close the peer too, after it has written what it holds."""
-        if self.stall is not None:
-            self.stall.cancel()
-            self.stall = None
+        for timer in (self.stall, self.quiet):
+            if timer is not None:
+                timer.cancel()
+        self.stall = self.quiet = None
         self.peer.transport.close()
         self.stream_protocol.connection_lost(exc)
         if not self.closed.done():
@@ -369,19 +396,26 @@ async def splice(
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     *,
     send_timeout_s: float = SEND_TIMEOUT_S,
+    half_closed_idle_s: float = HALF_CLOSED_IDLE_S,
 ) -> tuple[int, int]:
     """Relay both directions between two connections until both end, then close both.
 
     Returns the bytes read from ``a`` and from ``b``. Half-close passes through in each
-    direction; cancelling the splice aborts both connections. A connection that takes none of
-    what waits for it for ``send_timeout_s`` is cut, and so, once one side is gone, is the
-    other if it cannot write out what it holds within ``FLUSH_TIMEOUT_S``.
+    direction; cancelling the splice aborts both connections. Both are cut when one takes
+    none of what waits for it for ``send_timeout_s``; when, after one side's EOF, no byte moves
+    either way for ``half_closed_idle_s``; and when, one side gone, the other cannot write out
+    what it holds within ``FLUSH_TIMEOUT_S``.
     """
     if not (_relayable(*a) and _relayable(*b)):
         return await _splice_streams(a, b)
     loop = asyncio.get_running_loop()
     sides = [
-        _RelaySide(writer.transport, loop.create_future(), send_timeout_s)  # type: ignore[arg-type]
+        _RelaySide(
+            writer.transport,  # type: ignore[arg-type]
+            loop.create_future(),
+            send_timeout_s,
+            half_closed_idle_s,
+        )
         for _reader, writer in (a, b)
     ]
     sides[0].peer, sides[1].peer = sides[1], sides[0]

@@ -5,7 +5,8 @@ the enclave, serves until SIGINT or SIGTERM, then stops the watchdog, the forwar
 and the API within 10 seconds. The Falcon app is served by the runtime's own HTTP/1.1 server
 (:class:`~enclave_core.runtime.proxy.AsgiServer`) on a socket we bound ourselves, with the limits
 of ``supervisor.limits``; each ingress forwarder refuses connections beyond its
-``max_connections`` and cuts a connection that takes nothing for ``send_timeout_s``.
+``max_connections``, cuts a connection that takes nothing for ``send_timeout_s``, and one
+the enclave has closed once it has been quiet for ``idle_timeout_s``.
 
 The egress proxy and the IMDS forwarder (:mod:`.egress`, :mod:`.imds`) listen on the host's
 vsock ports ``egress.port`` and ``egress.imds_port`` when the launcher reaches the enclave over
@@ -120,6 +121,7 @@ async def _serve(
                 target,
                 max_connections=config.supervisor.limits.max_connections,
                 send_timeout_s=config.supervisor.limits.send_timeout_s,
+                half_closed_idle_s=config.supervisor.limits.idle_timeout_s,
             )
             await forwarder.start()
             forwarders.append(forwarder)

@@ -370,3 +370,44 @@ def test_a_slow_but_steady_reader_is_not_cut(run: Callable[..., Any]) -> None:
         return received
 
     assert run(scenario()) == size
+
+
+def test_a_silent_client_is_cut_once_the_target_has_closed(run: Callable[..., Any]) -> None:
+    """A client that keeps a connection the enclave closed would hold a listener slot."""
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # as the runtime does with a connection that sent nothing in time
+
+    async def scenario() -> bytes:
+        relay = await start_relay(close_at_once, half_closed_idle_s=0.5)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{relay.port}")
+        seen = await reader.read()  # the target's EOF, passed on; the client stays silent
+        await asyncio.wait_for(relay.ended.wait(), 10)
+        writer.close()
+        await relay.close()
+        return seen
+
+    assert run(scenario()) == b""
+
+
+def test_a_half_closed_client_gets_a_slow_answer_to_its_end(run: Callable[..., Any]) -> None:
+    """The client's EOF starts the quiet clock, but an answer that keeps coming resets it."""
+
+    async def slow_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        question = await reader.read()  # up to the client's EOF
+        for i in range(8):
+            await asyncio.sleep(0.2)
+            writer.write(b"%d:%s;" % (i, question))
+        writer.close()
+
+    async def scenario() -> bytes:
+        relay = await start_relay(slow_answer, half_closed_idle_s=0.5)
+        reader, writer = await transport.connect(f"tcp://127.0.0.1:{relay.port}")
+        writer.write(b"q")
+        writer.write_eof()
+        answer = await reader.read()  # 1.6 s in all, longer than the quiet limit
+        writer.close()
+        await relay.close()
+        return answer
+
+    assert run(scenario()) == b"".join(b"%d:q;" % i for i in range(8))

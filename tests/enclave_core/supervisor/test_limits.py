@@ -3,7 +3,8 @@
 Three development stacks (supervisor, runtime and the example app, for real), each started once
 for the module: ``tight`` (small sizes and sub-second timeouts under ``supervisor:`` and
 ``runtime:``), ``crowded`` (``supervisor.limits.max_connections: 4``) and ``stock`` (defaults).
-An ingress forwarder never reads the bytes it forwards, so only max_connections applies to it;
+An ingress forwarder never reads the bytes it forwards: max_connections applies to it, and
+send_timeout_s and idle_timeout_s to a relayed connection one side stopped reading or has ended;
 a slow client through it meets the runtime's public listener and its limits.
 """
 
@@ -55,6 +56,14 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     folder = tmp_path_factory.mktemp("crowded") / "hello"
     yield from start_stack(folder, supervisor={"limits": {"max_connections": 4}})
+
+
+@pytest.fixture(scope="module")
+def crowded_tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """Four ingress connections at most, and the runtime closes silent ones within 0.5 s."""
+    folder = tmp_path_factory.mktemp("crowded_tight") / "hello"
+    supervisor = {"max_connections": 4, "idle_timeout_s": 1.0}
+    yield from start_stack(folder, supervisor={"limits": supervisor}, runtime={"limits": TIGHT})
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +172,21 @@ def test_beyond_max_connections_a_connection_is_closed_at_accept(
         wait_for(lambda: served(listener))
     finally:
         for sock in held:
+            sock.close()
+
+
+def test_clients_that_keep_connections_the_enclave_closed_do_not_lock_out_the_ingress(
+    crowded_tight: DevStack,
+) -> None:
+    listener = ingress(crowded_tight)
+    silent = open_idle(listener.port, 4)  # every slot; they send nothing, never close
+    try:
+        for sock in silent:  # the runtime's head timeout ends each: the EOF comes through
+            assert read_until_closed(sock) == b""
+        # still open on the client's side: the ingress lets them go once quiet for 1 s
+        wait_for(lambda: served(listener))
+    finally:
+        for sock in silent:
             sock.close()
 
 
