@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,9 @@ class ConfigOption(Command):
         return super().get_epilog()
 
     def config_path(self, parsed_args: argparse.Namespace) -> Path:
-        """The config file named by ``-c``, as an absolute path."""
-        return Path(parsed_args.config or CONFIG_FILENAME).resolve()
+        """The config file named by ``-c``, as an absolute path (a symlink is not followed:
+        its folder is the project's)."""
+        return Path(os.path.abspath(parsed_args.config or CONFIG_FILENAME))
 
     def load(self, parsed_args: argparse.Namespace, *, allow_missing: bool = False) -> Config:
         """Load and validate the config named by ``-c``."""

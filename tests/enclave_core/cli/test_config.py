@@ -35,6 +35,19 @@ def test_a_three_line_file_is_valid(capsys: pytest.CaptureFixture[str], tmp_path
     assert validate(capsys, path) == (0, f"OK: {path}\n", [])
 
 
+def test_a_symlinked_file_is_the_project_of_the_folder_it_sits_in(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As examples/hello/enclave.yaml, a link to the package template: its state and app stay
+    beside the link (`enclave dev` there must not write into the installed package)."""
+    template = write(tmp_path, "version: 1\nname: hello\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "enclave.yaml").symlink_to(template)
+    monkeypatch.chdir(project)
+    assert cli(capsys, "config", "validate") == (0, f"OK: {project / 'enclave.yaml'}\n", "")
+
+
 def test_malformed_yaml_is_one_line_with_its_position(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
