@@ -93,13 +93,16 @@ def unit_text(config: Config, command: list[str], *, software: Sequence[Path] | 
         and ``sys.prefix``); ProtectHome is relaxed when any of it is in a home.
     """
     assert config.path is not None
-    config_path = config.path.resolve()
+    # The path as given, not its target: a symlinked enclave.yaml's folder is the project's (the
+    # state_dir below is in it); the target must be readable too.
+    config_path = config.path
     eif_dir = config.resolve(config.enclave.eif).parent
     writable = [str(config.state_dir), *(f"-{p}" for p in (eif_dir, *NITRO_CLI_PATHS))]
     if software is None:
         software = [Path(command[0]).resolve(), Path(sys.prefix).resolve()]
     # Everything the service reads: ProtectHome=yes would hide these if they live in a home.
-    needed = [config_path, config.state_dir, eif_dir, config.app_dir, *software]
+    needed = [config_path, config_path.resolve(), config.state_dir, eif_dir, config.app_dir]
+    needed += software
     in_home = [str(p) for p in needed if _under_home(p)]
     if in_home:
         protect_home = "read-only"
