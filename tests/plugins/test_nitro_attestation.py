@@ -158,7 +158,9 @@ def test_describe_nsm_fields(nsm: Attestation) -> None:
 def test_get_random_lengths(nsm: Attestation, length: int) -> None:
     values = {nsm.get_random(length) for _ in range(3)}
     assert {len(v) for v in values} == {length}
-    assert len(values) == (1 if length == 0 else 3)
+    # Three draws of 32 bytes or more never repeat (2^-256); one-byte draws may, 1 time in 85.
+    if length == 0 or length >= 32:
+        assert len(values) == (1 if length == 0 else 3)
 
 
 def test_get_random_negative_length_is_invalid_argument(nsm: Attestation) -> None:
