@@ -556,8 +556,8 @@ def test_a_quiet_tunnel_is_closed_after_tunnel_idle_timeout(tight: Runtime) -> N
         while b"\r\n\r\n" not in reply:
             reply += sock.recv(65536)
         assert reply.startswith(b"HTTP/1.1 101 ")
-        for i in range(6):  # a ping every 0.5 s for 3 s: traffic, though longer than the timeout
-            time.sleep(0.5)
+        for i in range(6):  # a ping every 0.3 s: 1.8 s of traffic, longer than the 1 s limit
+            time.sleep(0.3)
             sock.sendall(b"ping %d" % i)
             assert sock.recv(100) == b"ping %d" % i
         assert answered(sock, 10) == b""  # then silence: closed
