@@ -17,7 +17,7 @@ import argparse
 import statistics
 import sys
 
-from common import DevStack, append_docs, command_line, get_json, machine, stamp, wait_200
+from common import DevStack, get_json, machine, report, wait_200
 
 TARGET_S = 2.0
 
@@ -68,23 +68,21 @@ def main() -> int:
         )
         verdicts.append(f"{kind} {med:.2f} s ({'met' if med <= TARGET_S else 'MISSED'})")
     summary = f"Target ≤ {TARGET_S:g} s in development: " + "; ".join(verdicts)
-    print("\n" + "\n".join(table) + "\n\n" + summary)
-    if not opts.no_docs:
-        append_docs([
-            f"### Boot, {stamp()}\n",
-            f"- command: `{command_line()}`",
-            "- method: a temp copy of examples/hello, enclave.yaml on free ports with"
+    report(
+        "Boot",
+        method=(
+            "a temp copy of examples/hello, enclave.yaml on free ports with"
             " `runtime.tls: true`; time from `subprocess.Popen([python, -m, enclave_core.cli.main,"
             " dev, -c, ...])` to the first 200 for `GET /` through the ingress (HTTPS, polled"
             " every 10 ms); KMS calls: `metrics.kms_operations` of `/v1/enclave-info` right after."
             f" First boot: fresh state; second boot: the same state after a clean stop."
-            f" {opts.runs} runs, medians",
-            f"- machine: {began}",
-            "",
-            *table,
-            "",
-            summary,
-        ])  # fmt: skip
+            f" {opts.runs} runs, medians"
+        ),
+        began=began,
+        table=table,
+        summary=summary,
+        docs=not opts.no_docs,
+    )
     return 0
 
 

@@ -55,6 +55,25 @@ def append_docs(lines: list[str]) -> None:
     print(f"appended to {DOCS.relative_to(ROOT)}")
 
 
+def report(
+    title: str, *, method: str, began: str, table: list[str], summary: str, docs: bool = True
+) -> None:
+    """Print a run's table and summary; with ``docs``, append the run to docs/benchmarks.md
+    under ``### {title}, {time}`` with the command, the method and the machine."""
+    print("\n" + "\n".join(table) + "\n\n" + summary)
+    if docs:
+        append_docs([
+            f"### {title}, {stamp()}\n",
+            f"- command: `{command_line()}`",
+            f"- method: {method}",
+            f"- machine: {began}",
+            "",
+            *table,
+            "",
+            summary,
+        ])  # fmt: skip
+
+
 def command_line() -> str:
     """The command that ran this benchmark, as typed from the repository root."""
     script = Path(sys.argv[0]).resolve().relative_to(ROOT)

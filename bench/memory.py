@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from common import DevStack, append_docs, command_line, machine, rss_mib, stamp, wait_200
+from common import DevStack, machine, report, rss_mib, wait_200
 
 TARGET_RUNTIME_IDLE_MIB = 80.0
 
@@ -74,21 +74,19 @@ def main() -> int:
         f" (HTTPS), {rps} requests/s. Target runtime idle RSS ≤ {TARGET_RUNTIME_IDLE_MIB:g} MiB:"
         f" {idle['runtime']:.1f} MiB ({ok})."
     )
-    print("\n" + "\n".join(table) + "\n\n" + summary)
-    if not opts.no_docs:
-        append_docs([
-            f"### Memory, {stamp()}\n",
-            f"- command: `{command_line()}`",
-            "- method: `enclave dev` on a temp copy of examples/hello (`runtime.tls: true`);"
+    report(
+        "Memory",
+        method=(
+            "`enclave dev` on a temp copy of examples/hello (`runtime.tls: true`);"
             " VmRSS from /proc/<pid>/status of the runtime (the supervisor's child) and of the"
             " `enclave dev` process (the supervisor runs in it); idle = after ready and 20"
-            " requests; peak = highest of samples every 0.5 s during the load",
-            f"- machine: {began}",
-            "",
-            *table,
-            "",
-            summary,
-        ])  # fmt: skip
+            " requests; peak = highest of samples every 0.5 s during the load"
+        ),
+        began=began,
+        table=table,
+        summary=summary,
+        docs=not opts.no_docs,
+    )
     return 0
 
 

@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 
-from common import DevStack, append_docs, command_line, machine, stamp, wait_200
+from common import DevStack, machine, report, wait_200
 
 
 def one_run() -> tuple[float, dict[str, float]]:
@@ -74,21 +74,19 @@ def main() -> int:
     settings = ", ".join(f"{k}={v}" for k, v in watchdog.items())
     ok = "met" if med <= target else "MISSED"
     summary = f"Target ≤ backoff + 2 s = {target:g} s: {med:.2f} s ({ok}). Watchdog: {settings}."
-    print("\n" + "\n".join(table) + "\n\n" + summary)
-    if not opts.no_docs:
-        append_docs([
-            f"### Watchdog recovery, {stamp()}\n",
-            f"- command: `{command_line()}`",
-            "- method: `enclave dev` on a fresh temp copy of examples/hello per run"
+    report(
+        "Watchdog recovery",
+        method=(
+            "`enclave dev` on a fresh temp copy of examples/hello per run"
             " (`runtime.tls: true`); SIGKILL to the runtime process, then `GET /` through the"
             " ingress polled every 10 ms until 200 from a new runtime; the app dies with the"
-            " runtime (PR_SET_PDEATHSIG) and boots again with it",
-            f"- machine: {began}",
-            "",
-            *table,
-            "",
-            summary,
-        ])  # fmt: skip
+            " runtime (PR_SET_PDEATHSIG) and boots again with it"
+        ),
+        began=began,
+        table=table,
+        summary=summary,
+        docs=not opts.no_docs,
+    )
     return 0
 
 
