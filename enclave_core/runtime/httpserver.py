@@ -390,13 +390,18 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         what = f"the request did not arrive within {limits.request_timeout_s:g} s"
-        if ex is self.pipeline[0]:
-            self.reply_error(ex, 408, "Request timeout", what, True)
-        else:  # answered in turn, after the requests ahead of it
-            ex.error = (408, "Request timeout", what)
-            ex.discard = True
+        self._refuse(ex, 408, "Request timeout", what)
 
     # -- internals
+    def _refuse(self, ex: Exchange, status: int, title: str, description: str) -> None:
+        """Answer ``ex`` with an error and close: now if it is first in line, else in its turn
+        (its body is read and dropped meanwhile)."""
+        if ex is self.pipeline[0]:
+            self.reply_error(ex, status, title, description, True)
+        else:
+            ex.error = (status, title, description)
+            ex.discard = True
+
     def _cut(self, why: str, event: str = "slow client cut") -> None:
         """Abort the connection (nothing more can reach the client) and log why, in bursts."""
         count = self.server.cut.hit()
@@ -418,12 +423,7 @@ class ClientConnection(asyncio.Protocol):
                 self.close()
             return
         if ex.received > limit and ex.upgrade is None:
-            description = f"the body exceeds {limit} bytes"
-            if ex is self.pipeline[0]:
-                self.reply_error(ex, 413, "Payload too large", description, True)
-            else:  # answered in turn, after the requests ahead of it
-                ex.error = (413, "Payload too large", description)
-                ex.discard = True
+            self._refuse(ex, 413, "Payload too large", f"the body exceeds {limit} bytes")
             return
         if ex.handler is not None:
             ex.handler.feed(data)
