@@ -441,6 +441,20 @@ def test_a_chunked_body_beyond_max_body_bytes_gets_413(tight: Runtime, name: str
     assert_refused_with(reply, 413, "Payload too large")
 
 
+def test_a_pipelined_body_beyond_the_limit_is_refused_in_its_turn(tight: Runtime) -> None:
+    """The app's streamed answer to the first request comes whole; then the 413 and close."""
+    listener = tight.listeners()["public"]
+    chunk = b"4000\r\n" + b"c" * 0x4000 + b"\r\n"  # 80 KiB in all, the limit is 64 KiB
+    with listener.connect() as sock:
+        # one write: the first read holds the stream request and the whole upload behind it
+        first = b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n"
+        sock.sendall(first + listener.upload_head("Transfer-Encoding: chunked") + chunk * 5)
+        reply = read_until_closed(sock)
+    streamed, _, rest = reply.partition(b"0\r\n\r\n")  # the end of the chunked stream
+    assert streamed.startswith(b"HTTP/1.1 200 ") and b"part 7" in streamed
+    assert_refused_with(rest, 413, "Payload too large")
+
+
 def test_a_body_within_max_body_bytes_reaches_the_app(tight: Runtime) -> None:
     listener = tight.listeners()["public"]
     with listener.connect() as sock:
