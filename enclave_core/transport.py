@@ -424,14 +424,14 @@ async def splice(
     held = [_take_buffered(reader) for reader, _writer in (a, b)]
     for side in sides:
         side.transport.set_protocol(side)
+        if not side.transport.is_closing():
+            side.transport.resume_reading()  # the stream protocol may have paused it
+    # Then the held bytes: relaying them may pause a side again (back-pressure), which must hold.
     for side, (data, eof) in zip(sides, held, strict=True):
         if data:
             side.data_received(data)
         if eof and not side.eof and not side.eof_received():
             side.transport.close()
-    for side in sides:
-        if not side.transport.is_closing():
-            side.transport.resume_reading()  # the stream protocol may have paused it
     try:
         _done, pending = await asyncio.wait(
             [side.closed for side in sides], return_when=asyncio.FIRST_COMPLETED
