@@ -288,9 +288,10 @@ class _RelaySide(asyncio.Protocol):
         self.eof = False
         self.send_timeout_s = send_timeout_s
         self.half_closed_idle_s = half_closed_idle_s
-        self.stall: asyncio.TimerHandle | None = None  # armed while this side's writing pauses
+        self.stall: asyncio.TimerHandle | None = None  # armed once this side's writing pauses
+        self.paused_at: float | None = None  # when it last paused, while it is paused
         self.quiet: asyncio.TimerHandle | None = None  # armed once this side has sent its EOF
-        self.unsent = -1  # the kernel's send queue when last looked at
+        self.unsent = -1  # the kernel's send queue when it paused, or progress was last seen
         self.fd = _fileno(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -332,28 +333,34 @@ class _RelaySide(asyncio.Protocol):
         """This connection reads slower than the peer sends: stop reading the peer, and give
         this one ``send_timeout_s`` to take something."""
         self.peer.transport.pause_reading()
-        self._arm(unsent_bytes(self.fd))
+        loop = asyncio.get_running_loop()
+        self.paused_at = loop.time()
+        unsent = unsent_bytes(self.fd)
+        self.unsent = -1 if unsent is None else unsent
+        if self.stall is None:  # one timer, re-armed lazily: pauses come and go by thousands
+            self.stall = loop.call_later(self.send_timeout_s, self._stalled)
 
     def resume_writing(self) -> None:
         """This connection's write buffer drained: read the peer again."""
-        if self.stall is not None:
-            self.stall.cancel()
-            self.stall = None
+        self.paused_at = None
         self.peer.transport.resume_reading()
 
-    def _arm(self, unsent: int | None) -> None:
-        self.unsent = -1 if unsent is None else unsent
-        loop = asyncio.get_running_loop()
-        self.stall = loop.call_later(self.send_timeout_s, self._stalled)
-
     def _stalled(self) -> None:
-        """Still paused: progress if the kernel's send queue moved (it wakes a writer only once
-        a third of a large buffer is free), otherwise the reader is gone in all but name."""
-        unsent = unsent_bytes(self.fd)
-        if unsent is not None and unsent != self.unsent:
-            self._arm(unsent)
-            return
+        """A pause may have lasted ``send_timeout_s``: progress if the kernel's send queue moved
+        (it wakes a writer only once a third of a large buffer is free), else the reader is gone
+        in all but name."""
         self.stall = None
+        if self.paused_at is None:
+            return  # resumed since; the next pause arms a new timer
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        left = self.paused_at + self.send_timeout_s - now
+        unsent = unsent_bytes(self.fd)
+        if left <= 0 and unsent is not None and unsent != self.unsent:
+            self.paused_at, self.unsent, left = now, unsent, self.send_timeout_s
+        if left > 0:  # a later pause, or progress: wait out the rest
+            self.stall = loop.call_later(left, self._stalled)
+            return
         self.transport.abort()  # connection_lost follows, and the peer is aborted below
 
     def connection_lost(self, exc: Exception | None) -> None:
