@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,16 @@ class DevStack:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         return time.monotonic() - started
+
+    def running(self) -> Iterator[DevStack]:
+        """Start the stack, yield it, then stop it and kill whatever it left (for fixtures:
+        ``yield from stack.running()``)."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()
+            self.kill_leftovers()
 
     def kill_leftovers(self) -> list[int]:
         left = processes_mentioning(str(self.folder))

@@ -19,13 +19,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[DevStack]:
-    dev = make_stack(tmp_path / "hello")
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
-        dev.kill_leftovers()
+    yield from make_stack(tmp_path / "hello").running()
 
 
 def auth(env: dict[str, str]) -> dict[str, str]:

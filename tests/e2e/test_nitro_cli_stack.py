@@ -44,13 +44,9 @@ def nitro_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, eif: Path) -> D
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DevStack]:
     eif = tmp_path / "image.eif"  # beside the app folder: the simulated PCR0 measures that one
     eif.write_bytes(b"placeholder EIF: the fake nitro-cli runs the runtime instead")
-    dev = nitro_stack(tmp_path, monkeypatch, eif)
     try:
-        dev.start()
-        yield dev
+        yield from nitro_stack(tmp_path, monkeypatch, eif).running()
     finally:
-        dev.stop()
-        dev.kill_leftovers()
         kill_fake_enclaves(tmp_path)
 
 

@@ -33,13 +33,7 @@ def committed(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    dev = make_stack(tmp_path_factory.mktemp("openapi") / "hello")
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
-        dev.kill_leftovers()
+    yield from make_stack(tmp_path_factory.mktemp("openapi") / "hello").running()
 
 
 class Listener:

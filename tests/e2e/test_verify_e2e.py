@@ -15,13 +15,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[DevStack]:
-    dev = make_stack(tmp_path / "hello", runtime={"tls": True})
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
-        dev.kill_leftovers()
+    yield from make_stack(tmp_path / "hello", runtime={"tls": True}).running()
 
 
 def one_error_line(stderr: str) -> str:

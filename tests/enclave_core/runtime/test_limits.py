@@ -298,6 +298,20 @@ def open_idle(port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+def assert_served_beside_idle_connections(listener: Listener, count: int) -> None:
+    """With ``count`` connections open that send nothing, a client is still served, on a new
+    connection and on a kept-alive one."""
+    idle = open_idle(listener.port, count)
+    try:
+        assert served(listener)
+        with listener.connect() as sock:
+            sock.sendall(listener.request())
+            assert read_response(sock)[0] == listener.status
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 # -- the runtimes ------------------------------------------------------------------------------
 @dataclass
 class Runtime:
@@ -599,16 +613,8 @@ def test_beyond_max_connections_a_connection_is_closed_at_accept(
 
 @pytest.mark.parametrize("name", LISTENERS)
 def test_500_idle_connections_do_not_lock_out_a_client(stock: Runtime, name: str) -> None:
-    listener = stock.listeners()[name]
-    idle = open_idle(listener.port, 500)  # on the public listener: 500 TLS handshakes pending
-    try:
-        assert served(listener)
-        with listener.connect() as sock:
-            sock.sendall(listener.request())
-            assert read_response(sock)[0] == listener.status
-    finally:
-        for sock in idle:
-            sock.close()
+    # on the public listener: 500 TLS handshakes pending
+    assert_served_beside_idle_connections(stock.listeners()[name], 500)
 
 
 # -- the same server on either event loop (the enclave runs asyncio's own: vsock) ---------------

@@ -22,6 +22,7 @@ from tests.enclave_core.runtime.test_limits import (
     TIGHT,
     Listener,
     assert_refused_with,
+    assert_served_beside_idle_connections,
     hold,
     open_idle,
     read_response,
@@ -35,13 +36,7 @@ pytestmark = pytest.mark.e2e
 
 
 def start_stack(folder: Path, **overrides: Any) -> Iterator[DevStack]:
-    dev = make_stack(folder, **overrides)
-    dev.start()
-    try:
-        yield dev
-    finally:
-        dev.stop()
-        dev.kill_leftovers()
+    yield from make_stack(folder, **overrides).running()
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +187,4 @@ def test_clients_that_keep_connections_the_enclave_closed_do_not_lock_out_the_in
 
 @pytest.mark.parametrize("which", [api, ingress], ids=["management API", "ingress"])
 def test_500_idle_connections_do_not_lock_out_a_client(stock: DevStack, which: Any) -> None:
-    listener: Listener = which(stock)
-    idle = open_idle(listener.port, 500)
-    try:
-        assert served(listener)
-        with listener.connect() as sock:
-            sock.sendall(listener.request())
-            assert read_response(sock)[0] == listener.status
-    finally:
-        for sock in idle:
-            sock.close()
+    assert_served_beside_idle_connections(which(stock), 500)
