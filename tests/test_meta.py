@@ -8,6 +8,8 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 from enclave_core import hookspecs
 from enclave_core.manager import get_plugin_manager
 
@@ -72,3 +74,109 @@ def test_each_plugin_module_documents_its_options() -> None:
             continue
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         assert "Options" in doc or "options" in doc, f"{path.name} docstring must document options"
+
+
+# --- The project is the whole tree: nothing it runs reads beside the clone ------------------------
+
+#: Build, cache and tool folders: not the project's files.
+_NOT_PROJECT = {
+    ".git",
+    ".tox",
+    ".enclave",
+    "node_modules",
+    "build",
+    "dist",
+    "__pycache__",
+    "cdk.out",
+}
+#: Names of project-root paths in the tests, scripts and benchmarks.
+_ROOT_NAMES = r"(?:ROOT|REPO|REPO_ROOT|PROJECT|PROJECT_ROOT|TOP)"
+#: Text that names the folder beside the clone, however it is spelled. Built from pieces so that
+#: this file does not match itself.
+_OUTSIDE = [
+    re.compile(r"\.\./+" + "shared"),
+    re.compile("shared" + r"/+testdata"),
+    re.compile(r"\bENCLAVE_NITRO_" + "TESTDATA"),
+    re.compile(r"\{toxinidir\}/+\.\."),
+    re.compile(r"['\"]/work/"),
+    re.compile(rf"\b{_ROOT_NAMES}\s*\.\s*parents?\b"),
+    re.compile(rf"\b{_ROOT_NAMES}\s*/\s*['\"]\.\."),
+]
+_PARENTS_INDEX = re.compile(r"__file__\)(?:\.resolve\(\))?\.parents\[(\d+)\]((?:\.parent\b)*)")
+_PARENT_CHAIN = re.compile(r"__file__\)(?:\.resolve\(\))?((?:\.parent)+)\b")
+_MD_LINK = re.compile(r"\]\((\.\.[^)#\s]*)")
+
+
+def project_text_files() -> list[Path]:
+    """Every text file of the project, tracked or not (build and tool folders left out)."""
+    files = []
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT)
+        if any(part in _NOT_PROJECT or part.endswith(".egg-info") for part in rel.parts):
+            continue
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            files.append((path, path.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            continue  # binary data (attestation documents, the root zip)
+    return files
+
+
+def outside_references(path: Path, text: str) -> list[str]:
+    """The places in one file that reach beyond the repository's root."""
+    found = [f"{path}: {m.group(0)!r}" for pattern in _OUTSIDE for m in pattern.finditer(text)]
+    depth = len(path.relative_to(ROOT).parts) - 1  # parents[depth] of a file is the root
+    for m in _PARENTS_INDEX.finditer(text):
+        if int(m.group(1)) + m.group(2).count(".parent") > depth:
+            found.append(f"{path}: {m.group(0)} climbs above the repository")
+    for m in _PARENT_CHAIN.finditer(text):
+        if m.group(1).count(".parent") > depth + 1:
+            found.append(f"{path}: {m.group(0)} climbs above the repository")
+    if path.suffix == ".md":
+        for m in _MD_LINK.finditer(text):
+            target = (path.parent / m.group(1)).resolve()
+            if not target.is_relative_to(ROOT):
+                found.append(f"{path}: link {m.group(1)} leaves the repository")
+    return found
+
+
+def test_nothing_in_the_project_reads_outside_the_repository() -> None:
+    """A user's clone is the whole project: tests, benchmarks and scripts use only its own files."""
+    this = Path(__file__).resolve()  # its examples below are the ways out, on purpose
+    files = [(path, text) for path, text in project_text_files() if path != this]
+    found = [hit for path, text in files for hit in outside_references(path, text)]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "text"),
+    [
+        ("tests/x/test_a.py", "DATA = Path('../" + "shared/nitro')\n"),
+        ("tests/x/test_a.py", "DATA = 'beside/" + "shared" + "/testdata'\n"),
+        ("tests/x/test_a.py", "X = REPO_ROOT.parent / 'elsewhere'\n"),
+        ("tests/x/test_a.py", "X = Path(__file__).resolve().parents[3] / 'data'\n"),
+        ("bench/b.py", "X = Path(__file__).parent.parent.parent\n"),
+        ("tests/x/test_a.py", "X = Path(__file__).resolve().parents[2].parent / 'x'\n"),
+        ("docs/a.md", "see [the design](../../DESIGN.md)\n"),
+        ("tox.ini", "commands = cat {toxinidir}/../notes\n"),
+    ],
+)
+def test_the_outside_check_finds_each_way_out(relpath: str, text: str) -> None:
+    assert outside_references(ROOT / relpath, text)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "text"),
+    [
+        ("tests/x/test_a.py", "X = Path(__file__).resolve().parents[2] / 'examples'\n"),
+        ("bench/b.py", "X = Path(__file__).parent.parent\n"),
+        ("docs/a.md", "see [the README](../README.md)\n"),
+        (
+            "tests/x/test_a.py",
+            "bad = 'a/../../etc/passwd'  # an attack input, not a path we read\n",
+        ),
+    ],
+)
+def test_the_outside_check_lets_the_tree_alone(relpath: str, text: str) -> None:
+    assert not outside_references(ROOT / relpath, text)

@@ -36,11 +36,8 @@ from enclave_core.verify import (
     verify_enclave,
 )
 from tests.enclave_core.fake_enclave import FakeEnclave
+from tests.vectors import NITRO as TESTDATA
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTDATA = Path(
-    os.environ.get("ENCLAVE_NITRO_TESTDATA", REPO_ROOT.parent / "shared" / "testdata" / "nitro")
-)
 PCR0 = bytes(range(48))
 
 

@@ -29,11 +29,9 @@ from hypothesis import strategies as st
 from enclave_core.config import load_config, parse_config
 from enclave_core.crypto import attestation, cms, cose, nsm_protocol
 from enclave_core.errors import AttestationError, ConfigError, CryptoError, NsmError
+from tests.vectors import NITRO as NITRO_DIR
 
 REPO = Path(__file__).resolve().parents[2]
-NITRO_DIR = Path(
-    os.environ.get("ENCLAVE_NITRO_TESTDATA", REPO.parent / "shared" / "testdata" / "nitro")
-)
 EXAMPLE_YAML = REPO / "examples" / "hello" / "enclave.yaml"
 
 FUZZ = settings(

@@ -6,7 +6,6 @@ that root, as AWS KMS trusts only the AWS Nitro root.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,14 +23,9 @@ from enclave_core.crypto.devca import DevCa
 from enclave_core.errors import AccessDenied, CryptoError, InvalidKeyState, ValidationError
 from enclave_core.interfaces import KeyInfo, Recipient
 from enclave_core.kms_policy import locked_policy
+from tests.vectors import NITRO as TESTDATA
 
 CONTEXT = {"app": "hello", "purpose": "static-secret", "secret": "signing_key"}
-TESTDATA = Path(
-    os.environ.get(
-        "ENCLAVE_NITRO_TESTDATA",
-        Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "nitro",
-    )
-)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 import struct
 import subprocess
@@ -26,12 +25,9 @@ from enclave_core.crypto.devca import DevCa
 from enclave_core.errors import AttestationError, ConfigError, NsmError
 from enclave_core.interfaces import Attestation, BackendContext
 from enclave_core.manager import get_plugin_manager
+from tests.vectors import NITRO as TESTDATA
 
 MODULE_ID = "i-0a22e5c5f24d22174-enc0191cceb4289903f"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTDATA = Path(
-    os.environ.get("ENCLAVE_NITRO_TESTDATA", REPO_ROOT.parent / "shared" / "testdata" / "nitro")
-)
 
 
 def _sha384(data: bytes) -> bytes:

@@ -1,7 +1,6 @@
 """`enclave attestation verify`, run through the `enclave` cliff App with the real documents.
 
-Real hardware documents are read in place from ``../shared/testdata/nitro/`` beside the
-repository (or ``$ENCLAVE_NITRO_TESTDATA``), never copied into the repository.
+Real hardware documents are the project's own copies under ``tests/data/nitro/``.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,11 +16,8 @@ from enclave_plugins.simulated_attestation import SimulatedNsm
 
 from enclave_core.cli.attestation import VerifyAttestation
 from enclave_core.cli.main import EnclaveApp
+from tests.vectors import NITRO as TESTDATA
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-TESTDATA = Path(
-    os.environ.get("ENCLAVE_NITRO_TESTDATA", REPO_ROOT.parent / "shared" / "testdata" / "nitro")
-)
 NITRITE = TESTDATA / "nitrite-2024-09-07.cbor"
 NITRITE_PCR0 = (
     "e72a46ca80a260fb044a125442f0c7e331813bcbaf9724d9"

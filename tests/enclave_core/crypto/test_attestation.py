@@ -1,14 +1,13 @@
 """Tests for enclave_core.crypto.attestation: the Nitro attestation document verifier.
 
-Real hardware documents are read in place from ``../shared/testdata/nitro/`` beside the
-repository (or ``$ENCLAVE_NITRO_TESTDATA``), never copied. Malformed envelopes and payloads are
-signed with a dev-CA leaf, so each is rejected by the one check it breaks, not by the signature.
+Real hardware documents are the project's own copies under ``tests/data/nitro/``. Malformed
+envelopes and payloads are signed with a dev-CA leaf, so each is rejected by the one check it
+breaks, not by the signature.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,11 +26,8 @@ from enclave_core.crypto.attestation import verify_document
 from enclave_core.crypto.aws_root import aws_nitro_root, load_root_pem
 from enclave_core.crypto.devca import DevCa, LeafBundle
 from enclave_core.errors import AttestationError
+from tests.vectors import NITRO as TESTDATA
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-TESTDATA = Path(
-    os.environ.get("ENCLAVE_NITRO_TESTDATA", REPO_ROOT.parent / "shared" / "testdata" / "nitro")
-)
 DEV_ROOT = TESTDATA / "synthetic" / "dev-root.pem"
 #: The real documents and their timestamps (SOURCES.md).
 REAL = {

@@ -1,12 +1,10 @@
 """Tests for enclave_core.crypto.cose: building, strict parsing and signature checks.
 
-Real hardware documents come from ``../shared/testdata/nitro/`` beside the repository (or
-``$ENCLAVE_NITRO_TESTDATA``); they are read in place, never copied into the repository.
+Real hardware documents are the project's own copies under ``tests/data/nitro/``.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cbor2
@@ -19,11 +17,8 @@ from hypothesis import strategies as st
 from enclave_core.crypto import cose
 from enclave_core.crypto.devca import DevCa
 from enclave_core.errors import AttestationError
+from tests.vectors import NITRO as TESTDATA
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-TESTDATA = Path(
-    os.environ.get("ENCLAVE_NITRO_TESTDATA", REPO_ROOT.parent / "shared" / "testdata" / "nitro")
-)
 NITRITE = TESTDATA / "nitrite-2024-09-07.cbor"
 
 
