@@ -524,6 +524,22 @@ class ConfigSchema(_Strict):
         if errors:
             raise marshmallow.ValidationError(errors)
 
+    @validates_schema
+    def production_refuses_debug_mode(self, data: dict[str, Any], **_: Any) -> None:
+        # A debug-mode enclave reports PCR0 all zero whatever it runs: nothing it attests to
+        # can be told apart from any other image, so no production key may be used by it.
+        enclave = data.get("enclave")
+        if data.get("mode") == "production" and enclave is not None and enclave.debug_mode:
+            raise marshmallow.ValidationError(
+                {
+                    "debug_mode": [
+                        "must be false with mode: production: a debug-mode enclave reports PCR0 "
+                        "all zero whatever image it runs, so its attestation proves nothing."
+                    ]
+                },
+                "enclave",
+            )
+
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Config:
         return Config(**data)

@@ -117,3 +117,21 @@ class StateConflict(EnclaveError):
 
     http_status = 409
     title = "Conflict"
+
+
+class KeyRefused(EnclaveError):
+    """A KMS key is not one that only the attested image can ever use; nothing was done with it."""
+
+    http_status = 403
+    title = "Key refused"
+
+
+class TamperingDetected(EnclaveError):
+    """Something the host controls is not what an attested enclave made: an integrity failure.
+
+    Raised before anything is decrypted or adopted, and always logged at ERROR as a tampering
+    event with its cause.
+    """
+
+    http_status = 500
+    title = "Integrity failure"

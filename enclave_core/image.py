@@ -30,6 +30,7 @@ from loguru import logger
 from enclave_core.config import Config
 from enclave_core.errors import ConfigError, EnclaveError, ValidationError
 from enclave_core.manager import Plugins
+from enclave_core.pcrs import is_all_zero, normalise_pcr
 
 IMAGE_FILE = "image.json"
 PCR0_RE = re.compile(r"^[0-9a-fA-F]{96}$")
@@ -122,13 +123,12 @@ def measure_new_image(
     :param eif: production: the new EIF, measured with ``nitro-cli describe-eif``.
     :param pcr0: the PCR0 the caller expects; a different measurement is refused. In production
         without nitro-cli on this host it is taken as given.
-    :raises ValidationError: a bad argument, or ``pcr0`` differs from the measurement.
+    :raises ValidationError: a bad argument, ``pcr0`` differs from the measurement, or either is
+        the all-zero PCR0 of a debug-mode enclave.
     """
     if (app_dir is None) == (eif is None):
         raise ValidationError("name the new image with exactly one of app_dir and eif")
-    if pcr0 is not None and not PCR0_RE.match(pcr0):
-        raise ValidationError(f"PCR0 must be 96 hex characters, not {pcr0!r}")
-    expected = pcr0.lower() if pcr0 else None
+    expected = None if pcr0 is None else normalise_pcr(pcr0, "the target PCR0")
     if app_dir is not None:
         if config.mode != "development":
             raise ValidationError("--app-dir is for development; in production pass --eif NEW.eif")
@@ -147,6 +147,8 @@ def measure_new_image(
             assert expected is not None
             return expected
         measured, source = found, f"EIF {eif}"
+    if is_all_zero(measured):  # a debug-mode measurement: a key locked to it opens for anything
+        normalise_pcr(measured, f"the measured PCR0 of {source}")  # raises, naming the source
     if expected is not None and expected != measured:
         raise ValidationError(
             f"the target PCR0 {expected[:16]}… given with --pcr0 differs from the new image's "

@@ -156,13 +156,61 @@ class Recipient:
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """Metadata of a KMS key."""
+    """Metadata of a KMS key (KMS DescribeKey's ``KeyMetadata``).
+
+    The fields after ``deletion_date`` describe what kind of key it is. Each is None when the
+    backend does not say (backends written before they existed); security checks treat None as
+    a refusal, never as the safe value.
+
+    :ivar state: Enabled, Disabled, PendingDeletion, PendingImport...
+    :ivar origin: where the key material comes from: ``AWS_KMS`` (made by KMS), ``EXTERNAL``
+        (imported by the key's owner, who therefore has it), ``AWS_CLOUDHSM`` or
+        ``EXTERNAL_KEY_STORE`` (kept in a custom key store its owner controls).
+    :ivar multi_region: whether other Regions may hold replicas sharing the key material.
+    :ivar custom_key_store_id: the custom key store holding the material, if any.
+    :ivar key_spec: e.g. ``SYMMETRIC_DEFAULT``.
+    :ivar key_usage: e.g. ``ENCRYPT_DECRYPT``.
+    :ivar key_manager: ``CUSTOMER`` or ``AWS``.
+    """
 
     key_id: str
     arn: str
-    state: str  # Enabled, Disabled, PendingDeletion
+    state: str
     description: str = ""
     deletion_date: str | None = None
+    origin: str | None = None
+    multi_region: bool | None = None
+    custom_key_store_id: str | None = None
+    key_spec: str | None = None
+    key_usage: str | None = None
+    key_manager: str | None = None
+
+
+@dataclass(frozen=True)
+class GrantInfo:
+    """One grant on a KMS key (an element of KMS ListGrants' ``Grants``).
+
+    A grant lets ``grantee_principal`` call ``operations`` (KMS operation names such as
+    ``Decrypt``, ``GenerateDataKey``, ``Encrypt``, ``CreateGrant``, ``RetireGrant``,
+    ``DescribeKey``) on the key whatever the key policy says, unless the policy explicitly
+    denies it; changing the key policy does not remove grants.
+
+    :ivar retiring_principal: who may retire the grant besides the grantee (when the grant lists
+        ``RetireGrant``).
+    :ivar encryption_context_subset: the grant applies only to requests whose encryption context
+        contains every one of these pairs.
+    :ivar encryption_context_equals: the grant applies only to requests with exactly this
+        encryption context.
+    """
+
+    grant_id: str
+    key_id: str
+    grantee_principal: str
+    operations: tuple[str, ...]
+    retiring_principal: str | None = None
+    name: str = ""
+    encryption_context_subset: dict[str, str] | None = None
+    encryption_context_equals: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +238,7 @@ class Kms(Protocol):
         self,
         *,
         description: str = "",
-        policy: dict[str, Any] | None = None,
+        policy: dict[str, Any] | str | None = None,
         bypass_lockout_safety_check: bool = False,
     ) -> KeyInfo:
         """Create an enabled symmetric encryption key.
@@ -198,8 +246,8 @@ class Kms(Protocol):
         :param description: free text, stored with the key (a migration finds its key by it).
         :param policy: the key policy the key has from its creation, enforced exactly as after
             :meth:`put_key_policy`, so there is no moment at which the key is open (KMS
-            CreateKey's ``Policy``). None: the backend's default policy (AWS: the account root
-            may do everything).
+            CreateKey's ``Policy``): a document, or its JSON text as the AWS API takes it.
+            None: the backend's default policy (AWS: the account root may do everything).
         :param bypass_lockout_safety_check: like :meth:`put_key_policy`'s: without it, a
             ``policy`` that would not let the caller put a policy later is refused
             (ValidationError); with it, the key is created locked (CreateKey's
@@ -219,10 +267,43 @@ class Kms(Protocol):
         ...
 
     def put_key_policy(
-        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+        self,
+        key_id: str,
+        policy: dict[str, Any] | str,
+        *,
+        bypass_lockout_safety_check: bool = False,
     ) -> None:
-        """Replace the key policy."""
+        """Replace the key policy (a document, or its JSON text as the AWS API takes it)."""
         ...
+
+    def list_grants(self, key_id: str) -> list[GrantInfo]:
+        """Return every grant on the key (KMS ListGrants, all pages).
+
+        Grants give permissions the key policy does not show, and they survive policy changes,
+        so an enclave refuses a key whose grants it cannot list.
+        """
+        ...
+
+    # Optional (the built-in backends have them; callers check with ``hasattr``):
+    #
+    #     def create_grant(
+    #         self,
+    #         key_id: str,
+    #         *,
+    #         grantee_principal: str,
+    #         operations: Sequence[str],
+    #         retiring_principal: str | None = None,
+    #         name: str = "",
+    #         constraints: dict[str, dict[str, str]] | None = None,
+    #     ) -> str:
+    #         """Create a grant (KMS CreateGrant) and return its grant id. ``constraints`` is
+    #         {"EncryptionContextSubset": {...}} or {"EncryptionContextEquals": {...}}."""
+    #
+    #     def retire_grant(self, key_id: str, grant_id: str) -> None:
+    #         """Retire a grant (KMS RetireGrant): its retiring principal or grantee gives it up."""
+    #
+    #     def revoke_grant(self, key_id: str, grant_id: str) -> None:
+    #         """Revoke a grant (KMS RevokeGrant): a key administrator takes it away."""
 
     def encrypt(self, key_id: str, plaintext: bytes, context: dict[str, str]) -> bytes:
         """Encrypt under the key with an encryption context; return the ciphertext blob."""

@@ -18,17 +18,19 @@ mandatory, and raises :class:`~enclave_core.errors.AttestationError` naming the 
    with any other certificate fails here, so the session is end to end with the enclave);
 7. ``GET /v1/enclave-info`` with a fresh ``X-Attestation-Nonce`` answers 200 with an
    ``X-Attestation-Pubkey`` whose SHA-256 is the attested one and an ``X-Attestation-Signature``
-   that verifies over its status, body and that nonce
+   that verifies over the method, the path, its status, body and that nonce
    (:func:`enclave_core.runtime.signing.verify_response_signature`); the attestation response
    itself must be signed the same way; the body's ``pcr0``, ``attestation_pubkey`` and
    ``tls_cert_sha256`` must agree with what was verified.
 
-8. the migration chain: ``previous_pcr0`` in enclave-info is ``"genesis"`` (never migrated), or
-   ``previous_pcr0_attestation`` (base64) verifies against the same root **at its own
-   timestamp** (the old enclave is gone), its PCR0 is ``previous_pcr0`` and its ``user_data``
-   is :func:`~enclave_core.runtime.chain.migration_binding` of (``previous_pcr0``, the
-   enclave's ``kms_key_id``, the verified PCR0); a null ``previous_pcr0`` or a missing document
-   fails (no "unverified" pass).
+8. the migration chain (:func:`check_migration_chain`): ``previous_pcr0`` ``"genesis"`` passes
+   only from an enclave whose key was made for a first boot and that shows no chain link; any
+   other ``previous_pcr0`` must be proven by the links of ``migration_chain``, each verified
+   against the same root **at its own timestamp** (the old enclaves are gone) and connected to
+   the next (:func:`enclave_core.migration_chain.verify_links`), the last one handing over to the
+   verified PCR0 and the enclave's ``kms_key_id``; a null ``previous_pcr0`` or a missing link
+   fails (no "unverified" pass). With ``allowed_previous`` every predecessor in the chain must be
+   listed, and the chain must reach the first image.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ from cryptography import x509
 
 from enclave_core.crypto.attestation import PCR_SIZE, VerifiedDocument, verify_document
 from enclave_core.crypto.aws_root import aws_nitro_root
-from enclave_core.errors import AttestationError
-from enclave_core.runtime.chain import GENESIS, normalise_pcr0, verify_chain_link
+from enclave_core.errors import AttestationError, EnclaveError
+from enclave_core.migration_chain import GENESIS, verify_links
+from enclave_core.pcrs import normalise_pcr
 from enclave_core.runtime.signing import (
     NONCE_HEADER,
     PUBKEY_HEADER,
@@ -83,11 +86,17 @@ class EnclaveVerification:
     previous_pcr0: str
     #: True when the chain link to ``previous_pcr0`` verified; None for ``"genesis"``.
     previous_pcr0_verified: bool | None
+    #: The images the secrets went through, oldest first, ending with the verified PCR0.
+    migration_chain: tuple[str, ...] = ()
+    #: Whether the proven chain reaches the first image (always true for ``"genesis"``).
+    migration_chain_complete: bool = True
     verified: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """The fields in display order."""
-        return asdict(self)
+        fields = asdict(self)
+        fields["migration_chain"] = list(self.migration_chain)
+        return fields
 
 
 def parse_expected_pcr0(value: str | bytes) -> bytes:
@@ -152,15 +161,24 @@ def check_certificate(certificate_der: bytes, attested_digest: bytes) -> str:
 
 
 def check_signed_response(
-    headers: dict[str, str], status: int, body: bytes, nonce: str, attested_key_digest: bytes
+    headers: dict[str, str],
+    method: str,
+    target: str,
+    status: int,
+    body: bytes,
+    nonce: str,
+    attested_key_digest: bytes,
 ) -> str:
     """Require a response signed by the attested key; return the public key (hex).
 
     :param headers: response headers, names in lower case.
+    :param method: the method of the request it answers.
+    :param target: the path and query that request was sent to, exactly as sent (the signature
+        covers them: another route's signed answer does not pass for this one's).
     """
     pubkey = headers.get(PUBKEY_HEADER.lower())
     signature = headers.get(SIGNATURE_HEADER.lower())
-    verify_response_signature(pubkey, signature, status, body, nonce)
+    verify_response_signature(pubkey, signature, method, target, status, body, nonce)
     assert pubkey is not None  # verify_response_signature refused a missing one
     digest = hashlib.sha256(bytes.fromhex(pubkey.strip())).digest()
     if not hmac.compare_digest(digest, attested_key_digest):
@@ -289,38 +307,86 @@ def _check_info(info: dict[str, Any], pcr0: str, pubkey: str, cert_sha256: str) 
             )
 
 
-def check_previous_pcr0(
-    info: dict[str, Any], pcr0: str, root: x509.Certificate
-) -> tuple[str, bool | None]:
-    """Check the migration chain link enclave-info reports; return (previous_pcr0, verified).
+@dataclass(frozen=True)
+class ChainCheck:
+    """What :func:`check_migration_chain` proved."""
 
-    ``"genesis"`` needs no link: ``("genesis", None)``. Anything else must be a previous PCR0
-    whose document verifies (:func:`~enclave_core.runtime.chain.verify_chain_link`) for the
-    enclave's ``kms_key_id`` and the verified ``pcr0``.
+    previous_pcr0: str
+    verified: bool | None  # None for "genesis"
+    images: tuple[str, ...]  # oldest first, ending with the running image
+    complete: bool
+
+
+def _pcr0(value: Any, what: str) -> str:
+    try:
+        return normalise_pcr(str(value), what)
+    except EnclaveError as exc:
+        raise AttestationError(str(exc)) from None
+
+
+def check_migration_chain(
+    info: dict[str, Any],
+    pcr0: str,
+    root: x509.Certificate,
+    allowed_previous: frozenset[str] | None = None,
+) -> ChainCheck:
+    """Check the migration chain enclave-info reports (see the module docstring, point 8).
+
+    :param allowed_previous: the predecessors a user accepts (``--allow-previous-pcr0``); None
+        accepts any the chain proves.
+    :raises AttestationError: naming what does not hold.
     """
-    previous = info.get("previous_pcr0")
+    previous, origin = info.get("previous_pcr0"), info.get("key_origin")
+    links = info.get("migration_chain")
     if previous == GENESIS:
-        return GENESIS, None
+        if origin != "genesis" or links:
+            raise AttestationError(
+                "previous_pcr0: the enclave claims to be a first image (genesis), but its KMS key "
+                "was made by a migration: the chain is being hidden"
+            )
+        return ChainCheck(GENESIS, None, (pcr0,), True)
     if not isinstance(previous, str) or not previous:
         raise AttestationError(
             f"previous_pcr0: enclave-info reports {previous!r}: the enclave has no verified chain "
-            "link (boot unfinished, or the link did not verify)"
+            "(boot unfinished, or its manifest did not verify)"
         )
-    encoded = info.get("previous_pcr0_attestation")
-    if not isinstance(encoded, str) or not encoded:
+    previous = _pcr0(previous, "previous_pcr0")
+    if origin != "migration":
         raise AttestationError(
-            f"previous_pcr0_attestation: missing, so the chain link to previous PCR0 "
-            f"{previous[:16]}… cannot be checked"
+            f"key_origin: enclave-info reports {origin!r} for an enclave with a predecessor"
         )
-    try:
-        document = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise AttestationError("previous_pcr0_attestation: not base64") from None
+    if not isinstance(links, list) or not links:
+        raise AttestationError(
+            f"migration_chain: no chain link proves previous PCR0 {previous[:16]}… (a link "
+            "parameter was deleted, or the enclave could not verify it)"
+        )
     key_id = info.get("kms_key_id")
     if not isinstance(key_id, str) or not key_id:
         raise AttestationError("chain link: enclave-info names no kms_key_id to check it against")
-    verify_chain_link(document, previous_pcr0=previous, key_id=key_id, pcr0=pcr0, root=root)
-    return normalise_pcr0(previous, "previous_pcr0"), True
+    report = verify_links(links, root=root, pcr0=pcr0, key_id=key_id, require_start=False)
+    last = report.links[-1]
+    if last.body["from_pcr0"] != previous:
+        raise AttestationError(
+            f"previous_pcr0 {previous[:16]}… is not the image the newest chain link was made by"
+        )
+    if info.get("previous_pcr0_attestation") != last.attestation:
+        raise AttestationError(
+            "previous_pcr0_attestation is not the newest chain link's attestation document"
+        )
+    images = tuple(str(link.body["from_pcr0"]) for link in report.links) + (pcr0,)
+    if allowed_previous is not None:
+        if not report.complete:
+            raise AttestationError(
+                f"migration_chain: {report.problem}, so not every predecessor can be checked "
+                "against --allow-previous-pcr0"
+            )
+        for link in report.links:
+            if link.body["from_pcr0"] not in allowed_previous:
+                raise AttestationError(
+                    f"previous PCR0 {str(link.body['from_pcr0'])[:16]}… (chain link "
+                    f"{link.body['index']}) is not one of --allow-previous-pcr0"
+                )
+    return ChainCheck(previous, True, images, report.complete)
 
 
 def verify_enclave(
@@ -329,12 +395,14 @@ def verify_enclave(
     *,
     root: x509.Certificate | None = None,
     timeout: float = 10.0,
+    allowed_previous: frozenset[str] | None = None,
 ) -> EnclaveVerification:
     """Verify the enclave serving ``url`` (see the module docstring for every check).
 
     :param expected_pcr0: the PCR0 the enclave must run (48 bytes or 96 hex characters).
     :param root: the trust anchor; default the pinned AWS Nitro Enclaves root G1 (give the dev
         root, ``.enclave/dev-root.pem``, for `enclave dev`).
+    :param allowed_previous: the predecessor PCR0s a user accepts; None accepts any proven one.
     :raises AttestationError: naming the check that failed.
     """
     host, port, base = _split_url(url)
@@ -344,9 +412,8 @@ def verify_enclave(
     connection = PinnedConnection(host, port, timeout)
     try:
         att_nonce = secrets.token_hex(16)
-        status, headers, body = connection.get(
-            f"{base}{ATTESTATION_PATH}?nonce={nonce.hex()}", {NONCE_HEADER: att_nonce}
-        )
+        att_target = f"{base}{ATTESTATION_PATH}?nonce={nonce.hex()}"
+        status, headers, body = connection.get(att_target, {NONCE_HEADER: att_nonce})
         document = verify_document(
             _decode_document(status, body),
             root=trusted,
@@ -356,16 +423,19 @@ def verify_enclave(
         check_pcr0(document, expected)
         cert_digest, key_digest = check_user_data(document.user_data)
         cert_sha256 = check_certificate(connection.certificate_der, cert_digest)
-        pubkey = check_signed_response(headers, status, body, att_nonce, key_digest)
+        pubkey = check_signed_response(
+            headers, "GET", att_target, status, body, att_nonce, key_digest
+        )
         info_nonce = secrets.token_hex(16)
-        status, headers, body = connection.get(f"{base}{INFO_PATH}", {NONCE_HEADER: info_nonce})
+        info_target = f"{base}{INFO_PATH}"
+        status, headers, body = connection.get(info_target, {NONCE_HEADER: info_nonce})
         info = _info_document(status, body)
-        check_signed_response(headers, status, body, info_nonce, key_digest)
+        check_signed_response(headers, "GET", info_target, status, body, info_nonce, key_digest)
         pcr0 = document.pcrs[0].hex()
         _check_info(info, pcr0, pubkey, cert_sha256)
     finally:
         connection.close()
-    previous, previous_verified = check_previous_pcr0(info, pcr0, trusted)
+    chain = check_migration_chain(info, pcr0, trusted, allowed_previous)
     return EnclaveVerification(
         url=url,
         module_id=document.module_id,
@@ -374,6 +444,8 @@ def verify_enclave(
         attestation_pubkey=pubkey,
         nonce=nonce.hex(),
         timestamp=document.timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        previous_pcr0=previous,
-        previous_pcr0_verified=previous_verified,
+        previous_pcr0=chain.previous_pcr0,
+        previous_pcr0_verified=chain.verified,
+        migration_chain=chain.images,
+        migration_chain_complete=chain.complete,
     )

@@ -1,20 +1,20 @@
 """The enclave's KMS key, locked to the image's PCR0 from the moment CloudFormation creates it.
 
-The runtime checks its key on every boot with :func:`enclave_core.kms_policy.analyse` and, when
-it finds the key unlocked, replaces the policy with
-:func:`~enclave_core.kms_policy.locked_policy`. The stack skips that window: its policy is
-``locked_policy(pcr0, role)`` from the start, plus one statement for the account
-(:data:`ACCOUNT_ADMIN_ACTIONS`), so ``analyse`` finds it locked, attested to exactly this PCR0
-and without unconditioned decryption, and the runtime never needs ``kms:PutKeyPolicy``.
+Its policy is the canonical first-boot policy of :func:`enclave_core.enclave_policy.render_policy`
+for the image's PCR0 and the instance role, with the one statement a deployment adds
+(``AccountAdministrationWithoutKeyUse``, :data:`~enclave_core.enclave_policy.ACCOUNT_ADMIN_ACTIONS`)
+so the runtime, which accepts a key only when its policy is exactly a canonical one
+(docs/threat-model.md), finds it locked to exactly this PCR0, with no grants, and never needs
+``kms:PutKeyPolicy``.
 
 Why the account statement: CloudFormation itself calls the key after ``CreateKey``
 (``EnableKeyRotation``, then describe, rotation status and tags to read the resource back, tags
 and description on updates), as the deploying principal, through IAM. The statement gives the
-account's IAM principals exactly those, plus ``ScheduleKeyDeletion`` and
-``CancelKeyDeletion`` (an operator can retire the key or undo a deletion scheduled by mistake or
-by a compromised host, which the prior art could not). It gives no way to plaintext
-(``Decrypt``, ``GenerateDataKey*``, ``ReEncrypt*``), no ``Encrypt`` (forged ciphertexts), and
-nothing that changes who may use the key (``PutKeyPolicy``, ``CreateGrant``, ``ReplicateKey``).
+account's IAM principals exactly those, plus ``ScheduleKeyDeletion`` and ``CancelKeyDeletion``
+(an operator can retire the key or undo a deletion scheduled by mistake or by a compromised
+host). It gives no way to plaintext (``Decrypt``, ``GenerateDataKey*``, ``ReEncrypt*``), no
+``Encrypt`` (forged ciphertexts), and nothing that changes who may use the key
+(``PutKeyPolicy``, ``CreateGrant``, ``ReplicateKey``).
 
 Consequences, by design:
 
@@ -29,42 +29,30 @@ Consequences, by design:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from enclave_core.errors import ConfigError
-from enclave_core.kms_policy import locked_policy
+from enclave_core.enclave_policy import (
+    ACCOUNT_ADMIN_ACTIONS,
+    ACCOUNT_ADMIN_SID,
+    EnclaveKeyPolicy,
+    render_policy,
+)
+from enclave_core.errors import ConfigError, ValidationError
+from enclave_core.pcrs import normalise_pcr
 
 __all__ = ["ACCOUNT_ADMIN_ACTIONS", "ACCOUNT_ADMIN_SID", "enclave_key_policy", "normalize_pcr0"]
-
-ACCOUNT_ADMIN_SID = "AccountAdministrationWithoutKeyUse"
-ACCOUNT_ADMIN_ACTIONS = [
-    "kms:CancelKeyDeletion",
-    "kms:DescribeKey",
-    "kms:EnableKeyRotation",
-    "kms:GetKeyPolicy",
-    "kms:GetKeyRotationStatus",
-    "kms:ListGrants",
-    "kms:ListKeyPolicies",
-    "kms:ListKeyRotations",
-    "kms:ListResourceTags",
-    "kms:ScheduleKeyDeletion",
-    "kms:TagResource",
-    "kms:UntagResource",
-    "kms:UpdateKeyDescription",
-]
-_PCR0 = re.compile(r"^[0-9a-fA-F]{96}$")
 
 
 def normalize_pcr0(value: str) -> str:
     """A PCR0 as 96 lower-case hex digits (SHA-384).
 
-    :raises ConfigError: naming what is wrong, when ``value`` is not 96 hex digits.
+    :raises ConfigError: naming what is wrong, when ``value`` is not 96 hex digits or is the
+        all-zero PCR0 of a debug-mode enclave (a key locked to it would open for any image).
     """
-    text = value.strip()
-    if not _PCR0.match(text):
-        raise ConfigError(f"PCR0 must be 96 hex digits (SHA-384), got {len(text)} characters")
-    return text.lower()
+    try:
+        return normalise_pcr(value, "PCR0")
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def enclave_key_policy(*, pcr0_hex: str, role_arn: str, account_root_arn: str) -> dict[str, Any]:
@@ -73,16 +61,9 @@ def enclave_key_policy(*, pcr0_hex: str, role_arn: str, account_root_arn: str) -
     :param pcr0_hex: the image's PCR0; only a Recipient document with this PCR0 decrypts.
     :param role_arn: the instance role's ARN (a CDK token in the stack).
     :param account_root_arn: ``arn:<partition>:iam::<account>:root`` (a token in the stack).
-    :returns: :func:`~enclave_core.kms_policy.locked_policy` plus the account statement.
+    :returns: the canonical first-boot policy with the account statement.
     """
-    policy = locked_policy(pcr0_hex=normalize_pcr0(pcr0_hex), principal_arn=role_arn)
-    policy["Statement"].append(
-        {
-            "Sid": ACCOUNT_ADMIN_SID,
-            "Effect": "Allow",
-            "Principal": {"AWS": account_root_arn},
-            "Action": list(ACCOUNT_ADMIN_ACTIONS),
-            "Resource": "*",
-        }
+    params = EnclaveKeyPolicy(
+        principal=role_arn, pcr0=normalize_pcr0(pcr0_hex), account_root=account_root_arn
     )
-    return policy
+    return render_policy(params)

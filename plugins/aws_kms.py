@@ -24,18 +24,24 @@ The boto3 client is built on first use from the injected session (or a default o
 and credentials are never copied out of it, so instance-role credentials keep refreshing. With a
 ``Recipient`` (an attestation document holding the enclave's RSA public key), Decrypt and
 GenerateDataKey return ``CiphertextForRecipient`` and no plaintext; an answer that carries a
-plaintext anyway is refused, since the plaintext has then left KMS. AWS errors become distinct
-project errors: AccessDeniedException -> AccessDenied, KMSInvalidStateException and
+plaintext anyway is refused, since the plaintext has then left KMS. Key policies go out as JSON
+text (a str as given, a dict as ``json.dumps``) and come back through
+:func:`enclave_core.kms_policy.parse_policy_text`, so a stored policy with a duplicate key is an
+error, never read last-wins. :meth:`AwsKms.describe_key` reports the key's kind (origin,
+multi-Region, custom key store, spec, usage, manager) as DescribeKey gives it, and the grants
+API (ListGrants, all pages; CreateGrant, RetireGrant, RevokeGrant) is passed through. AWS errors
+become distinct project errors: AccessDeniedException -> AccessDenied, KMSInvalidStateException and
 DisabledException -> InvalidKeyState, NotFoundException -> NotFound, InvalidCiphertextException and
-IncorrectKeyException -> CryptoError, MalformedPolicyDocumentException and ValidationException ->
-ValidationError, throttling (after retries) and the rest -> BackendError. Messages name the
-operation and the key, never a plaintext or a ciphertext.
+IncorrectKeyException -> CryptoError, MalformedPolicyDocumentException, ValidationException and the
+invalid grant id/token/ARN exceptions -> ValidationError, throttling (after retries) and the rest ->
+BackendError. Messages name the operation and the key, never a plaintext or a ciphertext.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -58,7 +64,8 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, KeyInfo, KmsResult, Recipient
+from enclave_core.interfaces import BackendContext, GrantInfo, KeyInfo, KmsResult, Recipient
+from enclave_core.kms_policy import parse_policy_text
 from enclave_core.registry import BackendRegistry
 
 MAX_PLAINTEXT = 4096  # the KMS Encrypt limit
@@ -73,6 +80,9 @@ KMS_ERRORS: dict[str, type[EnclaveError]] = {
     "IncorrectKeyException": CryptoError,
     "MalformedPolicyDocumentException": ValidationError,
     "ValidationException": ValidationError,
+    "InvalidGrantIdException": ValidationError,
+    "InvalidGrantTokenException": ValidationError,
+    "InvalidArnException": ValidationError,
 }
 
 
@@ -91,6 +101,28 @@ def _iso(moment: Any) -> str | None:
     if isinstance(moment, datetime):
         return moment.astimezone(UTC).isoformat(timespec="seconds")
     return None
+
+
+def _policy_text(policy: dict[str, Any] | str) -> str:
+    """What KMS takes as ``Policy``: JSON text, sent as given when it already is text."""
+    return policy if isinstance(policy, str) else json.dumps(policy)
+
+
+def _grant(entry: Mapping[str, Any], key_id: str) -> GrantInfo:
+    """A ListGrants entry as a GrantInfo."""
+    constraints = entry.get("Constraints") or {}
+    subset = constraints.get("EncryptionContextSubset")
+    equals = constraints.get("EncryptionContextEquals")
+    return GrantInfo(
+        grant_id=entry["GrantId"],
+        key_id=entry.get("KeyId") or key_id,
+        grantee_principal=entry.get("GranteePrincipal") or "",
+        operations=tuple(entry.get("Operations") or ()),
+        retiring_principal=entry.get("RetiringPrincipal") or None,
+        name=entry.get("Name") or "",
+        encryption_context_subset=dict(subset) if subset is not None else None,
+        encryption_context_equals=dict(equals) if equals is not None else None,
+    )
 
 
 class AwsKms:
@@ -132,12 +164,20 @@ class AwsKms:
 
     @staticmethod
     def _info(meta: dict[str, Any]) -> KeyInfo:
+        """KeyMetadata as KeyInfo; a field KMS leaves out stays None ("not said")."""
+        multi_region = meta.get("MultiRegion")
         return KeyInfo(
             key_id=meta["KeyId"],
             arn=meta["Arn"],
             state=meta.get("KeyState", "Enabled" if meta.get("Enabled") else "Disabled"),
             description=meta.get("Description", "") or "",
             deletion_date=_iso(meta.get("DeletionDate")),
+            origin=meta.get("Origin"),
+            multi_region=bool(multi_region) if multi_region is not None else None,
+            custom_key_store_id=meta.get("CustomKeyStoreId") or None,
+            key_spec=meta.get("KeySpec") or meta.get("CustomerMasterKeySpec"),
+            key_usage=meta.get("KeyUsage"),
+            key_manager=meta.get("KeyManager"),
         )
 
     # ------------------------------------------------------------------ key management
@@ -146,15 +186,20 @@ class AwsKms:
         self,
         *,
         description: str = "",
-        policy: dict[str, Any] | None = None,
+        policy: dict[str, Any] | str | None = None,
         bypass_lockout_safety_check: bool = False,
+        origin: str = "AWS_KMS",
+        multi_region: bool = False,
+        custom_key_store_id: str | None = None,
     ) -> KeyInfo:
         """Create a symmetric encryption key, with ``policy`` or AWS's default policy.
 
-        A ``policy`` goes in the CreateKey call itself (``Policy``), so the key never exists
-        without it; ``bypass_lockout_safety_check`` sends ``BypassPolicyLockoutSafetyCheck``
-        for a policy that leaves the caller unable to change it (a key locked to a PCR0).
-        The caller needs only ``kms:CreateKey`` in IAM for this, no ``kms:PutKeyPolicy``.
+        A ``policy`` (a document, or its JSON text sent as given) goes in the CreateKey call
+        itself (``Policy``), so the key never exists without it; ``bypass_lockout_safety_check``
+        sends ``BypassPolicyLockoutSafetyCheck`` for a policy that leaves the caller unable to
+        change it (a key locked to a PCR0). The caller needs only ``kms:CreateKey`` in IAM for
+        this, no ``kms:PutKeyPolicy``. ``origin``, ``multi_region`` and ``custom_key_store_id``
+        are sent only when they differ from a plain single-Region ``AWS_KMS`` key.
         """
         params: dict[str, Any] = {
             "Description": description,
@@ -162,8 +207,14 @@ class AwsKms:
             "KeySpec": "SYMMETRIC_DEFAULT",
         }
         if policy is not None:
-            params["Policy"] = json.dumps(policy)
+            params["Policy"] = _policy_text(policy)
             params["BypassPolicyLockoutSafetyCheck"] = bypass_lockout_safety_check
+        if origin != "AWS_KMS":
+            params["Origin"] = origin
+        if multi_region:
+            params["MultiRegion"] = True
+        if custom_key_store_id is not None:
+            params["CustomKeyStoreId"] = custom_key_store_id
         with aws_errors("KMS", "CreateKey", "a new key", codes=KMS_ERRORS):
             meta = self.client.create_key(**params)["KeyMetadata"]
         info = self._info(meta)
@@ -176,29 +227,33 @@ class AwsKms:
             return self._info(self.client.describe_key(KeyId=key_id)["KeyMetadata"])
 
     def get_key_policy(self, key_id: str) -> dict[str, Any]:
-        """Return the key policy (the ``default`` policy, the only one KMS keys have)."""
+        """Return the key policy (the ``default`` policy, the only one KMS keys have).
+
+        :raises ValidationError: the stored text is not strict JSON (a duplicate key at any
+            depth, NaN, not an object): it is not read last-wins.
+        """
         with aws_errors("KMS", "GetKeyPolicy", f"key {key_id}", codes=KMS_ERRORS):
             text = self.client.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
         try:
-            policy = json.loads(text)
-        except ValueError:
-            raise BackendError(
-                f"KMS GetKeyPolicy of key {key_id}: the policy is not JSON"
-            ) from None
-        if not isinstance(policy, dict):
-            raise BackendError(f"KMS GetKeyPolicy of key {key_id}: the policy is not an object")
-        return policy
+            return parse_policy_text(text)
+        except ValidationError as exc:
+            raise ValidationError(f"KMS GetKeyPolicy of key {key_id}: {exc}") from None
 
     def put_key_policy(
-        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+        self,
+        key_id: str,
+        policy: dict[str, Any] | str,
+        *,
+        bypass_lockout_safety_check: bool = False,
     ) -> None:
-        """Replace the key policy; ``bypass_lockout_safety_check`` when the new policy locks out
-        the caller (as a policy that allows Decrypt only to an attested enclave does)."""
+        """Replace the key policy (a document, or its JSON text sent as given);
+        ``bypass_lockout_safety_check`` when the new policy locks out the caller (as a policy
+        that allows Decrypt only to an attested enclave does)."""
         with aws_errors("KMS", "PutKeyPolicy", f"key {key_id}", codes=KMS_ERRORS):
             self.client.put_key_policy(
                 KeyId=key_id,
                 PolicyName="default",
-                Policy=json.dumps(policy),
+                Policy=_policy_text(policy),
                 BypassPolicyLockoutSafetyCheck=bypass_lockout_safety_check,
             )
         logger.bind(key_id=key_id).info(
@@ -221,6 +276,63 @@ class AwsKms:
             "KMS key deletion scheduled", deletion_date=info.deletion_date
         )
         return info
+
+    # ------------------------------------------------------------------ grants
+
+    def list_grants(self, key_id: str) -> list[GrantInfo]:
+        """Every grant on the key (ListGrants, following ``NextMarker`` over all pages)."""
+        grants: list[GrantInfo] = []
+        with aws_errors("KMS", "ListGrants", f"key {key_id}", codes=KMS_ERRORS):
+            for page in self.client.get_paginator("list_grants").paginate(KeyId=key_id):
+                grants.extend(_grant(entry, key_id) for entry in page.get("Grants", []))
+        return grants
+
+    def create_grant(
+        self,
+        key_id: str,
+        *,
+        grantee_principal: str,
+        operations: Sequence[str],
+        retiring_principal: str | None = None,
+        name: str = "",
+        constraints: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> str:
+        """Create a grant (CreateGrant) and return its grant id.
+
+        :param constraints: ``{"EncryptionContextSubset": {...}}`` or
+            ``{"EncryptionContextEquals": {...}}``.
+        """
+        params: dict[str, Any] = {
+            "KeyId": key_id,
+            "GranteePrincipal": grantee_principal,
+            "Operations": list(operations),
+        }
+        if retiring_principal is not None:
+            params["RetiringPrincipal"] = retiring_principal
+        if name:
+            params["Name"] = name
+        if constraints:
+            params["Constraints"] = {k: dict(v) for k, v in constraints.items()}
+        with aws_errors("KMS", "CreateGrant", f"key {key_id}", codes=KMS_ERRORS):
+            grant_id: str = self.client.create_grant(**params)["GrantId"]
+        logger.bind(key_id=key_id).info(
+            "KMS grant created", grant_id=grant_id, operations=list(operations)
+        )
+        return grant_id
+
+    def retire_grant(self, key_id: str, grant_id: str) -> None:
+        """Retire a grant (RetireGrant). KMS wants the key's ARN here; a key id is turned
+        into its ARN with DescribeKey first."""
+        arn = key_id if key_id.startswith("arn:") else self.describe_key(key_id).arn
+        with aws_errors("KMS", "RetireGrant", f"key {key_id}", codes=KMS_ERRORS):
+            self.client.retire_grant(KeyId=arn, GrantId=grant_id)
+        logger.bind(key_id=key_id).info("KMS grant retired", grant_id=grant_id)
+
+    def revoke_grant(self, key_id: str, grant_id: str) -> None:
+        """Revoke a grant (RevokeGrant)."""
+        with aws_errors("KMS", "RevokeGrant", f"key {key_id}", codes=KMS_ERRORS):
+            self.client.revoke_grant(KeyId=key_id, GrantId=grant_id)
+        logger.bind(key_id=key_id).info("KMS grant revoked", grant_id=grant_id)
 
     # ------------------------------------------------------------------ cryptography
 

@@ -13,23 +13,39 @@ Keys live in ``path`` as :mod:`enclave_core.crypto.keyfiles` describes: one JSON
 (id, ARN ``arn:aws:kms:{region}:000000000000:key/{id}``, state, policy, key material sealed under
 ``master.key``) and version-1 ciphertext blobs bound to their key and encryption context.
 
-As in AWS: every operation on a key evaluates its key policy for the caller
-(:func:`enclave_core.kms_policy.evaluate`; a denial is ``AccessDenied`` naming the key, the action
-and the unmet condition); a new key gets the default policy (the account root may do everything);
-``put_key_policy`` needs ``kms:PutKeyPolicy`` and, unless ``bypass_lockout_safety_check``, a new
-policy that still lets the caller put a policy. A ``Recipient`` on Decrypt or GenerateDataKey must
+As in AWS: every operation on a key evaluates its key policy for the caller, with the key's ARN
+as the resource (:func:`enclave_core.kms_policy.evaluate`; a denial is ``AccessDenied`` naming the
+key, the action and the unmet condition); a new key gets the default policy (the account root may
+do everything); ``put_key_policy`` needs ``kms:PutKeyPolicy`` and, unless
+``bypass_lockout_safety_check``, a new policy that still lets the caller put a policy. Policies
+are documents or their JSON text; text with a duplicate key, like any malformed document, is
+refused as ``MalformedPolicyDocumentException``. A ``Recipient`` on Decrypt or GenerateDataKey must
 carry ``RSAES_OAEP_SHA_256`` and an attestation document that verifies against the root now, whose
 ``public_key`` is an RSA SubjectPublicKeyInfo of at least 2048 bits; its PCRs feed the
 ``kms:RecipientAttestation:*`` conditions, and the answer is a ``CiphertextForRecipient`` (BER, as
 KMS sends it) with no plaintext. ``create_key`` with a policy stores it from the first moment
-and applies the same lockout safety check (and bypass) as ``put_key_policy``. Changes take an
-exclusive ``flock`` on ``.lock`` and files are replaced atomically.
+and applies the same lockout safety check (and bypass) as ``put_key_policy``.
+
+Grants are kept in the key's record and honoured as KMS honours them
+(:func:`enclave_core.kms_policy.authorize`): Encrypt, Decrypt, GenerateDataKey, DescribeKey,
+CreateGrant and RetireGrant are allowed when the policy allows them *or* a grant for the caller
+lists the operation and its encryption-context constraint holds; only an explicit Deny in the
+policy beats a grant, and replacing the policy leaves every grant in place. A grant does not
+check attestation: a grant-authorised Decrypt returns plaintext without a Recipient.
+
+Key kinds: ``origin="EXTERNAL"`` makes a ``PendingImport`` key without material until
+:meth:`LocalKms.import_key_material`; a ``custom_key_store_id`` makes an ``AWS_CLOUDHSM`` key (its
+material lives in a store its owner controls; here it is generated locally like any other);
+``multi_region=True`` gives an ``mrk-`` key id and records the flag (replicas are not modelled).
+Changes take an exclusive ``flock`` on ``.lock`` and files are replaced atomically.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,11 +55,28 @@ from marshmallow import Schema, fields, validate
 
 from enclave_core import hookimpl
 from enclave_core.crypto.aws_root import load_root_pem
-from enclave_core.crypto.keyfiles import MATERIAL_AAD, KeyDirectory, context_bytes
+from enclave_core.crypto.keyfiles import MATERIAL_AAD, KeyDirectory, context_bytes, now_iso
 from enclave_core.crypto.kms_recipient import VerifiedRecipient, verify_recipient
-from enclave_core.errors import AccessDenied, AttestationError, InvalidKeyState, ValidationError
-from enclave_core.interfaces import BackendContext, KeyInfo, KmsResult, Recipient
-from enclave_core.kms_policy import RequestContext, default_policy, evaluate, validate_policy
+from enclave_core.errors import (
+    AccessDenied,
+    AttestationError,
+    CryptoError,
+    InvalidKeyState,
+    NotFound,
+    ValidationError,
+)
+from enclave_core.interfaces import BackendContext, GrantInfo, KeyInfo, KmsResult, Recipient
+from enclave_core.kms_conditions import principal_matches
+from enclave_core.kms_policy import (
+    GRANT_OPERATIONS,
+    Decision,
+    RequestContext,
+    authorize,
+    default_policy,
+    evaluate,
+    grant_narrows,
+    validate_policy,
+)
 from enclave_core.registry import BackendRegistry
 
 ACCOUNT = "000000000000"
@@ -51,6 +84,11 @@ DEFAULT_PRINCIPAL = f"arn:aws:iam::{ACCOUNT}:role/enclave"
 MAX_PLAINTEXT = 4096  # the AWS KMS Encrypt limit
 __all__ = ["ACCOUNT", "DEFAULT_PRINCIPAL", "MATERIAL_AAD", "LocalKms"]
 _ARN = re.compile(r"^arn:aws[a-z-]*:(iam|sts)::\d{12}:\S+$")
+_GRANT_NAME = re.compile(r"^[a-zA-Z0-9:/_-]{0,256}$")
+#: Grant operations that take no encryption context, so no constraint can apply to them.
+_NO_CONTEXT_OPERATIONS = ("DescribeKey", "RetireGrant")
+_CONSTRAINTS = ("EncryptionContextSubset", "EncryptionContextEquals")
+_KEY_STORE_ORIGINS = ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE")
 
 
 class LocalKms:
@@ -99,20 +137,42 @@ class LocalKms:
 
     # ------------------------------------------------------------------ authorization
 
-    def _authorize(
+    def _decide(
         self, record: dict[str, Any], action: str, context: RequestContext | None = None
-    ) -> None:
-        decision = evaluate(
+    ) -> Decision:
+        """The key policy and the key's grants on ``action`` by this caller, for this key."""
+        return authorize(
+            record["policy"],
+            self.keys.grants(record),
+            action=action,
+            principal=self.principal,
+            context=context or RequestContext(),
+            resource=record["arn"],
+        )
+
+    def _policy_decision(
+        self, record: dict[str, Any], action: str, context: RequestContext | None = None
+    ) -> Decision:
+        """The key policy alone (actions no grant can give, and the grant checks' own rules)."""
+        return evaluate(
             record["policy"],
             action=action,
             principal=self.principal,
             context=context or RequestContext(),
+            resource=record["arn"],
         )
+
+    def _deny(self, record: dict[str, Any], action: str, reason: str) -> AccessDenied:
+        return AccessDenied(
+            f"local KMS: {action} on key {record['key_id']} denied for {self.principal}: {reason}"
+        )
+
+    def _authorize(
+        self, record: dict[str, Any], action: str, context: RequestContext | None = None
+    ) -> None:
+        decision = self._decide(record, action, context)
         if not decision.allowed:
-            raise AccessDenied(
-                f"local KMS: {action} on key {record['key_id']} denied for {self.principal}: "
-                f"{decision.reason}"
-            )
+            raise self._deny(record, action, decision.reason)
 
     def _authorized(self, key_id: str, action: str) -> dict[str, Any]:
         record = self.keys.load(key_id)
@@ -144,29 +204,72 @@ class LocalKms:
 
     # ------------------------------------------------------------------ key management
 
+    @staticmethod
+    def _policy(policy: dict[str, Any] | str, what: str) -> dict[str, Any]:
+        """A policy document or its JSON text, checked; refused as KMS refuses a bad one."""
+        try:
+            return validate_policy(policy)
+        except ValidationError as exc:
+            raise ValidationError(f"MalformedPolicyDocumentException: {what}: {exc}") from None
+
+    @staticmethod
+    def _origin(origin: str, multi_region: bool, custom_key_store_id: str | None) -> str:
+        """The key's origin after CreateKey's rules for key stores and imported material."""
+        if custom_key_store_id is None:
+            if origin in _KEY_STORE_ORIGINS:
+                raise ValidationError(f"local KMS CreateKey: origin {origin} needs a key store")
+            return origin
+        if not isinstance(custom_key_store_id, str) or not custom_key_store_id:
+            raise ValidationError("local KMS CreateKey: the custom key store id must be a string")
+        if multi_region:
+            raise ValidationError("local KMS CreateKey: a custom key store key is single-Region")
+        if origin == "AWS_KMS":
+            return "AWS_CLOUDHSM"
+        if origin not in _KEY_STORE_ORIGINS:
+            raise ValidationError(
+                f"local KMS CreateKey: origin {origin} cannot be used with a custom key store"
+            )
+        return origin
+
     def create_key(
         self,
         *,
         description: str = "",
-        policy: dict[str, Any] | None = None,
+        policy: dict[str, Any] | str | None = None,
         bypass_lockout_safety_check: bool = False,
+        origin: str = "AWS_KMS",
+        multi_region: bool = False,
+        custom_key_store_id: str | None = None,
     ) -> KeyInfo:
-        """Create an enabled key with fresh material and ``policy`` (default: account root).
+        """Create a key with ``policy`` (default: account root) and, usually, fresh material.
 
-        A given ``policy`` is checked as :meth:`put_key_policy` checks one (validity, and the
-        lockout safety check unless ``bypass_lockout_safety_check``) and is in force from the
-        key's first moment, as with AWS CreateKey's ``Policy``.
+        A given ``policy`` (a document or its JSON text) is checked as :meth:`put_key_policy`
+        checks one (validity, and the lockout safety check unless
+        ``bypass_lockout_safety_check``) and is in force from the key's first moment, as with AWS
+        CreateKey's ``Policy``.
+
+        :param origin: ``AWS_KMS``; ``EXTERNAL`` for a key in ``PendingImport`` without material
+            until :meth:`import_key_material`.
+        :param multi_region: record the key as multi-Region (``mrk-`` id); replicas are not
+            modelled.
+        :param custom_key_store_id: create the key in this custom key store: origin
+            ``AWS_CLOUDHSM`` (or ``EXTERNAL_KEY_STORE`` if asked for), single-Region.
         """
-        if policy is None:
-            stored_policy = default_policy(ACCOUNT)
-        else:
-            stored_policy = validate_policy(policy)
-            if not bypass_lockout_safety_check:
-                self._refuse_lockout(stored_policy, "CreateKey")
-        record = self.keys.new_record(description=description, policy=stored_policy)
+        stored_policy = (
+            default_policy(ACCOUNT) if policy is None else self._policy(policy, "CreateKey")
+        )
+        record = self.keys.new_record(
+            description=description,
+            policy=stored_policy,
+            origin=self._origin(origin, multi_region, custom_key_store_id),
+            multi_region=bool(multi_region),
+            custom_key_store_id=custom_key_store_id,
+        )
+        if policy is not None and not bypass_lockout_safety_check:
+            self._refuse_lockout(stored_policy, "CreateKey", record["arn"])
         with self.keys.locked():
             self.keys.save(record)
-        logger.bind(key_id=record["key_id"]).info("local KMS key created")
+        logger.bind(key_id=record["key_id"]).info("local KMS key created", origin=record["origin"])
         return self.keys.info(record)
 
     def describe_key(self, key_id: str) -> KeyInfo:
@@ -179,28 +282,73 @@ class LocalKms:
         return policy
 
     def put_key_policy(
-        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+        self,
+        key_id: str,
+        policy: dict[str, Any] | str,
+        *,
+        bypass_lockout_safety_check: bool = False,
     ) -> None:
-        """Replace the key policy (``kms:PutKeyPolicy``), with AWS's lockout safety check."""
-        new_policy = validate_policy(policy)
+        """Replace the key policy (``kms:PutKeyPolicy``), with AWS's lockout safety check.
+
+        ``policy`` is a document or its JSON text; the key's grants stay as they are.
+        """
+        new_policy = self._policy(policy, f"PutKeyPolicy on key {key_id}")
         with self.keys.locked():
             record = self._authorized(key_id, "kms:PutKeyPolicy")
             if not bypass_lockout_safety_check:
-                self._refuse_lockout(new_policy, f"key {record['key_id']}")
+                self._refuse_lockout(new_policy, f"key {record['key_id']}", record["arn"])
             record["policy"] = new_policy
             self.keys.save(record)
         logger.bind(key_id=record["key_id"]).info("local KMS key policy replaced")
 
-    def _refuse_lockout(self, policy: dict[str, Any], what: str) -> None:
+    def _refuse_lockout(self, policy: dict[str, Any], what: str, arn: str) -> None:
         """AWS's lockout safety check: the policy must still let the caller put a policy."""
         again = evaluate(
-            policy, action="kms:PutKeyPolicy", principal=self.principal, context=RequestContext()
+            policy,
+            action="kms:PutKeyPolicy",
+            principal=self.principal,
+            context=RequestContext(),
+            resource=arn,
         )
         if not again.allowed:
             raise ValidationError(
                 f"MalformedPolicyDocumentException: {what}: the new key policy will not allow "
                 "you to update the key policy in the future"
             )
+
+    def import_key_material(self, key_id: str, material: bytes) -> KeyInfo:
+        """Import 32 bytes of key material into an ``EXTERNAL`` key (``kms:ImportKeyMaterial``).
+
+        A ``PendingImport`` key becomes ``Enabled`` with exactly that material; a key that has
+        material accepts only the same material again (``IncorrectKeyMaterialException``
+        otherwise). AWS's wrapping of the material with a public key and an import token is not
+        modelled: the material is passed as it is.
+        """
+        if not isinstance(material, bytes | bytearray) or len(material) != 32:
+            raise ValidationError(
+                f"local KMS ImportKeyMaterial on key {key_id}: the material must be 32 bytes"
+            )
+        with self.keys.locked():
+            record = self._authorized(key_id, "kms:ImportKeyMaterial")
+            kid = record["key_id"]
+            if record.get("origin", "AWS_KMS") != "EXTERNAL":
+                raise ValidationError(
+                    f"UnsupportedOperationException: local KMS key {kid} does not have origin "
+                    "EXTERNAL"
+                )
+            if record["state"] not in ("PendingImport", "Enabled", "Disabled"):
+                raise InvalidKeyState(f"local KMS: key {kid} is {record['state']}")
+            if record.get("material"):
+                if not self.keys.has_material(record, bytes(material)):
+                    raise CryptoError(
+                        f"IncorrectKeyMaterialException: local KMS key {kid} has other material"
+                    )
+                return self.keys.info(record)
+            self.keys.import_material(record, bytes(material))
+            record["state"] = "Enabled"
+            self.keys.save(record)
+        logger.bind(key_id=kid).info("local KMS key material imported")
+        return self.keys.info(record)
 
     def enable_key(self, key_id: str) -> KeyInfo:
         """Enable a disabled key (``kms:EnableKey``)."""
@@ -222,7 +370,7 @@ class LocalKms:
         info = self._update(
             key_id,
             "kms:ScheduleKeyDeletion",
-            ("Enabled", "Disabled"),
+            ("Enabled", "Disabled", "PendingImport"),
             state="PendingDeletion",
             deletion_date=when.isoformat(timespec="seconds"),
         )
@@ -232,14 +380,195 @@ class LocalKms:
         return info
 
     def cancel_key_deletion(self, key_id: str) -> KeyInfo:
-        """Cancel a scheduled deletion (``kms:CancelKeyDeletion``); the key becomes Disabled."""
-        return self._update(
-            key_id,
-            "kms:CancelKeyDeletion",
-            ("PendingDeletion",),
-            state="Disabled",
-            deletion_date=None,
+        """Cancel a scheduled deletion (``kms:CancelKeyDeletion``); the key becomes Disabled
+        (``PendingImport`` if it never had material)."""
+        with self.keys.locked():
+            record = self._authorized(key_id, "kms:CancelKeyDeletion")
+            if record["state"] != "PendingDeletion":
+                raise InvalidKeyState(
+                    f"local KMS: key {record['key_id']} is {record['state']} "
+                    "(kms:CancelKeyDeletion refused)"
+                )
+            record["state"] = "Disabled" if record.get("material") else "PendingImport"
+            record["deletion_date"] = None
+            self.keys.save(record)
+        return self.keys.info(record)
+
+    # ------------------------------------------------------------------ grants
+
+    @staticmethod
+    def _grant_operations(operations: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(operations, str) or not operations:
+            raise ValidationError("local KMS CreateGrant: operations must be a non-empty list")
+        unknown = [op for op in operations if op not in GRANT_OPERATIONS]
+        if unknown:
+            raise ValidationError(
+                f"local KMS CreateGrant: {unknown[0]!r} is not a grant operation of a symmetric "
+                "encryption key"
+            )
+        return tuple(dict.fromkeys(operations))
+
+    @staticmethod
+    def _grant_constraints(
+        constraints: Mapping[str, Mapping[str, str]] | None, operations: tuple[str, ...]
+    ) -> dict[str, dict[str, str]]:
+        if not constraints:
+            return {}
+        if not isinstance(constraints, Mapping) or len(constraints) != 1:
+            raise ValidationError(
+                "local KMS CreateGrant: constraints must be one of EncryptionContextSubset or "
+                "EncryptionContextEquals"
+            )
+        [(kind, pairs)] = constraints.items()
+        if kind not in _CONSTRAINTS:
+            raise ValidationError(f"local KMS CreateGrant: unknown constraint {kind!r}")
+        context_bytes(dict(pairs) if isinstance(pairs, Mapping) else pairs)  # str -> str
+        if any(op in _NO_CONTEXT_OPERATIONS for op in operations):
+            raise ValidationError(
+                "local KMS CreateGrant: an encryption context constraint cannot apply to "
+                f"{', '.join(_NO_CONTEXT_OPERATIONS)}"
+            )
+        return {kind: dict(pairs)}
+
+    @staticmethod
+    def _check_principal(value: str | None, what: str) -> None:
+        if value is not None and (not isinstance(value, str) or not _ARN.match(value)):
+            raise ValidationError(f"local KMS CreateGrant: {what} must be an IAM or STS ARN")
+
+    def _may_create(self, record: dict[str, Any], child: GrantInfo) -> None:
+        """CreateGrant needs kms:CreateGrant in the policy, or a grant of CreateGrant to the
+        caller that covers everything the new grant gives; an explicit Deny beats both."""
+        context = RequestContext(
+            encryption_context=child.encryption_context_equals
+            or child.encryption_context_subset
+            or {}
         )
+        decision = self._policy_decision(record, "kms:CreateGrant", context)
+        if decision.allowed:
+            return
+        if not decision.explicit_deny:
+            for parent in self.keys.grants(record):
+                if (
+                    "CreateGrant" in parent.operations
+                    and principal_matches({"AWS": parent.grantee_principal}, self.principal)
+                    and grant_narrows(parent, child)
+                ):
+                    return
+        raise self._deny(record, "kms:CreateGrant", decision.reason)
+
+    def create_grant(
+        self,
+        key_id: str,
+        *,
+        grantee_principal: str,
+        operations: Sequence[str],
+        retiring_principal: str | None = None,
+        name: str = "",
+        constraints: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> str:
+        """Give ``grantee_principal`` ``operations`` on the key (KMS CreateGrant); return the
+        grant id.
+
+        :param operations: grant operation names (``Decrypt``, ``GenerateDataKey``...).
+        :param constraints: ``{"EncryptionContextSubset": {...}}`` or
+            ``{"EncryptionContextEquals": {...}}``.
+        A grant with the same name and contents as an existing one returns that grant's id.
+        """
+        ops = self._grant_operations(operations)
+        kept = self._grant_constraints(constraints, ops)
+        self._check_principal(grantee_principal, "the grantee principal")
+        self._check_principal(retiring_principal, "the retiring principal")
+        if not isinstance(name, str) or not _GRANT_NAME.match(name):
+            raise ValidationError("local KMS CreateGrant: the grant name is invalid")
+        entry = {
+            "grantee_principal": grantee_principal,
+            "operations": list(ops),
+            "retiring_principal": retiring_principal,
+            "name": name,
+            "constraints": kept,
+        }
+        with self.keys.locked():
+            record = self.keys.load(key_id)
+            child = GrantInfo(
+                grant_id="",
+                key_id=record["arn"],
+                grantee_principal=grantee_principal,
+                operations=ops,
+                retiring_principal=retiring_principal,
+                name=name,
+                encryption_context_subset=kept.get("EncryptionContextSubset"),
+                encryption_context_equals=kept.get("EncryptionContextEquals"),
+            )
+            self._may_create(record, child)
+            if record["state"] not in ("Enabled", "Disabled", "PendingImport"):
+                raise InvalidKeyState(f"local KMS: key {record['key_id']} is {record['state']}")
+            grants: list[dict[str, Any]] = record.setdefault("grants", [])
+            for existing in grants:
+                if name and all(existing.get(k) == v for k, v in entry.items()):
+                    return str(existing["grant_id"])
+            grant_id = secrets.token_hex(32)
+            grants.append({"grant_id": grant_id, **entry, "creation_date": now_iso()})
+            self.keys.save(record)
+        logger.bind(key_id=record["key_id"]).info(
+            "local KMS grant created", grant_id=grant_id, operations=list(ops)
+        )
+        return grant_id
+
+    def list_grants(self, key_id: str) -> list[GrantInfo]:
+        """Every grant on the key (``kms:ListGrants``; grants cannot give this one)."""
+        record = self.keys.load(key_id)
+        decision = self._policy_decision(record, "kms:ListGrants")
+        if not decision.allowed:
+            raise self._deny(record, "kms:ListGrants", decision.reason)
+        return self.keys.grants(record)
+
+    @staticmethod
+    def _grant_index(record: dict[str, Any], grant_id: str) -> int:
+        for index, grant in enumerate(record.get("grants") or []):
+            if grant["grant_id"] == grant_id:
+                return index
+        raise NotFound(f"local KMS: key {record['key_id']} has no grant {grant_id!r}")
+
+    def retire_grant(self, key_id: str, grant_id: str) -> None:
+        """Retire a grant (KMS RetireGrant): allowed for its retiring principal, for its
+        grantee when it lists ``RetireGrant``, for the key's account root, and for a caller the
+        policy gives ``kms:RetireGrant``; an explicit Deny of kms:RetireGrant beats them all."""
+        with self.keys.locked():
+            record = self.keys.load(key_id)
+            index = self._grant_index(record, grant_id)
+            grant = self.keys.grants(record)[index]
+            decision = self._policy_decision(record, "kms:RetireGrant")
+            if decision.explicit_deny or not (
+                decision.allowed or self._may_retire(grant, record["arn"])
+            ):
+                raise self._deny(record, "kms:RetireGrant", decision.reason)
+            del record["grants"][index]
+            self.keys.save(record)
+        logger.bind(key_id=record["key_id"]).info("local KMS grant retired", grant_id=grant_id)
+
+    def _may_retire(self, grant: GrantInfo, arn: str) -> bool:
+        """Whether the grant itself lets this caller retire it."""
+        if grant.retiring_principal and principal_matches(
+            {"AWS": grant.retiring_principal}, self.principal
+        ):
+            return True
+        if "RetireGrant" in grant.operations and principal_matches(
+            {"AWS": grant.grantee_principal}, self.principal
+        ):
+            return True
+        parts = arn.split(":")
+        return self.principal == f"arn:{parts[1]}:iam::{parts[4]}:root"  # the key's account
+
+    def revoke_grant(self, key_id: str, grant_id: str) -> None:
+        """Revoke a grant (``kms:RevokeGrant``, from the key policy only)."""
+        with self.keys.locked():
+            record = self.keys.load(key_id)
+            decision = self._policy_decision(record, "kms:RevokeGrant")
+            if not decision.allowed:
+                raise self._deny(record, "kms:RevokeGrant", decision.reason)
+            del record["grants"][self._grant_index(record, grant_id)]
+            self.keys.save(record)
+        logger.bind(key_id=record["key_id"]).info("local KMS grant revoked", grant_id=grant_id)
 
     # ------------------------------------------------------------------ Recipient
 

@@ -3,6 +3,9 @@
 Options (``attestation.options``):
 
 - ``pcr0``: 96 hex characters overriding the measured PCR0 (tests); default: measure ``app.dir``.
+- ``pcr8``: 96 hex characters, the PCR8 of a signed image (on Nitro, PCR8 measures the certificate
+  that signed the EIF), so that a signed image can be simulated; default: none, an unsigned image
+  (PCR8 all zero).
 - ``module_id``: the NSM module id ``i-<instance>-enc<enclave>``; default: this state directory's
   simulated instance id and a fresh enclave id per NSM.
 
@@ -13,7 +16,7 @@ locked from the start, as the NSM locks them at boot:
   changes PCR0 exactly as a new EIF does;
 - PCR1 and PCR2 are the SHA-384 of fixed strings naming the simulated kernel and runtime;
 - PCR4 is ``SHA-384(48 zero bytes || instance id)``, as on real hardware; PCR3 (no IAM role),
-  PCR8 (unsigned image) and the rest are zero.
+  PCR8 (unsigned image, unless the ``pcr8`` option sets it) and the rest are zero.
 
 NSM errors follow the reference (section 5): an index >= 32 is ``InvalidIndex``; extending or
 locking a locked PCR (0..15 always, 16..31 once locked) is ``ReadOnlyIndex``; ``lock_pcrs`` of a
@@ -44,6 +47,7 @@ from enclave_core.crypto import cose
 from enclave_core.crypto.devca import MARGIN, DevCa, LeafBundle
 from enclave_core.errors import AttestationError, ConfigError, NsmError
 from enclave_core.interfaces import BackendContext, PcrState
+from enclave_core.pcrs import PCR_HEX_RE
 from enclave_core.registry import BackendRegistry
 
 MAX_PCRS = 32
@@ -99,7 +103,10 @@ class SimulatedNsm:
         """``attestation.options`` of the simulated NSM."""
 
         pcr0 = fields.String(
-            load_default=None, allow_none=True, validate=validate.Regexp(r"^[0-9a-fA-F]{96}$")
+            load_default=None, allow_none=True, validate=validate.Regexp(PCR_HEX_RE)
+        )
+        pcr8 = fields.String(
+            load_default=None, allow_none=True, validate=validate.Regexp(PCR_HEX_RE)
         )
         module_id = fields.String(
             load_default=None,
@@ -115,7 +122,12 @@ class SimulatedNsm:
         region: str = "us-east-1",
         pcr0: bytes | None = None,
         module_id: str | None = None,
+        pcr8: bytes | None = None,
     ) -> None:
+        """:param pcr0: PCR0 instead of the measurement of ``app_dir``.
+        :param pcr8: PCR8 of a signed image (the signing certificate's measurement); None for an
+            unsigned image (all zero).
+        """
         self._ca = DevCa(state_dir, region=region)
         if module_id is None:
             module_id = f"{self._ca.instance_id()}-enc{secrets.token_hex(8)}"
@@ -128,6 +140,8 @@ class SimulatedNsm:
         self._pcrs[1] = hashlib.sha384(KERNEL.encode()).digest()
         self._pcrs[2] = hashlib.sha384(RUNTIME.encode()).digest()
         self._pcrs[4] = _extend(bytes(PCR_SIZE), instance_id.encode("ascii"))
+        if pcr8 is not None:
+            self._pcrs[8] = pcr8
         self._locked = set(range(BOOT_LOCKED))
 
     @classmethod
@@ -138,13 +152,14 @@ class SimulatedNsm:
                 "attestation backend 'simulated' is for development only; mode: production "
                 "needs the 'nitro' backend"
             )
-        pcr0 = options.get("pcr0")
+        pcr0, pcr8 = options.get("pcr0"), options.get("pcr8")
         return cls(
             state_dir=context.state_dir,
             app_dir=context.app_dir,
             region=context.region,
             pcr0=bytes.fromhex(pcr0) if pcr0 else None,
             module_id=options.get("module_id"),
+            pcr8=bytes.fromhex(pcr8) if pcr8 else None,
         )
 
     @staticmethod

@@ -1,15 +1,24 @@
 """TEST-ONLY: make moto's KMS behave like AWS KMS where the aws backend's tests need it to.
 
-Why this exists: moto 5 (checked on 5.2.1) ignores three things real KMS enforces, so without
-help the ``aws`` KMS backend's most important paths could not be exercised against it:
+Why this exists: moto 5 (checked on 5.2.1 and 5.2.6) ignores four things real KMS enforces, so
+without help the ``aws`` KMS backend's most important paths could not be exercised against it:
 
 1. **Recipient.** moto drops the ``Recipient`` parameter and answers Decrypt and GenerateDataKey
    with a ``Plaintext``. Real KMS verifies the attestation document and answers with a
    ``CiphertextForRecipient`` (a CMS envelope for the document's RSA key) and no plaintext.
-2. **Key policies.** moto stores them but evaluates only explicit Deny statements of DescribeKey,
-   and none of the ``kms:RecipientAttestation:*`` conditions or the lockout safety check.
-3. **Key state.** moto encrypts and decrypts with Disabled and PendingDeletion keys; real KMS
+2. **Key policies.** moto stores them (as the text it was given, duplicate keys and all) but
+   evaluates only explicit Deny statements of DescribeKey, and none of the
+   ``kms:RecipientAttestation:*`` conditions or the lockout safety check.
+3. **Grants.** moto stores grants (CreateGrant, ListGrants, RetireGrant, RevokeGrant) but never
+   consults them: no operation is allowed by a grant, and anyone may retire any grant.
+4. **Key state.** moto encrypts and decrypts with Disabled and PendingDeletion keys; real KMS
    answers ``DisabledException`` and ``KMSInvalidStateException``.
+5. **Key metadata** (:meth:`KmsRecipientShim.correct_metadata`, on CreateKey and DescribeKey
+   answers): moto leaves ``MultiRegion`` out for a key created without that parameter (KMS
+   reports ``false``); it ignores CreateKey's ``CustomKeyStoreId`` (KMS makes the key in that
+   store, origin ``AWS_CLOUDHSM``, and reports the store); and it makes an ``EXTERNAL`` key
+   ``Enabled`` with material of its own (KMS: ``PendingImport`` until ImportKeyMaterial, which
+   moto does not have).
 
 :class:`KmsRecipientShim` installs botocore event handlers on the test's boto3 session (before its
 KMS client is created) or on a client. Requests still go to the moto server over HTTP; the shim
@@ -18,10 +27,14 @@ only decides, as KMS would, whether they may, and rewrites the answer:
 - ``before-parameter-build.kms.<op>``: pops the ``Recipient`` and checks it with
   :func:`enclave_core.crypto.kms_recipient.verify_recipient` against the given root (the simulated
   NSM's dev root) at the present time; reads the key's state and policy from moto (through a
-  separate, hook-free client); evaluates the policy with :func:`enclave_core.kms_policy.evaluate`
-  for ``principal`` with the request's encryption context and the document's PCRs; applies the
-  lockout safety check to CreateKey and PutKeyPolicy; refuses disabled or pending-deletion keys
-  for Encrypt, Decrypt and GenerateDataKey. The same order and outcomes as the ``local`` KMS;
+  separate, hook-free client); evaluates the policy and the key's grants with
+  :func:`enclave_core.kms_policy.authorize` for ``principal`` and the key's ARN, with the
+  request's encryption context and the document's PCRs (CreateGrant through a grant only when
+  the new grant is no wider; RetireGrant also for the grant's retiring principal or grantee);
+  refuses policy text that is not strict JSON (a duplicate key) as MalformedPolicyDocument;
+  applies the lockout safety check to CreateKey and PutKeyPolicy; refuses disabled or
+  pending-deletion keys for Encrypt, Decrypt and GenerateDataKey. The same order and outcomes as
+  the ``local`` KMS;
 - ``before-call.kms.<op>``: short-circuits a refused call with the error code KMS would send, so
   the client raises its own modelled exception (``DisabledException``...);
 - ``after-call.kms.{Decrypt,GenerateDataKey}``: replaces ``Plaintext`` with a
@@ -37,7 +50,6 @@ stand-in for AWS's side of the Recipient flow, nothing more.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +60,16 @@ from cryptography import x509
 
 from enclave_core.crypto.kms_recipient import VerifiedRecipient, verify_recipient
 from enclave_core.errors import AttestationError, ValidationError
-from enclave_core.interfaces import Recipient
-from enclave_core.kms_policy import RequestContext, evaluate
+from enclave_core.interfaces import GrantInfo, Recipient
+from enclave_core.kms_conditions import principal_matches
+from enclave_core.kms_policy import (
+    Decision,
+    RequestContext,
+    authorize,
+    evaluate,
+    grant_narrows,
+    parse_policy_text,
+)
 
 #: What the aws backend's ``caller_arn()`` reports against moto for credentials moto did not issue
 #: (moto answers ``arn:aws:sts::123456789012:user/moto``).
@@ -65,12 +85,18 @@ ACTIONS = {
     "Encrypt": "kms:Encrypt",
     "Decrypt": "kms:Decrypt",
     "GenerateDataKey": "kms:GenerateDataKey",
+    "CreateGrant": "kms:CreateGrant",
+    "ListGrants": "kms:ListGrants",
+    "RetireGrant": "kms:RetireGrant",
+    "RevokeGrant": "kms:RevokeGrant",
 }
 NEEDS_ENABLED = ("Encrypt", "Decrypt", "GenerateDataKey")
 RECIPIENT_OPS = ("Decrypt", "GenerateDataKey")
 LOCKOUT = "The new key policy will not allow you to update the key policy in the future."
 _REFUSAL = "kms_recipient_shim.refusal"
 _RECIPIENT = "kms_recipient_shim.recipient"
+_KEY_STORE = "kms_recipient_shim.key_store"
+METADATA_OPS = ("CreateKey", "DescribeKey")
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,29 @@ class _Key:
     arn: str
     state: str
     policy: dict[str, Any]
+    grants: list[GrantInfo]
+
+
+def _strict(text: str) -> dict[str, Any]:
+    """A stored policy, strictly parsed; one that is not strict JSON allows nothing."""
+    try:
+        return parse_policy_text(text)
+    except ValidationError:
+        return {}
+
+
+def _grant(entry: dict[str, Any]) -> GrantInfo:
+    constraints = entry.get("Constraints") or {}
+    return GrantInfo(
+        grant_id=entry["GrantId"],
+        key_id=entry["KeyId"],
+        grantee_principal=entry.get("GranteePrincipal") or "",
+        operations=tuple(entry.get("Operations") or ()),
+        retiring_principal=entry.get("RetiringPrincipal"),
+        name=entry.get("Name") or "",
+        encryption_context_subset=constraints.get("EncryptionContextSubset"),
+        encryption_context_equals=constraints.get("EncryptionContextEquals"),
+    )
 
 
 class KmsRecipientShim:
@@ -102,6 +151,7 @@ class KmsRecipientShim:
         self.region = region
         self.principal = principal
         self.verified: list[VerifiedRecipient] = []  # every Recipient accepted, for assertions
+        self.key_stores: dict[str, str] = {}  # key id -> the CustomKeyStoreId it was made with
         self._admin: Any = None
 
     def install(self, target: Any) -> Any:
@@ -112,6 +162,8 @@ class KmsRecipientShim:
             events.register(f"before-call.kms.{op}", self._before_call)
         for op in RECIPIENT_OPS:
             events.register(f"after-call.kms.{op}", self._after_call)
+        for op in METADATA_OPS:
+            events.register(f"after-call.kms.{op}", self._after_metadata)
         return target
 
     @property
@@ -147,9 +199,28 @@ class KmsRecipientShim:
         try:
             meta = admin.describe_key(KeyId=key_id)["KeyMetadata"]
             text = admin.get_key_policy(KeyId=meta["KeyId"], PolicyName="default")["Policy"]
+            grants = admin.list_grants(KeyId=meta["KeyId"])["Grants"]
         except admin.exceptions.NotFoundException:
             return None  # moto answers NotFoundException itself
-        return _Key(meta["Arn"], meta["KeyState"], json.loads(text))
+        meta = self.correct_metadata(meta)
+        return _Key(meta["Arn"], meta["KeyState"], _strict(text), [_grant(g) for g in grants])
+
+    def remember_key_store(self, key_id: str, store: str) -> None:
+        """Note that CreateKey made ``key_id`` with ``CustomKeyStoreId`` ``store``."""
+        self.key_stores[key_id] = store
+
+    def correct_metadata(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Make moto's KeyMetadata say what KMS says (see point 5 of the module docstring)."""
+        if meta.get("MultiRegion") is None:
+            meta["MultiRegion"] = False
+        store = self.key_stores.get(str(meta.get("KeyId")))
+        if store is not None:
+            meta["CustomKeyStoreId"] = store
+            if meta.get("Origin") in (None, "AWS_KMS"):
+                meta["Origin"] = "AWS_CLOUDHSM"
+        if meta.get("Origin") == "EXTERNAL" and meta.get("KeyState") in ("Enabled", "Disabled"):
+            meta["KeyState"], meta["Enabled"] = "PendingImport", False
+        return meta
 
     def _denied(self, action: str, arn: str, reason: str) -> tuple[str, str]:
         return (
@@ -158,16 +229,81 @@ class KmsRecipientShim:
             f"{arn} because {reason}",
         )
 
-    def _lockout(self, params: dict[str, Any]) -> tuple[str, str] | None:
-        if "Policy" not in params or params.get("BypassPolicyLockoutSafetyCheck"):
+    def _lockout(self, params: dict[str, Any], arn: str | None) -> tuple[str, str] | None:
+        """KMS's checks of a new policy: strict JSON, then the lockout safety check."""
+        if "Policy" not in params:
+            return None
+        try:
+            policy = parse_policy_text(params["Policy"])
+        except ValidationError as exc:
+            return "MalformedPolicyDocumentException", str(exc)
+        if params.get("BypassPolicyLockoutSafetyCheck"):
             return None
         again = evaluate(
-            json.loads(params["Policy"]),
+            policy,
             action="kms:PutKeyPolicy",
             principal=self.principal,
             context=RequestContext(),
+            resource=arn,
         )
         return None if again.allowed else ("MalformedPolicyDocumentException", LOCKOUT)
+
+    def _by_grant(self, operation: str, params: dict[str, Any], key: _Key, denied: bool) -> bool:
+        """What grants allow beyond the policy for CreateGrant and RetireGrant."""
+        if operation == "CreateGrant" and not denied:
+            constraints = params.get("Constraints") or {}
+            child = GrantInfo(
+                grant_id="",
+                key_id=key.arn,
+                grantee_principal=str(params.get("GranteePrincipal", "")),
+                operations=tuple(params.get("Operations") or ()),
+                encryption_context_subset=constraints.get("EncryptionContextSubset"),
+                encryption_context_equals=constraints.get("EncryptionContextEquals"),
+            )
+            return any(
+                "CreateGrant" in parent.operations
+                and principal_matches({"AWS": parent.grantee_principal}, self.principal)
+                and grant_narrows(parent, child)
+                for parent in key.grants
+            )
+        if operation == "RetireGrant" and not denied:
+            for grant in key.grants:
+                if grant.grant_id != params.get("GrantId"):
+                    continue
+                retiring = grant.retiring_principal or ""
+                grantee = grant.grantee_principal if "RetireGrant" in grant.operations else ""
+                return any(
+                    who and principal_matches({"AWS": who}, self.principal)
+                    for who in (retiring, grantee)
+                )
+        return False
+
+    def _decide(
+        self, operation: str, params: dict[str, Any], key: _Key, context: RequestContext
+    ) -> Decision:
+        """The policy and the grants, as KMS decides (grants cannot give policy-only actions)."""
+        action = ACTIONS[operation]
+        if operation in ("CreateGrant", "RetireGrant"):
+            decision = evaluate(
+                key.policy,
+                action=action,
+                principal=self.principal,
+                context=context,
+                resource=key.arn,
+            )
+            if not decision.allowed and self._by_grant(
+                operation, params, key, decision.explicit_deny
+            ):
+                return Decision(True, f"{action} is allowed by a grant")
+            return decision
+        return authorize(
+            key.policy,
+            key.grants,
+            action=action,
+            principal=self.principal,
+            context=context,
+            resource=key.arn,
+        )
 
     def check(
         self, operation: str, params: dict[str, Any]
@@ -196,17 +332,17 @@ class KmsRecipientShim:
             except ValidationError as exc:
                 return "ValidationException", str(exc)
         if operation == "CreateKey":
-            return self._lockout(params)
+            return self._lockout(params, None)
         if key is None:
             return verified
         context = RequestContext(
             encryption_context=params.get("EncryptionContext") or {},
             pcrs=verified.pcrs if verified is not None else None,
         )
-        decision = evaluate(key.policy, action=action, principal=self.principal, context=context)
+        decision = self._decide(operation, params, key, context)
         if not decision.allowed:
             return self._denied(action, key.arn, decision.reason)
-        if operation == "PutKeyPolicy" and (refusal := self._lockout(params)):
+        if operation == "PutKeyPolicy" and (refusal := self._lockout(params, key.arn)):
             return refusal
         if operation in NEEDS_ENABLED and key.state == "Disabled":
             return "DisabledException", f"{key.arn} is disabled."
@@ -219,6 +355,8 @@ class KmsRecipientShim:
     def _before_parameter_build(
         self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
+        if model.name == "CreateKey" and params.get("CustomKeyStoreId"):
+            context[_KEY_STORE] = params["CustomKeyStoreId"]
         outcome = self.check(model.name, params)
         if isinstance(outcome, tuple):
             context[_REFUSAL] = outcome
@@ -243,3 +381,13 @@ class KmsRecipientShim:
         if recipient is None or http_response.status_code >= 300 or "Plaintext" not in parsed:
             return
         parsed["CiphertextForRecipient"] = recipient.envelope(parsed.pop("Plaintext"))
+
+    def _after_metadata(
+        self, http_response: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any
+    ) -> None:
+        meta = parsed.get("KeyMetadata")
+        if http_response.status_code >= 300 or not isinstance(meta, dict):
+            return
+        if context.get(_KEY_STORE):
+            self.remember_key_store(str(meta.get("KeyId")), context[_KEY_STORE])
+        self.correct_metadata(meta)

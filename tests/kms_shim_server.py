@@ -13,7 +13,9 @@ loopback port that forwards every request to the moto server, except KMS JSON re
   PCRs and the encryption context, lockout safety check, key state; a refusal is answered here,
   as KMS would (``{"__type": code, "message": ...}``, HTTP 400);
 - ``Recipient`` is stripped before forwarding, and in the answer ``Plaintext`` is replaced by
-  ``CiphertextForRecipient`` (base64 of the CMS envelope for the document's key).
+  ``CiphertextForRecipient`` (base64 of the CMS envelope for the document's key);
+- CreateKey and DescribeKey answers get the key metadata KMS would report
+  (:meth:`KmsRecipientShim.correct_metadata`).
 
 S3, SSM, STS and every other request pass through untouched, so the shim can be the one
 ``endpoint_url`` of every backend (moto routes by the request's signing scope).
@@ -42,7 +44,7 @@ from cryptography import x509
 
 from enclave_core.crypto.kms_recipient import VerifiedRecipient
 from enclave_core.errors import AttestationError
-from tests.kms_recipient_shim import ACTIONS, MOTO_PRINCIPAL, KmsRecipientShim
+from tests.kms_recipient_shim import ACTIONS, METADATA_OPS, MOTO_PRINCIPAL, KmsRecipientShim
 
 KMS_TARGET = "TrentService."
 UPSTREAM_TIMEOUT_S = 60.0
@@ -263,7 +265,21 @@ class _ShimHandler(BaseHTTPRequestHandler):
                     outcome.envelope(plaintext)
                 ).decode()
                 answer = json.dumps(data).encode()
+        if operation in METADATA_OPS and status == 200:
+            answer = self._metadata(operation, request, answer)
         self._answer(status, headers, answer)
+
+    def _metadata(self, operation: str, request: dict[str, Any], answer: bytes) -> bytes:
+        """A CreateKey or DescribeKey answer with the key metadata KMS would report."""
+        data = json.loads(answer)
+        meta = data.get("KeyMetadata")
+        if not isinstance(meta, dict):
+            return answer
+        shim = self.server.shim
+        if operation == "CreateKey" and request.get("CustomKeyStoreId"):
+            shim.remember_key_store(str(meta.get("KeyId")), str(request["CustomKeyStoreId"]))
+        shim.correct_metadata(meta)
+        return json.dumps(data).encode()
 
     def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.send_response(status)

@@ -2,7 +2,7 @@
 `enclave key schedule-deletion` (retire the key a migration moved away from).
 
 Both go through the supervisor (``POST /v1/migrate``, ``POST /v1/schedule-key-deletion``), which
-runs the nine steps of DESIGN section 7; `enclave migrate` then follows ``GET /v1/migrate`` and
+runs the nine steps of a migration; `enclave migrate` then follows ``GET /v1/migrate`` and
 prints ``[k/9] <msg>`` as each step completes. Re-running it after an interruption resumes the
 same migration; re-running a finished one says "migration already complete".
 """
@@ -18,6 +18,7 @@ from typing import Any
 from enclave_core.cli.common import EnclaveCommand, EnclaveShowOne, show_mapping
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError, ValidationError
+from enclave_core.pcrs import normalise_pcr
 
 POLL_S = 0.25
 #: How long `enclave migrate` follows a migration before giving up (the migration continues).
@@ -50,7 +51,8 @@ class Migrate(EnclaveCommand):
         parser.add_argument(
             "--pcr0",
             metavar="<hex>",
-            help="the PCR0 the new image must have (refused if its measurement differs)",
+            help="the PCR0 the new image must have (refused if its measurement differs, or if "
+            "it is the all-zero PCR0 of a debug-mode enclave)",
         )
         parser.add_argument(
             "--enclave-principal",
@@ -70,12 +72,15 @@ class Migrate(EnclaveCommand):
     def take_action(self, parsed_args: argparse.Namespace) -> int:
         """POST /v1/migrate, then follow GET /v1/migrate until done or failed."""
         config = self.load(parsed_args, allow_missing=True)
+        # refused before the supervisor is asked: a malformed target, or the all-zero PCR0 of
+        # a debug-mode enclave (a key locked to it would open for any image)
+        pcr0 = None if parsed_args.pcr0 is None else normalise_pcr(parsed_args.pcr0, "--pcr0")
         client = _client(config)
         as_json = parsed_args.format == "json"
         first = client.migrate(
             app_dir=_absolute(parsed_args.app_dir),
             eif=_absolute(parsed_args.eif),
-            pcr0=parsed_args.pcr0,
+            pcr0=pcr0,
             principal=parsed_args.enclave_principal,
         )
         if first.get("status") == "done":

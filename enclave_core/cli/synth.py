@@ -3,8 +3,9 @@
 ``enclave synth [-c FILE] -o DIR [--pcr0 HEX]`` builds the CDK app of :mod:`enclave_infra`
 from enclave.yaml and writes a complete cloud assembly to DIR (``cdk deploy --app DIR`` deploys
 it). The KMS key's policy is locked to the image's PCR0: ``--pcr0`` or, by default, ``PCR0`` of
-``artifacts/pcr.json`` beside enclave.yaml (written by ``enclave build``). Needs the ``infra``
-extra (aws-cdk-lib); no AWS call and no cdk CLI are involved.
+``artifacts/pcr.json`` beside enclave.yaml (written by ``enclave build``); the all-zero PCR0 of
+a debug-mode enclave is refused. Needs the ``infra`` extra (aws-cdk-lib); no AWS call and no cdk
+CLI are involved.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from enclave_infra.key import normalize_pcr0
-from enclave_infra.naming import read_pcr0
+from enclave_infra.naming import pcr_file, read_pcr0
 
 from enclave_core.cli.common import EnclaveLister
 from enclave_core.errors import EnclaveError
+from enclave_core.pcrs import normalise_pcr
 
 INFRA_MISSING = "enclave synth needs the infra extra: pip install 'simple-enclave[infra]'"
 
@@ -58,8 +59,13 @@ class Synth(EnclaveLister):
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[tuple[str, ...], list[Any]]:
         """Synthesize and list the stacks written."""
         config = self.load(parsed_args)
-        pcr0 = parsed_args.pcr0 or read_pcr0(config)
-        normalize_pcr0(pcr0)  # a bad value fails before aws-cdk-lib loads
+        if parsed_args.pcr0 is not None:
+            what, value = "--pcr0", parsed_args.pcr0
+        else:
+            what, value = f"PCR0 of {pcr_file(config)}", read_pcr0(config)
+        # a malformed or debug-mode (all-zero) PCR0 fails here, before aws-cdk-lib loads: a key
+        # locked to the zeros would open for any image
+        pcr0 = normalise_pcr(value, what)
         synthesize = _synthesizer()
         result = synthesize(config, Path(parsed_args.output), pcr0=pcr0)
         rows = [(name, str(result.templates[name])) for name in result.stack_names]

@@ -1,11 +1,17 @@
 """KMS-style symmetric keys kept as files: the storage under the ``local`` KMS backend.
 
-A :class:`KeyDirectory` holds one ``<key id>.json`` record per key: id (a UUID4), ARN
+A :class:`KeyDirectory` holds one ``<key id>.json`` record per key: id (a UUID4, or
+``mrk-`` and 32 hex digits for a multi-Region key, as AWS names them), ARN
 (``arn:aws:kms:{region}:{account}:key/{id}``), state (``Enabled``, ``Disabled``,
-``PendingDeletion``), deletion date, description, key policy and its 32-byte key material, which
-is stored AES-256-GCM-encrypted under the directory's ``master.key`` (mode 0600) with the key id
-as associated data, so no raw key material sits in the JSON and no key file can borrow another's.
-A key past its deletion date is removed when next read.
+``PendingDeletion``, ``PendingImport``), deletion date, description, key policy, ``origin``
+(``AWS_KMS``, ``EXTERNAL``, ``AWS_CLOUDHSM``, ``EXTERNAL_KEY_STORE``), ``multi_region``,
+``custom_key_store_id``, ``grants`` (a list of objects: ``grant_id``, ``grantee_principal``,
+``operations``, ``retiring_principal``, ``name``, ``constraints``, ``creation_date``) and its
+32-byte key material, which is stored AES-256-GCM-encrypted under the directory's ``master.key``
+(mode 0600) with the key id as associated data, so no raw key material sits in the JSON and no key
+file can borrow another's. An ``EXTERNAL`` key has no material (``null``) until it is imported.
+Records written before a field existed read as ``AWS_KMS``, single-Region, no custom key store
+and no grants. A key past its deletion date is removed when next read.
 
 Ciphertext blob (version 1)::
 
@@ -22,8 +28,10 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hmac
 import json
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -35,14 +43,22 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave_core.errors import BackendError, CryptoError, NotFound, ValidationError
-from enclave_core.interfaces import KeyInfo
+from enclave_core.errors import (
+    BackendError,
+    CryptoError,
+    InvalidKeyState,
+    NotFound,
+    ValidationError,
+)
+from enclave_core.interfaces import GrantInfo, KeyInfo
 
 BLOB_VERSION = 1
 NONCE_BYTES = 12
 TAG_BYTES = 16
 MATERIAL_AAD = b"enclave-local-kms/key-material/v1:"
 WHO = "local KMS"
+ORIGINS = ("AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE")
+_MULTI_REGION_ID = re.compile(r"mrk-[0-9a-f]{32}")
 
 
 def now_iso() -> str:
@@ -107,6 +123,8 @@ class KeyDirectory:
     def key_id(key_id: str) -> str:
         """Accept a key id or a key ARN; return the key id (NotFound for anything else)."""
         kid = key_id.rsplit(":key/", 1)[-1] if key_id.startswith("arn:") else key_id
+        if _MULTI_REGION_ID.fullmatch(kid):
+            return kid
         try:
             if str(uuid.UUID(kid)) == kid:
                 return kid
@@ -134,23 +152,54 @@ class KeyDirectory:
         data = json.dumps(record, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         _write_atomic(self.directory / f"{record['key_id']}.json", data)
 
-    def new_record(self, *, description: str, policy: dict[str, Any]) -> dict[str, Any]:
-        """A fresh enabled key with new sealed material (not saved yet)."""
-        kid = str(uuid.uuid4())
+    def _sealed(self, kid: str, material: bytes) -> str:
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._master().encrypt(
-            nonce, AESGCM.generate_key(bit_length=256), MATERIAL_AAD + kid.encode("ascii")
-        )
+        sealed = self._master().encrypt(nonce, material, MATERIAL_AAD + kid.encode("ascii"))
+        return base64.b64encode(nonce + sealed).decode("ascii")
+
+    def new_record(
+        self,
+        *,
+        description: str,
+        policy: dict[str, Any],
+        origin: str = "AWS_KMS",
+        multi_region: bool = False,
+        custom_key_store_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A fresh key (not saved yet): enabled with new sealed material, or, for origin
+        ``EXTERNAL``, ``PendingImport`` with none until :meth:`import_material`."""
+        if origin not in ORIGINS:
+            raise ValidationError(f"{WHO}: unknown key origin {origin!r}")
+        kid = "mrk-" + uuid.uuid4().hex if multi_region else str(uuid.uuid4())
+        external = origin == "EXTERNAL"
+        self._master()  # made now, outside any lock: an import seals under the lock later
+        material = None if external else self._sealed(kid, AESGCM.generate_key(bit_length=256))
         return {
             "key_id": kid,
             "arn": f"arn:aws:kms:{self.region}:{self.account}:key/{kid}",
-            "state": "Enabled",
+            "state": "PendingImport" if external else "Enabled",
             "description": description,
             "creation_date": now_iso(),
             "deletion_date": None,
             "policy": policy,
-            "material": base64.b64encode(nonce + sealed).decode("ascii"),
+            "origin": origin,
+            "multi_region": multi_region,
+            "custom_key_store_id": custom_key_store_id,
+            "grants": [],
+            "material": material,
         }
+
+    def import_material(self, record: dict[str, Any], material: bytes) -> None:
+        """Seal ``material`` (32 bytes) as the record's key material (call under :meth:`locked`)."""
+        if len(material) != 32:
+            raise ValidationError(f"{WHO}: key material for {record['key_id']} must be 32 bytes")
+        record["material"] = self._sealed(record["key_id"], bytes(material))
+
+    def has_material(self, record: dict[str, Any], material: bytes) -> bool:
+        """Whether the record's key material is exactly ``material`` (constant time)."""
+        if not record.get("material"):
+            return False
+        return hmac.compare_digest(self._open_material(record), bytes(material))
 
     def key_ids(self) -> list[str]:
         """The ids of every key in the directory, sorted."""
@@ -160,25 +209,55 @@ class KeyDirectory:
 
     @staticmethod
     def info(record: dict[str, Any]) -> KeyInfo:
-        """A record's public metadata."""
+        """A record's public metadata (older records: AWS_KMS, single-Region, no store)."""
         return KeyInfo(
             key_id=record["key_id"],
             arn=record["arn"],
             state=record["state"],
             description=record.get("description", ""),
             deletion_date=record.get("deletion_date"),
+            origin=record.get("origin") or "AWS_KMS",
+            multi_region=bool(record.get("multi_region", False)),
+            custom_key_store_id=record.get("custom_key_store_id"),
+            key_spec="SYMMETRIC_DEFAULT",
+            key_usage="ENCRYPT_DECRYPT",
+            key_manager="CUSTOMER",
         )
 
-    def _material(self, record: dict[str, Any]) -> AESGCM:
+    @staticmethod
+    def grants(record: dict[str, Any]) -> list[GrantInfo]:
+        """The grants stored in a record (none in records older than grants)."""
+        found = []
+        for grant in record.get("grants") or []:
+            constraints = grant.get("constraints") or {}
+            found.append(
+                GrantInfo(
+                    grant_id=grant["grant_id"],
+                    key_id=record["arn"],
+                    grantee_principal=grant["grantee_principal"],
+                    operations=tuple(grant["operations"]),
+                    retiring_principal=grant.get("retiring_principal"),
+                    name=grant.get("name", ""),
+                    encryption_context_subset=constraints.get("EncryptionContextSubset"),
+                    encryption_context_equals=constraints.get("EncryptionContextEquals"),
+                )
+            )
+        return found
+
+    def _open_material(self, record: dict[str, Any]) -> bytes:
+        if not record.get("material"):
+            raise InvalidKeyState(f"{WHO}: key {record['key_id']} has no key material")
         sealed = base64.b64decode(record["material"])
         aad = MATERIAL_AAD + record["key_id"].encode("ascii")
         try:
-            material = self._master().decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+            return self._master().decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
         except InvalidTag:
             raise BackendError(
                 f"{WHO}: key material of {record['key_id']} does not open with master.key"
             ) from None
-        return AESGCM(material)
+
+    def _material(self, record: dict[str, Any]) -> AESGCM:
+        return AESGCM(self._open_material(record))
 
     def seal(self, record: dict[str, Any], plaintext: bytes, context: dict[str, str]) -> bytes:
         """Encrypt under the record's key, binding ``context``; return the ciphertext blob."""

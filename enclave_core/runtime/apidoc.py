@@ -73,8 +73,9 @@ def public_document() -> dict[str, Any]:
         "Simple Enclave runtime: public listener",
         "The routes the runtime answers itself on its public listener (runtime.port); every "
         "other path is proxied to the app. Each answer carries an Ed25519 signature over "
-        f"'simple-enclave-response-v1', the status, the SHA-256 of the body and the request's "
-        f"{NONCE_HEADER} (see enclave_core.runtime.signing), once boot has made the key.",
+        f"'simple-enclave-response-v2', the request's method and target (path and query as "
+        f"sent), the status, the SHA-256 of the body and the request's {NONCE_HEADER} (see "
+        "enclave_core.runtime.signing), once boot has made the key.",
     )
     spec.components.header(
         SIGNATURE_HEADER,
@@ -119,16 +120,17 @@ def public_document() -> dict[str, Any]:
             )
         },
     )
-    reserved = {"404": error("always: the export exists only on the control listener")}
-    spec.path(
-        "/v1/export-key",
-        operations={
-            "post": {
-                "summary": "Reserved: never exported from the public listener",
-                "responses": {code: _signed(r) for code, r in reserved.items()},
-            }
-        },
-    )
+    reserved = {"404": error("always: the migration exists only on the control listener")}
+    for path, what in (("/v1/export-key", "exported"), ("/v1/migration-key", "made")):
+        spec.path(
+            path,
+            operations={
+                "post": {
+                    "summary": f"Reserved: never {what} from the public listener",
+                    "responses": {code: _signed(r) for code, r in reserved.items()},
+                }
+            },
+        )
     own = {"200": document_operation("this document")}
     spec.path(OPENAPI_PATH, operations={"get": _public_get("This OpenAPI document", own)})
     return render(spec)
@@ -143,7 +145,7 @@ def control_document() -> dict[str, Any]:
     spec = new_spec(
         "Simple Enclave runtime: control listener",
         "Reachable only from the parent instance (runtime.control_port): the watchdog's health "
-        "check and the migration's export-key.",
+        "check and the migration's migration-key and export-key.",
     )
     spec.path(
         "/health",
@@ -158,12 +160,41 @@ def control_document() -> dict[str, Any]:
         },
     )
     spec.path(
+        "/v1/migration-key",
+        operations={
+            "post": {
+                "summary": "Create the key for the successor image (migration step 2)",
+                "description": "The old enclave creates the key itself, with its final policy "
+                "in the CreateKey call: Decrypt only for the target PCR0 (and this image's PCR8 "
+                "when signed), Encrypt only during the export window, no policy change and no "
+                "grants. Asked again for the same migration id and target, it answers with the "
+                "same key.",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": s.MigrationKeyRequestSchema}},
+                },
+                "responses": {
+                    "200": json_body(s.MigrationKeySchema, "the key made for the successor"),
+                    "400": error("a malformed or all-zero target, or a bad migration id"),
+                    "403": error("the target is signed with another certificate"),
+                    "409": error("the key made earlier for this migration is unusable"),
+                    "413": error(f"the body exceeds {MAX_EXPORT_BODY} bytes"),
+                    "500": error("the key this enclave made does not verify"),
+                    "502": error("KMS or the secrets backend failed"),
+                    "503": error("boot has not opened the secrets yet"),
+                },
+            }
+        },
+    )
+    spec.path(
         "/v1/export-key",
         operations={
             "post": {
                 "summary": "Re-encrypt the secrets for the migration's new key",
-                "description": "Only after reading the new key's policy and finding Decrypt "
-                "locked to MigrationTargetPCR0 with no principal able to change it.",
+                "description": "Only to the key this enclave created for MigrationTargetPCR0 "
+                "(Migration/KeyRecord), after checking it again (metadata, exact policy, no "
+                "grants) and while its export window is open; writes the ciphertexts and the "
+                "chain link that names them (Migration/Manifest).",
                 "requestBody": {
                     "required": False,
                     "description": f"empty or {{}} (at most {MAX_EXPORT_BODY} bytes)",
@@ -172,7 +203,7 @@ def control_document() -> dict[str, Any]:
                 "responses": {
                     "200": json_body(s.ExportResultSchema, "what was exported"),
                     "400": error("the body is neither empty nor {}"),
-                    "403": error("the target key is not locked to the new image alone"),
+                    "403": error("the target key is not one this enclave made for the target"),
                     "404": error("the target key disappeared while exporting"),
                     "409": error("no migration in progress, or the key is unusable"),
                     "413": error(f"the body exceeds {MAX_EXPORT_BODY} bytes"),

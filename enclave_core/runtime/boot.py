@@ -1,26 +1,29 @@
-"""Boot (DESIGN section 5): the stages from configuration to a running app.
+"""Boot: the stages from configuration to a running app.
 
 Each stage is visible in ``/health`` while it runs. A failure leaves the runtime degraded, with a
 reason that names the stage and never a secret; the runtime keeps serving ``/health`` instead of
 crashing. Backends are synchronous, so every call runs in a worker thread.
 
-Keys: the ``kms_key`` stage makes sure the KMS key is locked to this enclave's PCR0 (locking an
-unlocked key on first boot with :func:`~enclave_core.kms_policy.locked_policy`), and every static
-secret and the storage data key are generated and decrypted through KMS Recipient
-(:class:`~enclave_core.runtime.recipient.RecipientSession`), so no plaintext key ever leaves KMS
-unencrypted. There is no Recipient-less Decrypt or GenerateDataKey in the runtime.
+- ``attestation``: this image's PCR0 and PCR8, the response-signing key, the management token and
+  the boot's Recipient key pair. An enclave whose PCR0 is all zero (debug mode) goes no further:
+  no key may ever admit that value.
+- ``kms_key``: the key in ``KMSKeyID`` must pass :func:`enclave_core.keycheck.verify_enclave_key`
+  (metadata, the exact canonical policy for this image, no grants). A development key that is
+  not locked yet is locked here first; in development, a missing key is created locked.
+- ``static_secrets``: every data key (the static secrets and the storage key) is opened through
+  :func:`enclave_core.runtime.sealed.open_data_keys`, which decrypts only ciphertexts an attested
+  manifest names, generating the missing ones (first boot) through KMS Recipient, so no
+  plaintext key ever leaves KMS unencrypted;
+- ``storage``, ``dynamic_secrets``, then ``app``.
 
-After the last data stage, before the app starts, a migrated enclave records its chain link
-(:func:`~enclave_core.runtime.chain.record_chain_link`) and schedules the deletion of the key it
-was migrated from (``MigrationOldKMSKeyID``); neither can fail boot, since every secret already
-opened under the new key.
+Before the app starts, the runtime reads its migration chain (:func:`~enclave_core.runtime.chain.
+record_chain`) and, after a migration, schedules the deletion of the key it was migrated from
+(``MigrationOldKMSKeyID``); neither can fail boot, since every secret already opened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from collections.abc import Awaitable, Callable
 
 from cryptography.hazmat.primitives import serialization
@@ -29,35 +32,49 @@ from loguru import logger
 
 from enclave_core.backends import build_backend
 from enclave_core.crypto.envelope import EncryptedStorage
-from enclave_core.errors import AttestationError, CryptoError, EnclaveError, NotFound
-from enclave_core.kms_policy import analyse, locked_policy
+from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
+from enclave_core.errors import (
+    AccessDenied,
+    AttestationError,
+    EnclaveError,
+    KeyRefused,
+    NotFound,
+)
+from enclave_core.keycheck import KeyPolicyRefused, KeyVerdict, verify_enclave_key
 from enclave_core.manager import Plugins
 from enclave_core.parameters import create_parameter
-from enclave_core.runtime.chain import record_chain_link
+from enclave_core.runtime.chain import record_chain
 from enclave_core.runtime.counting import CountingKms, CountingSecrets, CountingStorage
+from enclave_core.runtime.datakeys import (
+    DATA_KEY_BYTES,
+    DEK_NAME,
+    static_secret_context,
+    storage_dek_context,
+)
 from enclave_core.runtime.dynsecrets import DynamicSecrets
 from enclave_core.runtime.recipient import RecipientSession
+from enclave_core.runtime.sealed import open_data_keys
 from enclave_core.runtime.state import RuntimeState
+
+__all__ = [
+    "DATA_KEY_BYTES",
+    "app_env_provider",
+    "load_dynamic_secrets",
+    "retire_old_key",
+    "run_boot",
+    "static_secret_context",
+    "storage_dek_context",
+]
 
 KMS_KEY_PARAM = "KMSKeyID"
 STORAGE_DEK_PARAM = "StorageDEK/Ciphertext"
 OLD_KEY_PARAM = "MigrationOldKMSKeyID"
 #: The waiting period before a migrated-from key is deleted.
 OLD_KEY_DELETION_DAYS = 7
-DATA_KEY_BYTES = 32
 TOKEN_BYTES = 32
+ZERO_PCR = "0" * 96
 #: Called at the ``app`` stage to start the app supervisor (it reports readiness itself).
 StartApp = Callable[[], Awaitable[None]]
-
-
-def static_secret_context(app: str, secret: str) -> dict[str, str]:
-    """The KMS encryption context of a static secret."""
-    return {"app": app, "purpose": "static-secret", "secret": secret}
-
-
-def storage_dek_context(app: str) -> dict[str, str]:
-    """The KMS encryption context of the storage data key."""
-    return {"app": app, "purpose": "storage-dek"}
 
 
 def _build_backends(state: RuntimeState, plugins: Plugins) -> None:
@@ -71,6 +88,13 @@ def _build_backends(state: RuntimeState, plugins: Plugins) -> None:
 def _attestation(state: RuntimeState) -> None:
     assert state.attestation is not None
     state.pcr0 = state.attestation.describe_pcr(0).data.hex()
+    pcr8 = state.attestation.describe_pcr(8).data.hex()
+    state.pcr8 = pcr8 if pcr8.strip("0") else None
+    if state.pcr0 == ZERO_PCR:
+        raise EnclaveError(
+            "this enclave runs in debug mode (PCR0 is all zero): its memory is open to the host "
+            "and no key may admit it; run it without --debug-mode"
+        )
     # The response-signing key lives only in this process; its hash goes into user_data.
     state.signing_key = Ed25519PrivateKey.generate()
     state.attestation_pubkey = (
@@ -84,11 +108,19 @@ def _attestation(state: RuntimeState) -> None:
     state.mgmt_token = random[:TOKEN_BYTES].hex()
     # A fresh Recipient key pair per boot; its document is requested when KMS is first called.
     state.recipient = RecipientSession(state.attestation, user_data=state.user_data)
-    logger.bind(pcr0=state.pcr0).info("attestation ready")
+    logger.bind(pcr0=state.pcr0, pcr8=state.pcr8).info("attestation ready")
+
+
+def genesis_policy(state: RuntimeState) -> dict[str, object]:
+    """The canonical policy of this image's first-boot key."""
+    assert state.kms is not None and state.pcr0 is not None
+    return render_policy(
+        EnclaveKeyPolicy(principal=state.kms.caller_arn(), pcr0=state.pcr0, pcr8=state.pcr8)
+    )
 
 
 def _kms_key(state: RuntimeState) -> None:
-    assert state.secrets is not None and state.kms is not None
+    assert state.secrets is not None and state.kms is not None and state.pcr0 is not None
     config = state.config
     key_id = state.secrets.get(KMS_KEY_PARAM)
     if key_id is None:
@@ -97,113 +129,60 @@ def _kms_key(state: RuntimeState) -> None:
                 f"parameter {config.secrets_path}{KMS_KEY_PARAM} is absent; in production the "
                 "deployment creates the enclave's KMS key"
             )
-        key_id = state.kms.create_key(description=f"{config.name} enclave key").key_id
-        state.secrets.put(KMS_KEY_PARAM, key_id)
-        logger.bind(key_id=key_id).info("KMS key created (development)")
-    info = state.kms.describe_key(key_id)
-    if info.state != "Enabled":
-        raise EnclaveError(f"KMS key {key_id} is {info.state}, expected Enabled")
-    _check_lock(state, key_id)
+        created = state.kms.create_key(
+            description=f"{config.name} enclave key",
+            policy=genesis_policy(state),
+            bypass_lockout_safety_check=True,
+        ).key_id
+        if not create_parameter(state.secrets, KMS_KEY_PARAM, created):
+            key_id = state.secrets.get(KMS_KEY_PARAM)  # another enclave's first boot won
+        key_id = key_id or created
+        logger.bind(key_id=key_id).info("KMS key created, locked to this image (development)")
+    state.key_verdict = _verified_key(state, key_id)
     state.kms_key_id = key_id
-    logger.bind(key_id=key_id).info("KMS key ready")
+    logger.bind(key_id=key_id, key_origin=state.key_verdict.kind).info("KMS key verified")
 
 
-def _short(pcr0: str) -> str:
-    return f"{pcr0[:16]}…"
-
-
-def _check_lock(state: RuntimeState, key_id: str) -> None:
-    """Require the key to be locked to this enclave's PCR0; lock an unlocked key (first boot)."""
+def _verified_key(state: RuntimeState, key_id: str) -> KeyVerdict:
+    """Verify the key; lock a key that is not locked yet (first boot), then verify again."""
     assert state.kms is not None and state.pcr0 is not None
-    own = state.pcr0.lower()
-    analysis = analyse(state.kms.get_key_policy(key_id), pcr0_hex=own)
-    if not analysis.locked:
-        policy = locked_policy(pcr0_hex=own, principal_arn=state.kms.caller_arn())
-        state.kms.put_key_policy(key_id, policy, bypass_lockout_safety_check=True)
-        logger.bind(key_id=key_id, pcr0=own).info("KMS key locked to this enclave's PCR0")
-        analysis = analyse(state.kms.get_key_policy(key_id), pcr0_hex=own)
-        if not analysis.locked:
-            raise EnclaveError(f"KMS key {key_id} is still not locked after its policy was put")
-    if analysis.unconditioned_decrypt:
-        reason = next((r for r in analysis.reasons if "without an attestation" in r), "")
-        raise EnclaveError(
-            f"KMS key {key_id} policy lets a principal decrypt without attestation: {reason}"
-        )
-    others = sorted(analysis.attested_pcr0 - {own})
-    if not analysis.attested_pcr0:
-        raise EnclaveError(
-            f"KMS key {key_id} is locked and lets no enclave image decrypt, not even this "
-            f"enclave's PCR0 {_short(own)}"
-        )
-    if own not in analysis.attested_pcr0:
-        raise EnclaveError(
-            f"KMS key {key_id} is locked to PCR0 {', '.join(_short(p) for p in others)}, not "
-            f"this enclave's PCR0 {_short(own)} (a changed image needs `enclave migrate`)"
-        )
-    if others:
-        # Another image could decrypt every secret: the key is not this enclave's alone.
-        raise EnclaveError(
-            f"KMS key {key_id} also lets PCR0 {', '.join(_short(p) for p in others)} decrypt, "
-            f"besides this enclave's PCR0 {_short(own)}"
+    kms, principal, pcr0 = state.kms, state.kms.caller_arn(), state.pcr0
+
+    def check() -> KeyVerdict:
+        return verify_enclave_key(
+            kms, key_id, principal=principal, pcr0=pcr0, pcr8=state.pcr8, app=state.config.name
         )
 
-
-def _data_key(state: RuntimeState, param: str, context: dict[str, str], what: str) -> bytes:
-    """Decrypt the data key stored as ``param``, or on first boot generate and store it.
-
-    Both go through KMS Recipient: the key arrives enveloped for this boot's RSA key pair.
-    """
-    assert state.secrets is not None and state.kms is not None and state.kms_key_id is not None
-    assert state.recipient is not None
-    key_id = state.kms_key_id
-    stored = state.secrets.get(param)
-    if stored is None:
-        blob, plaintext = state.recipient.generate_data_key(
-            state.kms, key_id, context, DATA_KEY_BYTES
-        )
-        if create_parameter(state.secrets, param, base64.b64encode(blob).decode("ascii")):
-            logger.bind(key_id=key_id, parameter=param).info("data key generated")
-            return _check_length(plaintext, what)
-        # Another enclave of this app stored its key first (several first boots at once):
-        # ours was never used and is dropped; everyone uses the stored one.
-        logger.bind(parameter=param).info("data key stored by another enclave first; using it")
-        stored = state.secrets.get(param)
-        if stored is None:
-            raise EnclaveError(f"parameter {param} vanished while this enclave booted")
     try:
-        blob = base64.b64decode(stored, validate=True)
-    except (binascii.Error, ValueError):
-        raise CryptoError(f"parameter {param} is not valid base64") from None
-    return _check_length(state.recipient.decrypt(state.kms, key_id, blob, context), what)
-
-
-def _check_length(key: bytes, what: str) -> bytes:
-    if len(key) != DATA_KEY_BYTES:
-        raise CryptoError(f"{what}: expected a {DATA_KEY_BYTES}-byte key, got {len(key)}")
-    return key
+        return check()
+    except KeyPolicyRefused as first:
+        try:
+            state.kms.put_key_policy(
+                key_id, genesis_policy(state), bypass_lockout_safety_check=True
+            )
+        except (AccessDenied, NotFound):
+            logger.bind(key_id=key_id, error=str(first)).error("KMS key refused")
+            raise first from None
+        logger.bind(key_id=key_id, pcr0=state.pcr0).info("KMS key locked to this image")
+    try:
+        return check()
+    except KeyRefused as exc:
+        logger.bind(key_id=key_id, error=str(exc)).error("KMS key refused")
+        raise
 
 
 def _static_secrets(state: RuntimeState) -> None:
-    env: dict[str, str] = {}
-    for secret in state.config.secrets.static:
-        value = _data_key(
-            state,
-            f"{secret.name}/Ciphertext",
-            static_secret_context(state.config.name, secret.name),
-            f"static secret {secret.name!r}",
-        )
-        env[secret.env_var] = value.hex()
-    state.static_env = env
-    logger.bind(count=len(env)).info("static secrets ready")
+    plaintexts = open_data_keys(state)
+    state.static_env = {
+        secret.env_var: plaintexts[secret.name].hex() for secret in state.config.secrets.static
+    }
+    state.storage_dek = plaintexts[DEK_NAME]  # export-key re-encrypts it for a migration
+    logger.bind(count=len(state.static_env)).info("static secrets ready")
 
 
 def _storage(state: RuntimeState) -> None:
-    assert state.raw_storage is not None
-    dek = _data_key(
-        state, STORAGE_DEK_PARAM, storage_dek_context(state.config.name), "storage data key"
-    )
-    state.storage_dek = dek  # export-key re-encrypts it for a migration
-    storage = CountingStorage(EncryptedStorage(state.raw_storage, dek), state.metrics)
+    assert state.raw_storage is not None and state.storage_dek is not None
+    storage = CountingStorage(EncryptedStorage(state.raw_storage, state.storage_dek), state.metrics)
     static_vars = frozenset(s.env_var for s in state.config.secrets.static)
     state.dynamic = DynamicSecrets(storage, state.metrics, static_vars)
     state.storage = storage
@@ -212,13 +191,13 @@ def _storage(state: RuntimeState) -> None:
 def retire_old_key(state: RuntimeState) -> None:
     """Schedule deletion of the key named in ``MigrationOldKMSKeyID``, then forget the name.
 
-    Only a key other than this enclave's own; one already pending deletion (or gone) counts as
-    done. A failure is logged and the parameter kept, so the supervisor's schedule-key-deletion
-    can finish the job.
+    Never the key in use, however it is named (id, ARN or alias): the two are compared by the ids
+    KMS reports. One already pending deletion (or gone) counts as done. A failure is logged and
+    the parameter kept, so the supervisor's schedule-key-deletion can finish the job.
     """
-    assert state.secrets is not None and state.kms is not None
+    assert state.secrets is not None and state.kms is not None and state.key_verdict is not None
     old = state.secrets.get(OLD_KEY_PARAM)
-    if old is None or old == state.kms_key_id:
+    if old is None:
         return
     log = logger.bind(key_id=old)
     try:
@@ -227,6 +206,11 @@ def retire_old_key(state: RuntimeState) -> None:
         except NotFound:
             log.warning("migrated-from KMS key no longer exists")
         else:
+            if state.key_verdict.names(info.key_id) or state.key_verdict.names(info.arn):
+                # The old enclave rebooting mid-migration, or a host naming the live key under
+                # another name: either way this key stays, and so does the parameter.
+                log.info("the key to retire is the key in use; it stays")
+                return
             if info.state != "PendingDeletion":
                 state.kms.schedule_key_deletion(old, OLD_KEY_DELETION_DAYS)
                 log.info("migrated-from KMS key scheduled for deletion", days=OLD_KEY_DELETION_DAYS)
@@ -236,7 +220,7 @@ def retire_old_key(state: RuntimeState) -> None:
 
 
 def _after_migration(state: RuntimeState) -> None:
-    record_chain_link(state)
+    record_chain(state)
     retire_old_key(state)
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 from enclave_core.errors import NotFound, PreconditionFailed
 from enclave_core.interfaces import (
+    GrantInfo,
     KeyInfo,
     Kms,
     KmsResult,
@@ -118,8 +119,18 @@ class CountingSecrets:
         return counted(self._metrics, "secret_reads", None, lambda: self._inner.list(prefix))
 
 
+#: Optional Kms methods, present on the wrapper exactly when the wrapped backend has them.
+OPTIONAL_KMS_METHODS = frozenset(
+    {"create_grant", "retire_grant", "revoke_grant", "import_key_material"}
+)
+
+
 class CountingKms:
-    """A Kms backend counting ``kms_operations`` and ``kms_errors`` (every failure counts)."""
+    """A Kms backend counting ``kms_operations`` and ``kms_errors`` (every failure counts).
+
+    The optional methods (:data:`OPTIONAL_KMS_METHODS`) are passed through, counted, only when
+    the wrapped backend has them, so ``hasattr`` on the wrapper answers as on the backend.
+    """
 
     name: ClassVar[str] = "counting"
 
@@ -129,6 +140,19 @@ class CountingKms:
 
     def __repr__(self) -> str:
         return f"CountingKms({self._inner!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        inner = self.__dict__.get("_inner")
+        if name not in OPTIONAL_KMS_METHODS or inner is None:
+            raise AttributeError(name)
+        method = getattr(inner, name)  # AttributeError when the backend lacks it
+
+        def counted_call(*args: Any, **kwargs: Any) -> Any:
+            return self._call(lambda: method(*args, **kwargs))
+
+        counted_call.__name__ = name
+        counted_call.__doc__ = method.__doc__
+        return counted_call
 
     def _call(self, fn: Callable[[], T]) -> T:
         self._metrics.inc("kms_operations")
@@ -142,11 +166,13 @@ class CountingKms:
         self,
         *,
         description: str = "",
-        policy: dict[str, Any] | None = None,
+        policy: dict[str, Any] | str | None = None,
         bypass_lockout_safety_check: bool = False,
+        **kind: Any,
     ) -> KeyInfo:
-        """Create a key (forwarding only the keywords given, as older backends may lack some)."""
-        extra: dict[str, Any] = {}
+        """Create a key (forwarding only the keywords given, as older backends may lack some;
+        ``kind`` is the backend's own, such as ``origin`` or ``multi_region``)."""
+        extra: dict[str, Any] = dict(kind)
         if policy is not None:
             extra["policy"] = policy
         if bypass_lockout_safety_check:
@@ -162,7 +188,11 @@ class CountingKms:
         return self._call(lambda: self._inner.get_key_policy(key_id))
 
     def put_key_policy(
-        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+        self,
+        key_id: str,
+        policy: dict[str, Any] | str,
+        *,
+        bypass_lockout_safety_check: bool = False,
     ) -> None:
         """Replace a key policy."""
         self._call(
@@ -170,6 +200,10 @@ class CountingKms:
                 key_id, policy, bypass_lockout_safety_check=bypass_lockout_safety_check
             )
         )
+
+    def list_grants(self, key_id: str) -> list[GrantInfo]:
+        """List a key's grants."""
+        return self._call(lambda: self._inner.list_grants(key_id))
 
     def encrypt(self, key_id: str, plaintext: bytes, context: dict[str, str]) -> bytes:
         """Encrypt under a key."""

@@ -39,8 +39,9 @@ class Handler(Protocol):
         """Stop: the exchange was answered otherwise or the client went away."""
 
 
-#: Signs a response the listener writes itself: ``(status, body, nonce) -> extra header lines``.
-ErrorSigner = Callable[[int, bytes, bytes], bytes]
+#: Signs a response the listener writes itself:
+#: ``(method, target, status, body, nonce) -> extra header lines``.
+ErrorSigner = Callable[[bytes, bytes, int, bytes, bytes], bytes]
 
 
 def error_response(
@@ -50,14 +51,17 @@ def error_response(
     *,
     close: bool,
     signer: ErrorSigner | None = None,
+    method: bytes = b"",
+    target: bytes = b"",
     nonce: bytes = b"",
 ) -> bytes:
     """A complete JSON error response ``{"title","description"}`` with Content-Length.
 
-    With a ``signer`` the response carries the runtime's attestation signature headers too.
+    With a ``signer`` the response carries the runtime's attestation signature headers too,
+    bound to the request's ``method`` and ``target`` (empty when its request line was not parsed).
     """
     body = json.dumps({"title": title, "description": description}).encode()
-    extra = signer(status, body, nonce) if signer is not None else b""
+    extra = signer(method, target, status, body, nonce) if signer is not None else b""
     head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n" % (
         status,
         REASONS.get(status, b"Error"),

@@ -282,10 +282,23 @@ class ClientConnection(asyncio.Protocol):
         # a body the client will not send (it waits for 100-continue) cannot be drained
         close = close or self.must_close(ex) or (ex.expect and not ex.complete)
         signer = self.server.error_signer
-        nonce = b""
+        nonce = method = target = b""
         if signer is not None:
             nonce = next((v for k, v in ex.headers if k.lower() == b"x-attestation-nonce"), b"")
-        data = error_response(status, title, description, close=close, signer=signer, nonce=nonce)
+            # the method is set once the head is parsed; before that the target may be partial,
+            # so a request whose head was not parsed is signed over neither
+            if ex.method:
+                method, target = ex.method, ex.url
+        data = error_response(
+            status,
+            title,
+            description,
+            close=close,
+            signer=signer,
+            method=method,
+            target=target,
+            nonce=nonce,
+        )
         self.reply(ex, data, status, close)
 
     def must_close(self, ex: Exchange) -> bool:

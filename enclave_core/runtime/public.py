@@ -5,9 +5,10 @@ Everything else on the public listener is proxied to the app by
 response of the public app is signed by :class:`~enclave_core.runtime.signing.SigningMiddleware`
 (the control app's are not: it is never reachable from outside the parent instance).
 
-``POST /v1/export-key`` (:mod:`enclave_core.runtime.export`) exists only on the control app. The
-public listener keeps the path for itself and answers 404, so a request from outside never
-reaches the export, nor an app that happens to serve that path.
+``POST /v1/migration-key`` (:mod:`enclave_core.runtime.migration_key`) and ``POST /v1/export-key``
+(:mod:`enclave_core.runtime.export`) exist only on the control app. The public listener keeps both
+paths for itself and answers 404, so a request from outside never reaches them, nor an app that
+happens to serve those paths.
 
 Each app serves its OpenAPI document at ``GET /openapi.json`` (:mod:`.apidoc`); on the public
 listener that path is the runtime's own too (signed like the rest), so an app's own
@@ -32,6 +33,7 @@ from enclave_core.runtime import schemas
 from enclave_core.runtime.apidoc import control_document, public_document
 from enclave_core.runtime.export import export_keys
 from enclave_core.runtime.httperrors import install_error_handlers
+from enclave_core.runtime.migration_key import create_migration_key
 from enclave_core.runtime.schemas import MAX_EXPORT_BODY
 from enclave_core.runtime.signing import SigningMiddleware
 from enclave_core.runtime.state import RuntimeState
@@ -40,8 +42,11 @@ HEALTH_PATH = "/health"
 INFO_PATH = "/v1/enclave-info"
 ATTESTATION_PATH = "/enclave/attestation"
 EXPORT_PATH = "/v1/export-key"
-#: Paths the public listener answers itself; EXPORT_PATH only ever with a 404.
-OWN_PATHS = frozenset({HEALTH_PATH, INFO_PATH, ATTESTATION_PATH, EXPORT_PATH, OPENAPI_PATH})
+MIGRATION_KEY_PATH = "/v1/migration-key"
+#: Paths the public listener answers itself; the control paths only ever with a 404.
+NOT_A_MIGRATION_KEY_REQUEST = "migration-key takes {target_pcr0, migration_id, target_pcr8?}"
+CONTROL_PATHS = frozenset({EXPORT_PATH, MIGRATION_KEY_PATH})
+OWN_PATHS = frozenset({HEALTH_PATH, INFO_PATH, ATTESTATION_PATH, OPENAPI_PATH}) | CONTROL_PATHS
 
 
 def is_own_path(path: str) -> bool:
@@ -106,11 +111,56 @@ class AttestationResource:
 
 
 class ReservedResource:
-    """``POST /v1/export-key`` on the public listener: always 404 (see the module docstring)."""
+    """The control paths on the public listener: always 404 (see the module docstring)."""
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Never export from here."""
         raise falcon.HTTPNotFound(title="Not found", description="no such route")
+
+
+async def _small_json(req: falcon.asgi.Request, not_json: str) -> Any:
+    """The request's JSON body (None when empty), at most MAX_EXPORT_BODY bytes."""
+    if (req.content_length or 0) > MAX_EXPORT_BODY:
+        raise falcon.HTTPContentTooLarge(
+            title="Content too large", description=f"at most {MAX_EXPORT_BODY} bytes"
+        )
+    body = (await req.stream.read(MAX_EXPORT_BODY + 1)).strip()
+    if len(body) > MAX_EXPORT_BODY:
+        raise falcon.HTTPContentTooLarge(
+            title="Content too large", description=f"at most {MAX_EXPORT_BODY} bytes"
+        )
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError(not_json) from None
+
+
+class MigrationKeyResource:
+    """POST /v1/migration-key (control listener only): make the key for the successor.
+
+    One call at a time (shared with the export), in a worker thread.
+    """
+
+    def __init__(self, state: RuntimeState, lock: asyncio.Lock) -> None:
+        self._state = state
+        self._lock = lock
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Create (or return) the migration key: 200, or 400, 403, 409, 503 with the reason."""
+        body = await _small_json(req, NOT_A_MIGRATION_KEY_REQUEST)
+        request = load_request(schemas.MigrationKeyRequestSchema(), body or {})
+        async with self._lock:
+            key = await asyncio.to_thread(
+                create_migration_key,
+                self._state,
+                target_pcr0=request["target_pcr0"],
+                target_pcr8=request["target_pcr8"],
+                migration_id=request["migration_id"],
+            )
+        resp.media = key.as_json()
+        resp.cache_control = ["no-store"]
 
 
 class ExportKeyResource:
@@ -119,26 +169,14 @@ class ExportKeyResource:
     The body is empty or ``{}``. Exports run one at a time, in a worker thread.
     """
 
-    def __init__(self, state: RuntimeState) -> None:
+    def __init__(self, state: RuntimeState, lock: asyncio.Lock) -> None:
         self._state = state
-        self._lock = asyncio.Lock()
+        self._lock = lock
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Check the target key and export (200), or refuse: 409, 403 or 503 with the reason."""
-        if (req.content_length or 0) > MAX_EXPORT_BODY:
-            raise falcon.HTTPContentTooLarge(
-                title="Content too large", description=f"at most {MAX_EXPORT_BODY} bytes"
-            )
-        body = (await req.stream.read(MAX_EXPORT_BODY + 1)).strip()
-        if len(body) > MAX_EXPORT_BODY:
-            raise falcon.HTTPContentTooLarge(
-                title="Content too large", description=f"at most {MAX_EXPORT_BODY} bytes"
-            )
-        if body:
-            try:
-                parsed = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                raise ValidationError("export-key takes an empty body or {}") from None
+        parsed = await _small_json(req, "export-key takes an empty body or {}")
+        if parsed is not None:
             load_request(schemas.ExportKeyRequestSchema(), parsed)
         async with self._lock:
             result = await asyncio.to_thread(export_keys, self._state)
@@ -153,7 +191,8 @@ def create_public_app(state: RuntimeState) -> falcon.asgi.App:
     app.add_route(HEALTH_PATH, HealthResource(state))
     app.add_route(INFO_PATH, EnclaveInfoResource(state))
     app.add_route(ATTESTATION_PATH, AttestationResource(state))
-    app.add_route(EXPORT_PATH, ReservedResource())
+    for path in sorted(CONTROL_PATHS):
+        app.add_route(path, ReservedResource())
     app.add_route(OPENAPI_PATH, OpenApiResource(public_document))
     return app
 
@@ -161,12 +200,14 @@ def create_public_app(state: RuntimeState) -> falcon.asgi.App:
 def create_control_app(state: RuntimeState) -> falcon.asgi.App:
     """The Falcon app of the control listener (never forwarded by ingress).
 
-    ``GET /health`` (the watchdog), ``POST /v1/export-key`` (the migration) and
-    ``GET /openapi.json``.
+    ``GET /health`` (the watchdog), ``POST /v1/migration-key`` and ``POST /v1/export-key`` (the
+    migration) and ``GET /openapi.json``.
     """
     app = falcon.asgi.App()
     install_error_handlers(app)
+    migration_lock = asyncio.Lock()
     app.add_route(HEALTH_PATH, HealthResource(state))
-    app.add_route(EXPORT_PATH, ExportKeyResource(state))
+    app.add_route(MIGRATION_KEY_PATH, MigrationKeyResource(state, migration_lock))
+    app.add_route(EXPORT_PATH, ExportKeyResource(state, migration_lock))
     app.add_route(OPENAPI_PATH, OpenApiResource(control_document))
     return app

@@ -226,6 +226,30 @@ class ExportKeyRequestSchema(RequestSchema):
     """``POST /v1/export-key``: an empty body or ``{}``."""
 
 
+PCR_HEX_PATTERN = r"^(0x)?[0-9a-fA-F]{96}$"
+
+
+class MigrationKeyRequestSchema(RequestSchema):
+    """``POST /v1/migration-key``: the target image and the migration it belongs to."""
+
+    target_pcr0 = fields.String(
+        required=True,
+        validate=validate.Regexp(PCR_HEX_PATTERN),
+        metadata={"description": "the new image's PCR0 (96 hex characters, never all zero)"},
+    )
+    target_pcr8 = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Regexp(PCR_HEX_PATTERN),
+        metadata={"description": "the new image's PCR8 when it is signed (checked, not trusted)"},
+    )
+    migration_id = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^[a-z0-9-]{1,64}$"),
+        metadata={"description": "the migration's id (a second call with it returns the same key)"},
+    )
+
+
 # ------------------------------------------------------------------ responses
 
 
@@ -250,6 +274,23 @@ MetricsSchema = marshmallow.Schema.from_dict(
     {name: fields.Integer(required=True, validate=validate.Range(min=0)) for name in COUNTERS},
     name="MetricsSchema",
 )
+
+
+class ChainLinkSchema(marshmallow.Schema):
+    """One migration chain link: the attested record the old enclave wrote at export."""
+
+    kind = fields.String(required=True, validate=validate.OneOf(["link"]))
+    body = fields.Dict(
+        required=True,
+        metadata={
+            "description": "app, migration, index, previous_link, from_pcr0, from_pcr8, to_pcr0, "
+            "to_pcr8, key_id, key_arn, policy_sha256, entries"
+        },
+    )
+    attestation = fields.String(
+        required=True,
+        metadata={"description": "base64 document whose user_data binds the body's SHA-256"},
+    )
 
 
 class EnclaveInfoSchema(marshmallow.Schema):
@@ -278,7 +319,29 @@ class EnclaveInfoSchema(marshmallow.Schema):
     previous_pcr0_attestation = fields.String(
         required=True,
         allow_none=True,
-        metadata={"description": "base64 attestation document of the previous image"},
+        metadata={"description": "base64 attestation document of the newest chain link"},
+    )
+    pcr8 = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "PCR8 of a signed image, else null", "pattern": "^[0-9a-f]{96}$"},
+    )
+    key_origin = fields.String(
+        required=True,
+        allow_none=True,
+        validate=validate.OneOf(["genesis", "migration"]),
+        metadata={"description": "whether the KMS key was made for a first boot or by a migration"},
+    )
+    migration_chain = fields.List(
+        fields.Nested(ChainLinkSchema),
+        required=True,
+        allow_none=True,
+        metadata={"description": "the attested links from the first image, oldest first"},
+    )
+    migration_chain_complete = fields.Boolean(
+        required=True,
+        allow_none=True,
+        metadata={"description": "whether every link back to the first image verified"},
     )
     dynamic_secrets = fields.Integer(required=True, allow_none=True)
     metrics = fields.Nested(MetricsSchema, required=True)
@@ -366,3 +429,19 @@ class ExportResultSchema(marshmallow.Schema):
     exported = fields.List(fields.String(), required=True)
     pcr0 = fields.String(required=True)
     new_key_id = fields.String(required=True)
+    link = fields.String(
+        required=True, metadata={"description": "SHA-256 of the chain link written"}
+    )
+
+
+class MigrationKeySchema(marshmallow.Schema):
+    """``POST /v1/migration-key`` 200: the key the old enclave created for its successor."""
+
+    key_id = fields.String(required=True)
+    key_arn = fields.String(required=True)
+    target_pcr0 = fields.String(required=True)
+    target_pcr8 = fields.String(required=True, allow_none=True)
+    export_until = fields.String(
+        required=True, metadata={"description": "the end of the export window (UTC)"}
+    )
+    migration = fields.String(required=True)

@@ -10,17 +10,29 @@ path, 413, 400 for a malformed request) carries two headers:
   half of the attestation document's ``user_data``, so a client that verified a document knows
   the key is the enclave's.
 
-The canonical string (UTF-8, each field followed by one ``\\n``)::
+The canonical string (ASCII, each field followed by one ``\\n``)::
 
-    simple-enclave-response-v1
+    simple-enclave-response-v2
+    <the request method, upper-case>
+    <the request target: path and ?query exactly as the client sent them>
     <status code, decimal>
     <hex SHA-256 of the response body as sent>
     <the request's X-Attestation-Nonce header, or empty>
 
-Unlike a signature over the body alone, it binds the status and, through a nonce the client
-chose, the request: a recorded response cannot be replayed for another request. A nonce is at
-most 256 characters of ``[0-9A-Za-z_-]``; anything else is answered 400 (signed, with an empty
-nonce). The body of a ``HEAD`` or 204/304 response is empty, and so is what gets hashed.
+The method and the target bind the answer to the route it answers, even when the nonce is empty
+or reused: a recorded ``GET /health`` cannot pass for the answer to ``GET /v1/enclave-info``.
+The target is signed as it was sent, percent-encoding and all, not as decoded for routing
+(``/v1/enclave%2Dinfo`` is signed as that, not as ``/v1/enclave-info``); an absolute-form target
+(``http://host/path?q``) is signed as its path and query, the part the runtime answers. A bare
+``?`` with nothing after it is not part of it (the ASGI scope cannot tell it from no query). A
+method or target holding anything but visible ASCII cannot be signed (it could forge a line):
+the runtime answers such a request 400, signed with an empty method and target. So is a request
+whose request line could not be parsed at all: the listener knows neither then.
+
+The nonce, which the client chooses, binds the answer to one request: a recorded response cannot
+be replayed for another. A nonce is at most 256 characters of ``[0-9A-Za-z_-]``; anything else is
+answered 400 (signed, with an empty nonce). The body of a ``HEAD`` or 204/304 response is empty,
+and so is what gets hashed.
 
 Not signed, by design:
 
@@ -40,9 +52,11 @@ import hashlib
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import falcon
 import falcon.asgi
+import httptools
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -52,12 +66,16 @@ from enclave_core.errors import AttestationError
 if TYPE_CHECKING:  # the client side (enclave verify) needs none of the runtime
     from enclave_core.runtime.state import RuntimeState
 
-CANONICAL_VERSION = "simple-enclave-response-v1"
+CANONICAL_VERSION = "simple-enclave-response-v2"
 SIGNATURE_HEADER = "X-Attestation-Signature"
 PUBKEY_HEADER = "X-Attestation-Pubkey"
 NONCE_HEADER = "X-Attestation-Nonce"
 MAX_NONCE_CHARS = 256
 NONCE_RE = re.compile(rf"[0-9A-Za-z_-]{{0,{MAX_NONCE_CHARS}}}")
+# visible ASCII only: no line break, control character, space or non-ASCII can enter a field
+_SIGNABLE_RE = re.compile(r"[\x21-\x7e]*")
+# what a path may hold unescaped (RFC 3986 pchar and "/"), for a scope without raw_path
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 _BODILESS = frozenset({204, 304})
@@ -72,13 +90,32 @@ def check_nonce(nonce: str) -> str:
     return nonce
 
 
-def canonical_message(status: int, body: bytes, nonce: str) -> bytes:
-    """The bytes a response signature covers (see the module docstring)."""
+def _signable(value: str, what: str) -> str:
+    if not isinstance(value, str) or _SIGNABLE_RE.fullmatch(value) is None:
+        raise ValueError(f"the request {what} must be visible ASCII to be signed, got {value!r}")
+    return value
+
+
+def canonical_message(method: str, target: str, status: int, body: bytes, nonce: str) -> bytes:
+    """The bytes a response signature covers (see the module docstring).
+
+    :param method: the request method (upper-cased here); "" for an unparsable request.
+    :param target: the request's path and ``?query`` as sent; "" for an unparsable request.
+    :raises ValueError: a field that cannot be signed unambiguously.
+    """
+    method = _signable(method, "method").upper()
+    _signable(target, "target")
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
         raise ValueError(f"status must be an HTTP status code, got {status!r}")
     check_nonce(nonce)
     digest = hashlib.sha256(body).hexdigest()
-    return f"{CANONICAL_VERSION}\n{status}\n{digest}\n{nonce}\n".encode("ascii")
+    return f"{CANONICAL_VERSION}\n{method}\n{target}\n{status}\n{digest}\n{nonce}\n".encode("ascii")
+
+
+def signed_target(raw_path: bytes, query: bytes) -> str:
+    """The target field of the canonical string for a request's raw path and query."""
+    target = raw_path + b"?" + query if query else raw_path
+    return target.decode("latin-1")  # bytes beyond ASCII are refused by canonical_message
 
 
 def public_key_hex(key: Ed25519PrivateKey) -> str:
@@ -87,9 +124,11 @@ def public_key_hex(key: Ed25519PrivateKey) -> str:
     return raw.hex()
 
 
-def sign_response(key: Ed25519PrivateKey, status: int, body: bytes, nonce: str) -> str:
+def sign_response(
+    key: Ed25519PrivateKey, method: str, target: str, status: int, body: bytes, nonce: str
+) -> str:
     """Hex of the Ed25519 signature of the canonical string of one response."""
-    return key.sign(canonical_message(status, body, nonce)).hex()
+    return key.sign(canonical_message(method, target, status, body, nonce)).hex()
 
 
 def _hex(value: str | None, size: int, what: str) -> bytes:
@@ -107,28 +146,36 @@ def _hex(value: str | None, size: int, what: str) -> bytes:
 
 
 def verify_response_signature(
-    pubkey_hex: str | None, signature_hex: str | None, status: int, body: bytes, nonce: str
+    pubkey_hex: str | None,
+    signature_hex: str | None,
+    method: str,
+    target: str,
+    status: int,
+    body: bytes,
+    nonce: str,
 ) -> None:
     """Check a signed response; return None when it verifies.
 
     :param pubkey_hex: the ``X-Attestation-Pubkey`` header (the caller must also check that its
         SHA-256 is the one the attestation document binds).
     :param signature_hex: the ``X-Attestation-Signature`` header.
+    :param method: the method of the request this is the answer to.
+    :param target: the path and ``?query`` that request was sent to, exactly as sent.
     :param nonce: the ``X-Attestation-Nonce`` the request carried ("" for none).
     :raises AttestationError: "response signature does not verify: ..." naming why.
     """
     signature = _hex(signature_hex, SIGNATURE_BYTES, f"{SIGNATURE_HEADER} header")
     key = _hex(pubkey_hex, PUBLIC_KEY_BYTES, f"{PUBKEY_HEADER} header")
     try:
-        message = canonical_message(status, body, nonce)
+        message = canonical_message(method, target, status, body, nonce)
     except ValueError as exc:
         raise AttestationError(f"response signature does not verify: {exc}") from None
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
     except (InvalidSignature, ValueError):
         raise AttestationError(
-            "response signature does not verify: the signature does not match the status, "
-            "body and nonce"
+            "response signature does not verify: the signature does not match the method, path, "
+            "status, body and nonce"
         ) from None
 
 
@@ -139,13 +186,23 @@ class SigningMiddleware:
         self._state = state
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        """Read and check the request's nonce; a malformed one is a (signed) 400."""
-        nonce = req.get_header(NONCE_HEADER) or ""
-        req.context.attestation_nonce = ""
+        """Take the method, target and nonce to sign; one that cannot be signed is a 400."""
+        ctx = req.context
+        ctx.attestation_nonce = ctx.signed_method = ctx.signed_target = ""
+        # Each field is checked on its own, so that the 400 for one still binds the other.
+        errors: list[str] = []
         try:
-            req.context.attestation_nonce = check_nonce(nonce)
-        except ValueError as exc:
-            raise falcon.HTTPBadRequest(title="Bad request", description=str(exc)) from None
+            ctx.attestation_nonce = check_nonce(req.get_header(NONCE_HEADER) or "")
+        except ValueError as exc:  # signed with an empty nonce
+            errors.append(str(exc))
+        method, target = req.method, _request_target(req)
+        try:
+            canonical_message(method, target, 200, b"", "")
+            ctx.signed_method, ctx.signed_target = method, target
+        except ValueError as exc:  # signed over an empty method and target
+            errors.append(str(exc))
+        if errors:
+            raise falcon.HTTPBadRequest(title="Bad request", description="; ".join(errors))
 
     async def process_response(
         self,
@@ -167,18 +224,49 @@ class SigningMiddleware:
         resp.data = body
         if req.method == "HEAD" or status in _BODILESS:
             body = b""
-        nonce = getattr(req.context, "attestation_nonce", "")
-        resp.set_header(SIGNATURE_HEADER, sign_response(key, status, body, nonce))
+        ctx = req.context
+        method = getattr(ctx, "signed_method", "")
+        target = getattr(ctx, "signed_target", "")
+        nonce = getattr(ctx, "attestation_nonce", "")
+        resp.set_header(SIGNATURE_HEADER, sign_response(key, method, target, status, body, nonce))
         resp.set_header(PUBKEY_HEADER, public_key_hex(key))
 
 
-def listener_error_signer(state: RuntimeState) -> Callable[[int, bytes, bytes], bytes]:
+def _request_target(req: falcon.asgi.Request) -> str:
+    """The path and query as the client sent them, from the ASGI scope (never Falcon's decoded
+    ``req.path``, which may differ from what the client asked for and will verify against)."""
+    scope = req.scope
+    raw_path = scope.get("raw_path")
+    if not isinstance(raw_path, bytes):  # optional in ASGI: re-encode the decoded path
+        raw_path = quote(scope.get("path") or req.path, safe=_PATH_SAFE).encode("ascii")
+    return signed_target(raw_path, scope.get("query_string") or b"")
+
+
+def _listener_target(target: bytes) -> str | None:
+    """The signed target of a request the listener answers itself, as the proxy routes it;
+    None when it cannot be parsed."""
+    if target[:1] != b"/" and target != b"*":  # absolute form: its path and query
+        try:
+            parsed = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            return None
+        return signed_target(parsed.path or b"/", parsed.query or b"")
+    path, _, query = target.partition(b"?")
+    return signed_target(path, query)
+
+
+def listener_error_signer(
+    state: RuntimeState,
+) -> Callable[[bytes, bytes, int, bytes, bytes], bytes]:
     """Sign the errors the public listener writes itself (502, 503, 413, 400) like the app's.
 
-    Returns the header lines to add; nothing before the signing key exists (first moments of boot).
+    The returned function takes the request's method and raw target (both empty when the request
+    line could not be parsed: the client is then answered signed over an empty method and target),
+    the status, the body and the raw nonce header, and returns the header lines to add; nothing
+    before the signing key exists (first moments of boot).
     """
 
-    def sign(status: int, body: bytes, raw_nonce: bytes) -> bytes:
+    def sign(method: bytes, target: bytes, status: int, body: bytes, raw_nonce: bytes) -> bytes:
         key = state.signing_key
         if key is None:
             return b""
@@ -186,7 +274,13 @@ def listener_error_signer(state: RuntimeState) -> Callable[[int, bytes, bytes], 
             nonce = check_nonce(raw_nonce.decode("latin-1"))
         except ValueError:
             nonce = ""  # a malformed nonce is not echoed into what is signed
-        signature = sign_response(key, status, body, nonce)
+        signed = _listener_target(target) if method else None
+        try:
+            if signed is None:  # no request line, or a target that cannot be parsed
+                raise ValueError("no method and target to sign")
+            signature = sign_response(key, method.decode("latin-1"), signed, status, body, nonce)
+        except ValueError:  # signed over an empty method and target, as for no request line
+            signature = sign_response(key, "", "", status, body, nonce)
         return (
             f"{SIGNATURE_HEADER}: {signature}\r\n{PUBKEY_HEADER}: {public_key_hex(key)}\r\n"
         ).encode("latin-1")

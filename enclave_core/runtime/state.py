@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,6 +21,13 @@ from enclave_core.interfaces import Attestation, Kms, Secrets, Storage
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.dynsecrets import DynamicSecrets
 from enclave_core.runtime.recipient import RecipientSession
+
+if TYPE_CHECKING:  # hints only: these modules import this one
+    from cryptography import x509
+
+    from enclave_core.keycheck import KeyVerdict
+    from enclave_core.migration_chain import ChainReport
+    from enclave_core.runtime.sealed import Manifest
 
 STAGES = ("config", "attestation", "kms_key", "static_secrets", "storage", "dynamic_secrets", "app")
 
@@ -69,6 +76,16 @@ class RuntimeState:
     recipient: RecipientSession | None = None
 
     pcr0: str | None = None
+    #: This image's PCR8 when it is signed (non-zero), else None.
+    pcr8: str | None = None
+    #: The root attestation documents (records, chain links, Recipients) must chain to.
+    trust_root: x509.Certificate | None = None
+    #: The KMS key as the enclave verified it (metadata, exact policy, no grants).
+    key_verdict: KeyVerdict | None = None
+    #: This image's verified ciphertext manifest, once the data keys are open.
+    manifest: Manifest | None = None
+    #: The migration links back to the first image, as far as they verify.
+    chain: ChainReport | None = None
     signing_key: Ed25519PrivateKey | None = None
     attestation_pubkey: str | None = None
     tls_cert_der: bytes | None = None
@@ -78,10 +95,10 @@ class RuntimeState:
     static_env: dict[str, str] = field(default_factory=dict)
     #: The storage data key in plaintext, for export-key to re-encrypt (memory only, never logged).
     storage_dek: bytes | None = None
-    #: The verified chain link: ``"genesis"``, the previous image's PCR0, or None while boot has
-    #: not checked it yet or when it did not verify.
+    #: ``"genesis"`` or the previous image's PCR0, from this image's attested manifest; None
+    #: while boot has not opened the data keys.
     previous_pcr0: str | None = None
-    #: The previous image's attestation document (base64) vouching for this one, once verified.
+    #: The newest chain link's attestation document (base64), when the link verified.
     previous_pcr0_attestation: str | None = None
     dynamic_env: dict[str, str] = field(default_factory=dict)
     dynamic_secrets: int | None = None
@@ -142,6 +159,10 @@ class RuntimeState:
             "kms_key_id": self.kms_key_id,
             "previous_pcr0": self.previous_pcr0,
             "previous_pcr0_attestation": self.previous_pcr0_attestation,
+            "pcr8": self.pcr8,
+            "key_origin": self.key_verdict.kind if self.key_verdict is not None else None,
+            "migration_chain": self.chain.as_json() if self.chain is not None else None,
+            "migration_chain_complete": self.chain.complete if self.chain is not None else None,
             "dynamic_secrets": self.dynamic_secrets,
             "metrics": self.metrics.snapshot(),
         }

@@ -19,19 +19,23 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from enclave_core.config import Config
+from enclave_core.enclave_policy import parse_deadline
 from enclave_core.errors import (
+    EnclaveError,
     NotFound,
     StateConflict,
     ValidationError,
 )
-from enclave_core.image import PCR0_RE, measure_new_image
-from enclave_core.interfaces import Kms, Secrets
+from enclave_core.image import measure_new_image
+from enclave_core.interfaces import KeyInfo, Kms, Secrets
+from enclave_core.pcrs import normalise_pcr
 from enclave_core.supervisor.migration_checkpoint import (
     KMS_KEY_PARAM,
     OLD_KEY_PARAM,
@@ -67,8 +71,8 @@ def parse_request(body: Any) -> dict[str, str | None]:
     for name in ("eif", "app_dir"):
         if values[name] is not None and not Path(str(values[name])).is_absolute():
             raise ValidationError(f"'{name}' must be an absolute path")
-    if values["pcr0"] is not None and not PCR0_RE.match(str(values["pcr0"])):
-        raise ValidationError("'pcr0' must be 96 hex characters")
+    if values["pcr0"] is not None:  # malformed, or the all-zero PCR0 of a debug-mode enclave
+        values["pcr0"] = normalise_pcr(str(values["pcr0"]), "'pcr0'")
     return values
 
 
@@ -189,6 +193,9 @@ class MigrationService:
             if checkpoint.target_pcr0 == target:
                 return checkpoint
             checkpoint = None  # a finished migration to another image: start a new one
+        if checkpoint is not None and self._window_closed(checkpoint):
+            self._abandon_key(kms, checkpoint)
+            checkpoint = None  # the key can no longer receive the export: start over
         if checkpoint is not None:
             if checkpoint.target_pcr0 != target:
                 raise StateConflict(
@@ -208,6 +215,30 @@ class MigrationService:
         checkpoint.principal = request["principal"] or checkpoint.principal
         write_checkpoint(secrets, checkpoint)
         return checkpoint
+
+    @staticmethod
+    def _window_closed(checkpoint: Checkpoint) -> bool:
+        """Whether the key was made but not exported to, and its export window has closed."""
+        if checkpoint.new_key_id is None or checkpoint.step >= 5 or not checkpoint.export_until:
+            return False
+        try:
+            until = parse_deadline(checkpoint.export_until)
+        except EnclaveError:
+            return True
+        return datetime.now(UTC) >= until
+
+    @staticmethod
+    def _abandon_key(kms: Kms, checkpoint: Checkpoint) -> None:
+        """Retire a key whose export window closed before the export (it holds nothing)."""
+        key = str(checkpoint.new_key_id)
+        logger.bind(key_id=key, migration=checkpoint.id).warning(
+            "the migration key's export window closed before the export; starting over with a "
+            "new key, and scheduling this one's deletion"
+        )
+        try:
+            kms.schedule_key_deletion(key, 7)
+        except EnclaveError as exc:
+            logger.bind(key_id=key, error=str(exc)).warning("unused migration key not retired")
 
     @staticmethod
     def _check_new_key(kms: Kms, checkpoint: Checkpoint) -> None:
@@ -279,6 +310,17 @@ class MigrationService:
             "steps": steps,
         }
 
+    @staticmethod
+    def _same_key(kms: Kms, info: KeyInfo, other: str) -> bool:
+        """Whether ``other`` (an id, an ARN or an alias) names the key ``info`` describes."""
+        if other in (info.key_id, info.arn):
+            return True
+        try:
+            described = kms.describe_key(other)
+        except EnclaveError:
+            return False
+        return (described.key_id, described.arn) == (info.key_id, info.arn)
+
     def _schedule_deletion(self, days: int) -> dict[str, Any]:
         kms, secrets = self._backends()
         old = secrets.get(OLD_KEY_PARAM)
@@ -287,13 +329,18 @@ class MigrationService:
                 f"no key to delete: parameter {OLD_KEY_PARAM} is not set (after a migration the "
                 "new enclave schedules the old key's deletion itself)"
             )
-        if old == secrets.get(KMS_KEY_PARAM):
+        live = secrets.get(KMS_KEY_PARAM)
+        if old == live:
             raise StateConflict(f"key {old} is the key in use ({KMS_KEY_PARAM}); not deleting it")
         try:
             info = kms.describe_key(old)
         except NotFound:
             secrets.delete(OLD_KEY_PARAM)
             return {"key_id": old, "state": "NotFound", "deletion_date": None}
+        if live is not None and self._same_key(kms, info, live):
+            raise StateConflict(
+                f"key {old} is the key in use ({KMS_KEY_PARAM} names it as {live}); not deleting it"
+            )
         if info.state != "PendingDeletion":
             info = kms.schedule_key_deletion(old, days)
         secrets.delete(OLD_KEY_PARAM)

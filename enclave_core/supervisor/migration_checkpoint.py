@@ -2,7 +2,8 @@
 
 The checkpoint is JSON in the Secrets backend: ``{"id", "step" (last completed, 0..9), "total",
 "status" (running, done, failed), "old_key_id", "new_key_id", "target_pcr0", "previous_pcr0",
-"app_dir" or "eif", "principal", "key_description", "started_at", "updated_at", "error"?}``.
+"app_dir" or "eif", "principal", "target_pcr8", "export_until", "key_description", "started_at",
+"updated_at", "error"?}``.
 
 Test hook: with ``ENCLAVE_MIGRATION_CRASH_AFTER_STEP=k`` in the supervisor's environment,
 :func:`crash_hook_from_env` ends the process with ``os._exit(70)`` right after step k's
@@ -31,6 +32,10 @@ NEW_KEY_PARAM = "MigrationKMSKeyID"
 OLD_KEY_PARAM = "MigrationOldKMSKeyID"
 TARGET_PARAM = "MigrationTargetPCR0"
 CHECKPOINT_PARAM = "Migration/Checkpoint"
+#: The old enclave's chain link for the new image (written at export, step 5).
+LINK_PARAM = "Migration/Manifest"
+#: The live manifest the runtime traces its ciphertexts with (step 7 puts the link there).
+MANIFEST_PARAM = "CiphertextManifest"
 MIGRATION_PREFIX = "Migration/"
 DEK_NAME = "StorageDEK"
 CRASH_ENV = "ENCLAVE_MIGRATION_CRASH_AFTER_STEP"
@@ -51,8 +56,12 @@ class Checkpoint:
     previous_pcr0: str | None = None
     app_dir: str | None = None
     eif: str | None = None
-    #: The enclave's IAM principal, named in the new key's policy.
+    #: The enclave's IAM principal, as the old key's policy names it (for the report only).
     principal: str | None = None
+    #: The new image's PCR8 when it is signed (announced to the old enclave, which checks it).
+    target_pcr8: str | None = None
+    #: When the new key's export window closes (the old enclave chose it at step 2).
+    export_until: str | None = None
     #: The new key's description; it carries the migration id so a crash between CreateKey and
     #: the checkpoint is found again instead of creating a second key.
     key_description: str = ""

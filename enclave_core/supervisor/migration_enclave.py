@@ -54,25 +54,36 @@ class SupervisorEnclave:
         self._ready_timeout_s = ready_timeout_s
         self._export_timeout_s = export_timeout_s
 
+    def create_migration_key(
+        self, target_pcr0: str, migration_id: str, target_pcr8: str | None = None
+    ) -> dict[str, Any]:
+        """Wait until the old enclave is ready, then ask it to create the migration key."""
+        request = {"target_pcr0": target_pcr0, "migration_id": migration_id}
+        if target_pcr8 is not None:
+            request["target_pcr8"] = target_pcr8
+        return self._control_post("/v1/migration-key", request, "migration-key")
+
     def export_key(self) -> dict[str, Any]:
         """Wait until the old enclave is ready, then POST ``/v1/export-key`` on its control port."""
+        return self._control_post("/v1/export-key", {}, "export-key")
+
+    def _control_post(self, path: str, request: dict[str, Any], what: str) -> dict[str, Any]:
         self.wait_ready("the old enclave")
         address = self._launcher.enclave_address(self._config.runtime.control_port)
+        body = json.dumps(request).encode()
         try:
-            status, body = http_post(address, "/v1/export-key", b"{}", self._export_timeout_s)
+            status, answer = http_post(address, path, body, self._export_timeout_s)
         except (OSError, http.client.HTTPException) as exc:
-            raise EnclaveError(
-                f"export-key on the old enclave at {address} failed: {exc}"
-            ) from None
+            raise EnclaveError(f"{what} on the old enclave at {address} failed: {exc}") from None
         try:
-            doc = json.loads(body)
+            doc = json.loads(answer)
         except ValueError:
             doc = None
         if status == 200 and isinstance(doc, dict):
             return doc
         detail = doc.get("description") if isinstance(doc, dict) else None
         raise EnclaveError(
-            f"the old enclave refused export-key ({status}): {detail or 'no reason given'}"
+            f"the old enclave refused {what} ({status}): {detail or 'no reason given'}"
         )
 
     def restart(self) -> None:

@@ -1,34 +1,32 @@
-"""The nine migration steps of DESIGN section 7, resumable from ``Migration/Checkpoint``.
+"""The nine migration steps, resumable from ``Migration/Checkpoint``.
 
 :class:`MigrationRunner` runs the steps after the last one the checkpoint records. Each step is
 idempotent (a crash may happen after its work and before its checkpoint) and writes the
 checkpoint before it returns, then logs ``step``, ``total``, ``status`` and ``msg``:
 
-1. read ``KMSKeyID`` (the old key), the enclave principal and the old PCR0 from its policy;
-2. create the new key with its final policy (:func:`~enclave_core.kms_policy.
-   migration_target_policy`) in the one CreateKey call, so the key is never open; or reuse the
-   one the checkpoint names (or, after a crash between the create and the checkpoint, the one
-   whose description carries this migration's id). The host's IAM role needs only
-   ``kms:CreateKey`` for this, no ``kms:PutKeyPolicy``. A backend whose ``create_key`` takes no
-   policy gets create, then PutKeyPolicy;
-3. check that the final policy is in place (put it in one call if a backend created the key
-   without it);
+1. read ``KMSKeyID`` (the old key) and the old PCR0 from its policy;
+2. create the new key: the **old enclave** does it (``POST /v1/migration-key`` on its control
+   listener), with the final policy in the CreateKey call, and records it in an attested
+   ``Migration/KeyRecord``; asked again for the same migration it returns the same key;
+3. check the new key's policy: exactly the canonical migration policy for the target PCR0
+   (:func:`enclave_core.enclave_policy.match_policy`). The old enclave checks it again itself;
 4. store ``MigrationKMSKeyID``, ``MigrationOldKMSKeyID``, ``MigrationTargetPCR0``;
-5. ask the old enclave to export (``POST /v1/export-key`` on its control listener);
-6. wait for every ``Migration/{secret}/Ciphertext`` and ``Migration/StorageDEK/Ciphertext``;
-7. copy them over the live ciphertexts and switch ``KMSKeyID`` to the new key;
+5. ask the old enclave to export (``POST /v1/export-key``);
+6. wait for every ``Migration/{name}/Ciphertext`` and the chain link ``Migration/Manifest``;
+7. copy the ciphertexts over the live ones, the link over ``CiphertextManifest`` (the new enclave
+   adopts only what the link names), and switch ``KMSKeyID`` to the new key;
 8. put the new image in place, stop the old enclave, start the new one, wait until it is ready;
-9. delete ``MigrationKMSKeyID``, ``MigrationTargetPCR0`` and the migration ciphertexts (the new
-   enclave consumes ``MigrationOldKMSKeyID`` and ``MigrationPreviousPCR0*`` itself).
+9. delete ``MigrationKMSKeyID``, ``MigrationTargetPCR0`` and the ``Migration/`` parameters but the
+   checkpoint (the new enclave consumes ``MigrationOldKMSKeyID`` itself).
 
-After each step's checkpoint the ``after_step`` hook runs: by default the crash test hook of
-:mod:`.migration_checkpoint` (``ENCLAVE_MIGRATION_CRASH_AFTER_STEP``).
+The supervisor is the host's agent and is trusted with nothing: every step that matters for the
+secrets is checked by an enclave (docs/threat-model.md). After each step's checkpoint the
+``after_step`` hook runs: by default the crash test hook of :mod:`.migration_checkpoint`
+(``ENCLAVE_MIGRATION_CRASH_AFTER_STEP``).
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 import shutil
 import tempfile
@@ -41,13 +39,15 @@ from typing import Any, Protocol
 from loguru import logger
 
 from enclave_core.config import Config
-from enclave_core.errors import AccessDenied, EnclaveError, NotFound
+from enclave_core.enclave_policy import PolicyMismatch, match_policy
+from enclave_core.errors import EnclaveError, NotFound
 from enclave_core.image import write_image_override
 from enclave_core.interfaces import Kms, Secrets
-from enclave_core.kms_conditions import as_list
-from enclave_core.kms_policy import analyse, migration_target_policy
 from enclave_core.supervisor.migration_checkpoint import (
+    CHECKPOINT_PARAM,
     KMS_KEY_PARAM,
+    LINK_PARAM,
+    MANIFEST_PARAM,
     MIGRATION_PREFIX,
     NEW_KEY_PARAM,
     OLD_KEY_PARAM,
@@ -64,6 +64,12 @@ WAIT_POLL_S = 0.2
 
 class EnclaveControl(Protocol):
     """What the steps need from the running enclave (the supervisor's launcher and watchdog)."""
+
+    def create_migration_key(
+        self, target_pcr0: str, migration_id: str, target_pcr8: str | None = None
+    ) -> dict[str, Any]:
+        """Step 2: ``POST /v1/migration-key`` on the old enclave; return its JSON answer."""
+        ...
 
     def export_key(self) -> dict[str, Any]:
         """Step 5: ``POST /v1/export-key`` on the old enclave; return its JSON answer."""
@@ -158,7 +164,7 @@ class MigrationRunner:
     # ------------------------------------------------------------------ steps
 
     def read_old_key(self, cp: Checkpoint) -> str:
-        """Step 1: the current key, the enclave principal and the old PCR0."""
+        """Step 1: the current key and the image it is locked to."""
         old = self.secrets.get(KMS_KEY_PARAM)
         if old is None:
             raise EnclaveError(
@@ -169,105 +175,44 @@ class MigrationRunner:
         if info.state != "Enabled":
             raise EnclaveError(f"the current KMS key {old} is {info.state}, expected Enabled")
         cp.old_key_id = old
-        policy: dict[str, Any] | None
         try:
-            policy = self.kms.get_key_policy(old)
-        except AccessDenied:
-            policy = None
-        if policy is not None:
-            attested = sorted(analyse(policy).attested_pcr0)
-            cp.previous_pcr0 = attested[0] if len(attested) == 1 else None
-        cp.principal = cp.principal or _enclave_principal(policy)
-        if cp.principal is None:
-            if self.config.mode != "development":
-                # Guessing wrong would lock the secrets to a key the new enclave cannot use.
-                raise EnclaveError(
-                    f"cannot tell the enclave's IAM role from key {old}'s policy; pass "
-                    "--enclave-principal <role-arn>"
-                )
-            cp.principal = self.kms.caller_arn()
+            params = match_policy(self.kms.get_key_policy(old))
+        except (PolicyMismatch, EnclaveError):
+            params = None  # only for the report: the enclaves check keys themselves
+        cp.previous_pcr0 = params.pcr0 if params is not None else None
+        cp.principal = params.principal if params is not None else cp.principal
         return f"current key {old} (PCR0 {_short(cp.previous_pcr0)})"
 
     def create_new_key(self, cp: Checkpoint) -> str:
-        """Step 2: create the new key once, whatever crashes happen, with its final policy.
+        """Step 2: the old enclave creates the new key with its final policy (once per migration).
 
-        The policy goes in the CreateKey call (with the lockout-safety bypass: nobody may change
-        it), so no moment exists where the key is open, and the host role needs no
-        ``kms:PutKeyPolicy``. A backend whose ``create_key`` lacks ``policy`` or
-        ``bypass_lockout_safety_check`` gets create, then put (the key id is in the checkpoint
-        even when the put fails, so a rerun reuses the key and step 3 puts the policy).
+        The old enclave must be running and ready: it is the only one that can make a key it will
+        later export to. Asked again for the same migration id and target, it answers with the
+        key it created before, so a resumed migration never makes a second one.
         """
         if cp.new_key_id is not None:
             return f"new key {cp.new_key_id} (created earlier)"
-        found = self._find_key(cp.key_description)
-        if found is not None:
-            cp.new_key_id = found
-            return f"new key {found} (found by its description after a crash)"
-        wanted = self._target_policy(cp)
-        if creates_with_policy(self.kms):
-            cp.new_key_id = self.kms.create_key(
-                description=cp.key_description, policy=wanted, bypass_lockout_safety_check=True
-            ).key_id
-            logger.bind(key_id=cp.new_key_id, migration=cp.id).info("migration key created")
-        else:
-            cp.new_key_id = self.kms.create_key(description=cp.key_description).key_id
-            logger.bind(key_id=cp.new_key_id, migration=cp.id).info("migration key created")
-            self.kms.put_key_policy(cp.new_key_id, wanted, bypass_lockout_safety_check=True)
-            logger.bind(key_id=cp.new_key_id, pcr0=cp.target_pcr0).info("migration key policy put")
-        return f"new key {cp.new_key_id} created"
-
-    def _target_policy(self, cp: Checkpoint) -> dict[str, Any]:
-        """The new key's final policy (the same document in steps 2 and 3)."""
-        assert cp.principal is not None
-        return migration_target_policy(
-            pcr0_hex=cp.target_pcr0,
-            principal_arn=cp.principal,
-            app=self.config.name,
-            host_arn=self.kms.caller_arn(),
-        )
-
-    def _find_key(self, description: str) -> str | None:
-        """The key with this description, when the backend can list its keys (local KMS).
-
-        Without a listing (AWS), a crash between CreateKey and the checkpoint write leaves one
-        unused key behind, which the next attempt does not reuse: that window is a few ms, and
-        the key is locked from creation and holds no ciphertext.
-        """
-        lister = getattr(self.kms, "key_ids", None)
-        if not callable(lister):
-            return None
-        for key_id in lister():
-            try:
-                info = self.kms.describe_key(key_id)
-            except EnclaveError:
-                continue  # not ours to read
-            if info.description == description and info.state == "Enabled":
-                return str(info.key_id)
-        return None
+        answer = self.enclave.create_migration_key(cp.target_pcr0, cp.id, cp.target_pcr8)
+        key_id, until = answer.get("key_id"), answer.get("export_until")
+        if not isinstance(key_id, str) or not key_id or not isinstance(until, str):
+            raise EnclaveError("the old enclave's migration-key answer names no key")
+        cp.new_key_id, cp.export_until = key_id, until
+        logger.bind(key_id=key_id, migration=cp.id).info("migration key created by the old enclave")
+        return f"new key {key_id} created by the old enclave (export window until {until})"
 
     def lock_new_key(self, cp: Checkpoint) -> str:
-        """Step 3: verify the final policy; put it in one PutKeyPolicy only if it is missing
-        (step 2 normally created the key with it)."""
-        assert cp.new_key_id is not None and cp.principal is not None
+        """Step 3: the new key's policy is the canonical migration policy for the target."""
+        assert cp.new_key_id is not None
         key = cp.new_key_id
-        if self._policy_in_place(key, cp.target_pcr0) is None:
-            self.kms.put_key_policy(key, self._target_policy(cp), bypass_lockout_safety_check=True)
-            logger.bind(key_id=key, pcr0=cp.target_pcr0).info("migration key policy put")
-        problem = self._policy_in_place(key, cp.target_pcr0)
-        if problem:
-            raise EnclaveError(f"the new key {key}'s policy is not locked: {problem}")
+        try:
+            params = match_policy(self.kms.get_key_policy(key))
+        except PolicyMismatch as exc:
+            raise EnclaveError(f"the new key {key}: {exc}") from None
+        if params.pcr0 != cp.target_pcr0 or params.export_until is None:
+            raise EnclaveError(
+                f"the new key {key} is not a migration key for PCR0 {_short(cp.target_pcr0)}"
+            )
         return f"new key {key} locked to PCR0 {_short(cp.target_pcr0)}"
-
-    def _policy_in_place(self, key: str, target: str) -> str | None:
-        """None when the key's policy still needs putting; "" when locked to ``target``, else
-        why not (after a put, a reason means the policy did not take)."""
-        policy = self.kms.get_key_policy(key)
-        analysis = analyse(policy, pcr0_hex=target)
-        if analysis.locked and not analysis.unconditioned_decrypt:
-            if analysis.attested_pcr0 == {target}:
-                return ""
-            return "; ".join(analysis.reasons) or "it admits other images"
-        return None
 
     def store_parameters(self, cp: Checkpoint) -> str:
         """Step 4: tell the old enclave (and the new one) what is migrating where."""
@@ -293,20 +238,22 @@ class MigrationRunner:
         """Step 5: the old enclave re-encrypts its secrets under the new key."""
         answer = self.enclave.export_key()
         exported = answer.get("exported")
-        missing = sorted(set(migrated_names(self.config)) - set(as_list(exported)))
+        exported = exported if isinstance(exported, list) else []
+        missing = sorted(set(migrated_names(self.config)) - set(exported))
         if missing:
             raise EnclaveError(f"the old enclave did not export {', '.join(missing)}")
-        names = [str(name) for name in as_list(exported)]
+        names = [str(name) for name in exported]
         return f"old enclave exported {len(names)} keys ({', '.join(names)})"
 
     def wait_for_ciphertexts(self, cp: Checkpoint) -> str:
-        """Step 6: every migration ciphertext is present (bounded wait)."""
+        """Step 6: every migration ciphertext and the chain link are present (bounded wait)."""
         wanted = [f"{MIGRATION_PREFIX}{name}/Ciphertext" for name in migrated_names(self.config)]
+        wanted.append(LINK_PARAM)
         deadline = time.monotonic() + self._export_timeout_s
         while True:
             missing = [name for name in wanted if self.secrets.get(name) is None]
             if not missing:
-                return f"{len(wanted)} migration ciphertexts present"
+                return f"{len(wanted) - 1} migration ciphertexts and the chain link present"
             if time.monotonic() >= deadline:
                 raise EnclaveError(
                     f"timed out after {self._export_timeout_s:g} s waiting for the old enclave's "
@@ -316,13 +263,18 @@ class MigrationRunner:
                 raise EnclaveError("the supervisor is stopping; run `enclave migrate` to resume")
 
     def adopt(self, cp: Checkpoint) -> str:
-        """Step 7: the migration ciphertexts become the live ones; KMSKeyID is the new key."""
+        """Step 7: the migration ciphertexts and their link become the live ones; KMSKeyID is the
+        new key. The link goes last but one: the new enclave adopts only what it names."""
         assert cp.new_key_id is not None
         for name in migrated_names(self.config):
             value = self.secrets.get(f"{MIGRATION_PREFIX}{name}/Ciphertext")
             if value is None:
                 raise EnclaveError(f"parameter {MIGRATION_PREFIX}{name}/Ciphertext disappeared")
             self.secrets.put(f"{name}/Ciphertext", value)
+        link = self.secrets.get(LINK_PARAM)
+        if link is None:
+            raise EnclaveError(f"parameter {LINK_PARAM} disappeared")
+        self.secrets.put(MANIFEST_PARAM, link)
         self.secrets.put(KMS_KEY_PARAM, cp.new_key_id)
         return f"{KMS_KEY_PARAM} switched to {cp.new_key_id}"
 
@@ -341,45 +293,10 @@ class MigrationRunner:
 
     def clean_up(self, cp: Checkpoint) -> str:
         """Step 9: forget the migration's parameters; the checkpoint says done."""
-        for name in [NEW_KEY_PARAM, TARGET_PARAM, *self._migration_ciphertexts()]:
+        leftovers = [n for n in self.secrets.list(MIGRATION_PREFIX) if n != CHECKPOINT_PARAM]
+        for name in [NEW_KEY_PARAM, TARGET_PARAM, *leftovers]:
             self.secrets.delete(name)
         return "migration parameters cleaned up; migration complete"
-
-
-def creates_with_policy(kms: Kms) -> bool:
-    """Whether ``kms.create_key`` takes ``policy`` and ``bypass_lockout_safety_check``.
-
-    Third-party backends written against the older Protocol may lack them; they are told apart
-    by their signature, never by calling and catching a TypeError from inside the call.
-    """
-    try:
-        parameters = inspect.signature(kms.create_key).parameters
-    except (TypeError, ValueError):  # no introspectable signature (a C callable)
-        return False
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return True  # takes any keyword, as a forwarding wrapper does
-    return all(
-        name in parameters
-        and parameters[name].kind
-        in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        for name in ("policy", "bypass_lockout_safety_check")
-    )
-
-
-def _enclave_principal(policy: dict[str, Any] | None) -> str | None:
-    """The principal a locked key policy lets decrypt under attestation (the enclave's role)."""
-    if policy is None:
-        return None
-    for statement in as_list(policy.get("Statement")):
-        if not isinstance(statement, dict) or statement.get("Effect") != "Allow":
-            continue
-        if "RecipientAttestation" not in json.dumps(statement.get("Condition", {})):
-            continue
-        principal = statement.get("Principal")
-        names = as_list(principal.get("AWS")) if isinstance(principal, dict) else []
-        if len(names) == 1 and isinstance(names[0], str) and names[0] != "*":
-            return names[0]
-    return None
 
 
 def copy_eif(source: Path, destination: Path) -> None:

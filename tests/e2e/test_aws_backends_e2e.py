@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
-from enclave_core.kms_policy import analyse
+from enclave_core.enclave_policy import match_policy
 from tests.e2e.stack import DevStack, http, make_stack, read_environ, wait_for
 from tests.kms_recipient_shim import RECIPIENT_OPS
 from tests.kms_shim_server import KmsShimServer
@@ -193,12 +193,10 @@ def test_app_secret_and_storage_on_s3_ssm_and_aws_kms(aws_stack: AwsStack) -> No
         assert not any(needle in decoded(value) or needle in value.encode() for needle in needles)
         assert secret not in value, name
 
-    # The key in moto carries the policy the runtime put: locked to this image's PCR0 alone.
+    # The key in moto carries the canonical policy the runtime checked: this image's PCR0 alone.
     policy = json.loads(aws_stack.kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"])
-    analysis = analyse(policy, pcr0_hex=pcr0)
-    assert analysis.locked and analysis.attested_pcr0 == {pcr0}, analysis.reasons
-    assert not analysis.unconditioned_decrypt
-    assert "PutKeyPolicy" in shim.kms_calls
+    assert match_policy(policy).pcr0 == pcr0
+    assert "ListGrants" in shim.kms_calls
 
     # Every Decrypt and GenerateDataKey carried a Recipient the shim verified (two boots).
     plaintext_ops = [op for op in shim.kms_calls if op in RECIPIENT_OPS]

@@ -128,7 +128,7 @@ def test_migrate_app_dir_keeps_the_secret_and_the_visit_count(base: Path) -> Non
         refused = stack.cli("key", "schedule-deletion", "--days", "7")
         assert refused.returncode == 1
         assert "MigrationOldKMSKeyID is not set" in refused.stderr
-        wrong = stack.cli("migrate", "--app-dir", str(folder), "--pcr0", "0" * 96)
+        wrong = stack.cli("migrate", "--app-dir", str(folder), "--pcr0", "1" * 96)
         assert wrong.returncode == 1 and "differs from the new image's measurement" in wrong.stderr
     finally:
         stack.stop()

@@ -83,7 +83,13 @@ def test_every_listener_serves_the_committed_document(stack: DevStack) -> None:
         )
         if name == "public":  # signed like the runtime's other own answers
             verify_response_signature(
-                headers[PUBKEY_HEADER.lower()], headers[SIGNATURE_HEADER.lower()], 200, body, "e2e"
+                headers[PUBKEY_HEADER.lower()],
+                headers[SIGNATURE_HEADER.lower()],
+                "GET",
+                "/openapi.json",
+                200,
+                body,
+                "e2e",
             )
     # Through the ingress too: the path is the runtime's own, never the app's.
     status, _, body = http("GET", stack.ingress_url + "/openapi.json")

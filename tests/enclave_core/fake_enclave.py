@@ -43,6 +43,9 @@ class Behaviour:
     signing_key: Ed25519PrivateKey | None = None
     #: Sign over this nonce instead of the request's (a replayed signed response).
     signed_nonce: str | None = None
+    #: Sign the answer to a path (its query left out) as the answer to this (method, target)
+    #: instead (the signed answer to another request, e.g. a recorded ``GET /health``).
+    signed_for: dict[str, tuple[str, str]] = field(default_factory=dict)
     sign: bool = True
     close_after_attestation: bool = False
     #: Fields of enclave-info to override.
@@ -77,7 +80,13 @@ class FakeEnclave:
                 if behaviour.sign:
                     key = behaviour.signing_key or fake.key
                     signed = nonce if behaviour.signed_nonce is None else behaviour.signed_nonce
-                    self.send_header(SIGNATURE_HEADER, sign_response(key, status, body, signed))
+                    # the request's method and target as the client sent them
+                    method, target = self.command, self.path
+                    method, target = behaviour.signed_for.get(
+                        urlsplit(target).path, (method, target)
+                    )
+                    signature = sign_response(key, method, target, status, body, signed)
+                    self.send_header(SIGNATURE_HEADER, signature)
                     self.send_header(PUBKEY_HEADER, public_key_hex(key))
                 if close:
                     self.send_header("Connection", "close")
@@ -121,6 +130,8 @@ class FakeEnclave:
                 "attestation_pubkey": public_key_hex(self.key),
                 "tls_cert_sha256": self.tls.sha256,
                 "previous_pcr0": "genesis",
+                "key_origin": "genesis",
+                "migration_chain": [],
                 **behaviour.info,
             }
             return 200, json.dumps(info).encode(), False

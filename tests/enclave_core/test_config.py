@@ -108,6 +108,22 @@ def test_production_accepts_production_backends(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, text)).mode == "production"
 
 
+def test_production_refuses_debug_mode(tmp_path: Path) -> None:
+    # A debug-mode enclave reports PCR0 all zero, which no production key may be locked to.
+    text = (
+        "name: a\nmode: production\nstorage: {backend: s3}\nsecrets: {backend: ssm}\n"
+        "kms: {backend: aws}\nattestation: {backend: nitro}\nlauncher: {backend: nitro-cli}\n"
+        "enclave: {debug_mode: true}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    (line,) = info.value.errors
+    assert line.startswith("enclave.debug_mode: ") and "mode: production" in line
+    assert "PCR0 all zero" in line
+    development = "name: a\nenclave: {debug_mode: true}\n"
+    assert load_config(write(tmp_path, development)).enclave.debug_mode is True
+
+
 def test_env_references_resolve_and_show_as_references(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

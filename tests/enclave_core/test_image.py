@@ -113,6 +113,25 @@ def test_a_pcr0_other_than_the_measurement_is_refused(config: Config, new_dir: P
     )
 
 
+@pytest.mark.parametrize("pcr0", ["00" * 48, "0x" + "00" * 48])
+def test_the_debug_mode_pcr0_is_refused_as_a_target(
+    config: Config, new_dir: Path, pcr0: str
+) -> None:
+    with pytest.raises(ValidationError, match="is all zero: that is what every debug-mode"):
+        measure_new_image(config, app_dir=new_dir, pcr0=pcr0)
+
+
+def test_a_new_image_measured_all_zero_is_refused(
+    tmp_path: Path, make_config: Callable[..., Config], new_dir: Path
+) -> None:
+    # An attestation backend that reports the debug-mode PCR0 for the new image.
+    zero = {"backend": "simulated", "options": {"pcr0": "00" * 48}}
+    config = make_config(tmp_path / "zero", attestation=zero)
+    with pytest.raises(ValidationError) as caught:
+        measure_new_image(config, app_dir=new_dir)
+    assert str(caught.value).startswith(f"the measured PCR0 of app folder {new_dir} is all zero")
+
+
 def test_bad_measurement_requests_are_refused(config: Config, new_dir: Path) -> None:
     for kwargs, message in [
         ({}, "exactly one of app_dir and eif"),
@@ -178,6 +197,17 @@ def test_without_nitro_cli_the_given_pcr0_is_used(
         measure_new_image(production(config), eif=eif)
     with pytest.raises(ValidationError, match="is not a file"):
         measure_new_image(production(config), eif=tmp_path / "missing.eif", pcr0=PCR0)
+
+
+def test_an_eif_measured_all_zero_is_refused(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = fake_nitro_cli(tmp_path / "bin", describe_eif("00" * 48))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    eif = tmp_path / "new.eif"
+    eif.write_bytes(b"EIF")
+    with pytest.raises(ValidationError, match=f"the measured PCR0 of EIF {eif} is all zero"):
+        measure_new_image(production(config), eif=eif)
 
 
 @pytest.mark.parametrize("stdout", ["", "{}", '{"Measurements": {"PCR0": "12"}}', "[1]"])

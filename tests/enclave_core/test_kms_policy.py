@@ -1,18 +1,23 @@
-"""Key policy evaluation (an IAM truth table), the locked policy and the lock analysis."""
+"""Key policy evaluation (an IAM truth table), as the local KMS runs it on every call."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import ValidationError
+from enclave_core.interfaces import GrantInfo
 from enclave_core.kms_policy import (
     RequestContext,
-    analyse,
-    default_policy,
+    authorize,
     evaluate,
-    locked_policy,
+    grant_allows,
+    grant_narrows,
+    parse_policy_text,
     validate_policy,
 )
 
@@ -277,132 +282,6 @@ def test_locked_policy_lets_only_the_attested_image_get_plaintext() -> None:
         and "kms:*" not in text
         and "'*'" not in text.replace("'Resource': '*'", "")
     )
-    analysis = analyse(doc, pcr0_hex=PCR0)
-    assert analysis.locked and not analysis.unconditioned_decrypt
-    assert analysis.attested_pcr0 == {PCR0}
-    assert analysis.reasons == []
-
-
-# ------------------------------------------------------------------ analysis
-
-
-def test_default_policy_is_unlocked_and_decrypts_without_attestation() -> None:
-    analysis = analyse(default_policy("111122223333"), pcr0_hex=PCR0)
-    assert not analysis.locked and analysis.unconditioned_decrypt
-    assert analysis.attested_pcr0 == set()
-    assert any(
-        "'Enable IAM User Permissions' (#0)" in r and "kms:PutKeyPolicy" in r
-        for r in analysis.reasons
-    )
-    assert f"no statement lets PCR0 {PCR0[:16]}… decrypt" in analysis.reasons
-
-
-def test_cdk_style_policy_is_unlocked() -> None:
-    doc = policy(
-        allow("kms:*", {"AWS": ROOT}, Sid="Root"),
-        allow(["kms:PutKeyPolicy", "kms:GetKeyPolicy"], Sid="Role"),
-    )
-    analysis = analyse(doc)
-    assert not analysis.locked and analysis.unconditioned_decrypt
-    assert any(r.startswith("statement 'Role' (#1) lets " + ROLE) for r in analysis.reasons)
-
-
-def test_two_pcr0_values_are_both_reported() -> None:
-    doc = policy(
-        allow(
-            ["kms:Decrypt", "kms:GenerateDataKey"],
-            Sid="Two",
-            **pcr0_condition([PCR0.upper(), PCR0_B]),
-        )
-    )
-    analysis = analyse(doc, pcr0_hex=PCR0)
-    assert analysis.locked and not analysis.unconditioned_decrypt
-    assert analysis.attested_pcr0 == {PCR0, PCR0_B}
-    assert "statement 'Two' (#0) lets 2 images (PCR0 values) decrypt" in analysis.reasons
-
-
-def test_image_sha384_counts_like_pcr0_and_conditions_intersect() -> None:
-    doc = policy(
-        allow(Condition={"StringEquals": {"kms:RecipientAttestation:ImageSha384": [PCR0, PCR0_B]}}),
-        allow(
-            "kms:GenerateDataKey",
-            Condition={
-                "StringEquals": {"kms:RecipientAttestation:ImageSha384": PCR0},
-                "StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": [PCR0, PCR0_B]},
-            },
-        ),
-    )
-    assert analyse(doc).attested_pcr0 == {PCR0, PCR0_B}
-    assert analyse(policy(doc["Statement"][1])).attested_pcr0 == {PCR0}
-
-
-def test_put_key_policy_granted_to_root_unlocks() -> None:
-    doc = locked_policy(pcr0_hex=PCR0, principal_arn=ROLE)
-    doc["Statement"].append(allow("kms:PutKeyPolicy", {"AWS": ROOT}, Sid="Admin"))
-    analysis = analyse(doc, pcr0_hex=PCR0)
-    assert not analysis.locked and not analysis.unconditioned_decrypt
-    assert analysis.reasons == [
-        f"statement 'Admin' (#3) lets {ROOT} call kms:PutKeyPolicy: the policy can change"
-    ]
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        allow("kms:Create*", Sid="Grants"),
-        allow("kms:ReplicateKey", {"AWS": ROOT}),
-        allow("kms:Put*", {"AWS": ROOT}, **pcr0_condition(PCR0)),  # conditions do not help
-        allow(NotAction="kms:Decrypt"),
-        {"Effect": "Allow", "NotPrincipal": {"AWS": ROLE}, "Action": "kms:CreateGrant"},
-    ],
-)
-def test_anything_that_can_change_the_policy_unlocks(extra: dict[str, Any]) -> None:
-    doc = locked_policy(pcr0_hex=PCR0, principal_arn=ROLE)
-    doc["Statement"].append(extra)
-    assert analyse(doc).locked is False
-
-
-@pytest.mark.parametrize(
-    "extra",
-    [
-        allow("kms:Decrypt", Sid="Open"),
-        allow("kms:ReEncrypt*"),
-        allow("kms:GenerateDataKey", "*"),
-        allow(Condition={"StringEquals": {"kms:EncryptionContext:app": "hello"}}),
-        allow(**pcr0_condition(PCR0, "StringLike")),  # not an exact pin
-        allow(**pcr0_condition(7)),
-    ],
-)
-def test_decrypt_without_an_attestation_pin_is_unconditioned(extra: dict[str, Any]) -> None:
-    doc = locked_policy(pcr0_hex=PCR0, principal_arn=ROLE)
-    doc["Statement"].append(extra)
-    analysis = analyse(doc, pcr0_hex=PCR0)
-    assert analysis.locked and analysis.unconditioned_decrypt
-    assert any("without an attestation condition" in r and "#3" in r for r in analysis.reasons)
-
-
-def test_blanket_deny_takes_actions_away() -> None:
-    doc = policy(
-        allow("kms:*", {"AWS": ROOT}),
-        deny(
-            [
-                "kms:PutKeyPolicy",
-                "kms:CreateGrant",
-                "kms:ReplicateKey",
-                "kms:Decrypt",
-                "kms:ReEncrypt*",
-                "kms:GenerateDataKey*",
-            ]
-        ),
-        allow(["kms:Decrypt"], **pcr0_condition(PCR0)),  # denied as well
-    )
-    analysis = analyse(doc)
-    assert analysis.locked and not analysis.unconditioned_decrypt
-    assert analysis.attested_pcr0 == set()
-    conditional = policy(
-        allow("kms:*", {"AWS": ROOT}), deny("kms:PutKeyPolicy", Condition={"Bool": {}})
-    )
-    assert not analyse(conditional).locked  # a conditional Deny is not relied on
 
 
 def test_validate_policy() -> None:
@@ -419,3 +298,296 @@ def test_validate_policy() -> None:
             validate_policy(bad)
     with pytest.raises(ValidationError, match="not JSON"):
         validate_policy({"Version": "x", "Statement": [{"Action": b"bytes"}]})
+
+
+# ------------------------------------------------------------------ the Resource element
+
+KEY_ARN = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+OTHER_KEY_ARN = "arn:aws:kms:eu-west-1:111122223333:key/ffffffff-12ab-34cd-56ef-1234567890ab"
+
+
+def on_key(doc: dict[str, Any], action: str = "kms:Decrypt") -> bool:
+    """Whether ``ROLE`` may call ``action`` on the key ``KEY_ARN``."""
+    return evaluate(doc, action=action, principal=ROLE, context=ATTESTED, resource=KEY_ARN).allowed
+
+
+def without_resource(statement: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in statement.items() if k != "Resource"}
+
+
+def test_an_allow_without_resource_allows_nothing() -> None:
+    doc = policy(without_resource(allow("kms:*", Sid="NoResource")))
+    assert not on_key(doc)
+    decision = evaluate(doc, action="kms:Decrypt", principal=ROLE, context=ATTESTED)
+    assert not decision.allowed
+    assert "'NoResource' (#0) has no Resource element" in decision.reason
+
+
+def test_a_deny_without_resource_denies_nothing() -> None:
+    doc = policy(allow("kms:*"), without_resource(deny("kms:*")))
+    assert on_key(doc)
+    assert on_key(doc, "kms:PutKeyPolicy")
+
+
+def test_a_deny_naming_another_key_denies_nothing() -> None:
+    doc = policy(allow("kms:*"), {**deny("kms:Decrypt"), "Resource": OTHER_KEY_ARN})
+    assert on_key(doc)
+    # ... and the same Deny naming this key, or every key, applies.
+    for resource in (KEY_ARN, [OTHER_KEY_ARN, KEY_ARN], "*", "arn:aws:kms:*:111122223333:key/*"):
+        denying = policy(allow("kms:*"), {**deny("kms:Decrypt"), "Resource": resource})
+        decision = evaluate(
+            denying, action="kms:Decrypt", principal=ROLE, context=ATTESTED, resource=KEY_ARN
+        )
+        assert not decision.allowed and decision.explicit_deny, resource
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ("*", True),
+        (KEY_ARN, True),
+        ([OTHER_KEY_ARN, KEY_ARN], True),
+        ("arn:aws:kms:eu-west-1:111122223333:key/*", True),
+        ("arn:aws:kms:eu-west-1:111122223333:key/1234abcd-????-*", True),
+        (OTHER_KEY_ARN, False),
+        (KEY_ARN.upper(), False),  # ARNs match case-sensitively
+        ("arn:aws:kms:eu-west-1:111122223333:alias/*", False),
+        ([], False),
+        (7, False),
+    ],
+)
+def test_an_allow_applies_only_to_the_keys_its_resource_names(
+    resource: Any, expected: bool
+) -> None:
+    assert on_key(policy({**allow("kms:*"), "Resource": resource})) is expected
+
+
+def test_without_the_key_arn_only_a_star_resource_is_known() -> None:
+    named = {**allow("kms:*"), "Resource": KEY_ARN}
+    assert not allowed(policy(named))  # no ARN given: this Allow cannot be shown to apply
+    assert allowed(policy(allow("kms:*")))  # "*"
+    # A Deny whose Resource cannot be matched applies (unknowns count against the caller).
+    assert not allowed(policy(allow("kms:*"), {**deny("kms:Decrypt"), "Resource": KEY_ARN}))
+    assert not on_key(policy(allow("kms:*"), {**deny("kms:Decrypt"), "Resource": 7}))
+
+
+def test_not_resource_keeps_its_fail_closed_meaning() -> None:
+    allow_not = {**without_resource(allow("kms:*")), "NotResource": OTHER_KEY_ARN}
+    assert not on_key(policy(allow_not))
+    deny_not = {**without_resource(deny("kms:Decrypt")), "NotResource": KEY_ARN}
+    assert not on_key(policy(allow("kms:*"), deny_not))
+
+
+# ------------------------------------------------------------------ time conditions
+
+DEADLINE = "2030-01-01T00:00:00Z"
+BEFORE = RequestContext(pcrs=PCRS, now=datetime(2029, 12, 31, 23, 59, 59, tzinfo=UTC))
+AT = RequestContext(pcrs=PCRS, now=datetime(2030, 1, 1, tzinfo=UTC))
+AFTER = RequestContext(pcrs=PCRS, now=datetime(2030, 1, 1, 0, 0, 1, tzinfo=UTC))
+
+
+def until(operator: str, value: Any, action: str = "kms:Encrypt") -> dict[str, Any]:
+    return policy(allow(action, Condition={operator: {"aws:CurrentTime": value}}))
+
+
+def test_an_encrypt_allowed_until_a_deadline() -> None:
+    doc = until("DateLessThan", DEADLINE)
+    assert allowed(doc, "kms:Encrypt", context=BEFORE)
+    decision = evaluate(doc, action="kms:Encrypt", principal=ROLE, context=AFTER)
+    assert not decision.allowed
+    assert decision.reason.endswith(
+        "DateLessThan aws:CurrentTime (the request's time is outside it)"
+    )
+    assert not allowed(doc, "kms:Encrypt", context=AT)
+    assert allowed(until("DateLessThanEquals", DEADLINE), "kms:Encrypt", context=AT)
+
+
+@pytest.mark.parametrize(
+    ("operator", "value", "context", "expected"),
+    [
+        ("DateGreaterThan", DEADLINE, AFTER, True),
+        ("DateGreaterThan", DEADLINE, AT, False),
+        ("DateGreaterThanEquals", DEADLINE, AT, True),
+        ("DateGreaterThanEquals", DEADLINE, BEFORE, False),
+        ("DateLessThan", "2030-01-01T01:00:00+01:00", BEFORE, True),  # the same instant
+        ("DateLessThan", "2030-01-01T01:00:00+01:00", AT, False),
+        ("DateLessThan", "2030-01-01", BEFORE, True),  # a date alone: midnight UTC
+        ("DateLessThan", "1893456000", BEFORE, True),  # epoch seconds of the deadline
+        ("DateLessThan", "1893456000", AT, False),
+        ("DateLessThan", ["2000-01-01T00:00:00Z", DEADLINE], BEFORE, True),  # any of
+        ("DateLessThan", "aws:CurrentTime", BEFORE, False),  # malformed: never met
+        ("DateLessThan", "2030-13-01T00:00:00Z", BEFORE, False),
+        ("DateLessThan", 1893456000, BEFORE, False),  # not a string
+        ("DateLessThan", [], BEFORE, False),
+        ("DateLessThanIfExists", DEADLINE, BEFORE, False),  # unsupported operator
+    ],
+)
+def test_date_operators(operator: str, value: Any, context: RequestContext, expected: bool) -> None:
+    assert allowed(until(operator, value), "kms:Encrypt", context=context) is expected
+
+
+def test_date_operators_need_aws_current_time() -> None:
+    for key in ("aws:EpochTime", "kms:EncryptionContext:until"):
+        doc = policy(allow("kms:Encrypt", Condition={"DateLessThan": {key: DEADLINE}}))
+        assert not allowed(doc, "kms:Encrypt", context=BEFORE)
+    # String operators do not read aws:CurrentTime: unknown, never met.
+    doc = policy(allow(Condition={"StringLike": {"aws:CurrentTime": "*"}}))
+    assert not allowed(doc, context=BEFORE)
+
+
+def test_a_deny_after_a_deadline_and_a_malformed_date_deny() -> None:
+    doc = policy(
+        allow("kms:*"),
+        deny("kms:Decrypt", Condition={"DateGreaterThan": {"aws:CurrentTime": DEADLINE}}),
+    )
+    assert allowed(doc, context=BEFORE)
+    assert not allowed(doc, context=AFTER)
+    malformed = policy(
+        allow("kms:*"),
+        deny("kms:Decrypt", Condition={"DateGreaterThan": {"aws:CurrentTime": "soon"}}),
+    )
+    decision = evaluate(malformed, action="kms:Decrypt", principal=ROLE, context=BEFORE)
+    assert not decision.allowed and decision.explicit_deny
+
+
+def test_without_now_the_real_clock_is_read() -> None:
+    past = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert not allowed(until("DateLessThan", past), "kms:Encrypt")
+    assert allowed(until("DateLessThan", future), "kms:Encrypt")
+    naive = RequestContext(now=datetime(2029, 12, 31, 23, 59, 59))  # taken as UTC
+    assert allowed(until("DateLessThan", DEADLINE), "kms:Encrypt", context=naive)
+    assert BEFORE.lookup("AWS:CurrentTime") == "2029-12-31T23:59:59Z"
+
+
+# ------------------------------------------------------------------ policy text
+
+
+def test_parse_policy_text_refuses_duplicate_keys_at_any_depth() -> None:
+    good = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*"}]}'
+    assert parse_policy_text(good)["Statement"][0]["Effect"] == "Allow"
+    top = '{"Version": "2012-10-17", "Version": "2008-10-17", "Statement": []}'
+    nested = (
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "kms:*",'
+        ' "Principal": "*", "Resource": "*", "Effect": "Allow"}]}'
+    )
+    deep = (
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Condition": '
+        '{"StringEquals": {"kms:EncryptionContext:app": "a", "kms:EncryptionContext:app": "b"}}}]}'
+    )
+    for text, name in ((top, "Version"), (nested, "Effect"), (deep, "kms:EncryptionContext:app")):
+        with pytest.raises(ValidationError) as raised:
+            parse_policy_text(text)
+        assert str(raised.value) == f"key policy: duplicate key {name!r} in one object"
+        with pytest.raises(ValidationError, match="duplicate key"):
+            validate_policy(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        '"policy"',
+        "null",
+        "",
+        "{",
+        '{"Version": NaN, "Statement": []}',
+        '{"Version": "1", "Statement": [], "x": Infinity}',
+        '{"Version": "1", "Statement": [], "x": -Infinity}',
+    ],
+)
+def test_parse_policy_text_refuses_what_is_not_a_json_object(text: str) -> None:
+    with pytest.raises(ValidationError, match="^key policy: "):
+        parse_policy_text(text)
+
+
+def test_validate_policy_takes_text_and_refuses_nan_in_documents() -> None:
+    doc = policy(allow())
+    assert validate_policy(json.dumps(doc)) == doc
+    with pytest.raises(ValidationError, match="not JSON"):
+        validate_policy({"Version": "1", "Statement": [{"x": float("nan")}]})
+    with pytest.raises(ValidationError, match="must be a string"):
+        parse_policy_text(b"{}")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ grants
+
+GRANTEE = "arn:aws:iam::111122223333:role/attacker"
+
+
+def grant(*operations: str, **extra: Any) -> GrantInfo:
+    return GrantInfo(
+        grant_id="g" * 64,
+        key_id=KEY_ARN,
+        grantee_principal=extra.pop("grantee", GRANTEE),
+        operations=operations,
+        **extra,
+    )
+
+
+def decide(
+    doc: dict[str, Any],
+    grants: list[GrantInfo],
+    action: str = "kms:Decrypt",
+    principal: str = GRANTEE,
+    context: RequestContext = NO_DOC,
+) -> bool:
+    return authorize(
+        doc, grants, action=action, principal=principal, context=context, resource=KEY_ARN
+    ).allowed
+
+
+def test_a_grant_allows_what_the_policy_does_not() -> None:
+    locked = locked_policy(pcr0_hex=PCR0, principal_arn=ROLE)
+    assert not decide(locked, [])
+    assert decide(locked, [grant("Decrypt")])
+    decision = authorize(
+        locked, [grant("Decrypt")], action="kms:Decrypt", principal=GRANTEE, context=NO_DOC
+    )
+    assert decision.reason == f"kms:Decrypt is allowed by grant {'g' * 64}"
+    assert not decide(locked, [grant("Encrypt")])  # another operation
+    assert not decide(locked, [grant("Decrypt")], principal=OTHER_ROLE)  # another grantee
+    session = "arn:aws:sts::111122223333:assumed-role/attacker/i-0abc"
+    assert decide(locked, [grant("Decrypt")], principal=session)  # the role's session
+    # Grants give only grant operations, whatever they list.
+    assert not decide(locked, [grant("PutKeyPolicy")], "kms:PutKeyPolicy")
+    assert not decide(locked, [grant("ListGrants")], "kms:ListGrants")
+
+
+def test_an_explicit_deny_beats_a_grant() -> None:
+    doc = policy(allow("kms:*", {"AWS": ROOT}), deny("kms:Decrypt", {"AWS": GRANTEE}))
+    assert not decide(doc, [grant("Decrypt")])
+    assert decide(doc, [grant("Decrypt", "Encrypt")], "kms:Encrypt")
+
+
+def test_grant_constraints_check_the_encryption_context() -> None:
+    subset = grant("Decrypt", encryption_context_subset={"app": "hello"})
+    equals = grant("Decrypt", encryption_context_equals={"app": "hello"})
+    for context, subset_ok, equals_ok in (
+        ({"app": "hello"}, True, True),
+        ({"app": "hello", "purpose": "x"}, True, False),
+        ({"app": "Hello"}, False, False),  # case-sensitive
+        ({"APP": "hello"}, False, False),
+        ({}, False, False),
+    ):
+        request = RequestContext(encryption_context=context)
+        assert (
+            grant_allows(
+                subset, action="kms:Decrypt", principal=GRANTEE, encryption_context=context
+            )
+            is subset_ok
+        )
+        assert decide(policy(), [equals], context=request) is equals_ok
+
+
+def test_grant_narrows() -> None:
+    parent = grant("Decrypt", "CreateGrant", encryption_context_subset={"app": "a"})
+    assert grant_narrows(parent, grant("Decrypt", encryption_context_subset={"app": "a"}))
+    assert grant_narrows(parent, grant("Decrypt", encryption_context_equals={"app": "a", "x": "y"}))
+    assert not grant_narrows(parent, grant("Decrypt"))  # no constraint: wider
+    assert not grant_narrows(parent, grant("Encrypt", encryption_context_subset={"app": "a"}))
+    assert not grant_narrows(parent, grant("Decrypt", encryption_context_subset={"app": "b"}))
+    exact = grant("Decrypt", "CreateGrant", encryption_context_equals={"app": "a"})
+    assert grant_narrows(exact, grant("Decrypt", encryption_context_equals={"app": "a"}))
+    assert not grant_narrows(exact, grant("Decrypt", encryption_context_subset={"app": "a"}))
+    assert grant_narrows(grant("Decrypt", "Encrypt"), grant("Encrypt"))

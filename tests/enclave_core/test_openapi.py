@@ -166,6 +166,8 @@ def test_public_listener_serves_its_document_signed(state: RuntimeState) -> None
     verify_response_signature(
         result.headers[PUBKEY_HEADER],
         result.headers[SIGNATURE_HEADER],
+        "GET",
+        "/openapi.json",
         200,
         result.content,
         "n1",

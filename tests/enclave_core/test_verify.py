@@ -105,23 +105,48 @@ def test_signed_response_needs_the_attested_key_and_a_valid_signature() -> None:
     pub = public_key_hex(key)
     digest = hashlib.sha256(bytes.fromhex(pub)).digest()
     body = b'{"a": 1}'
+    info = "/v1/enclave-info"
     headers = {
         "x-attestation-pubkey": pub,
-        "x-attestation-signature": sign_response(key, 200, body, "n1"),
+        "x-attestation-signature": sign_response(key, "GET", info, 200, body, "n1"),
     }
-    assert check_signed_response(headers, 200, body, "n1", digest) == pub
+    assert check_signed_response(headers, "GET", info, 200, body, "n1", digest) == pub
     with pytest.raises(AttestationError, match="no X-Attestation-Signature header"):
-        check_signed_response({"x-attestation-pubkey": pub}, 200, body, "n1", digest)
+        check_signed_response({"x-attestation-pubkey": pub}, "GET", info, 200, body, "n1", digest)
     with pytest.raises(AttestationError, match="no X-Attestation-Pubkey header"):
         check_signed_response(
-            {"x-attestation-signature": headers["x-attestation-signature"]}, 200, body, "n1", digest
+            {"x-attestation-signature": headers["x-attestation-signature"]},
+            "GET",
+            info,
+            200,
+            body,
+            "n1",
+            digest,
         )
     with pytest.raises(AttestationError, match="response signature does not verify"):
-        check_signed_response(headers, 200, body, "n2", digest)  # another request's answer
+        check_signed_response(headers, "GET", info, 200, body, "n2", digest)  # another request's
     with pytest.raises(AttestationError, match="response signature does not verify"):
-        check_signed_response(headers, 500, body, "n1", digest)
+        check_signed_response(headers, "GET", info, 500, body, "n1", digest)
     with pytest.raises(AttestationError, match="signing key is not the attested one"):
-        check_signed_response(headers, 200, body, "n1", hashlib.sha256(b"other").digest())
+        check_signed_response(
+            headers, "GET", info, 200, body, "n1", hashlib.sha256(b"other").digest()
+        )
+
+
+def test_a_response_signed_for_another_path_does_not_verify() -> None:
+    # A recorded GET /health (same nonce, here none) presented as the answer to enclave-info.
+    key = Ed25519PrivateKey.generate()
+    pub = public_key_hex(key)
+    digest = hashlib.sha256(bytes.fromhex(pub)).digest()
+    body = b'{"status": "ready"}'
+    headers = {
+        "x-attestation-pubkey": pub,
+        "x-attestation-signature": sign_response(key, "GET", "/health", 200, body, ""),
+    }
+    assert check_signed_response(headers, "GET", "/health", 200, body, "", digest) == pub
+    for method, target in (("GET", "/v1/enclave-info"), ("POST", "/health"), ("GET", "/health?")):
+        with pytest.raises(AttestationError, match="does not match the method, path"):
+            check_signed_response(headers, method, target, 200, body, "", digest)
 
 
 def test_expected_pcr0_and_url_are_checked_first() -> None:
@@ -164,6 +189,8 @@ def test_an_honest_enclave_verifies(fake: FakeEnclave) -> None:
         "timestamp",
         "previous_pcr0",
         "previous_pcr0_verified",
+        "migration_chain",
+        "migration_chain_complete",
         "verified",
     ]
     assert result["verified"] is True
@@ -223,6 +250,23 @@ def test_a_missing_or_foreign_signature_fails(fake: FakeEnclave) -> None:
     fake.behaviour.signing_key = None
     fake.behaviour.signed_nonce = "replayed"
     expect_failure(fake, "response signature does not verify")
+
+
+@pytest.mark.parametrize("path", ["/enclave/attestation", "/v1/enclave-info"])
+@pytest.mark.parametrize(
+    "signed_for",
+    [
+        ("GET", "/health"),  # a signed answer to another path, same nonce
+        ("GET", "/v1/enclave-info?x"),
+        ("GET", "/enclave/attestation"),  # the query (the document's nonce) is signed too
+        ("POST", "/v1/enclave-info"),  # to another method
+    ],
+)
+def test_a_response_signed_for_another_request_fails(
+    fake: FakeEnclave, path: str, signed_for: tuple[str, str]
+) -> None:
+    fake.behaviour.signed_for = {path: signed_for}
+    expect_failure(fake, "does not match the method, path, status, body and nonce")
 
 
 def test_enclave_info_must_describe_what_was_verified(fake: FakeEnclave) -> None:

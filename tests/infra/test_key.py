@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from enclave_infra.key import ACCOUNT_ADMIN_ACTIONS, ACCOUNT_ADMIN_SID, normalize_pcr0
 
+from enclave_core.enclave_policy import locked_policy, match_policy
 from enclave_core.errors import ConfigError
 from enclave_core.kms_conditions import RequestContext
-from enclave_core.kms_policy import analyse, evaluate, locked_policy
+from enclave_core.kms_policy import evaluate
 from tests.infra.synthesis import ACCOUNT, PCR0, Synthesized, text
 
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/EnclaveHostRole"
@@ -47,17 +48,16 @@ def test_the_key_policy_is_the_runtimes_locked_policy_plus_account_administratio
     admin = policy["Statement"][3]
     assert admin["Sid"] == ACCOUNT_ADMIN_SID and "Condition" not in admin
     assert text(admin["Principal"]["AWS"]) == "arn:<AWS::Partition>:iam::<AWS::AccountId>:root"
-    assert admin["Action"] == ACCOUNT_ADMIN_ACTIONS
+    assert admin["Action"] == list(ACCOUNT_ADMIN_ACTIONS)
     assert len(policy["Statement"]) == 4
 
 
-def test_the_key_policy_is_locked_to_pcr0_as_the_runtime_analyses_it(single: Synthesized) -> None:
+def test_the_key_policy_is_exactly_what_the_runtime_accepts(single: Synthesized) -> None:
     _, key = single.one("AWS::KMS::Key")
-    analysis = analyse(key["Properties"]["KeyPolicy"], pcr0_hex=PCR0)
-    assert analysis.locked
-    assert analysis.attested_pcr0 == {PCR0}
-    assert not analysis.unconditioned_decrypt
-    assert analysis.reasons == []
+    deployed = _concrete(key["Properties"]["KeyPolicy"], _role_id(single))
+    params = match_policy(deployed)  # the runtime's own check at boot
+    assert (params.principal, params.pcr0, params.pcr8) == (ROLE_ARN, PCR0, None)
+    assert params.account_root == ROOT_ARN and not params.migration
 
 
 @pytest.mark.parametrize(

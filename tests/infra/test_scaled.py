@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enclave_core.kms_policy import analyse
 from tests.infra.synthesis import (
     PCR0,
     Synthesized,
@@ -103,12 +102,17 @@ def test_hosts_admit_both_ingress_ports_from_the_vpc_only(scaled: Synthesized) -
 
 def test_all_hosts_share_one_locked_key_one_parameter_and_the_buckets(scaled: Synthesized) -> None:
     _, key = scaled.one("AWS::KMS::Key")
-    analysis = analyse(key["Properties"]["KeyPolicy"], pcr0_hex=PCR0)
-    assert (analysis.locked, analysis.attested_pcr0, analysis.unconditioned_decrypt) == (
-        True,
-        {PCR0},
-        False,
-    )
+    policy = key["Properties"]["KeyPolicy"]
+    [decrypt] = [s for s in policy["Statement"] if s["Sid"] == "EnclaveDecryptWithAttestation"]
+    condition = decrypt["Condition"]["StringEqualsIgnoreCase"]
+    assert condition == {"kms:RecipientAttestation:PCR0": PCR0}
+    assert [s["Sid"] for s in policy["Statement"]] == [
+        "EnclaveDecryptWithAttestation",
+        "EnclaveReadKey",
+        "AllowKeyDeletion",
+        "AccountAdministrationWithoutKeyUse",
+    ]
+    # test_key.py runs the runtime's exact check on the policy with its tokens resolved.
     _, parameter = scaled.one("AWS::SSM::Parameter")
     assert parameter["Properties"]["Name"] == "/dev/hello/KMSKeyID"
     for statement in iam_statements(scaled.template):

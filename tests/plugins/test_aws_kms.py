@@ -23,6 +23,7 @@ import botocore.session
 import marshmallow
 import pytest
 from botocore.credentials import CredentialProvider, RefreshableCredentials
+from botocore.stub import Stubber
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from enclave_plugins.aws_kms import AwsKms
@@ -33,6 +34,7 @@ from enclave_core.backends import build_backend, plugins_for, validate_backends
 from enclave_core.config import Config
 from enclave_core.crypto.cms import open_ciphertext_for_recipient
 from enclave_core.crypto.devca import DevCa
+from enclave_core.enclave_policy import EnclaveKeyPolicy, locked_policy, render_policy
 from enclave_core.errors import (
     AccessDenied,
     BackendError,
@@ -42,8 +44,7 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, Kms, Recipient
-from enclave_core.kms_policy import locked_policy, migration_target_policy
+from enclave_core.interfaces import BackendContext, GrantInfo, Kms, Recipient
 from enclave_core.manager import get_plugin_manager
 from tests.kms_recipient_shim import MOTO_PRINCIPAL, KmsRecipientShim
 
@@ -275,8 +276,9 @@ def test_create_key_sends_the_policy_and_the_bypass_in_the_one_call(
     """What migration step 2 relies on: moto (without the shim) takes ``Policy`` and
     ``BypassPolicyLockoutSafetyCheck`` on CreateKey and GetKeyPolicy returns that policy; no
     PutKeyPolicy is sent."""
-    locked = migration_target_policy(
-        pcr0_hex="5e" * 48, principal_arn=MOTO_PRINCIPAL, app="hello", host_arn=MOTO_PRINCIPAL
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    locked = render_policy(
+        EnclaveKeyPolicy(principal=MOTO_PRINCIPAL, pcr0="5e" * 48, app="hello", export_until=until)
     )
     for backend in (raw_kms, kms):
         sent: list[tuple[str, dict[str, Any]]] = []
@@ -355,6 +357,211 @@ def test_disabled_key_is_invalid_state_until_enabled(kms: AwsKms, moto_reset: st
         kms.encrypt(key, SECRET, CONTEXT)
     _admin(moto_reset).enable_key(KeyId=key)
     assert kms.decrypt(key, blob, CONTEXT).plaintext == SECRET
+
+
+# --------------------------------------------------------------------------- key kinds and grants
+
+STORE = "cks-1234567890abcdef0"
+OTHER = "arn:aws:iam::123456789012:role/other"
+NOBODY: dict[str, Any] = {  # a policy that allows moto's caller nothing
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Sid": "other",
+            "Effect": "Allow",
+            "Principal": {"AWS": OTHER},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ],
+}
+
+
+def _sent(backend: AwsKms, operation: str) -> list[dict[str, Any]]:
+    """The parameters of every ``operation`` the backend sends from now on."""
+    sent: list[dict[str, Any]] = []
+    backend.client.meta.events.register(
+        f"before-parameter-build.kms.{operation}",
+        lambda params, **_: sent.append(dict(params)),
+    )
+    return sent
+
+
+def test_describe_reports_the_kind_of_key(kms: AwsKms, raw_kms: AwsKms) -> None:
+    info = kms.describe_key(kms.create_key().key_id)
+    assert (info.origin, info.multi_region, info.custom_key_store_id) == ("AWS_KMS", False, None)
+    assert (info.key_spec, info.key_usage, info.key_manager) == (
+        "SYMMETRIC_DEFAULT",
+        "ENCRYPT_DECRYPT",
+        "CUSTOMER",
+    )
+    # moto alone leaves MultiRegion out: the backend then says None ("not said"), never False.
+    assert raw_kms.describe_key(raw_kms.create_key().key_id).multi_region is None
+    multi = kms.create_key(multi_region=True)
+    assert multi.key_id.startswith("mrk-") and kms.describe_key(multi.arn).multi_region is True
+    external = kms.create_key(origin="EXTERNAL")
+    assert (external.origin, kms.describe_key(external.key_id).state) == (
+        "EXTERNAL",
+        "PendingImport",
+    )
+    sent = _sent(kms, "CreateKey")
+    stored = kms.create_key(custom_key_store_id=STORE)
+    assert sent[0]["CustomKeyStoreId"] == STORE and "Origin" not in sent[0]
+    described = kms.describe_key(stored.key_id)
+    assert (described.origin, described.custom_key_store_id) == ("AWS_CLOUDHSM", STORE)
+
+
+def test_describe_fills_every_field_from_key_metadata(raw_kms: AwsKms) -> None:
+    meta = {
+        "KeyId": "1234abcd-12ab-34cd-56ef-1234567890ab",
+        "Arn": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "KeyState": "Enabled",
+        "Origin": "EXTERNAL_KEY_STORE",
+        "MultiRegion": False,
+        "CustomKeyStoreId": STORE,
+        "KeySpec": "SYMMETRIC_DEFAULT",
+        "KeyUsage": "ENCRYPT_DECRYPT",
+        "KeyManager": "AWS",
+    }
+    with Stubber(raw_kms.client) as stub:
+        stub.add_response("describe_key", {"KeyMetadata": meta}, {"KeyId": meta["KeyId"]})
+        info = raw_kms.describe_key(meta["KeyId"])
+    assert (info.origin, info.multi_region, info.custom_key_store_id) == (
+        "EXTERNAL_KEY_STORE",
+        False,
+        STORE,
+    )
+    assert (info.key_spec, info.key_usage, info.key_manager) == (
+        "SYMMETRIC_DEFAULT",
+        "ENCRYPT_DECRYPT",
+        "AWS",
+    )
+
+
+def test_create_list_retire_and_revoke_grants(kms: AwsKms, raw_kms: AwsKms) -> None:
+    for backend in (kms, raw_kms):
+        info = backend.create_key()
+        assert backend.list_grants(info.key_id) == []
+        grant_id = backend.create_grant(
+            info.key_id,
+            grantee_principal=OTHER,
+            operations=["Decrypt", "GenerateDataKey"],
+            retiring_principal=MOTO_PRINCIPAL,
+            name="backdoor",
+            constraints={"EncryptionContextSubset": {"app": "hello"}},
+        )
+        plain = backend.create_grant(info.arn, grantee_principal=OTHER, operations=["Encrypt"])
+        grants = {g.grant_id: g for g in backend.list_grants(info.key_id)}
+        assert grants[grant_id] == GrantInfo(
+            grant_id=grant_id,
+            key_id=info.key_id,  # moto names the key by id (KMS: by ARN)
+            grantee_principal=OTHER,
+            operations=("Decrypt", "GenerateDataKey"),
+            retiring_principal=MOTO_PRINCIPAL,
+            name="backdoor",
+            encryption_context_subset={"app": "hello"},
+        )
+        assert grants[plain].operations == ("Encrypt",) and grants[plain].name == ""
+        assert grants[plain].retiring_principal is None
+        retired = _sent(backend, "RetireGrant")
+        backend.retire_grant(info.key_id, grant_id)  # a key id: sent as the key's ARN
+        assert retired == [{"KeyId": info.arn, "GrantId": grant_id}]
+        backend.revoke_grant(info.key_id, plain)
+        assert backend.list_grants(info.key_id) == []
+        with pytest.raises(NotFound, match=f"KMS RevokeGrant of key {info.key_id}"):
+            backend.revoke_grant(info.key_id, plain)
+
+
+def test_list_grants_follows_every_page(raw_kms: AwsKms) -> None:
+    """moto answers ListGrants with every grant and ``Truncated: false``, ignoring ``Limit``
+    and ``Marker``, so the pages KMS sends are stubbed here."""
+    key = "1234abcd-12ab-34cd-56ef-1234567890ab"
+
+    def entry(n: int) -> dict[str, Any]:
+        return {
+            "KeyId": key,
+            "GrantId": f"g{n}",
+            "GranteePrincipal": OTHER,
+            "Operations": ["Decrypt"],
+        }
+
+    with Stubber(raw_kms.client) as stub:
+        stub.add_response(
+            "list_grants",
+            {"Grants": [entry(1), entry(2)], "Truncated": True, "NextMarker": "m1"},
+            {"KeyId": key},
+        )
+        stub.add_response(
+            "list_grants",
+            {"Grants": [entry(3)], "Truncated": False},
+            {"KeyId": key, "Marker": "m1"},
+        )
+        grants = raw_kms.list_grants(key)
+        stub.assert_no_pending_responses()
+    assert [g.grant_id for g in grants] == ["g1", "g2", "g3"]
+
+
+def test_a_grant_outlives_a_policy_change_through_the_shim(kms: AwsKms, moto_reset: str) -> None:
+    """With moto's grants honoured as KMS honours them (the shim), a grant made while the policy
+    was open survives a PutKeyPolicy that names the caller nowhere; an explicit Deny beats it."""
+    info = kms.create_key()
+    blob = kms.encrypt(info.key_id, SECRET, CONTEXT)
+    kms.create_grant(info.key_id, grantee_principal=MOTO_PRINCIPAL, operations=["Decrypt"])
+    kms.put_key_policy(info.key_id, NOBODY, bypass_lockout_safety_check=True)
+    assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == SECRET
+    for call in (
+        lambda: kms.encrypt(info.key_id, SECRET, CONTEXT),
+        lambda: kms.list_grants(info.key_id),
+        lambda: kms.describe_key(info.key_id),
+    ):
+        with pytest.raises(AccessDenied):
+            call()
+    # The policy can no longer be changed by the caller; moto's own client changes it.
+    denying = json.loads(json.dumps(NOBODY))
+    denying["Statement"].append(
+        {
+            "Sid": "NoDecrypt",
+            "Effect": "Deny",
+            "Principal": {"AWS": MOTO_PRINCIPAL},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+        }
+    )
+    _admin(moto_reset).put_key_policy(
+        KeyId=info.key_id, PolicyName="default", Policy=json.dumps(denying)
+    )
+    with pytest.raises(AccessDenied) as denied:
+        kms.decrypt(info.key_id, blob, CONTEXT)
+    assert "explicitly denied by statement 'NoDecrypt'" in str(denied.value)
+
+
+def test_policy_text_goes_out_as_given_and_duplicates_are_refused(
+    kms: AwsKms, raw_kms: AwsKms, moto_reset: str
+) -> None:
+    text = json.dumps(POLICY, indent=1)
+    created = _sent(kms, "CreateKey")
+    put = _sent(kms, "PutKeyPolicy")
+    info = kms.create_key(policy=text)
+    kms.put_key_policy(info.key_id, text)
+    kms.put_key_policy(info.key_id, POLICY)
+    assert created[0]["Policy"] == text and put[0]["Policy"] == text
+    assert put[1]["Policy"] == json.dumps(POLICY)
+    assert kms.get_key_policy(info.key_id) == POLICY
+    # moto stores a policy with a duplicate key as given; reading it back is an error, not
+    # whichever "Effect" came last.
+    duplicated = text.replace('"Effect": "Allow"', '"Effect": "Deny", "Effect": "Allow"')
+    assert duplicated != text
+    _admin(moto_reset).put_key_policy(KeyId=info.key_id, PolicyName="default", Policy=duplicated)
+    with pytest.raises(ValidationError) as raised:
+        raw_kms.get_key_policy(info.key_id)
+    assert str(raised.value) == (
+        f"KMS GetKeyPolicy of key {info.key_id}: key policy: duplicate key 'Effect' in one object"
+    )
+    # Sent through KMS (here the shim), such a document is a MalformedPolicyDocumentException.
+    with pytest.raises(ValidationError, match="MalformedPolicyDocumentException"):
+        kms.create_key(policy=duplicated)
+    with pytest.raises(ValidationError, match="MalformedPolicyDocumentException"):
+        kms.put_key_policy(kms.create_key().key_id, duplicated)
 
 
 # --------------------------------------------------------------------------- cryptography

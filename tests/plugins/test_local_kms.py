@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enclave_plugins.local_kms import MATERIAL_AAD, LocalKms
 from loguru import logger
 
+from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import (
     AccessDenied,
     BackendError,
@@ -25,7 +26,7 @@ from enclave_core.errors import (
     ValidationError,
 )
 from enclave_core.interfaces import BackendContext, Kms
-from enclave_core.kms_policy import default_policy, locked_policy
+from enclave_core.kms_policy import default_policy
 from enclave_core.manager import get_plugin_manager
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}
@@ -431,3 +432,355 @@ def test_encryption_context_conditions_are_enforced(kms: LocalKms) -> None:
     assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"data"
     with pytest.raises(AccessDenied, match="kms:EncryptionContext:app"):
         kms.encrypt(info.key_id, b"data", {"app": "other"})
+
+
+# ------------------------------------------------------------------ key kinds
+
+STORE = "cks-1234567890abcdef0"
+ATTACKER = "arn:aws:iam::000000000000:role/attacker"
+ENCLAVE_ONLY: dict[str, Any] = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Sid": "EnclaveOnly",
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::000000000000:role/enclave"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ],
+}
+
+
+def test_describe_reports_what_kind_of_key_it_is(kms: LocalKms) -> None:
+    info = kms.describe_key(kms.create_key().key_id)
+    assert (info.origin, info.multi_region, info.custom_key_store_id) == ("AWS_KMS", False, None)
+    assert (info.key_spec, info.key_usage, info.key_manager) == (
+        "SYMMETRIC_DEFAULT",
+        "ENCRYPT_DECRYPT",
+        "CUSTOMER",
+    )
+
+
+def test_an_external_key_waits_for_its_material_then_uses_exactly_it(kms: LocalKms) -> None:
+    info = kms.create_key(description="imported", origin="EXTERNAL")
+    assert (info.state, info.origin) == ("PendingImport", "EXTERNAL")
+    assert kms.describe_key(info.key_id) == info
+    record = json.loads((kms.directory / f"{info.key_id}.json").read_text())
+    assert record["material"] is None
+    with pytest.raises(InvalidKeyState, match=f"{info.key_id} is PendingImport"):
+        kms.encrypt(info.key_id, b"x", CONTEXT)
+    with pytest.raises(InvalidKeyState):
+        kms.enable_key(info.key_id)
+    for bad in (b"", bytes(31), bytes(33)):
+        with pytest.raises(ValidationError, match="32 bytes"):
+            kms.import_key_material(info.key_id, bad)
+    material = bytes(range(32))  # the owner knows it: that is the point of EXTERNAL
+    imported = kms.import_key_material(info.key_id, material)
+    assert (imported.state, imported.origin) == ("Enabled", "EXTERNAL")
+    assert kms.describe_key(info.key_id).state == "Enabled"
+    assert _material(kms, info.key_id) == material
+    blob = kms.encrypt(info.key_id, b"secret", CONTEXT)
+    assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"secret"
+    # Whoever imported the material opens every blob without KMS, policy or not.
+    header = 2 + blob[1]
+    aad = blob[:header] + json.dumps(CONTEXT, sort_keys=True, separators=(",", ":")).encode()
+    assert AESGCM(material).decrypt(blob[header : header + 12], blob[header + 12 :], aad) == (
+        b"secret"
+    )
+    # Re-importing: the same material is accepted, other material never.
+    assert kms.import_key_material(info.key_id, material).state == "Enabled"
+    with pytest.raises(CryptoError, match="IncorrectKeyMaterialException"):
+        kms.import_key_material(info.key_id, bytes(32))
+    with pytest.raises(ValidationError, match="UnsupportedOperationException"):
+        kms.import_key_material(kms.create_key().key_id, material)
+    # A deletion scheduled before the import returns the key to PendingImport when cancelled.
+    pending = kms.create_key(origin="EXTERNAL")
+    assert kms.schedule_key_deletion(pending.key_id, 7).state == "PendingDeletion"
+    assert kms.cancel_key_deletion(pending.key_id).state == "PendingImport"
+
+
+def test_import_key_material_needs_its_permission(kms: LocalKms) -> None:
+    policy = json.loads(json.dumps(ENCLAVE_ONLY))
+    policy["Statement"].append(
+        {**policy["Statement"][0], "Sid": "NoImport", "Effect": "Deny", "Action": "kms:Import*"}
+    )
+    info = kms.create_key(origin="EXTERNAL", policy=policy)
+    with pytest.raises(AccessDenied, match=f"kms:ImportKeyMaterial on key {info.key_id} denied"):
+        kms.import_key_material(info.key_id, bytes(32))
+    assert kms.describe_key(info.key_id).state == "PendingImport"
+
+
+def test_custom_key_store_and_multi_region_keys(kms: LocalKms) -> None:
+    stored = kms.create_key(custom_key_store_id=STORE)
+    assert (stored.origin, stored.custom_key_store_id, stored.multi_region) == (
+        "AWS_CLOUDHSM",
+        STORE,
+        False,
+    )
+    assert kms.describe_key(stored.key_id) == stored
+    xks = kms.create_key(custom_key_store_id=STORE, origin="EXTERNAL_KEY_STORE")
+    assert kms.describe_key(xks.key_id).origin == "EXTERNAL_KEY_STORE"
+    multi = kms.create_key(multi_region=True)
+    assert multi.multi_region is True and multi.origin == "AWS_KMS"
+    assert multi.key_id.startswith("mrk-") and len(multi.key_id) == 36
+    assert kms.describe_key(multi.arn) == multi
+    blob = kms.encrypt(multi.key_id, b"x", CONTEXT)
+    assert LocalKms(kms.directory).decrypt("", blob, CONTEXT).plaintext == b"x"
+    for bad in (
+        {"custom_key_store_id": STORE, "multi_region": True},
+        {"custom_key_store_id": STORE, "origin": "EXTERNAL"},
+        {"origin": "AWS_CLOUDHSM"},
+        {"origin": "SOMEWHERE"},
+    ):
+        with pytest.raises(ValidationError):
+            kms.create_key(**bad)
+
+
+def test_records_written_before_key_kinds_and_grants_read_as_plain_keys(kms: LocalKms) -> None:
+    info = kms.create_key()
+    path = kms.directory / f"{info.key_id}.json"
+    record = json.loads(path.read_text())
+    for field in ("origin", "multi_region", "custom_key_store_id", "grants"):
+        del record[field]
+    path.write_text(json.dumps(record))
+    described = kms.describe_key(info.key_id)
+    assert (described.origin, described.multi_region, described.custom_key_store_id) == (
+        "AWS_KMS",
+        False,
+        None,
+    )
+    assert kms.list_grants(info.key_id) == []
+    kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"])
+    assert len(kms.list_grants(info.key_id)) == 1
+
+
+# ------------------------------------------------------------------ grants
+
+
+def test_a_grant_survives_a_policy_change_and_is_honoured(kms: LocalKms) -> None:
+    attacker = LocalKms(kms.directory, principal=ATTACKER)
+    info = kms.create_key()  # default policy: the whole account, attacker included
+    blob = kms.encrypt(info.key_id, b"the secret", CONTEXT)
+    grant_id = kms.create_grant(
+        info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"], name="backdoor"
+    )
+    assert len(grant_id) == 64
+    kms.put_key_policy(info.key_id, ENCLAVE_ONLY)  # the attacker is no longer named
+    with pytest.raises(AccessDenied, match=f"no statement allows kms:DescribeKey for {ATTACKER}"):
+        attacker.describe_key(info.key_id)
+    with pytest.raises(AccessDenied, match="kms:Encrypt"):
+        attacker.encrypt(info.key_id, b"x", CONTEXT)
+    # ...yet the grant made while the policy was open still decrypts.
+    assert attacker.decrypt(info.key_id, blob, CONTEXT).plaintext == b"the secret"
+    [grant] = kms.list_grants(info.key_id)
+    assert (grant.grant_id, grant.key_id, grant.grantee_principal, grant.operations) == (
+        grant_id,
+        info.arn,
+        ATTACKER,
+        ("Decrypt",),
+    )
+    assert (grant.name, grant.retiring_principal, grant.encryption_context_subset) == (
+        "backdoor",
+        None,
+        None,
+    )
+    with pytest.raises(AccessDenied, match="kms:ListGrants"):
+        attacker.list_grants(info.key_id)
+    # An identical named grant is the same grant.
+    again = kms.create_grant(
+        info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"], name="backdoor"
+    )
+    assert again == grant_id and len(kms.list_grants(info.key_id)) == 1
+    # An explicit Deny beats the grant.
+    denying = json.loads(json.dumps(ENCLAVE_ONLY))
+    denying["Statement"].append(
+        {
+            "Sid": "NoAttacker",
+            "Effect": "Deny",
+            "Principal": {"AWS": ATTACKER},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+        }
+    )
+    kms.put_key_policy(info.key_id, denying)
+    with pytest.raises(AccessDenied, match="explicitly denied by statement 'NoAttacker'"):
+        attacker.decrypt(info.key_id, blob, CONTEXT)
+    kms.put_key_policy(info.key_id, ENCLAVE_ONLY)
+    assert attacker.decrypt("", blob, CONTEXT).plaintext == b"the secret"
+    # Retiring removes it: the grantee cannot (no RetireGrant in it), the key's admin can.
+    with pytest.raises(AccessDenied, match="kms:RetireGrant"):
+        attacker.retire_grant(info.key_id, grant_id)
+    kms.retire_grant(info.key_id, grant_id)
+    assert kms.list_grants(info.key_id) == []
+    with pytest.raises(AccessDenied, match="kms:Decrypt"):
+        attacker.decrypt(info.key_id, blob, CONTEXT)
+    with pytest.raises(NotFound, match="has no grant"):
+        kms.retire_grant(info.key_id, grant_id)
+
+
+def test_grants_give_only_their_operations_within_their_constraint(kms: LocalKms) -> None:
+    attacker = LocalKms(kms.directory, principal=ATTACKER)
+    info = kms.create_key(policy=ENCLAVE_ONLY)
+    kms.create_grant(
+        info.key_id,
+        grantee_principal=ATTACKER,
+        operations=["Encrypt", "Decrypt", "GenerateDataKey"],
+        constraints={"EncryptionContextSubset": {"app": "hello"}},
+    )
+    kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["DescribeKey"])
+    assert attacker.describe_key(info.key_id).key_id == info.key_id
+    blob = attacker.encrypt(info.key_id, b"forged", CONTEXT)  # app=hello: in the constraint
+    assert attacker.decrypt(info.key_id, blob, CONTEXT).plaintext == b"forged"
+    data_key = attacker.generate_data_key(info.key_id, {"app": "hello"})
+    assert data_key.plaintext is not None and len(data_key.plaintext) == 32
+    with pytest.raises(AccessDenied, match="kms:Encrypt"):
+        attacker.encrypt(info.key_id, b"x", {"app": "other"})
+    for action, call in {
+        "kms:GetKeyPolicy": lambda: attacker.get_key_policy(info.key_id),
+        "kms:PutKeyPolicy": lambda: attacker.put_key_policy(info.key_id, ENCLAVE_ONLY),
+        "kms:DisableKey": lambda: attacker.disable_key(info.key_id),
+        "kms:CreateGrant": lambda: attacker.create_grant(
+            info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"]
+        ),
+    }.items():
+        with pytest.raises(AccessDenied, match=action):
+            call()
+    # A fresh backend on the directory honours the stored grants too.
+    assert LocalKms(kms.directory, principal=ATTACKER).decrypt("", blob, CONTEXT).plaintext
+
+
+def test_a_grant_of_create_grant_passes_on_no_more_than_it_holds(kms: LocalKms) -> None:
+    attacker = LocalKms(kms.directory, principal=ATTACKER)
+    helper = "arn:aws:iam::000000000000:role/helper"
+    info = kms.create_key(policy=ENCLAVE_ONLY)
+    blob = kms.encrypt(info.key_id, b"secret", CONTEXT)
+    kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt", "CreateGrant"])
+    attacker.create_grant(info.key_id, grantee_principal=helper, operations=["Decrypt"])
+    assert LocalKms(kms.directory, principal=helper).decrypt("", blob, CONTEXT).plaintext == (
+        b"secret"
+    )
+    with pytest.raises(AccessDenied, match="kms:CreateGrant"):
+        attacker.create_grant(info.key_id, grantee_principal=helper, operations=["Encrypt"])
+    assert len(kms.list_grants(info.key_id)) == 2
+
+
+def test_retiring_and_revoking_grants(kms: LocalKms) -> None:
+    attacker = LocalKms(kms.directory, principal=ATTACKER)
+    retirer = "arn:aws:iam::000000000000:role/retirer"
+    info = kms.create_key(policy=ENCLAVE_ONLY)
+    by_retirer = kms.create_grant(
+        info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"], retiring_principal=retirer
+    )
+    self_retiring = kms.create_grant(
+        info.key_id, grantee_principal=ATTACKER, operations=["Decrypt", "RetireGrant"]
+    )
+    revocable = kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Encrypt"])
+    LocalKms(kms.directory, principal=retirer).retire_grant(info.arn, by_retirer)
+    attacker.retire_grant(info.key_id, self_retiring)
+    with pytest.raises(AccessDenied, match="kms:RevokeGrant"):
+        attacker.revoke_grant(info.key_id, revocable)
+    kms.revoke_grant(info.key_id, revocable)
+    assert kms.list_grants(info.key_id) == []
+    with pytest.raises(NotFound):
+        kms.revoke_grant(info.key_id, revocable)
+
+
+def test_create_grant_refuses_what_kms_refuses(kms: LocalKms) -> None:
+    info = kms.create_key()
+    bad: dict[str, Any]
+    for bad in (
+        {"operations": []},
+        {"operations": "Decrypt"},
+        {"operations": ["PutKeyPolicy"]},
+        {"operations": ["decrypt"]},
+        {"operations": ["DescribeKey"], "constraints": {"EncryptionContextSubset": {"a": "b"}}},
+        {"operations": ["Decrypt"], "constraints": {"EncryptionContextLike": {"a": "b"}}},
+        {"operations": ["Decrypt"], "constraints": {"EncryptionContextSubset": {"a": 1}}},
+        {"operations": ["Decrypt"], "grantee_principal": "attacker"},
+        {"operations": ["Decrypt"], "retiring_principal": "*"},
+        {"operations": ["Decrypt"], "name": "not a name!"},
+    ):
+        with pytest.raises(ValidationError):
+            kms.create_grant(info.key_id, **{"grantee_principal": ATTACKER, **bad})
+    assert kms.list_grants(info.key_id) == []
+    kms.schedule_key_deletion(info.key_id, 7)
+    with pytest.raises(InvalidKeyState, match="PendingDeletion"):
+        kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"])
+
+
+# ------------------------------------------------------------------ policy text, Resource, time
+
+
+def test_policy_text_with_a_duplicate_key_is_a_malformed_policy_document(kms: LocalKms) -> None:
+    info = kms.create_key()
+    text = json.dumps(ENCLAVE_ONLY)
+    duplicated = text.replace('"Effect": "Allow"', '"Effect": "Deny", "Effect": "Allow"')
+    assert duplicated != text
+    with pytest.raises(ValidationError) as raised:
+        kms.put_key_policy(info.key_id, duplicated)
+    assert str(raised.value).startswith("MalformedPolicyDocumentException:")
+    assert "duplicate key 'Effect' in one object" in str(raised.value)
+    assert kms.get_key_policy(info.key_id) == default_policy("000000000000")
+    with pytest.raises(ValidationError, match="^MalformedPolicyDocumentException: CreateKey"):
+        kms.create_key(policy=duplicated)
+    assert kms.key_ids() == [info.key_id]
+    with pytest.raises(ValidationError, match="^MalformedPolicyDocumentException:"):
+        kms.put_key_policy(info.key_id, {"Version": "2012-10-17"})
+    # Clean text is taken, and stored as the document it encodes.
+    kms.put_key_policy(info.key_id, text)
+    assert kms.get_key_policy(info.key_id) == ENCLAVE_ONLY
+    created = kms.create_key(policy=text)
+    record = json.loads((kms.directory / f"{created.key_id}.json").read_text())
+    assert record["policy"] == ENCLAVE_ONLY
+
+
+def _one_statement(kms: LocalKms, statement: dict[str, Any], *extra: dict[str, Any]) -> str:
+    info = kms.create_key()
+    policy = {"Version": "2012-10-17", "Statement": [statement, *extra]}
+    kms.put_key_policy(info.key_id, policy, bypass_lockout_safety_check=True)
+    return info.key_id
+
+
+def test_the_resource_element_is_enforced(kms: LocalKms) -> None:
+    everything = ENCLAVE_ONLY["Statement"][0]
+    no_resource = {k: v for k, v in everything.items() if k != "Resource"}
+    key = _one_statement(kms, no_resource)
+    with pytest.raises(AccessDenied, match="has no Resource element"):
+        kms.describe_key(key)  # an Allow without Resource allows nothing
+    other_arn = f"arn:aws:kms:eu-west-1:000000000000:key/{uuid.uuid4()}"
+    key = _one_statement(kms, {**everything, "Resource": other_arn})
+    with pytest.raises(AccessDenied, match="does not name this key"):
+        kms.describe_key(key)
+    info = kms.create_key()
+    kms.put_key_policy(
+        info.key_id, {**ENCLAVE_ONLY, "Statement": [{**everything, "Resource": info.arn}]}
+    )
+    assert kms.describe_key(info.key_id).key_id == info.key_id  # this key's ARN applies
+    deny = {**everything, "Effect": "Deny", "Action": "kms:Encrypt"}
+    key = _one_statement(kms, everything, {k: v for k, v in deny.items() if k != "Resource"})
+    kms.encrypt(key, b"x", CONTEXT)  # a Deny without Resource denies nothing
+    key = _one_statement(kms, everything, {**deny, "Resource": other_arn})
+    kms.encrypt(key, b"x", CONTEXT)  # nor does a Deny naming another key
+    info = kms.create_key()
+    policy = {**ENCLAVE_ONLY, "Statement": [everything, {**deny, "Resource": info.arn}]}
+    kms.put_key_policy(info.key_id, policy)
+    with pytest.raises(AccessDenied, match="explicitly denied"):
+        kms.encrypt(info.key_id, b"x", CONTEXT)
+
+
+@pytest.mark.parametrize(("days", "allowed"), [(-1, False), (1, True)])
+def test_an_encrypt_allowed_until_a_deadline(kms: LocalKms, days: int, allowed: bool) -> None:
+    deadline = (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    until = {
+        **ENCLAVE_ONLY["Statement"][0],
+        "Sid": "Until",
+        "Action": "kms:Encrypt",
+        "Condition": {"DateLessThan": {"aws:CurrentTime": deadline}},
+    }
+    key = _one_statement(kms, until)
+    if allowed:
+        assert kms.encrypt(key, b"x", CONTEXT)
+    else:
+        with pytest.raises(AccessDenied, match="DateLessThan aws:CurrentTime"):
+            kms.encrypt(key, b"x", CONTEXT)

@@ -20,9 +20,9 @@ from enclave_core.crypto.attestation import verify_document
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.crypto.cms import open_ciphertext_for_recipient
 from enclave_core.crypto.devca import DevCa
+from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import AccessDenied, CryptoError, InvalidKeyState, ValidationError
 from enclave_core.interfaces import KeyInfo, Recipient
-from enclave_core.kms_policy import locked_policy
 from tests.vectors import NITRO as TESTDATA
 
 CONTEXT = {"app": "hello", "purpose": "static-secret", "secret": "signing_key"}
@@ -263,3 +263,24 @@ def test_other_pcrs_feed_their_condition_keys(
     assert result.ciphertext_for_recipient is not None
     with pytest.raises(AccessDenied, match="StringEquals kms:RecipientAttestation:PCR4"):
         kms.generate_data_key(key_requiring("00" * 48), CONTEXT, recipient=recipient)
+
+
+def test_a_grant_decrypts_a_locked_key_with_or_without_a_recipient(
+    kms: LocalKms, nsm: SimulatedNsm, state_dir: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """A grant made before the lock outlives it: with a Recipient the answer is still only a
+    CiphertextForRecipient; without one it is the plaintext, attestation or not."""
+    attacker_role = "arn:aws:iam::000000000000:role/attacker"
+    attacker = LocalKms(state_dir / "kms", principal=attacker_role, root_pem=kms.root_pem)
+    info = kms.create_key()
+    blob = kms.encrypt(info.key_id, b"s" * 32, CONTEXT)
+    kms.create_grant(info.key_id, grantee_principal=attacker_role, operations=["Decrypt"])
+    pcr0 = nsm.describe_pcr(0).data.hex()
+    policy = locked_policy(pcr0_hex=pcr0, principal_arn=kms.caller_arn())
+    kms.put_key_policy(info.key_id, policy, bypass_lockout_safety_check=True)
+    with pytest.raises(AccessDenied, match="the request has no attestation document"):
+        kms.decrypt(info.key_id, blob, CONTEXT)  # the enclave's own role: policy only
+    sealed = attacker.decrypt(info.key_id, blob, CONTEXT, recipient_for(nsm, rsa_key))
+    assert sealed.plaintext is None and sealed.ciphertext_for_recipient is not None
+    assert open_ciphertext_for_recipient(sealed.ciphertext_for_recipient, rsa_key) == b"s" * 32
+    assert attacker.decrypt(info.key_id, blob, CONTEXT).plaintext == b"s" * 32

@@ -125,6 +125,32 @@ def test_pcr0_option_overrides_measurement(tmp_path: Path, app_dir: Path) -> Non
             SimulatedNsm.Options().load(bad)
 
 
+def test_pcr8_option_stands_for_a_signed_image(tmp_path: Path, app_dir: Path) -> None:
+    # On Nitro, PCR8 measures the certificate that signed the EIF; all zero for an unsigned one.
+    signer = "5c" * 48
+    options = SimulatedNsm.Options().load({"pcr8": signer.upper(), "module_id": MODULE_ID})
+    backend = SimulatedNsm.from_options(options, _context(tmp_path, app_dir))
+    assert backend.describe_pcr(8).data == bytes.fromhex(signer)
+    assert backend.describe_pcr(8).locked
+    assert backend.describe_pcr(0).data == measure_app_dir(app_dir, (tmp_path / ".enclave",))
+    document = cose.decode_document(cose.decode_sign1(backend.attestation()).payload)
+    assert document["pcrs"][8] == bytes.fromhex(signer)
+    with pytest.raises(NsmError, match="ReadOnlyIndex|locked"):
+        backend.extend_pcr(8, b"another signer")
+    for bad in ({"pcr8": "ab"}, {"pcr8": "zz" * 48}, {"pcr8": "ab" * 48 + "\n"}):
+        with pytest.raises(marshmallow.ValidationError):
+            SimulatedNsm.Options().load(bad)
+
+
+def test_without_pcr8_the_image_is_unsigned(tmp_path: Path, app_dir: Path) -> None:
+    options = SimulatedNsm.Options().load({"module_id": MODULE_ID})
+    assert options["pcr8"] is None
+    backend = SimulatedNsm.from_options(options, _context(tmp_path, app_dir))
+    assert backend.describe_pcr(8).data == bytes(48)
+    document = cose.decode_document(cose.decode_sign1(backend.attestation()).payload)
+    assert document["pcrs"][8] == bytes(48)
+
+
 def test_extend_pcr_matches_hashlib(nsm: SimulatedNsm) -> None:
     first = nsm.extend_pcr(16, b"hello")
     assert first == _sha384(bytes(48) + b"hello")
@@ -415,7 +441,7 @@ def _context(tmp_path: Path, app_dir: Path, mode: str = "development") -> Backen
 
 def test_from_options_and_production_refusal(tmp_path: Path, app_dir: Path) -> None:
     options = SimulatedNsm.Options().load({})
-    assert options == {"pcr0": None, "module_id": None}
+    assert options == {"pcr0": None, "pcr8": None, "module_id": None}
     backend = SimulatedNsm.from_options(options, _context(tmp_path, app_dir))
     backend.attestation()
     root = x509.load_pem_x509_certificate((tmp_path / ".enclave" / "dev-root.pem").read_bytes())

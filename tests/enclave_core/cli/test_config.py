@@ -120,6 +120,15 @@ def test_production_refuses_the_local_backends(
     assert all("development only" in message for message in problems.values())
 
 
+def test_production_refuses_debug_mode(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = write(tmp_path, "name: hello\nmode: production\nenclave: {debug_mode: true}\n")
+    code, _, err = validate(capsys, path)
+    assert code == 1 and err[0] == f"ERROR: {path} is invalid:"
+    problems = dict(line.strip().split(": ", 1) for line in err[1:])
+    assert "enclave.debug_mode" in problems  # beside the development backends' lines
+    assert "PCR0 all zero" in problems["enclave.debug_mode"]
+
+
 def test_unknown_backend_is_one_line_listing_installed_names(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -123,6 +123,29 @@ def test_refusals_are_one_error_line(
         assert description in err and err.startswith("ERROR: ") and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("pcr0", "fragment"),
+    [
+        ("00" * 48, "--pcr0 is all zero: that is what every debug-mode enclave reports"),
+        ("0x" + "00" * 48, "--pcr0 is all zero"),
+        ("ab" * 47, "--pcr0 must be 96 hex digits"),
+    ],
+)
+def test_a_debug_mode_or_malformed_target_pcr0_is_refused_before_asking(
+    capsys: pytest.CaptureFixture[str],
+    config: Config,
+    supervisor: FakeSupervisor,
+    pcr0: str,
+    fragment: str,
+) -> None:
+    code, out, err = cli(
+        capsys, "migrate", "--app-dir", "/new", "--pcr0", pcr0, "-c", str(config.path)
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith(f"ERROR: {fragment}") and len(err.splitlines()) == 1
+    assert supervisor.requests == []  # refused here, nothing sent
+
+
 def test_migrate_needs_exactly_one_image(
     capsys: pytest.CaptureFixture[str], config: Config
 ) -> None:

@@ -4,11 +4,16 @@ They are real implementations (real AES-GCM in the KMS, real SHA-384 PCRs), only
 ``DoublesPlugin`` registers them under the name ``testmem``; instances are shared per state
 directory, so a second boot in the same folder sees what the first one stored.
 
-The KMS double behaves like the local KMS where the runtime can tell: key policies are evaluated
-with :mod:`enclave_core.kms_policy`, and a Recipient gets a real CMS envelope and no plaintext.
-The NSM double's "attestation document" is transparent, not signed
-(``DOC:<nonce>:<user_data>:<public_key>:<pcr0>``, hex fields), and the KMS double reads it
-without verification; tests of the real checks use the local KMS and the simulated NSM.
+The KMS double behaves like the local KMS where the runtime can tell: key policies (with the
+key's ARN as resource) and grants are evaluated with :mod:`enclave_core.kms_policy`, keys describe
+themselves as single-Region ``AWS_KMS`` symmetric keys, and a Recipient gets a real CMS envelope
+and no plaintext. The NSM double's attestation documents are real Nitro-format COSE_Sign1
+documents signed by a development CA (:class:`enclave_core.crypto.devca.DevCa`) kept per state
+directory, so verifiers accept them: its root is written to ``<state_dir>/dev-root.pem``, where the
+simulated NSM writes it, while its private keys stay in a process-wide scratch folder (removed at
+exit), so the state directory holds no private key, as the runtime's tests check. The KMS double
+reads the document's payload without verifying it; tests of the real checks use the local KMS and
+the simulated NSM.
 """
 
 from __future__ import annotations
@@ -16,8 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import tempfile
 import threading
+import time
 import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidTag
@@ -25,32 +35,64 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from marshmallow import Schema
 
 from enclave_core import hookimpl
+from enclave_core.crypto import cose
 from enclave_core.crypto.cms import build_ciphertext_for_recipient
+from enclave_core.crypto.devca import MARGIN, DevCa, LeafBundle
 from enclave_core.errors import (
     AccessDenied,
+    AttestationError,
     CryptoError,
     InvalidKeyState,
     NotFound,
     NsmError,
     PreconditionFailed,
+    ValidationError,
 )
 from enclave_core.interfaces import (
     BackendContext,
+    GrantInfo,
     KeyInfo,
     KmsResult,
     PcrState,
     Recipient,
     StoredObject,
 )
-from enclave_core.kms_policy import RequestContext, default_policy, evaluate
+from enclave_core.kms_policy import (
+    RequestContext,
+    authorize,
+    default_policy,
+    evaluate,
+    validate_policy,
+)
 from enclave_core.registry import BackendRegistry
 
 NAME = "testmem"
 _INSTANCES: dict[tuple[str, str], Any] = {}
+_SCRATCH: list[tempfile.TemporaryDirectory[str]] = []  # where the doubles' dev CAs keep keys
+
+
+def _make(cls: type[Any], state_dir: Any) -> Any:
+    """The instance of ``cls`` for ``state_dir``, made on first use."""
+    key = (cls.__name__, str(state_dir))
+    if key not in _INSTANCES:
+        _INSTANCES[key] = cls(Path(state_dir)) if cls is MemoryNsm else cls()
+    return _INSTANCES[key]
 
 
 def _shared(cls: type[Any], context: BackendContext) -> Any:
-    return _INSTANCES.setdefault((cls.__name__, str(context.state_dir)), cls())
+    return _make(cls, context.state_dir)
+
+
+def _dev_ca(state_dir: Path | None) -> DevCa:
+    """The dev CA of ``state_dir``: files in the scratch folder, root in the state directory."""
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="memory-nsm-"))
+    folder = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    ca = DevCa(Path(_SCRATCH[0].name) / folder)
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        ca.root_pem_path = state_dir / "dev-root.pem"
+    return ca
 
 
 class MemoryStorage:
@@ -125,7 +167,7 @@ class MemorySecrets:
 
 class MemoryKms:
     """KMS with real AES-GCM keys, encryption contexts bound as associated data, evaluated key
-    policies and Recipient answers (from the transparent documents of :class:`MemoryNsm`)."""
+    policies and grants, and Recipient answers (from the documents of :class:`MemoryNsm`)."""
 
     name: ClassVar[str] = NAME
     PRINCIPAL = "arn:aws:iam::000000000000:role/enclave"
@@ -136,6 +178,7 @@ class MemoryKms:
     def __init__(self) -> None:
         self.keys: dict[str, tuple[str, bytes]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
+        self.grants: dict[str, list[GrantInfo]] = {}
         self.calls: list[str] = []
         #: When set, describe_key waits for it (lets a test observe the kms_key stage).
         self.gate: threading.Event | None = None
@@ -147,21 +190,52 @@ class MemoryKms:
     def caller_arn(self) -> str:
         return self.PRINCIPAL
 
+    @staticmethod
+    def arn(key_id: str) -> str:
+        """The key's ARN, in the account of :attr:`PRINCIPAL` (as KMS names keys)."""
+        return f"arn:aws:kms:us-east-1:000000000000:key/{key_id}"
+
     def _info(self, key_id: str) -> KeyInfo:
         if key_id not in self.keys:
             raise NotFound(f"memory kms: key {key_id} not found")
-        return KeyInfo(key_id, f"arn:test:kms:key/{key_id}", self.keys[key_id][0])
+        return KeyInfo(
+            key_id,
+            self.arn(key_id),
+            self.keys[key_id][0],
+            origin="AWS_KMS",
+            multi_region=False,
+            custom_key_store_id=None,
+            key_spec="SYMMETRIC_DEFAULT",
+            key_usage="ENCRYPT_DECRYPT",
+            key_manager="CUSTOMER",
+        )
 
     def _authorize(self, key_id: str, action: str, context: RequestContext | None = None) -> None:
         self._info(key_id)
-        decision = evaluate(
+        decision = authorize(
             self.policies[key_id],
+            self.grants.get(key_id, []),
             action=action,
             principal=self.PRINCIPAL,
             context=context or RequestContext(),
+            resource=self.arn(key_id),
         )
         if not decision.allowed:
             raise AccessDenied(f"memory kms: {action} on {key_id} denied: {decision.reason}")
+
+    @staticmethod
+    def _read_recipient(recipient: Recipient) -> tuple[bytes, dict[int, bytes]]:
+        """The document's public key and PCRs, read from its payload (not verified)."""
+        try:
+            payload = cose.decode_sign1(recipient.attestation_document).payload
+            document = cose.decode_document(payload)
+        except AttestationError as exc:
+            raise AccessDenied(
+                f"memory kms: the attestation document is malformed: {exc}"
+            ) from None
+        if document["public_key"] is None:
+            raise ValidationError("memory kms: the attestation document has no public key")
+        return document["public_key"], dict(document["pcrs"])
 
     def _usable(
         self, key_id: str, action: str, context: dict[str, str], recipient: Recipient | None
@@ -169,11 +243,7 @@ class MemoryKms:
         """Authorize and check the state; return the Recipient's public key (DER) if any."""
         public_key, pcrs = None, None
         if recipient is not None:
-            _, _nonce, _user_data, key_hex, pcr0_hex = recipient.attestation_document.split(b":")
-            public_key, pcrs = (
-                bytes.fromhex(key_hex.decode()),
-                {0: bytes.fromhex(pcr0_hex.decode())},
-            )
+            public_key, pcrs = self._read_recipient(recipient)
         self._authorize(key_id, action, RequestContext(encryption_context=context, pcrs=pcrs))
         if self.keys[key_id][0] != "Enabled":
             raise InvalidKeyState(f"memory kms: key {key_id} is {self.keys[key_id][0]}")
@@ -182,11 +252,18 @@ class MemoryKms:
     def set_state(self, key_id: str, state: str) -> None:
         self.keys[key_id] = (state, self.keys[key_id][1])
 
-    def create_key(self, *, description: str = "", policy: dict[str, Any] | None = None) -> KeyInfo:
+    def create_key(
+        self,
+        *,
+        description: str = "",
+        policy: dict[str, Any] | str | None = None,
+        bypass_lockout_safety_check: bool = False,
+    ) -> KeyInfo:
         self.calls.append("create_key")
+        stored = validate_policy(policy) if policy is not None else None
         key_id = str(uuid.uuid4())
         self.keys[key_id] = ("Enabled", AESGCM.generate_key(256))
-        self.policies[key_id] = policy or default_policy("000000000000")
+        self.policies[key_id] = stored or default_policy("000000000000")
         return self._info(key_id)
 
     def describe_key(self, key_id: str) -> KeyInfo:
@@ -202,11 +279,74 @@ class MemoryKms:
         return json.loads(json.dumps(self.policies[key_id]))
 
     def put_key_policy(
-        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
+        self,
+        key_id: str,
+        policy: dict[str, Any] | str,
+        *,
+        bypass_lockout_safety_check: bool = False,
     ) -> None:
         self.calls.append("put_key_policy")
         self._authorize(key_id, "kms:PutKeyPolicy")
-        self.policies[key_id] = json.loads(json.dumps(policy))
+        self.policies[key_id] = validate_policy(policy)
+
+    def list_grants(self, key_id: str) -> list[GrantInfo]:
+        self.calls.append("list_grants")
+        self._info(key_id)
+        decision = evaluate(
+            self.policies[key_id],
+            action="kms:ListGrants",
+            principal=self.PRINCIPAL,
+            context=RequestContext(),
+            resource=self.arn(key_id),
+        )
+        if not decision.allowed:
+            raise AccessDenied(f"memory kms: kms:ListGrants on {key_id} denied: {decision.reason}")
+        return list(self.grants.get(key_id, []))
+
+    def create_grant(
+        self,
+        key_id: str,
+        *,
+        grantee_principal: str,
+        operations: Sequence[str],
+        retiring_principal: str | None = None,
+        name: str = "",
+        constraints: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> str:
+        """A grant the key honours from now on (no narrowing checks: a test double)."""
+        self.calls.append("create_grant")
+        self._authorize(key_id, "kms:CreateGrant")
+        constraints = constraints or {}
+        subset = constraints.get("EncryptionContextSubset")
+        equals = constraints.get("EncryptionContextEquals")
+        grant = GrantInfo(
+            grant_id=secrets.token_hex(32),
+            key_id=self.arn(key_id),
+            grantee_principal=grantee_principal,
+            operations=tuple(operations),
+            retiring_principal=retiring_principal,
+            name=name,
+            encryption_context_subset=dict(subset) if subset is not None else None,
+            encryption_context_equals=dict(equals) if equals is not None else None,
+        )
+        self.grants.setdefault(key_id, []).append(grant)
+        return grant.grant_id
+
+    def _drop_grant(self, key_id: str, grant_id: str) -> None:
+        kept = [g for g in self.grants.get(key_id, []) if g.grant_id != grant_id]
+        if len(kept) == len(self.grants.get(key_id, [])):
+            raise NotFound(f"memory kms: key {key_id} has no grant {grant_id}")
+        self.grants[key_id] = kept
+
+    def retire_grant(self, key_id: str, grant_id: str) -> None:
+        self.calls.append("retire_grant")
+        self._info(key_id)
+        self._drop_grant(key_id, grant_id)
+
+    def revoke_grant(self, key_id: str, grant_id: str) -> None:
+        self.calls.append("revoke_grant")
+        self._authorize(key_id, "kms:RevokeGrant")
+        self._drop_grant(key_id, grant_id)
 
     def _aad(self, key_id: str, context: dict[str, str]) -> bytes:
         return key_id.encode() + json.dumps(context, sort_keys=True).encode()
@@ -267,7 +407,8 @@ class MemoryKms:
 
 
 class MemoryNsm:
-    """An NSM with SHA-384 PCRs (0..15 locked) and a transparent 'attestation document'."""
+    """An NSM with SHA-384 PCRs (0..15 locked) and real attestation documents signed by the dev
+    CA of its state directory (see the module docstring)."""
 
     name: ClassVar[str] = NAME
     PCR0 = hashlib.sha384(b"test app").digest()
@@ -275,11 +416,15 @@ class MemoryNsm:
     class Options(Schema):
         pass
 
-    def __init__(self) -> None:
+    def __init__(self, state_dir: Path | None = None) -> None:
         self.pcrs = [bytes(48) for _ in range(32)]
         self.pcrs[0] = self.PCR0
         self.locked = set(range(16))
         self.documents: list[dict[str, bytes | None]] = []
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.module_id: str | None = None
+        self._ca: DevCa | None = None
+        self._leaf: LeafBundle | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any], context: BackendContext) -> MemoryNsm:
@@ -317,9 +462,33 @@ class MemoryNsm:
         nonce: bytes | None = None,
         public_key: bytes | None = None,
     ) -> bytes:
+        for name, value in (("user_data", user_data), ("nonce", nonce), ("public_key", public_key)):
+            if value is not None and len(value) > cose.MAX_FIELD_BYTES:
+                raise NsmError("InputTooLarge", f"NSM: {name} is over 1024 bytes")
         self.documents.append({"user_data": user_data, "nonce": nonce, "public_key": public_key})
-        fields = (nonce or b"", user_data or b"", public_key or b"", self.pcrs[0])
-        return b"DOC:" + b":".join(f.hex().encode() for f in fields)
+        leaf = self._signing_leaf()
+        assert self.module_id is not None
+        payload = cose.build_document(
+            module_id=self.module_id,
+            timestamp_ms=time.time_ns() // 1_000_000,
+            pcrs={i: self.pcrs[i] for i in range(32) if i < 16 or i in self.locked},
+            certificate=leaf.certificate,
+            cabundle=leaf.cabundle,
+            public_key=public_key,
+            user_data=user_data,
+            nonce=nonce,
+        )
+        return cose.sign1(payload, leaf.private_key)
+
+    def _signing_leaf(self) -> LeafBundle:
+        """The dev CA's leaf for this NSM, made on first use and renewed before it expires."""
+        if self._ca is None:
+            self._ca = _dev_ca(self.state_dir)
+            self.module_id = f"{self._ca.instance_id()}-enc{secrets.token_hex(8)}"
+        if self._leaf is None or self._leaf.expires_within(MARGIN):
+            assert self.module_id is not None
+            self._leaf = self._ca.issue_leaf(self.module_id)
+        return self._leaf
 
     def get_random(self, length: int = 32) -> bytes:
         return os.urandom(length)
@@ -359,4 +528,4 @@ DOUBLES_CONFIG: dict[str, Any] = {
 
 def shared(cls: type[Any], state_dir: Any) -> Any:
     """The double instance a boot in ``state_dir`` uses."""
-    return _INSTANCES.setdefault((cls.__name__, str(state_dir)), cls())
+    return _make(cls, state_dir)

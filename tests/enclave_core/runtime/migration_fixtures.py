@@ -1,8 +1,9 @@
-"""Shared set-up of the migration tests: a booted old enclave, a new image, a target key.
+"""Shared set-up of the migration tests: a booted old enclave, a new image, a migration key.
 
 Everything is real and local: the local KMS, secrets and storage backends and the simulated NSM in
 a temporary folder. The "new image" is the same app folder with changed files, so the simulated
-NSM measures a new PCR0 exactly as a new EIF would have one.
+NSM measures a new PCR0 exactly as a new EIF would have one. The old enclave keeps the PCR0 it
+booted with, as a running enclave does.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import falcon.testing
 from enclave_plugins.local_kms import LocalKms
 from enclave_plugins.simulated_attestation import SimulatedNsm
 from loguru import logger
@@ -22,9 +25,10 @@ from loguru import logger
 from enclave_core.backends import build_backend
 from enclave_core.config import Config
 from enclave_core.interfaces import Secrets
-from enclave_core.kms_policy import migration_target_policy
 from enclave_core.manager import Plugins, get_plugin_manager
 from enclave_core.runtime.boot import run_boot
+from enclave_core.runtime.migration_key import MigrationKey, create_migration_key
+from enclave_core.runtime.public import create_control_app
 from enclave_core.runtime.recipient import RecipientSession
 from enclave_core.runtime.state import RuntimeState
 
@@ -35,7 +39,9 @@ STATIC = {
     ]
 }
 SECRET_NAMES = ("signing_key", "api_key")
+DATA_KEYS = (*SECRET_NAMES, "StorageDEK")
 OTHER_PCR0 = "0f" * 48
+MIGRATION_ID = "m-1"
 
 
 def boot(config: Config, plugins: Plugins) -> RuntimeState:
@@ -46,7 +52,7 @@ def boot(config: Config, plugins: Plugins) -> RuntimeState:
 
 
 def local_kms(config: Config) -> LocalKms:
-    """The KMS the runtime uses, opened from outside (as the supervisor would)."""
+    """The KMS the runtime uses, opened from outside (as the host, with the same role, would)."""
     return LocalKms(config.state_dir / "kms", root_pem=config.state_dir / "dev-root.pem")
 
 
@@ -70,18 +76,9 @@ def recipient_open(config: Config, pcr0: str, key_id: str, stored: str, context:
     return session.decrypt(local_kms(config), key_id, base64.b64decode(stored), context)
 
 
-def policy_for(config: Config, target_pcr0: str) -> dict[str, Any]:
-    """The honest final policy of a migration's new key (the supervisor's step 3)."""
-    principal = local_kms(config).caller_arn()
-    return migration_target_policy(pcr0_hex=target_pcr0, principal_arn=principal, app=config.name)
-
-
-def new_key(config: Config, policy: dict[str, Any]) -> str:
-    """Create a key carrying ``policy`` (applied with the lockout bypass, as step 3 does)."""
-    kms = local_kms(config)
-    key_id = kms.create_key(description="migration target").key_id
-    kms.put_key_policy(key_id, policy, bypass_lockout_safety_check=True)
-    return key_id
+def control(state: RuntimeState) -> falcon.testing.TestClient:
+    """The runtime's control listener (what the supervisor reaches), in process."""
+    return falcon.testing.TestClient(create_control_app(state))
 
 
 @dataclass
@@ -99,37 +96,77 @@ class Migration:
         """The parameter store."""
         return params(self.config, self.plugins)
 
-    def start(self, policy: dict[str, Any] | None = None, target: str | None = None) -> str:
-        """Steps 2 to 4: the new key with ``policy`` (default honest) and the parameters."""
-        key_id = new_key(self.config, policy or policy_for(self.config, self.target_pcr0))
+    def create_key(self, target: str | None = None, now: datetime | None = None) -> MigrationKey:
+        """Step 2: the old enclave creates the migration key for ``target`` (default v2)."""
+        return create_migration_key(
+            self.old,
+            target_pcr0=target or self.target_pcr0,
+            migration_id=MIGRATION_ID,
+            now=now,
+        )
+
+    def start(self, key_id: str | None = None, target: str | None = None) -> str:
+        """Steps 2 to 4: the old enclave's key (or ``key_id``), then the migration parameters."""
+        key_id = key_id or self.create_key().key_id
         secrets = self.secrets
         secrets.put("MigrationKMSKeyID", key_id)
         secrets.put("MigrationOldKMSKeyID", self.old.kms_key_id or "")
         secrets.put("MigrationTargetPCR0", target or self.target_pcr0)
         return key_id
 
+    def export(self) -> falcon.testing.Result:
+        """Step 5: ``POST /v1/export-key`` on the old enclave's control listener."""
+        return control(self.old).simulate_post("/v1/export-key")
+
     def adopt(self, key_id: str) -> None:
-        """Step 7 as the supervisor does it: the migrated blobs become the live ones."""
+        """Step 7 as the supervisor does it: the migrated blobs and their link become live."""
         secrets = self.secrets
-        for name in (*SECRET_NAMES, "StorageDEK"):
+        for name in DATA_KEYS:
             blob = secrets.get(f"Migration/{name}/Ciphertext")
             assert blob is not None, name
             secrets.put(f"{name}/Ciphertext", blob)
+        link = secrets.get("Migration/Manifest")
+        assert link is not None
+        secrets.put("CiphertextManifest", link)
         secrets.put("KMSKeyID", key_id)
 
+    def clean_up(self) -> None:
+        """Step 9: the migration's parameters go (the checkpoint would stay)."""
+        secrets = self.secrets
+        for name in ["MigrationKMSKeyID", "MigrationTargetPCR0", *secrets.list("Migration/")]:
+            secrets.delete(name)
 
-def make_migration(make_config: Callable[..., Config]) -> Migration:
+    def migrate(self) -> RuntimeState:
+        """Steps 2 to 9: everything, the new image booted in between; return its state."""
+        key_id = self.start()
+        result = self.export()
+        assert result.status_code == 200, result.json
+        self.adopt(key_id)
+        new = boot(self.config, self.plugins)
+        self.clean_up()
+        return new
+
+
+def make_migration(make_config: Callable[..., Config], **overrides: Any) -> Migration:
     """Boot the old enclave on image v1 (storing an object), then make the app folder image v2."""
     plugins = get_plugin_manager()
-    config = make_config(secrets=STATIC)
+    config = make_config(secrets=STATIC, **overrides)
     old_pcr0 = write_image(config, "version 1")
     old = boot(config, plugins)
-    assert old.boot_error is None and old.pcr0 == old_pcr0
+    assert old.boot_error is None and old.pcr0 == old_pcr0, old.boot_error
     assert old.storage is not None
     old.storage.put("visits", b"41")
     target = write_image(config, "version 2")  # the running old NSM keeps its PCR0
     assert target != old_pcr0
     return Migration(config, plugins, old, old_pcr0, target)
+
+
+def link_body(secrets: Secrets, param: str = "Migration/Manifest") -> dict[str, Any]:
+    """The body of a stored chain link (or manifest) record."""
+    text = secrets.get(param)
+    assert text is not None, param
+    body: dict[str, Any] = json.loads(text)["body"]
+    return body
 
 
 @contextlib.contextmanager

@@ -28,9 +28,9 @@ from enclave_core.backends import build_backend
 from enclave_core.config import Config
 from enclave_core.crypto.attestation import verify_document
 from enclave_core.crypto.aws_root import load_root_pem
+from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
 from enclave_core.errors import AccessDenied
 from enclave_core.interfaces import BackendContext, KmsResult, Recipient
-from enclave_core.kms_policy import locked_policy
 from enclave_core.manager import Plugins, get_plugin_manager
 from enclave_core.registry import BackendRegistry
 from enclave_core.runtime.boot import (
@@ -196,24 +196,32 @@ def test_each_stage_is_visible_in_health_while_it_runs(
     assert after == (503, {"status": "initializing", "stage": "app"})
 
 
+def locked(pcr0: str, principal: str) -> dict[str, Any]:
+    """The canonical first-boot policy for ``pcr0``."""
+    return render_policy(EnclaveKeyPolicy(principal=principal, pcr0=pcr0))
+
+
 def test_first_boot_locks_the_key_and_generates_through_recipient(
     local_config: Config, local_plugins: Plugins
 ) -> None:
     state = boot(local_config, local_plugins)
     assert state.boot_error is None
     secrets = params(local_config, local_plugins)
-    assert set(secrets.list()) == {"KMSKeyID", "signing_key/Ciphertext", STORAGE_DEK_PARAM}
+    assert set(secrets.list()) == {
+        "KMSKeyID",
+        "signing_key/Ciphertext",
+        STORAGE_DEK_PARAM,
+        "CiphertextManifest",
+    }
     key_id = secrets.get("KMSKeyID")
     assert state.kms_key_id == key_id
-    # The key now carries exactly the locked policy, for this PCR0 and the backend's principal.
+    # The key was created locked: exactly the canonical policy for this PCR0 and principal.
     kms = local_kms(local_config)
     assert state.pcr0 is not None and len(state.pcr0) == 96
-    expected = locked_policy(pcr0_hex=state.pcr0, principal_arn=kms.caller_arn())
-    assert kms.get_key_policy(key_id) == expected
+    assert kms.get_key_policy(key_id) == locked(state.pcr0, kms.caller_arn())
     assert [c.method for c in calls(local_config)] == [
         "create_key",
         "describe_key",
-        "put_key_policy",
         "generate_data_key",
         "generate_data_key",
     ]
@@ -237,9 +245,10 @@ def test_first_boot_locks_the_key_and_generates_through_recipient(
     )
     assert value not in json.dumps({n: secrets.get(n) for n in secrets.list()})
     metrics = state.metrics.snapshot()
-    assert metrics["secret_writes"] == 3
-    # create, describe, get policy, put policy, get policy again, two data keys
-    assert (metrics["kms_operations"], metrics["kms_errors"]) == (7, 0)
+    # KMSKeyID, the manifest, two ciphertexts, the generation lock and its release
+    assert metrics["secret_writes"] == 5
+    # create, describe, get policy, list grants, two data keys
+    assert (metrics["kms_operations"], metrics["kms_errors"]) == (6, 0)
     assert state.mgmt_token is not None and HEX64.match(state.mgmt_token)
     assert (
         state.attestation_pubkey is not None and len(bytes.fromhex(state.attestation_pubkey)) == 32
@@ -256,6 +265,7 @@ def test_second_boot_decrypts_the_same_values(local_config: Config, local_plugin
     assert second.static_env == first.static_env
     assert second.kms_key_id == first.kms_key_id
     assert [c.method for c in calls(local_config)] == ["describe_key", "decrypt", "decrypt"]
+    assert second.metrics.snapshot()["secret_writes"] == 0  # nothing to write on a later boot
     decrypts = calls(local_config, "decrypt")
     assert all(c.recipient is not None for c in decrypts)
     assert all(c.result is not None and c.result.plaintext is None for c in decrypts)
@@ -281,7 +291,7 @@ def test_a_changed_app_is_degraded_and_never_sees_the_secrets(
         f"{first.pcr0[:16]}…, not this enclave's PCR0 {state.pcr0[:16]}…"
     )
     assert state.static_env == {} and state.storage is None
-    assert calls(local_config, "decrypt") == [] and calls(local_config, "put_key_policy") == []
+    assert calls(local_config, "decrypt") == []
     # KMS itself would refuse this image the secret anyway.
     stored = params(local_config, local_plugins).get("signing_key/Ciphertext")
     context = static_secret_context("hello", "signing_key")
@@ -307,17 +317,16 @@ def test_a_key_other_images_can_decrypt_is_degraded(
     other = "0f" * 48
 
     def two_images(own: str) -> dict[str, Any]:
-        policy = locked_policy(pcr0_hex=own, principal_arn=local_kms(local_config).caller_arn())
+        policy = locked(own, local_kms(local_config).caller_arn())
         condition = policy["Statement"][0]["Condition"]["StringEqualsIgnoreCase"]
         condition["kms:RecipientAttestation:PCR0"] = [own, other]
         return policy
 
     key_id = prepared_key(local_config, local_plugins, two_images)
     state = boot(local_config, local_plugins)
-    assert state.pcr0 is not None
     assert state.health()[1]["error"] == (
-        f"boot stage kms_key failed: KMS key {key_id} also lets PCR0 {other[:16]}… decrypt, "
-        f"besides this enclave's PCR0 {state.pcr0[:16]}…"
+        f"boot stage kms_key failed: KMS key {key_id}: statement "
+        "'EnclaveDecryptWithAttestation' must admit exactly one PCR0 (and PCR8)"
     )
     assert calls(local_config, "generate_data_key") == []
 
@@ -326,16 +335,15 @@ def test_a_locked_key_no_image_can_use_is_degraded(
     local_config: Config, local_plugins: Plugins
 ) -> None:
     def read_only(own: str) -> dict[str, Any]:
-        policy = locked_policy(pcr0_hex=own, principal_arn=local_kms(local_config).caller_arn())
+        policy = locked(own, local_kms(local_config).caller_arn())
         del policy["Statement"][0]  # no Decrypt for anyone
         return policy
 
     key_id = prepared_key(local_config, local_plugins, read_only)
     state = boot(local_config, local_plugins)
-    assert state.pcr0 is not None
     assert state.health()[1]["error"] == (
-        f"boot stage kms_key failed: KMS key {key_id} is locked and lets no enclave image "
-        f"decrypt, not even this enclave's PCR0 {state.pcr0[:16]}…"
+        f"boot stage kms_key failed: KMS key {key_id}: the policy has no "
+        "'EnclaveDecryptWithAttestation' statement"
     )
 
 
@@ -343,8 +351,7 @@ def test_a_key_with_unconditioned_decrypt_is_degraded(
     local_config: Config, local_plugins: Plugins
 ) -> None:
     def open_decrypt(own: str) -> dict[str, Any]:
-        principal = local_kms(local_config).caller_arn()
-        policy = locked_policy(pcr0_hex=own, principal_arn=principal)
+        policy = locked(own, local_kms(local_config).caller_arn())
         policy["Statement"].append(
             {
                 "Sid": "HostDecrypt",
@@ -359,9 +366,8 @@ def test_a_key_with_unconditioned_decrypt_is_degraded(
     key_id = prepared_key(local_config, local_plugins, open_decrypt)
     error = boot(local_config, local_plugins).health()[1]["error"]
     assert error == (
-        f"boot stage kms_key failed: KMS key {key_id} policy lets a principal decrypt without "
-        "attestation: statement 'HostDecrypt' (#3) lets arn:aws:iam::000000000000:role/host "
-        "call kms:Decrypt without an attestation condition"
+        f"boot stage kms_key failed: KMS key {key_id}: the key policy is not the enclave's "
+        "canonical policy: it has a statement 'HostDecrypt' that the enclave's policy does not have"
     )
 
 
@@ -378,8 +384,7 @@ def test_disabled_key_is_degraded_naming_key_and_state(
     body = boot(local_config, local_plugins).health()[1]
     assert body == {
         "status": "degraded",
-        "error": f"boot stage kms_key failed: KMS key {first.kms_key_id} is Disabled, "
-        "expected Enabled",
+        "error": f"boot stage kms_key failed: KMS key {first.kms_key_id} is Disabled, not Enabled",
     }
 
 
@@ -388,14 +393,18 @@ def test_undecryptable_static_secret_is_degraded_without_the_value(
 ) -> None:
     first = boot(local_config, local_plugins)
     secrets = params(local_config, local_plugins)
-    # Swap in the storage DEK's ciphertext: same key, other context, so KMS must refuse it.
+    # Swap in the storage DEK's ciphertext: same key, another context; the manifest names
+    # another ciphertext there, so it is not even sent to KMS.
     secrets.put("signing_key/Ciphertext", secrets.get(STORAGE_DEK_PARAM))
+    SpyKms.calls.clear()
     state = boot(local_config, local_plugins)
     error = state.health()[1]["error"]
-    assert error.startswith("boot stage static_secrets failed: ")
-    assert "encryption context does not match" in error
+    assert error == (
+        "boot stage static_secrets failed: parameter signing_key/Ciphertext (static secret "
+        "'signing_key') cannot be trusted: it is not the ciphertext the attested manifest names"
+    )
     assert first.static_env["APP_SIGNING_KEY"] not in error
-    assert state.metrics.snapshot()["kms_errors"] == 1
+    assert calls(local_config, "decrypt") == []
     # The storage DEK itself still opens under its own context.
     dek = open_stored(
         local_config,
@@ -423,11 +432,10 @@ def test_doubles_boot_locks_and_uses_recipient_too(config: Config, plugins: Plug
     state = boot(config, plugins)
     assert state.boot_error is None
     kms = shared(MemoryKms, config.state_dir)
-    assert kms.policies[state.kms_key_id] == locked_policy(
-        pcr0_hex=MemoryNsm.PCR0.hex(), principal_arn=MemoryKms.PRINCIPAL
-    )
+    assert kms.policies[state.kms_key_id] == locked(MemoryNsm.PCR0.hex(), MemoryKms.PRINCIPAL)
     documents = shared(MemoryNsm, config.state_dir).documents
-    assert len(documents) == 1 and documents[0]["public_key"] is not None
+    # The Recipient document, and the one binding the manifest (no public key there).
+    assert [d["public_key"] is not None for d in documents] == [True, False]
 
 
 def test_production_without_kms_key_is_degraded(

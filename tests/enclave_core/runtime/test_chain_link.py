@@ -1,47 +1,34 @@
-"""The migration chain link, and the new enclave's boot after a migration.
+"""The new enclave's boot after a migration: the link, the manifest, the chain, the old key.
 
 The boot tests play a whole migration with the real local backends: the old enclave (image v1)
-exports, the supervisor's step 7 is done by hand (the migrated blobs become the live ones and
-``KMSKeyID`` names the new key), then a runtime on image v2 boots in the same state directory.
+makes the key and exports, the supervisor's step 7 is done by hand (the migrated blobs and their
+link become the live ones and ``KMSKeyID`` names the new key), then a runtime on image v2 boots
+in the same state directory.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import falcon.testing
 import pytest
-from enclave_plugins.simulated_attestation import SimulatedNsm
 
-from enclave_core.config import BackendSettings, Config
-from enclave_core.crypto.aws_root import aws_nitro_root, load_root_pem
-from enclave_core.errors import AttestationError
-from enclave_core.runtime.chain import (
-    attestation_root,
-    migration_binding,
-    verify_chain_link,
-)
+from enclave_core.config import Config
+from enclave_core.crypto.attested_record import make_record
 from enclave_core.runtime.export import export_keys
 from enclave_core.runtime.public import create_public_app
 from tests.enclave_core.runtime.migration_fixtures import (
-    OTHER_PCR0,
     Migration,
     boot,
     captured_logs,
+    link_body,
     local_kms,
     make_migration,
     no_secret_in,
     write_image,
 )
-
-OLD = "a1" * 48
-NEW = "b2" * 48
-KEY = "1234abcd-0000-4000-8000-000000000001"
 
 
 @pytest.fixture
@@ -57,77 +44,22 @@ def migrated(migration: Migration) -> str:
     return key_id
 
 
-# ------------------------------------------------------------------ the binding and the check
-
-
-def test_the_binding_is_the_sha256_of_the_documented_string() -> None:
-    text = f"simple-enclave-migration-v1\n{OLD}\n{KEY}\n{NEW}\n"
-    assert migration_binding(OLD, KEY, NEW) == hashlib.sha256(text.encode("utf-8")).digest()
-    assert migration_binding(OLD.upper(), KEY, " " + NEW) == migration_binding(OLD, KEY, NEW)
-    variants = {
-        migration_binding(OLD, KEY, NEW),
-        migration_binding(NEW, KEY, OLD),
-        migration_binding(OLD, KEY + "2", NEW),
-        migration_binding(OLD, KEY, OTHER_PCR0),
-    }
-    assert len(variants) == 4
-    with pytest.raises(AttestationError, match="one line"):
-        migration_binding(OLD, f"{KEY}\n{NEW}", NEW)
-    with pytest.raises(AttestationError, match="target PCR0: expected 96 hex"):
-        migration_binding(OLD, KEY, "ab")
-
-
-def test_the_root_is_the_dev_root_only_for_the_simulated_nsm(
-    make_config: Callable[..., Config],
-) -> None:
-    config = make_config()
-    SimulatedNsm(state_dir=config.state_dir, app_dir=config.app_dir).attestation(nonce=b"x")
-    dev = attestation_root(config)
-    assert dev == load_root_pem(config.state_dir / "dev-root.pem") and dev != aws_nitro_root()
-    nitro = dataclasses.replace(config, attestation=BackendSettings("nitro"))
-    assert attestation_root(nitro) == aws_nitro_root()
-
-
-def test_verify_chain_link_checks_root_pcr0_binding_and_debug_mode(
-    make_config: Callable[..., Config],
-) -> None:
-    config = make_config()
-    nsm = SimulatedNsm(state_dir=config.state_dir, app_dir=config.app_dir, pcr0=bytes.fromhex(OLD))
-    document = nsm.attestation(user_data=migration_binding(OLD, KEY, NEW), nonce=b"n" * 32)
-    root = load_root_pem(config.state_dir / "dev-root.pem")
-    verified = verify_chain_link(document, previous_pcr0=OLD, key_id=KEY, pcr0=NEW, root=root)
-    assert verified.pcrs[0].hex() == OLD
-    with pytest.raises(AttestationError) as exc:
-        verify_chain_link(document, previous_pcr0=NEW, key_id=KEY, pcr0=NEW, root=root)
-    assert str(exc.value) == f"chain link: the document's PCR0 {OLD} is not the previous PCR0 {NEW}"
-    with pytest.raises(AttestationError, match="chain link: the previous enclave's document: "):
-        verify_chain_link(document, previous_pcr0=OLD, key_id=KEY, pcr0=NEW, root=aws_nitro_root())
-    with pytest.raises(AttestationError, match="chain link: the previous enclave's document"):
-        verify_chain_link(document[:-1], previous_pcr0=OLD, key_id=KEY, pcr0=NEW, root=root)
-    debug = SimulatedNsm(state_dir=config.state_dir, app_dir=config.app_dir, pcr0=bytes(48))
-    zero = "00" * 48
-    document = debug.attestation(user_data=migration_binding(zero, KEY, NEW))
-    with pytest.raises(AttestationError, match="debug-mode"):
-        verify_chain_link(document, previous_pcr0=zero, key_id=KEY, pcr0=NEW, root=root)
-    unbound = nsm.attestation(user_data=None)
-    with pytest.raises(AttestationError, match="user_data does not bind"):
-        verify_chain_link(unbound, previous_pcr0=OLD, key_id=KEY, pcr0=NEW, root=root)
-
-
-# ------------------------------------------------------------------ the new enclave's boot
-
-
 def test_a_fresh_enclave_is_genesis(migration: Migration) -> None:
-    assert migration.old.previous_pcr0 == "genesis"
-    assert migration.old.enclave_info()["previous_pcr0_attestation"] is None
+    info = migration.old.enclave_info()
+    assert (info["previous_pcr0"], info["key_origin"]) == ("genesis", "genesis")
+    assert (info["migration_chain"], info["migration_chain_complete"]) == ([], True)
+    assert info["previous_pcr0_attestation"] is None
+    manifest = link_body(migration.secrets, "CiphertextManifest")
+    assert manifest["previous_pcr0"] == "genesis" and manifest["pcr0"] == migration.old_pcr0
 
 
 def test_the_new_image_boots_with_the_same_secrets_and_the_chain_link(
     migration: Migration,
 ) -> None:
     key_id = migrated(migration)
+    link = migration.secrets.get("Migration/Manifest")
     old_key = migration.old.kms_key_id
-    assert old_key is not None
+    assert old_key is not None and link is not None
     with captured_logs() as lines:
         new = boot(migration.config, migration.plugins)
     assert new.boot_error is None and new.stage == "app"
@@ -135,11 +67,21 @@ def test_the_new_image_boots_with_the_same_secrets_and_the_chain_link(
     assert new.static_env == migration.old.static_env
     assert new.storage_dek == migration.old.storage_dek
     assert new.storage is not None and new.storage.get("visits").data == b"41"
-    # enclave-info (signed, on the public listener) reports the verified chain link.
+    # The link is kept as Chain/1, and this image's own manifest replaced it.
+    assert migration.secrets.get("Chain/1") is not None
+    manifest = link_body(migration.secrets, "CiphertextManifest")
+    assert (manifest["pcr0"], manifest["previous_pcr0"], manifest["chain_length"]) == (
+        migration.target_pcr0,
+        migration.old_pcr0,
+        1,
+    )
+    # enclave-info (signed, on the public listener) reports the verified chain.
     info = falcon.testing.TestClient(create_public_app(new)).simulate_get("/v1/enclave-info").json
-    stored = migration.secrets.get("MigrationPreviousPCR0Attestation")
     assert info["previous_pcr0"] == migration.old_pcr0
-    assert info["previous_pcr0_attestation"] == stored
+    assert info["key_origin"] == "migration" and info["migration_chain_complete"] is True
+    [shown] = info["migration_chain"]
+    assert shown == json.loads(migration.secrets.get("Chain/1") or "")
+    assert info["previous_pcr0_attestation"] == shown["attestation"]
     # The old key is retired: pending deletion in 7 days, its parameter gone.
     old_info = local_kms(migration.config).describe_key(old_key)
     assert old_info.state == "PendingDeletion" and old_info.deletion_date is not None
@@ -148,7 +90,17 @@ def test_the_new_image_boots_with_the_same_secrets_and_the_chain_link(
     assert migration.secrets.get("MigrationOldKMSKeyID") is None
     assert local_kms(migration.config).describe_key(key_id).state == "Enabled"
     no_secret_in(lines, new)
-    assert any("migration chain link verified" in line for line in lines)
+    assert any("migrated ciphertexts adopted" in line for line in lines)
+    assert any("migration chain verified" in line for line in lines)
+
+
+def test_the_new_image_boots_again_on_its_own_manifest(migration: Migration) -> None:
+    migrated(migration)
+    first = boot(migration.config, migration.plugins)
+    second = boot(migration.config, migration.plugins)
+    assert second.boot_error is None
+    assert second.static_env == first.static_env == migration.old.static_env
+    assert second.enclave_info()["migration_chain"] == first.enclave_info()["migration_chain"]
 
 
 def test_the_old_image_cannot_run_on_the_new_key(migration: Migration) -> None:
@@ -165,37 +117,30 @@ def test_the_old_image_cannot_run_on_the_new_key(migration: Migration) -> None:
     assert migration.secrets.get("MigrationOldKMSKeyID") == migration.old.kms_key_id
 
 
-def test_a_replayed_chain_document_is_reported_as_null(migration: Migration) -> None:
-    key_id = migrated(migration)
-    # A document the old image made for another migration (another key): valid, but not this.
-    old_nsm = SimulatedNsm(
-        state_dir=migration.config.state_dir,
-        app_dir=migration.config.app_dir,
-        pcr0=bytes.fromhex(migration.old_pcr0),
-    )
-    replayed = old_nsm.attestation(
-        user_data=migration_binding(migration.old_pcr0, "another-key", migration.target_pcr0)
-    )
-    migration.secrets.put(
-        "MigrationPreviousPCR0Attestation", base64.b64encode(replayed).decode("ascii")
-    )
-    with captured_logs() as lines:
-        new = boot(migration.config, migration.plugins)
-    assert new.boot_error is None and new.kms_key_id == key_id  # a broken link is not fatal
-    info = new.enclave_info()
-    assert (info["previous_pcr0"], info["previous_pcr0_attestation"]) == (None, None)
-    warnings = [json.loads(line)["record"] for line in lines if "does not verify" in line]
-    assert len(warnings) == 1 and warnings[0]["level"]["name"] == "WARNING"
-    assert "user_data does not bind" in warnings[0]["extra"]["error"]
-    # The old key is still retired: every secret opened under the new one.
-    assert migration.secrets.get("MigrationOldKMSKeyID") is None
-
-
-def test_a_missing_chain_document_is_reported_as_null(migration: Migration) -> None:
+def test_a_link_made_for_another_key_is_refused(migration: Migration) -> None:
+    """A genuine link from the old image, but for another migration key: never adopted."""
     migrated(migration)
-    migration.secrets.delete("MigrationPreviousPCR0Attestation")
+    body = link_body(migration.secrets)
+    assert migration.old.attestation is not None
+    body["key_id"] = "another-key"
+    forged = make_record(migration.old.attestation, "link", body)  # really made by the old image
+    migration.secrets.put("CiphertextManifest", forged)
     new = boot(migration.config, migration.plugins)
-    assert new.boot_error is None and new.previous_pcr0 is None
+    assert new.boot_error is not None
+    assert "the migration link is for another key" in new.boot_error
+    assert new.static_env == {}
+
+
+def test_a_link_naming_another_successor_is_refused(migration: Migration) -> None:
+    migrated(migration)
+    body = link_body(migration.secrets)
+    assert migration.old.attestation is not None
+    body["to_pcr0"] = "0f" * 48
+    migration.secrets.put(
+        "CiphertextManifest", make_record(migration.old.attestation, "link", body)
+    )
+    new = boot(migration.config, migration.plugins)
+    assert new.boot_error is not None and "names another successor" in new.boot_error
 
 
 def test_an_old_key_already_pending_deletion_counts_as_done(migration: Migration) -> None:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_core import __version__
 from enclave_core.config import Config
+from enclave_core.crypto import cose
 from enclave_core.metrics import COUNTERS
 from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
 from enclave_core.runtime.state import RuntimeState, attestation_user_data
@@ -78,6 +79,10 @@ def test_enclave_info_fields(state: RuntimeState, client: falcon.testing.TestCli
         "kms_key_id",
         "previous_pcr0",
         "previous_pcr0_attestation",
+        "pcr8",
+        "key_origin",
+        "migration_chain",
+        "migration_chain_complete",
         "dynamic_secrets",
         "metrics",
     }
@@ -90,6 +95,7 @@ def test_enclave_info_fields(state: RuntimeState, client: falcon.testing.TestCli
     assert info["tls_cert_sha256"] is None
     # Unknown until boot has checked the chain link; then "genesis" or the verified link.
     assert (info["previous_pcr0"], info["previous_pcr0_attestation"]) == (None, None)
+    assert (info["pcr8"], info["key_origin"], info["migration_chain"]) == (None, None, None)
     state.previous_pcr0 = "genesis"
     assert client.simulate_get("/v1/enclave-info").json["previous_pcr0"] == "genesis"
     assert info["dynamic_secrets"] == 2
@@ -105,7 +111,8 @@ def test_attestation_binds_nonce_and_user_data(
     assert result.status_code == 200
     assert result.headers["Content-Type"].startswith("text/plain")
     document = base64.b64decode(result.text, validate=True)
-    assert document.startswith(b"DOC:" + ("00ff" * 10).encode())
+    payload = cose.decode_document(cose.decode_sign1(document).payload)
+    assert payload["nonce"] == bytes.fromhex("00ff" * 10)
     assert state.signing_key is not None
     raw = state.signing_key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw

@@ -219,13 +219,24 @@ def test_the_runtime_serves_https_bound_into_every_attestation_document(
     document = json.loads(body)
     assert status == 200 and document["tls_cert_sha256"] == hashlib.sha256(peer).hexdigest()
     verify_response_signature(
-        headers["x-attestation-pubkey"], headers["x-attestation-signature"], 200, body, "n-1"
+        headers["x-attestation-pubkey"],
+        headers["x-attestation-signature"],
+        "GET",
+        "/v1/enclave-info",
+        200,
+        body,
+        "n-1",
     )
     assert headers["x-attestation-pubkey"] == document["attestation_pubkey"]
-    # Every document, the Recipient ones of boot included, binds the certificate and the key.
+    # Every document a client or KMS sees (the Recipient ones of boot included) binds the
+    # certificate and the key; the others bind an attested record (the manifest) instead.
     bound = attestation_user_data(peer, bytes.fromhex(document["attestation_pubkey"]))
     nsm = shared(MemoryNsm, config.state_dir)
-    assert nsm.documents and all(d["user_data"] == bound for d in nsm.documents)
+    seen = [d for d in nsm.documents if d["public_key"] is not None or d["nonce"] is not None]
+    assert any(d["public_key"] is not None for d in seen)
+    assert all(d["user_data"] == bound for d in seen)
+    records = [d for d in nsm.documents if d not in seen]
+    assert records and all(len(d["user_data"]) == 32 for d in records)
     assert att[0] == 200 and nsm.documents[-1]["nonce"] == bytes.fromhex("0a0b")
     # Neither the key nor the certificate went to the state directory or the temp directory.
     pem_marker = b"PRIVATE KEY"

@@ -1,16 +1,17 @@
 """The nine migration steps against the real local backends, with a stand-in old enclave.
 
 The "old enclave" is a real in-process boot (local KMS, secrets, storage, simulated NSM) of the
-app folder; its export is done here with the boot's own secrets, as the runtime's export-key does.
-After a migration the new image is booted in-process too, from the folder the image override
-names, and must see the same secret and read back the stored objects.
+app folder; the stand-in answers steps 2 and 5 with the runtime's own code
+(:func:`~enclave_core.runtime.migration_key.create_migration_key`,
+:func:`~enclave_core.runtime.export.export_keys`), as its control listener would. After a
+migration the new image is booted in-process too, from the folder the image override names, and
+must see the same secret and read back the stored objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -21,23 +22,22 @@ from typing import Any
 
 import falcon.testing
 import pytest
-from enclave_plugins.aws_kms import AwsKms
 from enclave_plugins.local_kms import LocalKms
 
 from enclave_core.backends import build_backend
 from enclave_core.config import Config
-from enclave_core.errors import AccessDenied, EnclaveError, StateConflict, ValidationError
+from enclave_core.enclave_policy import match_policy
+from enclave_core.errors import EnclaveError, StateConflict, ValidationError
 from enclave_core.image import apply_image_override, measure_new_image, read_image_override
-from enclave_core.interfaces import KeyInfo, Kms, Secrets
-from enclave_core.kms_policy import analyse, default_policy, locked_policy
+from enclave_core.interfaces import Kms, Secrets
 from enclave_core.manager import Plugins, get_plugin_manager
-from enclave_core.metrics import Metrics
-from enclave_core.runtime.boot import run_boot, static_secret_context, storage_dek_context
-from enclave_core.runtime.counting import CountingKms
+from enclave_core.runtime.boot import run_boot, static_secret_context
+from enclave_core.runtime.export import export_keys
+from enclave_core.runtime.migration_key import create_migration_key
 from enclave_core.runtime.recipient import RecipientSession
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.supervisor.api import create_app
-from enclave_core.supervisor.migration import MigrationService
+from enclave_core.supervisor.migration import MigrationService, parse_request
 from enclave_core.supervisor.migration_checkpoint import (
     CHECKPOINT_PARAM,
     OLD_KEY_PARAM,
@@ -46,11 +46,7 @@ from enclave_core.supervisor.migration_checkpoint import (
     write_checkpoint,
 )
 from enclave_core.supervisor.migration_enclave import SupervisorEnclave
-from enclave_core.supervisor.migration_steps import (
-    MigrationRunner,
-    _enclave_principal,
-    creates_with_policy,
-)
+from enclave_core.supervisor.migration_steps import MigrationRunner
 from enclave_core.supervisor.runtime_client import Probe
 from enclave_core.testing import free_port
 
@@ -70,16 +66,29 @@ def boot(config: Config, plugins: Plugins) -> RuntimeState:
 
 @dataclass
 class OldEnclave:
-    """The old enclave's side of step 5 and the launcher's side of step 8, without processes."""
+    """The old enclave's control listener (steps 2 and 5) and the launcher (step 8), in process.
+
+    :ivar write: False stands for an export whose parameters never arrive.
+    """
 
     state: RuntimeState
     secrets: Secrets
     exports: int = 0
+    keys_made: int = 0
     restarts: int = 0
     write: bool = True
     gate: threading.Event | None = None
     refuse: str | None = None
     names: list[str] = field(default_factory=list)
+
+    def create_migration_key(
+        self, target_pcr0: str, migration_id: str, target_pcr8: str | None = None
+    ) -> dict[str, Any]:
+        key = create_migration_key(
+            self.state, target_pcr0=target_pcr0, migration_id=migration_id, target_pcr8=target_pcr8
+        )
+        self.keys_made += 1
+        return key.as_json()
 
     def export_key(self) -> dict[str, Any]:
         if self.gate is not None:
@@ -87,27 +96,11 @@ class OldEnclave:
         if self.refuse is not None:
             raise EnclaveError(f"the old enclave refused export-key (403): {self.refuse}")
         self.exports += 1
-        state, config = self.state, self.state.config
-        assert state.kms is not None and state.recipient is not None
-        new_key = self.secrets.get("MigrationKMSKeyID")
-        target = self.secrets.get("MigrationTargetPCR0")
-        assert new_key and target
-        analysis = analyse(state.kms.get_key_policy(new_key), pcr0_hex=target)
-        assert analysis.locked and analysis.attested_pcr0 == {target}
-        plain: dict[str, tuple[bytes, dict[str, str]]] = {}
-        for secret in config.secrets.static:
-            value = bytes.fromhex(state.static_env[secret.env_var])
-            plain[secret.name] = (value, static_secret_context(config.name, secret.name))
-        dek_context = storage_dek_context(config.name)
-        stored = base64.b64decode(self.secrets.get("StorageDEK/Ciphertext") or "")
-        dek = state.recipient.decrypt(state.kms, state.kms_key_id or "", stored, dek_context)
-        plain["StorageDEK"] = (dek, dek_context)
-        if self.write:
-            for name, (value, context) in plain.items():
-                blob = state.kms.encrypt(new_key, value, context)
-                self.secrets.put(f"Migration/{name}/Ciphertext", base64.b64encode(blob).decode())
-        self.names = list(plain)
-        return {"exported": list(plain), "pcr0": state.pcr0, "new_key_id": new_key}
+        if not self.write:
+            return {"exported": ["signing_key", "StorageDEK"], "pcr0": self.state.pcr0}
+        answer = export_keys(self.state).as_json()
+        self.names = list(answer["exported"])
+        return answer
 
     def restart(self) -> None:
         self.restarts += 1
@@ -138,8 +131,8 @@ class World:
         return sorted(set(self.key_ids()) - {self.old_key})
 
     def locked_to(self, key: str, pcr0: str) -> bool:
-        analysis = analyse(self.backends()[0].get_key_policy(key), pcr0_hex=pcr0)
-        return analysis.locked and analysis.attested_pcr0 == {pcr0}
+        params = match_policy(self.backends()[0].get_key_policy(key))
+        return params.pcr0 == pcr0 and params.migration
 
     @property
     def secrets(self) -> Secrets:
@@ -235,14 +228,15 @@ def test_a_migration_moves_every_secret_to_a_key_only_the_new_image_can_use(worl
     assert (enclave.exports, enclave.restarts) == (1, 1)
     assert enclave.names == ["signing_key", "StorageDEK"]
     new_key = progress["new_key_id"]
-    # The new key: locked, Decrypt only for the new image, Encrypt for the enclave's role.
+    # The new key, made by the old enclave: the canonical migration policy for the new image.
     kms = world.backends()[0]
-    policy = kms.get_key_policy(new_key)
-    analysis = analyse(policy, pcr0_hex=progress["target_pcr0"])
-    assert analysis.locked and not analysis.unconditioned_decrypt
-    assert analysis.attested_pcr0 == {progress["target_pcr0"]}
-    assert world.config.name in kms.describe_key(new_key).description
-    assert progress["target_pcr0"] in kms.describe_key(new_key).description
+    params = match_policy(kms.get_key_policy(new_key))
+    assert params.pcr0 == progress["target_pcr0"] and params.migration
+    assert params.principal == kms.caller_arn()
+    assert kms.list_grants(new_key) == []
+    description = kms.describe_key(new_key).description
+    assert world.config.name in description and progress["id"] in description
+    assert enclave.keys_made == 1
     # Neither the supervisor nor anyone else can decrypt under it without the new image.
     blob = base64.b64decode(world.secrets.get("signing_key/Ciphertext") or "")
     with pytest.raises(EnclaveError, match="denied"):
@@ -281,6 +275,7 @@ def test_a_crash_after_any_step_resumes_to_the_same_result(world: World, step: i
         assert [s["step"] for s in progress["steps"]] == list(range(1, 10))
     assert first.exports + second.exports == 1
     assert first.restarts + second.restarts == 1
+    assert first.keys_made + second.keys_made == 1
     assert_migrated(world, str(stored.new_key_id or progress["new_key_id"]))
 
 
@@ -288,7 +283,8 @@ def test_a_crash_between_create_key_and_its_checkpoint_creates_no_second_key(
     world: World,
 ) -> None:
     kms, secrets = world.backends()
-    checkpoint = Checkpoint.new(world.config, "ab" * 48, app_dir=str(world.new_dir), eif=None)
+    target = measure_new_image(world.config, app_dir=world.new_dir, plugins=world.plugins)
+    checkpoint = Checkpoint.new(world.config, target, app_dir=str(world.new_dir), eif=None)
     write_checkpoint(secrets, checkpoint)
     runner = MigrationRunner(world.config, kms=kms, secrets=secrets, enclave=world.enclave())
     runner.read_old_key(checkpoint)
@@ -296,9 +292,9 @@ def test_a_crash_between_create_key_and_its_checkpoint_creates_no_second_key(
     created = checkpoint.new_key_id
     resumed = read_checkpoint(secrets)
     assert resumed is not None and resumed.new_key_id is None
-    msg = runner.create_new_key(resumed)
+    runner.create_new_key(resumed)
+    # The old enclave recorded the key it made for this migration and answers with it again.
     assert resumed.new_key_id == created
-    assert msg == f"new key {created} (found by its description after a crash)"
     assert world.new_keys() == [created]
     assert world.locked_to(str(created), checkpoint.target_pcr0)  # locked from creation
 
@@ -315,134 +311,36 @@ def test_rerunning_a_finished_migration_is_a_no_op(world: World) -> None:
     assert world.key_ids() == keys and enclave.exports == 0 and enclave.restarts == 0
 
 
-# ------------------------------------------------------------------ the new key's policy
+# ------------------------------------------------------------------ who makes the new key
 
 
-class HostRoleKms(LocalKms):
-    """The real local KMS as the deployed host role sees it: IAM grants it ``kms:CreateKey``
-    and no ``kms:PutKeyPolicy``, so every PutKeyPolicy is denied; CreateKey calls are noted."""
+class NoCreateKms(LocalKms):
+    """The local KMS as the supervisor sees it, noting every CreateKey and PutKeyPolicy."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.created: list[dict[str, Any]] = []
-        self.puts = 0
+    calls: list[str] = []
 
-    def create_key(
-        self,
-        *,
-        description: str = "",
-        policy: dict[str, Any] | None = None,
-        bypass_lockout_safety_check: bool = False,
-    ) -> KeyInfo:
-        self.created.append({"policy": policy, "bypass": bypass_lockout_safety_check})
-        return super().create_key(
-            description=description,
-            policy=policy,
-            bypass_lockout_safety_check=bypass_lockout_safety_check,
-        )
+    def create_key(self, **kwargs: Any) -> Any:
+        self.calls.append("CreateKey")
+        return super().create_key(**kwargs)
 
-    def put_key_policy(
-        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
-    ) -> None:
-        self.puts += 1
-        raise AccessDenied(f"kms:PutKeyPolicy on key {key_id}: no identity-based policy allows it")
+    def put_key_policy(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append("PutKeyPolicy")
+        super().put_key_policy(*args, **kwargs)
 
 
-class OlderKms(LocalKms):
-    """A third-party backend written before ``create_key`` took a policy; its first
-    PutKeyPolicy fails once when ``fail_first_put`` is set."""
-
-    fail_first_put = False
-
-    def create_key(self, *, description: str = "") -> KeyInfo:  # type: ignore[override]
-        return super().create_key(description=description)
-
-    def put_key_policy(
-        self, key_id: str, policy: dict[str, Any], *, bypass_lockout_safety_check: bool = False
-    ) -> None:
-        if self.fail_first_put:
-            self.fail_first_put = False
-            raise EnclaveError(f"PutKeyPolicy on key {key_id} failed (throttled)")
-        super().put_key_policy(
-            key_id, policy, bypass_lockout_safety_check=bypass_lockout_safety_check
-        )
-
-
-def test_step_2_creates_the_key_with_its_final_policy_and_no_put_key_policy_is_needed(
-    world: World,
-) -> None:
-    kms = world.local_kms(HostRoleKms)
-    assert isinstance(kms, HostRoleKms)
+def test_the_supervisor_never_makes_or_changes_a_key(world: World) -> None:
+    kms = world.local_kms(NoCreateKms)
+    NoCreateKms.calls = []
     status, progress = migrate(
         world.service(world.enclave(), kms=kms), {"app_dir": str(world.new_dir)}
     )
     assert status == 202 and progress["status"] == "done", progress
+    assert NoCreateKms.calls == []
     new_key = progress["new_key_id"]
-    # One CreateKey, carrying the final policy and the lockout bypass; PutKeyPolicy never tried.
-    [created] = kms.created
-    assert created["bypass"] is True and created["policy"] == kms.get_key_policy(new_key)
-    assert kms.puts == 0
     steps = {s["step"]: s["msg"] for s in progress["steps"]}
-    assert steps[2] == f"new key {new_key} created"
+    assert steps[2].startswith(f"new key {new_key} created by the old enclave (export window until")
     assert steps[3] == f"new key {new_key} locked to PCR0 {progress['target_pcr0'][:16]}…"
-    assert world.new_keys() == [new_key]
     assert_migrated(world, new_key)
-
-
-def test_step_2_crash_leaves_a_locked_key_and_step_3_only_verifies(world: World) -> None:
-    kms = world.local_kms(HostRoleKms)
-    migrate(
-        world.service(world.enclave(), kms=kms, after_step=crash_at(2)),
-        {"app_dir": str(world.new_dir)},
-    )
-    stored = read_checkpoint(world.secrets)
-    assert stored is not None and stored.step == 2 and stored.new_key_id is not None
-    assert world.locked_to(stored.new_key_id, stored.target_pcr0)
-    resumed = world.local_kms(HostRoleKms)
-    assert isinstance(resumed, HostRoleKms)
-    _, progress = migrate(
-        world.service(world.enclave(), kms=resumed), {"app_dir": str(world.new_dir)}
-    )
-    assert progress["status"] == "done", progress
-    assert (resumed.created, resumed.puts) == ([], 0)
-    assert_migrated(world, stored.new_key_id)
-
-
-def test_a_backend_whose_create_key_takes_no_policy_gets_create_then_put(world: World) -> None:
-    kms = world.local_kms(OlderKms)
-    assert isinstance(kms, OlderKms)
-    kms.fail_first_put = True  # the put after the create fails once
-    assert not creates_with_policy(kms)
-    _, progress = migrate(world.service(world.enclave(), kms=kms), {"app_dir": str(world.new_dir)})
-    assert progress["status"] == "failed" and progress["step"] == 1, progress
-    assert "step 2 failed: PutKeyPolicy on key" in progress["msg"]
-    stored = read_checkpoint(world.secrets)
-    assert stored is not None and stored.new_key_id is not None  # recorded despite the failure
-    [created] = world.new_keys()
-    assert created == stored.new_key_id
-    _, progress = migrate(world.service(world.enclave(), kms=kms), {"app_dir": str(world.new_dir)})
-    assert progress["status"] == "done", progress
-    steps = {s["step"]: s["msg"] for s in progress["steps"]}
-    assert steps[2] == f"new key {created} (created earlier)"
-    assert world.new_keys() == [created] and world.locked_to(created, progress["target_pcr0"])
-    assert_migrated(world, created)
-
-
-def test_creates_with_policy_reads_the_signature(world: World) -> None:
-    local = world.backends()[0]
-    assert creates_with_policy(local)
-    assert creates_with_policy(AwsKms.__new__(AwsKms))
-    assert creates_with_policy(CountingKms(local, Metrics()))
-    assert not creates_with_policy(world.local_kms(OlderKms))
-
-    class PolicyButNoBypass:
-        def create_key(self, *, description: str = "", policy: Any = None) -> None: ...
-
-    class Forwarding:
-        def create_key(self, **kwargs: Any) -> None: ...
-
-    assert not creates_with_policy(PolicyButNoBypass())  # type: ignore[arg-type]
-    assert creates_with_policy(Forwarding())  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ hostile cases
@@ -451,7 +349,27 @@ def test_creates_with_policy_reads_the_signature(world: World) -> None:
 def test_a_pcr0_that_differs_from_the_new_images_measurement_is_refused(world: World) -> None:
     service = world.service(world.enclave())
     with pytest.raises(ValidationError, match="differs from the new image's measurement"):
-        asyncio.run(service.start({"app_dir": str(world.new_dir), "pcr0": "0" * 96}))
+        asyncio.run(service.start({"app_dir": str(world.new_dir), "pcr0": "1" * 96}))
+    assert world.secrets.get(CHECKPOINT_PARAM) is None
+    assert world.key_ids() == [world.old_key]
+    assert not service.running
+
+
+def test_a_requested_pcr0_is_normalised_and_the_debug_mode_one_refused() -> None:
+    assert parse_request({"app_dir": "/x", "pcr0": "0x" + "AB" * 48})["pcr0"] == "ab" * 48
+    for pcr0 in ("0" * 96, "0X" + "0" * 96):
+        with pytest.raises(ValidationError, match="'pcr0' is all zero.*admit any image"):
+            parse_request({"app_dir": "/x", "pcr0": pcr0})
+    with pytest.raises(ValidationError, match="'pcr0' must be 96 hex digits"):
+        parse_request({"app_dir": "/x", "pcr0": "ab" * 47})
+
+
+@pytest.mark.parametrize("pcr0", ["0" * 96, "0x" + "0" * 96])
+def test_the_debug_mode_pcr0_is_refused_as_a_migration_target(world: World, pcr0: str) -> None:
+    # Every debug-mode enclave reports it: a key locked to it opens for any image.
+    service = world.service(world.enclave())
+    with pytest.raises(ValidationError, match="'pcr0' is all zero: that is what every debug-mode"):
+        asyncio.run(service.start({"app_dir": str(world.new_dir), "pcr0": pcr0}))
     assert world.secrets.get(CHECKPOINT_PARAM) is None
     assert world.key_ids() == [world.old_key]
     assert not service.running
@@ -677,33 +595,3 @@ def test_the_supervisor_posts_export_key_to_the_control_listener_and_reports_a_r
             booting.export_key()
     finally:
         loop.close()
-
-
-# ------------------------------------------------------------------ the enclave's principal
-
-
-def test_the_enclave_principal_comes_from_the_current_keys_policy() -> None:
-    role = "arn:aws:iam::123456789012:role/enclave-prod"
-    policy = locked_policy(pcr0_hex="ab" * 48, principal_arn=role)
-    assert _enclave_principal(policy) == role
-    assert _enclave_principal(default_policy("123456789012")) is None
-    assert _enclave_principal(None) is None
-
-
-def test_production_refuses_to_guess_the_enclave_principal(world: World) -> None:
-    kms, secrets = world.backends()
-    # A current key whose policy names no attested principal (the account root's default).
-    secrets.put("KMSKeyID", kms.create_key(description="plain").key_id)
-    production = dataclasses.replace(world.config, mode="production")
-    runner = MigrationRunner(production, kms=kms, secrets=secrets, enclave=world.enclave())
-    checkpoint = Checkpoint.new(production, "ab" * 48, app_dir=None, eif="/new.eif")
-    with pytest.raises(EnclaveError, match="pass --enclave-principal <role-arn>"):
-        runner.read_old_key(checkpoint)
-    checkpoint.principal = "arn:aws:iam::123456789012:role/given"
-    runner.read_old_key(checkpoint)
-    assert checkpoint.principal == "arn:aws:iam::123456789012:role/given"
-    development = Checkpoint.new(world.config, "ab" * 48, app_dir="/new", eif=None)
-    MigrationRunner(world.config, kms=kms, secrets=secrets, enclave=world.enclave()).read_old_key(
-        development
-    )
-    assert development.principal == kms.caller_arn()

@@ -1,0 +1,147 @@
+"""Attested records: a JSON body whose SHA-256 an NSM attestation document binds in ``user_data``.
+
+The host stores these records (as parameters) and cannot forge one: the document is signed by the
+NSM and names the image (PCR0, PCR8) that asked for it, and an image of this project asks for a
+record's document only for what it made or verified itself. Three kinds exist
+(docs/threat-model.md):
+
+- ``manifest``: the SHA-256 of every ciphertext an enclave may decrypt, and its predecessor;
+- ``link``: what an old enclave exported to its successor at a migration (a chain link);
+- ``migration-key``: the key an old enclave created for its successor.
+
+A record is stored as the JSON text ``{"kind", "body", "attestation"}`` (the document in base64).
+``user_data`` = SHA-256(``"simple-enclave-<kind>-v1\\n"`` ‖ canonical JSON of the body), where the
+canonical JSON has sorted keys, no spaces and ASCII only, so the kind separates domains and no two
+bodies share an encoding. Documents are verified against the root at their own timestamp (the
+enclave that made a record may be long gone); debug-mode documents are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from enclave_core.crypto.attestation import PCR_SIZE, VerifiedDocument, verify_document
+from enclave_core.errors import AttestationError, TamperingDetected
+from enclave_core.interfaces import Attestation
+
+KINDS = ("manifest", "link", "migration-key")
+#: Bodies are small; a stored record is at most this many bytes of JSON (an SSM parameter holds
+#: 8 KiB; the document is about 4.5 KiB, 6 KiB in base64).
+MAX_RECORD = 8192
+
+
+@dataclass(frozen=True)
+class AttestedRecord:
+    """A record whose document verified: its body, the document and the record's digest."""
+
+    kind: str
+    body: dict[str, Any]
+    document: VerifiedDocument
+    attestation: str  # base64, as stored
+    digest: str  # SHA-256 hex of the stored record's canonical JSON
+
+    @property
+    def pcr0(self) -> str:
+        """The PCR0 of the image that made the record."""
+        return self.document.pcrs[0].hex()
+
+    @property
+    def pcr8(self) -> str | None:
+        """That image's PCR8 when it is signed (non-zero), else None."""
+        value = self.document.pcrs.get(8)
+        return value.hex() if value is not None and any(value) else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The record as stored (what ``/v1/enclave-info`` shows of a chain link)."""
+        return {"kind": self.kind, "body": self.body, "attestation": self.attestation}
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no spaces, ASCII: one encoding per value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def record_user_data(kind: str, body: dict[str, Any]) -> bytes:
+    """The 32-byte ``user_data`` of a record's document."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown record kind {kind!r}")
+    return hashlib.sha256(f"simple-enclave-{kind}-v1\n".encode() + canonical_json(body)).digest()
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a stored record: what a later link or manifest names it by."""
+    return hashlib.sha256(canonical_json(record)).hexdigest()
+
+
+def make_record(attestation: Attestation, kind: str, body: dict[str, Any]) -> str:
+    """Ask the NSM for a document binding ``body``; return the record's JSON text."""
+    document = attestation.attestation(
+        user_data=record_user_data(kind, body), nonce=None, public_key=None
+    )
+    record = {
+        "kind": kind,
+        "body": body,
+        "attestation": base64.b64encode(document).decode("ascii"),
+    }
+    text = canonical_json(record).decode("ascii")
+    if len(text) > MAX_RECORD:
+        raise ValueError(f"a {kind} record of {len(text)} bytes exceeds {MAX_RECORD}")
+    return text
+
+
+def parse_record(
+    text: str | dict[str, Any], kind: str, *, root: x509.Certificate
+) -> AttestedRecord:
+    """Verify a stored record of ``kind``; TamperingDetected naming what is wrong.
+
+    :param text: the stored JSON text (or the already parsed object, as enclave-info carries it).
+    :param root: the trust anchor the document must chain to.
+    """
+    what = f"{kind} record"
+    if isinstance(text, str):
+        if len(text) > MAX_RECORD:
+            raise TamperingDetected(f"{what}: larger than {MAX_RECORD} bytes")
+        try:
+            record = json.loads(text)
+        except ValueError:
+            raise TamperingDetected(f"{what}: not JSON") from None
+    else:
+        record = text
+    if not isinstance(record, dict) or set(record) != {"kind", "body", "attestation"}:
+        raise TamperingDetected(f"{what}: not {{'kind', 'body', 'attestation'}}")
+    if record["kind"] != kind or not isinstance(record["body"], dict):
+        raise TamperingDetected(f"{what}: it is a {record['kind']!r} record")
+    encoded = record["attestation"]
+    try:
+        document = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+    except (binascii.Error, ValueError):
+        document = b""
+    if not document:
+        raise TamperingDetected(f"{what}: its attestation document is not base64")
+    try:
+        verified = verify_document(document, root=root)  # at the document's own timestamp
+    except AttestationError as exc:
+        raise TamperingDetected(
+            f"{what}: its attestation document does not verify: {exc}"
+        ) from None
+    pcr0 = verified.pcrs.get(0)
+    if pcr0 is None or verified.debug_mode or pcr0 == bytes(PCR_SIZE):
+        raise TamperingDetected(f"{what}: made by a debug-mode enclave (PCR0 all zero)")
+    expected = record_user_data(kind, record["body"])
+    if verified.user_data is None or not hmac.compare_digest(verified.user_data, expected):
+        raise TamperingDetected(f"{what}: its attestation document does not bind this body")
+    return AttestedRecord(
+        kind=kind,
+        body=record["body"],
+        document=verified,
+        attestation=encoded,
+        digest=record_digest(record),
+    )
