@@ -14,7 +14,9 @@ A snapshot maps names to digests (or small descriptions), never to secret values
 
 A request that was not a successful write must leave every name identical. A 2xx ``PUT`` or
 ``DELETE`` of the app API may change only the object or dynamic secret it named, and must actually
-have written it (present after a PUT, absent after a DELETE).
+have written it (present after a PUT, absent after a DELETE). A 200 ``POST /v1/migration-key`` of
+the control listener (the old enclave making a migration's key) may add one KMS key file and must
+write ``Migration/KeyRecord``, nothing else.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ LOCK_NAME = "#lock"
 SECRETS_PREFIX = "secrets/"
 
 STORAGE_ITEM = "/v1/storage/{key}"
+MIGRATION_KEY = "/v1/migration-key"
+KEY_RECORD = "param:Migration/KeyRecord"
 SECRET_ITEM = "/v1/secrets/{name}"  # noqa: S105 - a route
 
 
@@ -94,6 +98,9 @@ class Write:
     allowed: frozenset[str] = frozenset()
     present: frozenset[str] = frozenset()
     absent: frozenset[str] = frozenset()
+    #: Names with this prefix may appear, at most ``new_at_most`` of them (a key KMS named).
+    new_prefix: str | None = None
+    new_at_most: int = 0
 
 
 NO_WRITE = Write()
@@ -102,7 +109,15 @@ NO_WRITE = Write()
 def allowed_write(
     method: str, path_template: str, path_params: Mapping[str, object], status: int
 ) -> Write:
-    """The change a response allows: only a 2xx PUT/DELETE of one object or dynamic secret."""
+    """The change a response allows: a 2xx PUT/DELETE of one object or dynamic secret, or the
+    key a 200 migration-key made."""
+    if status == 200 and (method.upper(), path_template) == ("POST", MIGRATION_KEY):
+        return Write(
+            allowed=frozenset({KEY_RECORD}),
+            present=frozenset({KEY_RECORD}),
+            new_prefix="kms:",
+            new_at_most=1,
+        )
     if not 200 <= status < 300 or method.upper() not in ("PUT", "DELETE"):
         return NO_WRITE
     if path_template == STORAGE_ITEM:
@@ -135,8 +150,18 @@ def changes(before: dict[str, str], after: dict[str, str]) -> dict[str, str]:
 
 def violations(before: dict[str, str], after: dict[str, str], write: Write) -> list[str]:
     """What is wrong about the difference between two snapshots, given the allowed write."""
+    changed = changes(before, after)
+    new = [
+        name
+        for name, how in changed.items()
+        if write.new_prefix is not None and how == "added" and name.startswith(write.new_prefix)
+    ]
+    if len(new) > write.new_at_most:
+        return [f"{len(new)} new {write.new_prefix} entries, at most {write.new_at_most} allowed"]
     problems = [
-        f"{name} {how}" for name, how in changes(before, after).items() if name not in write.allowed
+        f"{name} {how}"
+        for name, how in changed.items()
+        if name not in write.allowed and name not in new
     ]
     problems += [f"{name} missing after a successful PUT" for name in write.present - set(after)]
     problems += [

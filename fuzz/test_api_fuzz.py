@@ -110,7 +110,7 @@ def test_app_api(case: Case, fuzzer: Fuzzer) -> None:
 
 @control.parametrize()
 def test_control_listener(case: Case, fuzzer: Fuzzer) -> None:
-    """The runtime's control listener: health and export-key."""
+    """The runtime's control listener: health, migration-key and export-key."""
     fuzzer.run(case, "control")
 
 

@@ -14,20 +14,19 @@ In KMS it may, through IAM, only create keys (``kms:CreateKey``), and only singl
 symmetric encryption keys with KMS-made key material (``kms:KeyOrigin`` ``AWS_KMS``,
 ``kms:KeySpec`` ``SYMMETRIC_DEFAULT``, ``kms:KeyUsage`` ``ENCRYPT_DECRYPT``, ``kms:MultiRegion``
 false; all four are CreateKey condition keys in the service authorization reference).
-``enclave migrate`` needs it: step 2 creates the new key with its final policy in the same
-CreateKey call, so neither ``kms:PutKeyPolicy`` nor ``kms:TagResource`` (no tags are sent) is
-granted. Every other KMS permission comes from the key policies, which name the role itself and
-condition every way to plaintext on an image's PCR0; IAM grants no Decrypt, GenerateDataKey,
-Encrypt or key management at all.
+``enclave migrate`` needs it: at step 2 the old enclave creates the new key with its final
+policy in the same CreateKey call, so neither ``kms:PutKeyPolicy`` nor ``kms:TagResource`` (no
+tags are sent) is granted. Every other KMS permission comes from the key policies, which name
+the role itself and condition every way to plaintext on an image's PCR0; IAM grants no Decrypt,
+GenerateDataKey, Encrypt or key management at all.
 
 Why ``kms:CreateKey`` is safe: creating a key exposes nothing. A key the role creates holds no
 ciphertext of the enclave's; the enclave's secrets are re-encrypted under a new key only by the
-old enclave, and only after it has read that key's policy itself and found Decrypt locked to the
-migration's target PCR0 with no principal able to change the policy or create grants
-(``enclave_core.runtime.export`` with ``kms_policy.analyse``). The role (or whoever holds its
-credentials on the host) can create keys with any policy it likes, including open ones, but
-those keys hold nothing of the enclave's. The cost is at most clutter: keys to schedule for
-deletion.
+old enclave, only to a key it created itself, and only after checking it again: its metadata,
+its exact canonical policy and no grants (``enclave_core.keycheck``, docs/threat-model.md). The
+role (or whoever holds its credentials on the host) can create keys with any policy it likes,
+including open ones, but those keys hold nothing of the enclave's. The cost is at most clutter:
+keys to schedule for deletion.
 
 ``AmazonSSMManagedInstanceCore``
 is deliberately not attached: it allows ``ssm:GetParameter(s)`` on every parameter of the

@@ -41,7 +41,7 @@ class Migrate(EnclaveCommand):
     """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        """``--eif`` | ``--app-dir``, ``--pcr0``, ``--enclave-principal``, ``-f text|json``."""
+        """``--eif`` | ``--app-dir``, ``--pcr0``, ``-f text|json``."""
         parser = super().get_parser(prog_name)
         image = parser.add_mutually_exclusive_group(required=True)
         image.add_argument("--eif", metavar="<NEW.eif>", help="the new enclave image (production)")
@@ -53,12 +53,6 @@ class Migrate(EnclaveCommand):
             metavar="<hex>",
             help="the PCR0 the new image must have (refused if its measurement differs, or if "
             "it is the all-zero PCR0 of a debug-mode enclave)",
-        )
-        parser.add_argument(
-            "--enclave-principal",
-            metavar="<role-arn>",
-            help="the IAM role the enclave calls KMS as (default: read from the current key's "
-            "policy)",
         )
         parser.add_argument(
             "-f",
@@ -81,7 +75,6 @@ class Migrate(EnclaveCommand):
             app_dir=_absolute(parsed_args.app_dir),
             eif=_absolute(parsed_args.eif),
             pcr0=pcr0,
-            principal=parsed_args.enclave_principal,
         )
         if first.get("status") == "done":
             self.write(json.dumps(first, indent=2) if as_json else str(first.get("msg")))

@@ -58,13 +58,12 @@ class SupervisorClient:
         app_dir: str | None = None,
         eif: str | None = None,
         pcr0: str | None = None,
-        principal: str | None = None,
     ) -> dict[str, Any]:
         """Start or resume a migration; the first progress (``status`` ``done`` for a no-op).
 
         Paths are sent as given: pass absolute ones (the supervisor may run elsewhere).
         """
-        fields = {"app_dir": app_dir, "eif": eif, "pcr0": pcr0, "principal": principal}
+        fields = {"app_dir": app_dir, "eif": eif, "pcr0": pcr0}
         body = {k: v for k, v in fields.items() if v is not None}
         return self._json("POST", "/v1/migrate", auth=True, ok=(200, 202), body=body)
 

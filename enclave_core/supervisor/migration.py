@@ -59,10 +59,10 @@ def parse_request(body: Any) -> dict[str, str | None]:
     """Validate ``{"eif": path} | {"app_dir": path}`` plus an optional ``"pcr0"``."""
     if not isinstance(body, dict):
         raise ValidationError("the body must be a JSON object {'eif' or 'app_dir', 'pcr0'?}")
-    unknown = sorted(set(body) - {"eif", "app_dir", "pcr0", "principal"})
+    unknown = sorted(set(body) - {"eif", "app_dir", "pcr0"})
     if unknown:
         raise ValidationError(f"unknown field(s) {', '.join(unknown)}")
-    values = {k: body.get(k) for k in ("eif", "app_dir", "pcr0", "principal")}
+    values = {k: body.get(k) for k in ("eif", "app_dir", "pcr0")}
     for name, value in values.items():
         if value is not None and (not isinstance(value, str) or not value):
             raise ValidationError(f"'{name}' must be a non-empty string")
@@ -212,7 +212,6 @@ class MigrationService:
             checkpoint = Checkpoint.new(
                 self._config, target, app_dir=request["app_dir"], eif=request["eif"]
             )
-        checkpoint.principal = request["principal"] or checkpoint.principal
         write_checkpoint(secrets, checkpoint)
         return checkpoint
 

@@ -63,10 +63,6 @@ class MigrateRequestSchema(RequestSchema):
         ),
         metadata={"description": "the PCR0 the new image must measure to", "pattern": PCR0_PATTERN},
     )
-    principal = fields.String(
-        validate=validate.Length(min=1, error="must be a non-empty string"),
-        metadata={"description": "the IAM principal (role ARN) the new enclave runs as"},
-    )
 
     @validates_schema
     def _one_image(self, data: dict[str, Any], **_: Any) -> None:
