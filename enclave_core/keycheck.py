@@ -165,6 +165,8 @@ def verify_enclave_key(
         info = kms.describe_key(key_id)
     except NotFound:
         raise KeyRefused(f"KMS key {key_id} does not exist") from None
+    except EnclaveError as exc:
+        raise KeyRefused(f"KMS key {key_id} cannot be described: {exc}") from None
     check_metadata(info, principal)
     try:
         policy = kms.get_key_policy(key_id)

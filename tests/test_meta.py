@@ -180,3 +180,24 @@ def test_the_outside_check_finds_each_way_out(relpath: str, text: str) -> None:
 )
 def test_the_outside_check_lets_the_tree_alone(relpath: str, text: str) -> None:
     assert not outside_references(ROOT / relpath, text)
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    """docs/threat-model.md proves each property with named tests: they must be real."""
+    text = (ROOT / "docs" / "threat-model.md").read_text(encoding="utf-8")
+    by_name = {path.name: path for path in (ROOT / "tests").rglob("test_*.py")}
+    named: list[tuple[str, str | None]] = []
+    current = None
+    for match in re.finditer(r"`(?:(?:tests/[\w/]+/)?(test_\w+\.py))?(?:::(test_\w+))?`", text):
+        file, test = match.group(1), match.group(2)
+        if file is None and test is None:
+            continue
+        current = file or current
+        assert current is not None, f"{match.group(0)} names a test before any file"
+        named.append((current, test))
+    assert len(named) >= 15
+    for file, test in named:
+        assert file in by_name, f"docs/threat-model.md names {file}, which does not exist"
+        if test is not None:
+            source = by_name[file].read_text(encoding="utf-8")
+            assert re.search(rf"def {test}\(", source), f"{file} has no {test}"

@@ -3,14 +3,21 @@ attested images can ever decrypt under it (policy, grants, origin, Region scope,
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from enclave_plugins.aws_kms import AwsKms
 
 from enclave_core.config import Config
-from enclave_core.errors import AccessDenied, ValidationError
+from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
+from enclave_core.errors import AccessDenied, KeyRefused, ValidationError
+from enclave_core.interfaces import BackendContext
+from enclave_core.keycheck import verify_enclave_key
 from enclave_core.manager import get_plugin_manager
 from enclave_core.runtime.state import RuntimeState
 from tests.attacks.host import Host
@@ -183,11 +190,56 @@ def test_the_host_cannot_decrypt_under_the_enclaves_key(config: Config) -> None:
     host = Host(config)
     blob = host.secrets.get("signing_key/Ciphertext")
     assert blob is not None
-    import base64
-
     with pytest.raises(AccessDenied):
         host.kms.decrypt(
             str(state.kms_key_id),
             base64.b64decode(blob),
             {"app": config.name, "purpose": "static-secret", "secret": "signing_key"},
+        )
+
+
+def test_duplicate_json_keys_are_refused_by_the_enclave_on_aws(
+    tmp_path: Path, moto_reset: str, boto3_session: Any
+) -> None:
+    """moto, like a lax reader, stores the policy text as given: the enclave's strict parse of
+    GetKeyPolicy must refuse it, whichever duplicate a last-wins reader would have kept."""
+    # The enclave's backend, on moto; moto leaves MultiRegion out of DescribeKey (KMS says false).
+    session = boto3.session.Session(region_name="us-east-1")
+
+    def moto_omits_multi_region(parsed: dict[str, Any], **_: Any) -> None:
+        parsed.get("KeyMetadata", {}).setdefault("MultiRegion", False)
+
+    session.events.register("after-call.kms.DescribeKey", moto_omits_multi_region)
+    context = BackendContext(
+        name="hello",
+        prefix="dev",
+        region="us-east-1",
+        mode="development",
+        base_dir=tmp_path,
+        state_dir=tmp_path / ".enclave",
+        app_dir=tmp_path,
+        session=session,
+    )
+    options = {"endpoint_url": moto_reset, "sts_endpoint_url": moto_reset}
+    kms = AwsKms.from_options(AwsKms.Options().load(options), context)
+    principal, pcr0 = kms.caller_arn(), "ab" * 48
+    exact = json.dumps(render_policy(EnclaveKeyPolicy(principal=principal, pcr0=pcr0)))
+    # A backdoor inside one statement: its first "Action" is kms:*; a last-wins reader sees only
+    # the second, the enclave's own list, and would find the policy exact.
+    text = exact.replace(
+        '"Sid": "EnclaveReadKey", "Effect": "Allow", ',
+        '"Sid": "EnclaveReadKey", "Effect": "Allow", "Action": "kms:*", ',
+        1,
+    )
+    assert text != exact
+    host = boto3_session.client("kms", endpoint_url=moto_reset)  # the role, straight to KMS
+    key = host.create_key(
+        Policy=text,
+        BypassPolicyLockoutSafetyCheck=True,
+        KeySpec="SYMMETRIC_DEFAULT",
+        KeyUsage="ENCRYPT_DECRYPT",
+    )["KeyMetadata"]
+    with pytest.raises(KeyRefused, match="duplicate key 'Action'"):
+        verify_enclave_key(
+            kms, key["KeyId"], principal=principal, pcr0=pcr0, pcr8=None, app="hello"
         )
