@@ -53,11 +53,18 @@ class ChainReport:
 
 
 def parse_link(record: Any, *, root: x509.Certificate) -> AttestedRecord:
-    """Verify one stored link record; AttestationError naming what is wrong."""
+    """Verify one link record (``{"kind", "body", "attestation"}``); AttestationError naming
+    what is wrong."""
     try:
         link = parse_record(record, "link", root=root)
     except TamperingDetected as exc:
         raise AttestationError(f"chain link: {exc}") from None
+    check_link(link)
+    return link
+
+
+def check_link(link: AttestedRecord) -> None:
+    """The body of a verified link has every field, and names the image that made it."""
     body = link.body
     missing = [name for name in LINK_FIELDS if name not in body]
     if missing:
@@ -69,7 +76,6 @@ def parse_link(record: Any, *, root: x509.Certificate) -> AttestedRecord:
         )
     if not isinstance(body["index"], int) or body["index"] < 1:
         raise AttestationError("chain link: its index is not a positive whole number")
-    return link
 
 
 def verify_links(

@@ -15,8 +15,9 @@ A snapshot maps names to digests (or small descriptions), never to secret values
 A request that was not a successful write must leave every name identical. A 2xx ``PUT`` or
 ``DELETE`` of the app API may change only the object or dynamic secret it named, and must actually
 have written it (present after a PUT, absent after a DELETE). A 200 ``POST /v1/migration-key`` of
-the control listener (the old enclave making a migration's key) may add one KMS key file and must
-write ``Migration/KeyRecord``, nothing else.
+the control listener (the old enclave making a migration's key) may add one KMS key file and the
+record's attestation document (``Attestations/<id>``) and must write ``Migration/KeyRecord``,
+nothing else.
 """
 
 from __future__ import annotations
@@ -98,9 +99,8 @@ class Write:
     allowed: frozenset[str] = frozenset()
     present: frozenset[str] = frozenset()
     absent: frozenset[str] = frozenset()
-    #: Names with this prefix may appear, at most ``new_at_most`` of them (a key KMS named).
-    new_prefix: str | None = None
-    new_at_most: int = 0
+    #: Names with these prefixes may appear, at most so many of each (a key KMS named).
+    new: tuple[tuple[str, int], ...] = ()
 
 
 NO_WRITE = Write()
@@ -115,8 +115,7 @@ def allowed_write(
         return Write(
             allowed=frozenset({KEY_RECORD}),
             present=frozenset({KEY_RECORD}),
-            new_prefix="kms:",
-            new_at_most=1,
+            new=(("kms:", 1), ("param:Attestations/", 1)),
         )
     if not 200 <= status < 300 or method.upper() not in ("PUT", "DELETE"):
         return NO_WRITE
@@ -151,13 +150,12 @@ def changes(before: dict[str, str], after: dict[str, str]) -> dict[str, str]:
 def violations(before: dict[str, str], after: dict[str, str], write: Write) -> list[str]:
     """What is wrong about the difference between two snapshots, given the allowed write."""
     changed = changes(before, after)
-    new = [
-        name
-        for name, how in changed.items()
-        if write.new_prefix is not None and how == "added" and name.startswith(write.new_prefix)
-    ]
-    if len(new) > write.new_at_most:
-        return [f"{len(new)} new {write.new_prefix} entries, at most {write.new_at_most} allowed"]
+    new: list[str] = []
+    for prefix, at_most in write.new:
+        added = [n for n, how in changed.items() if how == "added" and n.startswith(prefix)]
+        if len(added) > at_most:
+            return [f"{len(added)} new {prefix} entries, at most {at_most} allowed"]
+        new += added
     problems = [
         f"{name} {how}"
         for name, how in changed.items()

@@ -9,11 +9,18 @@ record's document only for what it made or verified itself. Three kinds exist
 - ``link``: what an old enclave exported to its successor at a migration (a chain link);
 - ``migration-key``: the key an old enclave created for its successor.
 
-A record is stored as the JSON text ``{"kind", "body", "attestation"}`` (the document in base64).
-``user_data`` = SHA-256(``"simple-enclave-<kind>-v1\\n"`` ‖ canonical JSON of the body), where the
-canonical JSON has sorted keys, no spaces and ASCII only, so the kind separates domains and no two
-bodies share an encoding. Documents are verified against the root at their own timestamp (the
-enclave that made a record may be long gone); debug-mode documents are refused.
+In memory, and in ``/v1/enclave-info``, a record is ``{"kind", "body", "attestation"}`` (the
+document in base64). ``user_data`` = SHA-256(``"simple-enclave-<kind>-v1\\n"`` ‖ canonical JSON of
+the body), where the canonical JSON has sorted keys, no spaces and ASCII only, so the kind
+separates domains and no two bodies share an encoding. Documents are verified against the root at
+their own timestamp (the enclave that made a record may be long gone); debug-mode documents are
+refused.
+
+In the parameter store (:func:`store_record`, :func:`read_record`) a record takes two parameters,
+since one SSM parameter holds at most 8 KiB and a document in base64 about 6: the named parameter
+holds ``{"kind", "body"}``, and the document goes first to ``Attestations/<id>``, a name derived
+from the kind and the body. The named one is written last, in one put: a reader never sees a body
+whose document is not there yet, and a crash in between leaves only an unreferenced document.
 """
 
 from __future__ import annotations
@@ -30,12 +37,12 @@ from cryptography import x509
 
 from enclave_core.crypto.attestation import PCR_SIZE, VerifiedDocument, verify_document
 from enclave_core.errors import AttestationError, TamperingDetected
-from enclave_core.interfaces import Attestation
+from enclave_core.interfaces import Attestation, Secrets
 
 KINDS = ("manifest", "link", "migration-key")
-#: Bodies are small; a stored record is at most this many bytes of JSON (an SSM parameter holds
-#: 8 KiB; the document is about 4.5 KiB, 6 KiB in base64).
-MAX_RECORD = 8192
+#: Each of a record's two parameters is at most this many bytes (what an SSM parameter holds).
+MAX_PARAMETER = 8192
+ATTESTATIONS_PREFIX = "Attestations/"
 
 
 @dataclass(frozen=True)
@@ -81,40 +88,72 @@ def record_digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(record)).hexdigest()
 
 
-def make_record(attestation: Attestation, kind: str, body: dict[str, Any]) -> str:
-    """Ask the NSM for a document binding ``body``; return the record's JSON text."""
+def make_record(attestation: Attestation, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Ask the NSM for a document binding ``body``; return the record."""
     document = attestation.attestation(
         user_data=record_user_data(kind, body), nonce=None, public_key=None
     )
-    record = {
-        "kind": kind,
-        "body": body,
-        "attestation": base64.b64encode(document).decode("ascii"),
-    }
-    text = canonical_json(record).decode("ascii")
-    if len(text) > MAX_RECORD:
-        raise ValueError(f"a {kind} record of {len(text)} bytes exceeds {MAX_RECORD}")
-    return text
+    return {"kind": kind, "body": body, "attestation": base64.b64encode(document).decode("ascii")}
 
 
-def parse_record(
-    text: str | dict[str, Any], kind: str, *, root: x509.Certificate
-) -> AttestedRecord:
-    """Verify a stored record of ``kind``; TamperingDetected naming what is wrong.
+def attestation_param(kind: str, body: dict[str, Any]) -> str:
+    """Where the document of the record ``(kind, body)`` is stored."""
+    name = hashlib.sha256(canonical_json({"kind": kind, "body": body})).hexdigest()[:32]
+    return f"{ATTESTATIONS_PREFIX}{name}"
 
-    :param text: the stored JSON text (or the already parsed object, as enclave-info carries it).
+
+def store_record(secrets: Secrets, param: str, record: dict[str, Any]) -> None:
+    """Store ``record`` as ``param`` (its document first, in its own parameter)."""
+    kind, body = record["kind"], record["body"]
+    text = canonical_json({"kind": kind, "body": body}).decode("ascii")
+    if len(text) > MAX_PARAMETER or len(record["attestation"]) > MAX_PARAMETER:
+        raise ValueError(f"a {kind} record does not fit in {MAX_PARAMETER}-byte parameters")
+    secrets.put(attestation_param(kind, body), record["attestation"])
+    secrets.put(param, text)
+
+
+def read_record(
+    secrets: Secrets, param: str, kind: str, *, root: x509.Certificate
+) -> AttestedRecord | None:
+    """The record stored as ``param``, verified; None when there is none.
+
+    :raises TamperingDetected: naming what is wrong (a missing document included).
+    """
+    text = secrets.get(param)
+    if text is None:
+        return None
+    what = f"{kind} record {param}"
+    try:
+        stored = json.loads(text) if len(text) <= MAX_PARAMETER else None
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict) or set(stored) != {"kind", "body"}:
+        raise TamperingDetected(f"{what}: not {{'kind', 'body'}}")
+    if stored["kind"] != kind or not isinstance(stored["body"], dict):
+        raise TamperingDetected(f"{what}: it is a {stored['kind']!r} record")
+    encoded = secrets.get(attestation_param(kind, stored["body"]))
+    if encoded is None:
+        raise TamperingDetected(f"{what}: its attestation document is missing")
+    return parse_record({**stored, "attestation": encoded}, kind, root=root)
+
+
+def stored_kind(secrets: Secrets, param: str) -> str | None:
+    """The kind of the record stored as ``param`` (unverified), or None."""
+    text = secrets.get(param)
+    try:
+        kind = json.loads(text).get("kind") if text is not None else None
+    except (ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def parse_record(record: Any, kind: str, *, root: x509.Certificate) -> AttestedRecord:
+    """Verify a record of ``kind`` (``{"kind", "body", "attestation"}``); TamperingDetected
+    naming what is wrong.
+
     :param root: the trust anchor the document must chain to.
     """
     what = f"{kind} record"
-    if isinstance(text, str):
-        if len(text) > MAX_RECORD:
-            raise TamperingDetected(f"{what}: larger than {MAX_RECORD} bytes")
-        try:
-            record = json.loads(text)
-        except ValueError:
-            raise TamperingDetected(f"{what}: not JSON") from None
-    else:
-        record = text
     if not isinstance(record, dict) or set(record) != {"kind", "body", "attestation"}:
         raise TamperingDetected(f"{what}: not {{'kind', 'body', 'attestation'}}")
     if record["kind"] != kind or not isinstance(record["body"], dict):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from loguru import logger
 
-from enclave_core.crypto.attested_record import AttestedRecord
-from enclave_core.errors import AttestationError
-from enclave_core.migration_chain import GENESIS, ChainReport, parse_link, verify_links
+from enclave_core.crypto.attested_record import AttestedRecord, read_record
+from enclave_core.errors import AttestationError, TamperingDetected
+from enclave_core.migration_chain import GENESIS, ChainReport, check_link, verify_links
 from enclave_core.pcrs import normalise_pcr
 from enclave_core.runtime.sealed import chain_param
 from enclave_core.runtime.state import RuntimeState
@@ -38,14 +38,15 @@ def _walk(state: RuntimeState, length: int, last: str | None) -> ChainReport:
     expected = last
     problem = None
     for index in range(length, 0, -1):
-        text = state.secrets.get(chain_param(index))
-        if text is None:
-            problem = f"parameter {chain_param(index)} is missing"
-            break
         try:
-            link = parse_link(text, root=root_of(state))
-        except AttestationError as exc:
+            link = read_record(state.secrets, chain_param(index), "link", root=root_of(state))
+            if link is not None:
+                check_link(link)
+        except (AttestationError, TamperingDetected) as exc:
             problem = f"{chain_param(index)}: {exc}"
+            break
+        if link is None:
+            problem = f"parameter {chain_param(index)} is missing"
             break
         if link.digest != expected or link.body.get("index") != index:
             problem = f"{chain_param(index)} is not the link the chain names there"

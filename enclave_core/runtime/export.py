@@ -23,13 +23,12 @@ Exporting again for the same migration rewrites the same parameters.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 
-from enclave_core.crypto.attested_record import make_record, record_digest
+from enclave_core.crypto.attested_record import make_record, record_digest, store_record
 from enclave_core.errors import (
     KeyRefused,
     StateConflict,
@@ -177,8 +176,8 @@ def export_keys(state: RuntimeState) -> ExportResult:
     for name, blob in blobs:
         secrets.put(migration_param(name), base64.b64encode(blob).decode("ascii"))
     secrets.put(PREVIOUS_PCR0_PARAM, state.pcr0)
-    secrets.put(PREVIOUS_ATTESTATION_PARAM, json.loads(link)["attestation"])
-    secrets.put(LINK_PARAM, link)  # last: its presence means the export is complete
+    secrets.put(PREVIOUS_ATTESTATION_PARAM, link["attestation"])
+    store_record(secrets, LINK_PARAM, link)  # last: its presence means the export is complete
     exported = [name for name, _ in blobs]
     logger.bind(key_id=verdict.key_id, pcr0=target, exported=exported).info(
         "secrets exported to the migration key"
@@ -187,5 +186,5 @@ def export_keys(state: RuntimeState) -> ExportResult:
         exported=exported,
         pcr0=state.pcr0,
         new_key_id=verdict.key_id,
-        link=record_digest(json.loads(link)),
+        link=record_digest(link),
     )

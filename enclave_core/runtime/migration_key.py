@@ -27,7 +27,7 @@ from typing import Any
 from loguru import logger
 
 from enclave_core.crypto import cose
-from enclave_core.crypto.attested_record import AttestedRecord, make_record, parse_record
+from enclave_core.crypto.attested_record import make_record, read_record, store_record
 from enclave_core.enclave_policy import (
     EnclaveKeyPolicy,
     format_deadline,
@@ -139,10 +139,9 @@ def read_key_record(state: RuntimeState) -> MigrationKey | None:
     :raises TamperingDetected: a record that does not verify, or that another image made.
     """
     assert state.secrets is not None
-    text = state.secrets.get(KEY_RECORD_PARAM)
-    if text is None:
+    record = read_record(state.secrets, KEY_RECORD_PARAM, "migration-key", root=root_of(state))
+    if record is None:
         return None
-    record: AttestedRecord = parse_record(text, "migration-key", root=root_of(state))
     body = record.body
     if record.pcr0 != state.pcr0 or body.get("by_pcr0") != state.pcr0:
         raise TamperingDetected(f"{KEY_RECORD_PARAM} was made by another image")
@@ -271,6 +270,8 @@ def create_migration_key(
         "export_until": format_deadline(until),
         "policy_sha256": verdict.policy_sha256,
     }
-    state.secrets.put(KEY_RECORD_PARAM, make_record(state.attestation, "migration-key", body))
+    store_record(
+        state.secrets, KEY_RECORD_PARAM, make_record(state.attestation, "migration-key", body)
+    )
     log.info("migration key recorded")
     return key

@@ -33,7 +33,9 @@ from loguru import logger
 from enclave_core.crypto.attested_record import (
     AttestedRecord,
     make_record,
-    parse_record,
+    read_record,
+    store_record,
+    stored_kind,
 )
 from enclave_core.errors import CryptoError, EnclaveError, TamperingDetected
 from enclave_core.parameters import create_parameter
@@ -154,15 +156,12 @@ def _entries(body: dict[str, Any]) -> dict[str, str]:
 def read_manifest(state: RuntimeState) -> Manifest | None:
     """The verified ``CiphertextManifest``, or None when there is none."""
     assert state.secrets is not None
-    text = state.secrets.get(MANIFEST_PARAM)
-    if text is None:
+    kind = stored_kind(state.secrets, MANIFEST_PARAM)
+    if kind is None and state.secrets.get(MANIFEST_PARAM) is None:
         return None
-    try:
-        kind = json.loads(text).get("kind")
-    except (ValueError, AttributeError):
-        kind = None
     if kind == "link":
-        record = parse_record(text, "link", root=root_of(state))
+        record = read_record(state.secrets, MANIFEST_PARAM, "link", root=root_of(state))
+        assert record is not None
         check_link_for_me(state, record)
         return Manifest(
             record=record,
@@ -171,7 +170,10 @@ def read_manifest(state: RuntimeState) -> Manifest | None:
             chain_length=int(record.body.get("index") or 0),
             last_link=record.digest,
         )
-    return _check_self_manifest(state, parse_record(text, "manifest", root=root_of(state)))
+    record = read_record(state.secrets, MANIFEST_PARAM, "manifest", root=root_of(state))
+    if record is None:
+        raise _tamper(f"{MANIFEST_PARAM} vanished while it was read")
+    return _check_self_manifest(state, record)
 
 
 def _view(state: RuntimeState, keys: list[DataKey]) -> View:
@@ -254,14 +256,13 @@ def _own_manifest_body(
 
 def _write_own_manifest(state: RuntimeState, body: dict[str, Any]) -> None:
     assert state.secrets is not None and state.attestation is not None
-    state.secrets.put(MANIFEST_PARAM, make_record(state.attestation, "manifest", body))
+    store_record(state.secrets, MANIFEST_PARAM, make_record(state.attestation, "manifest", body))
 
 
 def _keep_link(state: RuntimeState, manifest: Manifest) -> None:
     """Store the predecessor's link as ``Chain/<n>`` before our own manifest replaces it."""
     assert state.secrets is not None
-    text = json.dumps(manifest.record.as_json(), sort_keys=True, separators=(",", ":"))
-    state.secrets.put(chain_param(manifest.chain_length), text)
+    store_record(state.secrets, chain_param(manifest.chain_length), manifest.record.as_json())
 
 
 def _generate(state: RuntimeState, view: View, cache: dict[str, bytes], owner: str) -> None:

@@ -8,7 +8,6 @@ in the same state directory.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -16,9 +15,10 @@ import falcon.testing
 import pytest
 
 from enclave_core.config import Config
-from enclave_core.crypto.attested_record import make_record
+from enclave_core.crypto.attested_record import make_record, read_record, store_record
 from enclave_core.runtime.export import export_keys
 from enclave_core.runtime.public import create_public_app
+from enclave_core.runtime.trust import trust_root
 from tests.enclave_core.runtime.migration_fixtures import (
     Migration,
     boot,
@@ -80,7 +80,8 @@ def test_the_new_image_boots_with_the_same_secrets_and_the_chain_link(
     assert info["previous_pcr0"] == migration.old_pcr0
     assert info["key_origin"] == "migration" and info["migration_chain_complete"] is True
     [shown] = info["migration_chain"]
-    assert shown == json.loads(migration.secrets.get("Chain/1") or "")
+    kept = read_record(migration.secrets, "Chain/1", "link", root=trust_root(migration.config))
+    assert kept is not None and shown == kept.as_json()
     assert info["previous_pcr0_attestation"] == shown["attestation"]
     # The old key is retired: pending deletion in 7 days, its parameter gone.
     old_info = local_kms(migration.config).describe_key(old_key)
@@ -124,7 +125,7 @@ def test_a_link_made_for_another_key_is_refused(migration: Migration) -> None:
     assert migration.old.attestation is not None
     body["key_id"] = "another-key"
     forged = make_record(migration.old.attestation, "link", body)  # really made by the old image
-    migration.secrets.put("CiphertextManifest", forged)
+    store_record(migration.secrets, "CiphertextManifest", forged)
     new = boot(migration.config, migration.plugins)
     assert new.boot_error is not None
     assert "the migration link is for another key" in new.boot_error
@@ -136,8 +137,10 @@ def test_a_link_naming_another_successor_is_refused(migration: Migration) -> Non
     body = link_body(migration.secrets)
     assert migration.old.attestation is not None
     body["to_pcr0"] = "0f" * 48
-    migration.secrets.put(
-        "CiphertextManifest", make_record(migration.old.attestation, "link", body)
+    store_record(
+        migration.secrets,
+        "CiphertextManifest",
+        make_record(migration.old.attestation, "link", body),
     )
     new = boot(migration.config, migration.plugins)
     assert new.boot_error is not None and "names another successor" in new.boot_error

@@ -18,7 +18,7 @@ import falcon.testing
 import pytest
 
 from enclave_core.config import Config
-from enclave_core.crypto.attested_record import parse_record, record_user_data
+from enclave_core.crypto.attested_record import read_record, record_user_data
 from enclave_core.enclave_policy import match_policy
 from enclave_core.errors import AccessDenied, CryptoError
 from enclave_core.runtime.datakeys import static_secret_context, storage_dek_context
@@ -99,12 +99,13 @@ def test_the_old_enclave_makes_the_key_with_its_final_policy(migration: Migratio
     assert answer["export_until"] == params.export_until.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert kms.list_grants(answer["key_id"]) == []
     # The record that lets the old enclave know the key as its own after a restart.
-    record = parse_record(
-        migration.secrets.get("Migration/KeyRecord") or "",
-        "migration-key",
-        root=trust_root(migration.config),
+    root = trust_root(migration.config)
+    record = read_record(migration.secrets, "Migration/KeyRecord", "migration-key", root=root)
+    assert (
+        record is not None
+        and record.pcr0 == migration.old_pcr0
+        and record.body["key_id"] == answer["key_id"]
     )
-    assert record.pcr0 == migration.old_pcr0 and record.body["key_id"] == answer["key_id"]
 
 
 def test_asking_again_for_the_same_migration_returns_the_same_key(migration: Migration) -> None:
@@ -216,9 +217,8 @@ def test_export_re_encrypts_for_the_target_image_only(migration: Migration) -> N
         result = export(old, body="{}")
     assert result.status_code == 200, result.json
     secrets = migration.secrets
-    link_text = secrets.get("Migration/Manifest")
-    assert link_text is not None
-    link = parse_record(link_text, "link", root=trust_root(config))
+    link = read_record(secrets, "Migration/Manifest", "link", root=trust_root(config))
+    assert link is not None
     assert result.json == {
         "exported": list(DATA_KEYS),
         "pcr0": migration.old_pcr0,
