@@ -38,7 +38,8 @@ SECRETS_PREFIX = "secrets/"
 
 STORAGE_ITEM = "/v1/storage/{key}"
 MIGRATION_KEY = "/v1/migration-key"
-KEY_RECORD = "param:Migration/KeyRecord"
+#: Parameter names carry the deployment's path (``param:/dev/hello/...``): matched by their end.
+KEY_RECORD = "/Migration/KeyRecord"
 SECRET_ITEM = "/v1/secrets/{name}"  # noqa: S105 - a route
 
 
@@ -99,8 +100,11 @@ class Write:
     allowed: frozenset[str] = frozenset()
     present: frozenset[str] = frozenset()
     absent: frozenset[str] = frozenset()
-    #: Names with these prefixes may appear, at most so many of each (a key KMS named).
+    #: Names containing these markers may appear, at most so many of each (a key KMS named).
     new: tuple[tuple[str, int], ...] = ()
+    #: Parameter names ending so may change (the deployment's path is not known here), and must
+    #: be present afterwards.
+    params_changed: frozenset[str] = frozenset()
 
 
 NO_WRITE = Write()
@@ -113,9 +117,7 @@ def allowed_write(
     key a 200 migration-key made."""
     if status == 200 and (method.upper(), path_template) == ("POST", MIGRATION_KEY):
         return Write(
-            allowed=frozenset({KEY_RECORD}),
-            present=frozenset({KEY_RECORD}),
-            new=(("kms:", 1), ("param:Attestations/", 1)),
+            new=(("kms:", 1), ("/Attestations/", 1)), params_changed=frozenset({KEY_RECORD})
         )
     if not 200 <= status < 300 or method.upper() not in ("PUT", "DELETE"):
         return NO_WRITE
@@ -151,16 +153,23 @@ def violations(before: dict[str, str], after: dict[str, str], write: Write) -> l
     """What is wrong about the difference between two snapshots, given the allowed write."""
     changed = changes(before, after)
     new: list[str] = []
-    for prefix, at_most in write.new:
-        added = [n for n, how in changed.items() if how == "added" and n.startswith(prefix)]
+    for marker, at_most in write.new:
+        added = [n for n, how in changed.items() if how == "added" and marker in n]
         if len(added) > at_most:
-            return [f"{len(added)} new {prefix} entries, at most {at_most} allowed"]
+            return [f"{len(added)} new {marker} entries, at most {at_most} allowed"]
         new += added
+
+    def param_may_change(name: str) -> bool:
+        return name.startswith("param:") and name.endswith(tuple(write.params_changed))
+
     problems = [
         f"{name} {how}"
         for name, how in changed.items()
-        if name not in write.allowed and name not in new
+        if name not in write.allowed and name not in new and not param_may_change(name)
     ]
+    for suffix in sorted(write.params_changed):
+        if not any(n.startswith("param:") and n.endswith(suffix) for n in after):
+            problems.append(f"param:…{suffix} missing after a successful write")
     problems += [f"{name} missing after a successful PUT" for name in write.present - set(after)]
     problems += [
         f"{name} still there after a successful DELETE" for name in write.absent & set(after)

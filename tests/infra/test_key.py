@@ -41,10 +41,10 @@ def test_the_key_policy_is_the_runtimes_locked_policy_plus_account_administratio
 ) -> None:
     _, key = single.one("AWS::KMS::Key")
     policy = key["Properties"]["KeyPolicy"]
-    role = {"Fn::GetAtt": [_role_id(single), "Arn"]}
-    locked = locked_policy(pcr0_hex=PCR0, principal_arn=role)  # type: ignore[arg-type]
-    assert policy["Id"] == locked["Id"]
-    assert policy["Statement"][:3] == locked["Statement"]
+    locked = locked_policy(pcr0_hex=PCR0, principal_arn=ROLE_ARN)
+    deployed = _concrete(policy, _role_id(single))  # the role's ARN where CloudFormation puts it
+    assert deployed["Id"] == locked["Id"]
+    assert deployed["Statement"][:3] == locked["Statement"]
     admin = policy["Statement"][3]
     assert admin["Sid"] == ACCOUNT_ADMIN_SID and "Condition" not in admin
     assert text(admin["Principal"]["AWS"]) == "arn:<AWS::Partition>:iam::<AWS::AccountId>:root"

@@ -104,7 +104,7 @@ def test_without_pcr_json_or_pcr0_it_is_one_error_line(
     [
         ('{"PCR1": "aa"}', "no PCR0 string in it"),
         ("not json", "cannot read the PCRs"),
-        ('{"PCR0": "abc"}', "PCR0 must be 96 hex digits (SHA-384), got 3 characters"),
+        ('{"PCR0": "abc"}', "must be 96 hex digits (a SHA-384), optionally prefixed 0x; got 3"),
     ],
 )
 def test_a_bad_pcr_json_is_one_error_line(
