@@ -241,15 +241,6 @@ def create_migration_key(
     )
     log = logger.bind(key_id=info.key_id, pcr0=target, migration=migration)
     log.info("migration key created by the old enclave")
-    key = MigrationKey(
-        key_id=info.key_id,
-        key_arn=info.arn,
-        target_pcr0=target,
-        target_pcr8=pcr8,
-        export_until=until,
-        policy_sha256="",
-        migration=migration,
-    )
     verdict = verify_enclave_key(
         state.kms,
         info.key_id,
@@ -258,7 +249,15 @@ def create_migration_key(
         pcr8=pcr8,
         app=state.config.name,
     )
-    key = MigrationKey(**{**key.__dict__, "policy_sha256": verdict.policy_sha256})
+    key = MigrationKey(
+        key_id=verdict.key_id,
+        key_arn=verdict.arn,
+        target_pcr0=target,
+        target_pcr8=pcr8,
+        export_until=until,
+        policy_sha256=verdict.policy_sha256,
+        migration=migration,
+    )
     body = {
         "app": state.config.name,
         "migration": migration,

@@ -303,14 +303,12 @@ def open_data_keys(state: RuntimeState, *, wait_s: float = WAIT_S) -> dict[str, 
     deadline = time.monotonic() + wait_s
     while True:
         view = _view(state, keys)
-        holder = _lock_holder(state)
-        busy = holder is not None and holder[0] != owner and holder[1] <= LOCK_TTL_S
+        owner_of_lock, age = _lock_holder(state) or (owner, 0.0)
         if view.suspect or view.missing:
-            if busy:  # another boot is between writing its manifest and its ciphertexts
+            if owner_of_lock != owner and age <= LOCK_TTL_S:
+                # Another boot is between writing its manifest and its ciphertexts.
                 if time.monotonic() > deadline:
-                    raise EnclaveError(
-                        f"another enclave has held {LOCK_PARAM} for {holder[1]:.0f} s"  # type: ignore[index]
-                    )
+                    raise EnclaveError(f"another enclave has held {LOCK_PARAM} for {age:.0f} s")
                 time.sleep(POLL_S)
                 continue
             if view.suspect:
