@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,16 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
         return write_config(folder or tmp_path, dev_config_document(**overrides))
 
     return factory
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Iterator[Path]:
+    """A temporary folder for real processes (`enclave dev`...); any left running are killed."""
+    from tests.e2e.stack import processes_mentioning
+
+    yield tmp_path
+    for pid in processes_mentioning(str(tmp_path)):
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +21,6 @@ from tests.e2e.stack import http, make_stack, processes_mentioning, wait_for
 pytestmark = pytest.mark.e2e
 
 CHOSEN = bytes(range(32))
-
-
-@pytest.fixture
-def base(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    for pid in processes_mentioning(str(tmp_path)):
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
 
 
 def test_a_forged_secret_after_a_migration_never_reaches_the_app(base: Path) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import boto3
 import pytest
 from enclave_plugins.local_kms import LocalKms
 
-from tests.e2e.stack import DevStack, http, make_stack, processes_mentioning, wait_for
+from tests.e2e.stack import DevStack, http, make_stack, wait_for
 from tests.moto_server import reset_moto
 
 pytestmark = pytest.mark.e2e
@@ -34,16 +33,6 @@ NEW_GREETING = "Hello from the new image!"
 CRASH_ENV = "ENCLAVE_MIGRATION_CRASH_AFTER_STEP"
 CRASH_EXIT_CODE = 70
 SECRET = "APP_SIGNING_KEY"
-
-
-@pytest.fixture
-def base(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    for pid in processes_mentioning(str(tmp_path)):
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
 
 
 def new_image(base: Path, stack: DevStack) -> Path:
