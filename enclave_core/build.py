@@ -4,9 +4,11 @@ Four steps, each printed as ``[k/4] ...``:
 
 1. write ``artifacts/Dockerfile`` and the build context ``artifacts/context/``: the app's files
    (``app.dir``, at the same place relative to ``/app/enclave.yaml`` as beside enclave.yaml, so
-   the file works unchanged inside the image) and enclave.yaml. Left out of the context: the
-   state directory ``.enclave/`` (local secrets and keys must never reach an image),
-   ``artifacts/``, ``cdk.out/``, version-control folders, virtualenvs and caches;
+   the file works unchanged inside the image) and enclave.yaml. The app's files are chosen by
+   :func:`enclave_core.imagefiles.image_files`, the rule the development snapshots follow too:
+   never the state directory ``.enclave/`` (local secrets and keys must never reach an image),
+   ``artifacts/`` or ``cdk.out/``, nor version-control folders, virtualenvs, caches, bytecode,
+   logs or anything matching ``app.exclude``;
 2. ``docker build -t <prefix>-<name>:<version> -f artifacts/Dockerfile artifacts/context``;
 3. ``nitro-cli build-enclave --docker-uri <tag> --output-file <enclave.eif>`` (plus
    ``--signing-certificate``/``--private-key`` to sign the EIF, which adds PCR8);
@@ -35,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from enclave_core import __version__
 from enclave_core.config import Config
 from enclave_core.errors import ConfigError, EnclaveError, ValidationError
+from enclave_core.imagefiles import image_files
 from enclave_core.tools import Which, display, failure, require_tool, run, stream
 
 ARTIFACTS_DIRNAME = "artifacts"
@@ -45,12 +48,6 @@ PACKAGE = "simple-enclave"
 DOCKER_TIMEOUT_S = 1800.0
 NITRO_CLI_TIMEOUT_S = 1800.0
 STEPS = 4
-#: Folder names never copied into the build context, wherever they are.
-EXCLUDED_NAMES = frozenset(
-    {".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-     ".tox", ".venv", "venv"}
-)  # fmt: skip
-EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 PCR_NAMES = ("PCR0", "PCR1", "PCR2", "PCR8")
 _HEX96 = re.compile(r"^[0-9a-fA-F]{96}$")
 DOCKER_HINT = "install Docker and start its daemon"
@@ -158,12 +155,13 @@ def dockerfile_text(config: Config, *, wheel: str | None = None, requirements: b
     return "\n".join(lines) + "\n"
 
 
-def _skipped(path: Path, config: Config) -> bool:
-    if path.name in EXCLUDED_NAMES or path.suffix in EXCLUDED_SUFFIXES:
-        return True
+def app_image_files(config: Config) -> list[tuple[str, Path]]:
+    """The app's files that go into the image (``app/`` of the context), sorted."""
     top = config.base_dir.resolve()
-    private = {config.state_dir.resolve(), top / ARTIFACTS_DIRNAME, top / "cdk.out"}
-    return path.resolve() in private or (config.path is not None and path == config.path)
+    private = [config.state_dir, top / ARTIFACTS_DIRNAME, top / "cdk.out"]
+    if config.path is not None:
+        private.append(config.path)  # copied on its own, to /app/enclave.yaml
+    return image_files(config.app_dir, exclude=config.app.exclude, private=private)
 
 
 def stage_context(config: Config, context: Path, *, wheel: Path | None = None) -> list[str]:
@@ -180,18 +178,10 @@ def stage_context(config: Config, context: Path, *, wheel: Path | None = None) -
     if wheel is not None:
         shutil.copy2(wheel, context / wheel.name)
     copied: list[str] = []
-    source = config.app_dir.resolve()
-    for folder, dirs, files in os.walk(source):
-        here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not _skipped(here / d, config))
-        for name in sorted(files):
-            path = here / name
-            if _skipped(path, config) or not path.is_file():
-                continue
-            relative = path.relative_to(source)
-            (app_out / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, app_out / relative)
-            copied.append(relative.as_posix())
+    for relative, path in app_image_files(config):
+        (app_out / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, app_out / relative)
+        copied.append(relative)
     return sorted(copied)
 
 

@@ -98,6 +98,9 @@ class AppSettings:
     port: int = 7074
     env: dict[str, str] = field(default_factory=dict)
     health_path: str | None = None
+    #: Patterns of files left out of the image, on top of the built-in ones
+    #: (:data:`enclave_core.imagefiles.DEFAULT_EXCLUDE`).
+    exclude: list[str] = field(default_factory=list)
 
 
 class AppSchema(_Strict):
@@ -118,9 +121,17 @@ class AppSchema(_Strict):
         allow_none=True,
         validate=validate.Regexp(r"^/", error="must start with /."),
     )
+    # ``exclude`` is a Schema attribute of marshmallow's: the field has another attribute name.
+    excluded = fields.List(
+        fields.String(validate=validate.Length(min=1, max=256)),
+        data_key="exclude",
+        load_default=list,
+        validate=validate.Length(max=256),
+    )
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AppSettings:
+        data["exclude"] = data.pop("excluded")
         return AppSettings(**data)
 
 

@@ -1,11 +1,13 @@
 """Which image the enclave runs, and what a new image measures (its PCR0).
 
 In production the image is the EIF at ``enclave.eif``; a migration copies the new EIF there. In
-development the "image" is the app's folder: a migration to ``--app-dir DIR`` writes
-``state_dir/image.json`` = ``{"app_dir": "<abs DIR>", "pcr0": "<hex>"}`` and
-:func:`apply_image_override` (called by ``enclave runtime``, ``enclave supervisor`` and
-``enclave dev`` right after loading the config) points ``app.dir`` there, so the runtime runs the
-new files and the simulated NSM measures them.
+development the image is an immutable snapshot of the app's folder
+(:mod:`enclave_core.devimage`): ``state_dir/image.json`` =
+``{"app_dir": "<the snapshot>", "pcr0": "<hex>", "digest": "<its content digest>"}`` names the
+one that runs, and :func:`apply_image_override` (called by ``enclave runtime``, ``enclave
+supervisor`` and ``enclave dev`` right after loading the config) points ``app.dir`` there, so the
+runtime runs the snapshot and the simulated NSM measures it. ``enclave dev`` writes it first; a
+migration to ``--app-dir DIR`` snapshots DIR and writes it at step 8.
 
 :func:`measure_new_image` gives the PCR0 a new image will have: in development the configured
 attestation backend's measurement of the folder (the core never imports plugins, so it builds
@@ -68,7 +70,10 @@ def read_image_override(config: Config) -> dict[str, str] | None:
         raise ConfigError(
             f"image override {path} is not {{'app_dir': <absolute path>, 'pcr0': <hex>}}"
         )
-    return {"app_dir": doc["app_dir"], "pcr0": doc["pcr0"]}
+    record = {"app_dir": doc["app_dir"], "pcr0": doc["pcr0"]}
+    if isinstance(doc.get("digest"), str):
+        record["digest"] = doc["digest"]
+    return record
 
 
 def apply_image_override(config: Config) -> Config:
@@ -84,8 +89,11 @@ def apply_image_override(config: Config) -> Config:
     return dataclasses.replace(config, app=dataclasses.replace(config.app, dir=override["app_dir"]))
 
 
-def write_image_override(config: Config, app_dir: str | Path, pcr0: str) -> Path:
-    """Record that the development image is now ``app_dir`` (measured as ``pcr0``).
+def write_image_override(
+    config: Config, app_dir: str | Path, pcr0: str, *, digest: str | None = None
+) -> Path:
+    """Record that the development image is now ``app_dir`` (measured as ``pcr0``; its files'
+    digest ``digest`` when it is a snapshot).
 
     Written atomically (temporary file, then rename) so a reader never sees half of it.
     """
@@ -94,6 +102,8 @@ def write_image_override(config: Config, app_dir: str | Path, pcr0: str) -> Path
     path = image_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"app_dir": str(Path(app_dir).resolve()), "pcr0": pcr0.lower()}
+    if digest is not None:
+        doc["digest"] = digest
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".image-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -33,7 +33,6 @@ import hashlib
 import os
 import re
 import secrets
-import struct
 import threading
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from enclave_core import __version__, hookimpl
 from enclave_core.crypto import cose
 from enclave_core.crypto.devca import MARGIN, DevCa, LeafBundle
 from enclave_core.errors import AttestationError, ConfigError, NsmError
+from enclave_core.imagefiles import image_files, measure
 from enclave_core.interfaces import BackendContext, PcrState
 from enclave_core.pcrs import PCR_HEX_RE
 from enclave_core.registry import BackendRegistry
@@ -55,39 +55,21 @@ BOOT_LOCKED = 16
 PCR_SIZE = 48
 MAX_RANDOM = 256
 MAX_REQUEST = 4096  # NSM_REQUEST_MAX_SIZE of the kernel driver
-EXCLUDED_DIRS = frozenset({".enclave", "__pycache__", ".git", ".pytest_cache", ".mypy_cache"})
 KERNEL = f"simple-enclave simulated kernel {__version__}"
 RUNTIME = f"simple-enclave simulated runtime {__version__}"
 
 
 def measure_app_dir(app_dir: Path, exclude: tuple[Path, ...] = ()) -> bytes:
-    """Return PCR0 for ``app_dir``: SHA-384 over its files, sorted by relative path.
+    """Return PCR0 for ``app_dir``: the digest of its image files.
 
-    Each file contributes ``len(name) || name || len(content) || content`` (8-byte big-endian
-    lengths, the name its UTF-8 relative POSIX path), so no two trees share an encoding. Skipped:
-    the directories in :data:`EXCLUDED_DIRS`, ``*.pyc`` files, anything under ``exclude`` (the
-    state directory), and entries that are not regular files. A symlink to a file counts with its
-    target's content; symlinked directories are not followed.
+    The files and the digest are :mod:`enclave_core.imagefiles`' (the same rule ``enclave
+    build`` and the development snapshots use); ``exclude`` adds private paths (the state
+    directory).
     """
     root = Path(app_dir).resolve()
     if not root.is_dir():
         raise AttestationError(f"simulated NSM: app directory {root} does not exist")
-    skip = {p.resolve() for p in exclude}
-    entries: list[tuple[bytes, Path]] = []
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS and (here / d).resolve() not in skip]
-        for name in files:
-            path = here / name
-            if name.endswith(".pyc") or not path.is_file():
-                continue
-            entries.append((os.fsencode(path.relative_to(root).as_posix()), path))
-    digest = hashlib.sha384()
-    for rel, path in sorted(entries):
-        content = path.read_bytes()
-        digest.update(struct.pack(">Q", len(rel)) + rel)
-        digest.update(struct.pack(">Q", len(content)) + content)
-    return digest.digest()
+    return measure(image_files(root, private=exclude))
 
 
 def _extend(old: bytes, data: bytes) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,35 +82,40 @@ class Migrate(EnclaveCommand):
             return 0
         if not as_json:
             self.write(str(first.get("msg")))
-        final = self._follow(client, str(first.get("id")), quiet=as_json)
+        final = follow_migration(client, str(first.get("id")), None if as_json else self.write)
         if as_json:
             self.write(json.dumps(final, indent=2))
         if final.get("status") != "done":
             raise EnclaveError(f"migration failed: {final.get('msg')}")
         return 0
 
-    def _follow(self, client: Any, ident: str, *, quiet: bool) -> dict[str, Any]:
-        printed: set[int] = set()
-        deadline = time.monotonic() + FOLLOW_TIMEOUT_S
-        while True:
-            progress: dict[str, Any] = client.migration_progress()
-            if progress.get("id") not in (None, ident):
-                raise EnclaveError(f"another migration ({progress.get('id')}) replaced {ident}")
-            total = progress.get("total", 9)
-            for entry in progress.get("steps") or []:
-                step = entry.get("step")
-                if isinstance(step, int) and step not in printed:
-                    printed.add(step)
-                    if not quiet:
-                        self.write(f"[{step}/{total}] {entry.get('msg')}")
-            if progress.get("status") in ("done", "failed", "interrupted"):
-                return progress
-            if time.monotonic() >= deadline:
-                raise EnclaveError(
-                    f"gave up following migration {ident} after {FOLLOW_TIMEOUT_S:g} s; it "
-                    "continues: see `enclave migrate` again or the supervisor's log"
-                )
-            time.sleep(POLL_S)
+
+def follow_migration(
+    client: Any, ident: str, write: Callable[[str], None] | None
+) -> dict[str, Any]:
+    """Follow GET /v1/migrate until migration ``ident`` stops; print each step once as
+    ``[k/9] msg`` with ``write`` (None: silently). Returns the final progress."""
+    printed: set[int] = set()
+    deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+    while True:
+        progress: dict[str, Any] = client.migration_progress()
+        if progress.get("id") not in (None, ident):
+            raise EnclaveError(f"another migration ({progress.get('id')}) replaced {ident}")
+        total = progress.get("total", 9)
+        for entry in progress.get("steps") or []:
+            step = entry.get("step")
+            if isinstance(step, int) and step not in printed:
+                printed.add(step)
+                if write is not None:
+                    write(f"[{step}/{total}] {entry.get('msg')}")
+        if progress.get("status") in ("done", "failed", "interrupted"):
+            return progress
+        if time.monotonic() >= deadline:
+            raise EnclaveError(
+                f"gave up following migration {ident} after {FOLLOW_TIMEOUT_S:g} s; it "
+                "continues: see `enclave migrate` again or the supervisor's log"
+            )
+        time.sleep(POLL_S)
 
 
 def _absolute(path: str | None) -> str | None:

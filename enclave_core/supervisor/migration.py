@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from enclave_core.config import Config
+from enclave_core.devimage import take_snapshot
 from enclave_core.enclave_policy import parse_deadline
 from enclave_core.errors import (
     EnclaveError,
@@ -185,6 +186,11 @@ class MigrationService:
     def _plan(self, request: dict[str, str | None]) -> Checkpoint:
         """Measure the target and decide: a no-op (status done), a resumption or a new start."""
         kms, secrets = self._backends()
+        if request["app_dir"] is not None and self._config.mode == "development":
+            # The new image is an immutable copy of the folder, as an EIF would be: editing the
+            # folder afterwards changes neither the migration nor the image it installs.
+            snapshot = take_snapshot(self._config, Path(request["app_dir"]))
+            request = {**request, "app_dir": str(snapshot.path)}
         target = self._measure(
             self._config, app_dir=request["app_dir"], eif=request["eif"], pcr0=request["pcr0"]
         )

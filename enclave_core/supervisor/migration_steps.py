@@ -39,9 +39,10 @@ from typing import Any, Protocol
 from loguru import logger
 
 from enclave_core.config import Config
+from enclave_core.devimage import content_digest, prune
 from enclave_core.enclave_policy import PolicyMismatch, match_policy
 from enclave_core.errors import EnclaveError, NotFound
-from enclave_core.image import write_image_override
+from enclave_core.image import read_image_override, write_image_override
 from enclave_core.interfaces import Kms, Secrets
 from enclave_core.supervisor.migration_checkpoint import (
     CHECKPOINT_PARAM,
@@ -286,8 +287,15 @@ class MigrationRunner:
             where = str(destination)
         else:
             assert cp.app_dir is not None
-            write_image_override(self.config, cp.app_dir, cp.target_pcr0)
+            previous = read_image_override(self.config)
+            digest = content_digest(self.config, Path(cp.app_dir))
+            write_image_override(self.config, cp.app_dir, cp.target_pcr0, digest=digest)
             where = cp.app_dir
+            # The new snapshot and the one running until now stay; older development images go.
+            keep = {Path(cp.app_dir)}
+            if previous is not None:
+                keep.add(Path(previous["app_dir"]))
+            prune(self.config, keep)
         self.enclave.restart()
         return f"new image {where} running (PCR0 {_short(cp.target_pcr0)})"
 

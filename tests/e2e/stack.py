@@ -150,13 +150,15 @@ class DevStack:
             cwd=self.folder,
         )
 
-    def launch(self, env: dict[str, str] | None = None) -> None:
-        """Start `enclave dev` in its own process group (extra ``env`` on top); do not wait."""
-        # Beside the app folder, not in it: the simulated PCR0 measures every file there.
+    def launch(self, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        """Start `enclave dev` (with ``args``) in its own process group (extra ``env`` on top);
+        do not wait."""
+        # Beside the app folder: a log there would not change the image, but keep it apart.
         self.stderr_path = self.folder.parent / f"{self.folder.name}-dev-stderr.log"
+        argv = [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)]
         with self.stderr_path.open("ab") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)],
+                [*argv, *args],
                 cwd=self.folder,
                 stdout=err,
                 stderr=err,
@@ -165,10 +167,14 @@ class DevStack:
                 env={**os.environ, **(env or {})},
             )
 
-    def start(self) -> None:
+    def start(self, args: tuple[str, ...] = ()) -> None:
         """Start `enclave dev` and wait until the app answers through the ingress."""
-        self.launch()
+        self.launch(args=args)
         wait_for(self.greeting, timeout=60)
+
+    def output(self) -> str:
+        """Everything `enclave dev` printed so far (stdout and stderr)."""
+        return self.stderr_path.read_text(errors="replace")
 
     def greeting(self) -> str:
         status, _, body = http("GET", self.ingress_url + "/", timeout=5)
