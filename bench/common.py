@@ -168,8 +168,9 @@ class DevStack:
         self.ingress = f"{scheme}://127.0.0.1:{self.ingress_port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> float:
-        """Start `enclave dev`; return the monotonic time just before the process started."""
+    def start(self, args: tuple[str, ...] = ()) -> float:
+        """Start `enclave dev` (with ``args``); return the monotonic time just before the process
+        started."""
         # PYTHONDONTWRITEBYTECODE (set in CI and tox) would make every start recompile the
         # project's modules; an installed package has its .pyc files, so measure with them.
         env = {
@@ -179,10 +180,10 @@ class DevStack:
         }
         log = (self.tmp / "dev.log").open("ab")
         began = time.monotonic()
+        argv = [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enclave_core.cli.main", "dev", "-c", str(self.config_path)],
-            cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )  # fmt: skip
+            [*argv, *args], cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
         log.close()
         return began
 

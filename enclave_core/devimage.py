@@ -25,7 +25,7 @@ from typing import Any
 from loguru import logger
 
 from enclave_core.config import Config
-from enclave_core.errors import EnclaveError
+from enclave_core.errors import EnclaveError, ValidationError
 from enclave_core.imagefiles import image_files, measure
 
 IMAGES_DIRNAME = "images"
@@ -68,11 +68,12 @@ def _copy(files: list[tuple[str, Path]], destination: Path) -> None:
 def take_snapshot(config: Config, folder: Path) -> Snapshot:
     """The snapshot of ``folder``'s image files, made now unless one with that content exists.
 
-    :raises EnclaveError: ``folder`` is not a directory, or the copy failed.
+    :raises ValidationError: ``folder`` is not a directory.
+    :raises EnclaveError: the copy failed.
     """
     source = Path(folder).resolve()
     if not source.is_dir():
-        raise EnclaveError(f"the app folder {source} is not a directory")
+        raise ValidationError(f"new app folder {source} is not a directory")
     files = _files(config, source)
     digest = measure(files).hex()
     root = images_dir(config)
@@ -82,6 +83,7 @@ def take_snapshot(config: Config, folder: Path) -> Snapshot:
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".{digest[:ID_CHARS]}-{uuid.uuid4().hex[:8]}.tmp"
     try:
+        staging.mkdir()
         _copy(files, staging)
         if destination.exists():  # a damaged copy: replace it
             _remove(destination)

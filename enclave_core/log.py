@@ -4,21 +4,31 @@ Configure sinks only from the CLI entry points (``configure_logging``). Elsewher
 ``from loguru import logger`` and pass fields as keyword arguments, never as format strings built
 from untrusted text. Secret values, data keys, attestation documents and tokens are never logged;
 ``redact`` masks any field whose name suggests one, as a last line of defence.
+
+Stderr carries JSON lines, or readable lines (:mod:`enclave_core.logview`) for a person: the
+``log_format`` ``auto`` picks readable lines when stderr is a terminal, ``text`` and ``json`` force
+one. Lines a process echoes from its children (the runtime's, the app's) go through
+:func:`render_echoed`, so they follow the same choice; files always get JSON lines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from loguru import logger
 
 SENSITIVE_FIELDS = ("token", "secret_value", "plaintext", "password", "data_key", "dek", "value")
-_REDACTED = "[redacted]"
+#: What a masked field's value becomes.
+REDACTED = "[redacted]"
+#: The values of ``--log-format``: readable lines on a terminal and JSON otherwise, or either one.
+LOG_FORMATS = ("auto", "text", "json")
 
 
 def redact(extra: dict[str, Any]) -> dict[str, Any]:
@@ -27,14 +37,15 @@ def redact(extra: dict[str, Any]) -> dict[str, Any]:
     for key, val in extra.items():
         lowered = key.lower()
         if any(lowered == s or lowered.endswith("_" + s) for s in SENSITIVE_FIELDS):
-            out[key] = _REDACTED
+            out[key] = REDACTED
         else:
             out[key] = val
     return out
 
 
-def format_record(record: Any) -> str:
-    """Render one loguru record as a JSON line: ``time``, ``level``, ``msg`` and bound fields."""
+def log_entry(record: Any) -> dict[str, Any]:
+    """One loguru record as the entry of its JSON line: ``time``, ``level``, ``msg`` and bound
+    fields (redacted), plus ``error`` for an exception logged at ERROR or above."""
     entry: dict[str, Any] = {
         "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
         "level": record["level"].name,
@@ -44,7 +55,12 @@ def format_record(record: Any) -> str:
     if record["exception"] is not None and record["level"].no >= logging.ERROR:
         exc = record["exception"]
         entry.setdefault("error", f"{exc.type.__name__}: {exc.value}" if exc.type else "")
-    return json.dumps(entry, default=str)
+    return entry
+
+
+def format_record(record: Any) -> str:
+    """Render one loguru record as a JSON line: ``time``, ``level``, ``msg`` and bound fields."""
+    return json.dumps(log_entry(record), default=str)
 
 
 def _json_sink(stream: TextIO) -> Any:
@@ -55,15 +71,56 @@ def _json_sink(stream: TextIO) -> Any:
     return sink
 
 
-def _human_sink(stream: TextIO) -> Any:
+def _human_sink(stream: TextIO, colour: bool) -> Any:
+    from enclave_core.logview import render_record  # it imports this module
+
     def sink(message: Any) -> None:
-        rec = message.record
-        extras = " ".join(f"{k}={v}" for k, v in redact(rec["extra"]).items())
-        stamp = rec["time"].strftime("%H:%M:%S")
-        stream.write(f"{stamp} {rec['level'].name:<7} {rec['message']} {extras}".rstrip() + "\n")
+        stream.write(render_record(message.record, colour=colour) + "\n")
         stream.flush()
 
     return sink
+
+
+def use_colour(stream: TextIO) -> bool:
+    """Whether readable lines on ``stream`` get colours: only on a terminal, and not when the
+    ``NO_COLOR`` convention or a dumb terminal asks for none."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def human_for(log_format: str) -> bool | None:
+    """``configure_logging``'s ``human`` for a ``--log-format`` value; None lets the stream
+    decide."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    return {"auto": None, "text": True, "json": False}[log_format]
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def _readable_echo(colour: bool) -> Callable[[str], str]:
+    from enclave_core.logview import render_line  # it imports this module
+
+    def view(text: str) -> str:
+        return render_line(text, colour=colour)
+
+    return view
+
+
+#: How a line echoed from a child process is shown on stderr; set by configure_logging.
+_echo_view: Callable[[str], str] = _as_is
+
+
+def render_echoed(text: str) -> str:
+    """A child process's output line (a JSON log line or plain text) as stderr shows it now:
+    unchanged with JSON logs, rendered readably with readable ones."""
+    return _echo_view(text)
 
 
 class BurstCounter:
@@ -106,13 +163,24 @@ class _InterceptHandler(logging.Handler):
 def configure_logging(
     level: str = "INFO", *, human: bool | None = None, stream: TextIO | None = None, **bind: Any
 ) -> None:
-    """Install the one stderr sink. ``human`` defaults to whether stderr is a terminal."""
+    """Install the one stderr sink and the matching view of echoed lines (:func:`render_echoed`).
+
+    ``human`` picks readable lines (True) or JSON lines (False); None means readable lines when
+    ``stream`` is a terminal. Readable lines are coloured only on a terminal.
+    """
+    global _echo_view
     stream = stream or sys.stderr
     if human is None:
         human = stream.isatty()
     logger.remove()
     logger.configure(extra=bind)
-    logger.add(_human_sink(stream) if human else _json_sink(stream), level=level, enqueue=False)
+    if human:
+        colour = use_colour(stream)
+        logger.add(_human_sink(stream, colour), level=level, enqueue=False)
+        _echo_view = _readable_echo(colour)
+    else:
+        logger.add(_json_sink(stream), level=level, enqueue=False)
+        _echo_view = _as_is
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

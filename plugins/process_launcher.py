@@ -11,7 +11,8 @@ Options (``launcher.options`` in enclave.yaml):
 - ``log_lines`` (int, default 200): how many of the runtime's recent output lines to keep in memory.
 
 The runtime's output (its JSON log lines and the app's) is appended to
-``.enclave/logs/runtime.log`` (mode 0600) and echoed on the supervisor's stderr.
+``.enclave/logs/runtime.log`` (mode 0600) as it is, and echoed on the supervisor's stderr in the
+supervisor's log format: as it is with JSON logs, rendered readably with readable ones.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from enclave_core.interfaces import (
     ExitInfo,
     LaunchSpec,
 )
-from enclave_core.log import utc_now
+from enclave_core.log import render_echoed, utc_now
 from enclave_core.registry import BackendRegistry
 
 #: How many of the last output lines an ExitInfo carries.
@@ -288,7 +289,7 @@ class ProcessLauncher:
     def _echo_line(self, text: str) -> None:
         out = self._echo or sys.stderr
         try:
-            out.write(text + "\n")
+            out.write(render_echoed(text) + "\n")
             out.flush()
         except (OSError, ValueError):
             pass  # the supervisor's stderr went away; the log file still has the line

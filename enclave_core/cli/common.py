@@ -23,6 +23,7 @@ from cliff.show import ShowOne
 
 from enclave_core.config import CONFIG_FILENAME, Config, load_config
 from enclave_core.errors import ConfigError, EnclaveError
+from enclave_core.log import LOG_FORMATS
 from enclave_core.manager import Plugins
 
 
@@ -80,6 +81,35 @@ class ConfigOption(Command):
 
 class EnclaveCommand(ConfigOption):
     """Base of commands with side effects (no tabular output)."""
+
+
+class LogFormatOption(Command):
+    """Adds ``--log-format auto|text|json`` (how log lines look on stderr) and applies it.
+
+    Mix it in before the command's base class. The app installs its log sinks before the
+    arguments are parsed, so the choice is applied when the command runs.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        """Return the command's parser with ``--log-format`` added."""
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default="auto",
+            help="log lines on stderr: readable text on a terminal and JSON lines otherwise "
+            "(auto, the default), or always text, or always json",
+        )
+        return parser
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        """Install the chosen log format, then run the command."""
+        # Only the `enclave` app can re-install its sinks (another cliff app keeps its own).
+        use_log_format = getattr(self.app, "use_log_format", None)
+        if callable(use_log_format):
+            use_log_format(parsed_args.log_format)
+        result: int = super().run(parsed_args)
+        return result
 
 
 class EnclaveLister(ConfigOption, Lister):

@@ -1,21 +1,38 @@
-"""`enclave status`, `enclave start`, `enclave stop` (through the supervisor) and `enclave logs`."""
+"""`enclave status`, `enclave start`, `enclave stop` (through the supervisor) and `enclave logs`.
+
+`start` and `stop` print one line saying what happened (``started: enclave … running (PCR0 …)``,
+``stopped``, ``already running``, ``already stopped``); a failure is one ``ERROR:`` line with its
+reason and exit status 1. `start` waits for the enclave to be ready, so that a runtime that cannot
+boot is reported rather than left for `status` to find. With ``-f json|yaml|value`` both give the
+supervisor's ``/health`` answer with ``outcome`` first (and ``pcr0`` for `start`). In `status`'s
+table ``last_exit`` reads as its reason and its last log lines, rendered like `enclave dev` does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from cliff.columns import FormattableColumn
 
 from enclave_core.cli.common import EnclaveCommand, EnclaveShowOne, show_mapping
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError, StateConflict
+from enclave_core.logview import parse_entry, printable, render_line, shorten
 
 LOG_FILE = Path("logs") / "runtime.log"
 FOLLOW_POLL_S = 0.2
 _BLOCK = 64 * 1024
+#: How long `enclave start` waits for the enclave to be ready, by default.
+START_TIMEOUT_S = 120.0
+#: How often `enclave start` asks the supervisor while it waits.
+START_POLL_S = 0.5
+#: How many of ``last_exit``'s log lines `enclave status` shows in its table.
+STATUS_LOG_LINES = 5
 
 
 def _client(config: Config) -> Any:
@@ -25,11 +42,49 @@ def _client(config: Config) -> Any:
     return SupervisorClient(config)
 
 
+class LastExit(FormattableColumn[Any]):
+    """``last_exit`` of ``/health``: in a table its reason and its last log lines, rendered
+    readably; in JSON and YAML the whole object."""
+
+    def human_readable(self) -> str:
+        """The reason line, then the last :data:`STATUS_LOG_LINES` log lines."""
+        value = self._value
+        if not isinstance(value, Mapping):
+            return str(value)
+        tail = [str(line) for line in value.get("log_tail") or []][-STATUS_LOG_LINES:]
+        return "\n".join([exit_reason(value), *(render_line(line) for line in tail)])
+
+
+def exit_reason(last_exit: Mapping[str, Any]) -> str:
+    """Why the enclave ended, in words: the reason, its exit code or signal, and when."""
+    reason = str(last_exit.get("reason") or "") or "ended"
+    how = []
+    if last_exit.get("exit_code") is not None:
+        how.append(f"exit code {last_exit['exit_code']}")
+    if last_exit.get("signal"):
+        how.append(f"signal {last_exit['signal']}")
+    if last_exit.get("timestamp"):
+        how.append(f"at {last_exit['timestamp']}")
+    return printable(f"{reason} ({', '.join(how)})" if how else reason)
+
+
+def status_view(health: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """``/health`` as ShowOne's columns and values, ``last_exit`` made readable in tables."""
+    columns, values = show_mapping(health)
+    shown = tuple(
+        LastExit(health[name]) if name == "last_exit" and health[name] else value
+        for name, value in zip(columns, values, strict=True)
+    )
+    return columns, shown
+
+
 class Status(EnclaveShowOne):
     """Show the supervisor's view of the enclave (its `/health`).
 
-    With --cloud: the deployed stack instead (its status and outputs, its instances, and each
-    supervisor's /health fetched over SSM Run Command); needs AWS credentials.
+    In the table, ``last_exit`` shows why the enclave last ended and its last log lines; with
+    ``-f json`` the whole document. With --cloud: the deployed stack instead (its status and
+    outputs, its instances, and each supervisor's /health fetched over SSM Run Command); needs
+    AWS credentials.
     """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -47,33 +102,191 @@ class Status(EnclaveShowOne):
 
             return show_mapping(cloud_status_of(self, self.load(parsed_args)))
         config = self.load(parsed_args, allow_missing=True)
-        return show_mapping(_client(config).health())
+        return status_view(_client(config).health())
 
 
-class Start(EnclaveShowOne):
-    """Start the enclave (and resume the watchdog) through the supervisor."""
+class OutcomeCommand(EnclaveShowOne):
+    """A command whose table output is one line saying what happened.
+
+    ``take_action`` returns the structured answer with ``outcome`` first; ``-f json``, ``yaml``
+    or ``value`` (or ``--column``) show it as any ShowOne does.
+    """
+
+    def produce_output(
+        self, parsed_args: argparse.Namespace, column_names: Sequence[str], data: Sequence[Any]
+    ) -> int:
+        """Print :meth:`outcome_line` for the default table; otherwise the structured answer."""
+        if parsed_args.formatter == "table" and not parsed_args.columns:
+            self.write(self.outcome_line(dict(zip(column_names, data, strict=True))))
+            return 0
+        result: int = super().produce_output(parsed_args, column_names, data)
+        return result
+
+    def outcome_line(self, answer: Mapping[str, Any]) -> str:
+        """The one line for ``answer`` (the structured answer); the outcome by default."""
+        return str(answer.get("outcome", ""))
+
+
+class Start(OutcomeCommand):
+    """Start the enclave (and resume the watchdog) through the supervisor.
+
+    Waits until the enclave is ready and prints ``started: enclave ID running (PCR0 …)``, or
+    ``already running``. When the launcher or the runtime fails, or the enclave is not ready in
+    time, prints the reason in one ``ERROR:`` line and exits 1.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        """Add ``--timeout``."""
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=START_TIMEOUT_S,
+            metavar="SECONDS",
+            help=f"how long to wait for the enclave to be ready (default: {START_TIMEOUT_S:g}; "
+            "0: do not wait)",
+        )
+        return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
-        """POST /v1/start; a 409 means it is already running."""
-        config = self.load(parsed_args, allow_missing=True)
+        """POST /v1/start (a 409 means it is already running), then wait for it to be ready."""
+        if parsed_args.timeout < 0:
+            raise EnclaveError("--timeout must be 0 or more")
+        client = _client(self.load(parsed_args, allow_missing=True))
         try:
-            result = _client(config).start()
+            answer = client.start()
         except StateConflict:
-            raise StateConflict("enclave is already running") from None
-        return show_mapping(result or {"status": "starting"})
+            return show_mapping({"outcome": "already running", **client.health()})
+        except EnclaveError:
+            reason = _launch_error(client)
+            if reason is None:
+                raise
+            raise EnclaveError(f"enclave failed to start: {reason}") from None
+        if parsed_args.timeout == 0:
+            return show_mapping({"outcome": "starting", **answer})
+        health = wait_until_started(client, answer, parsed_args.timeout)
+        return show_mapping({"outcome": "started", **health, "pcr0": _pcr0(client)})
+
+    def outcome_line(self, answer: Mapping[str, Any]) -> str:
+        """``started: enclave ID running (PCR0 …)``, ``starting: enclave ID`` or
+        ``already running``."""
+        outcome = str(answer["outcome"])
+        enclave = f"enclave {answer['enclave_id']}" if answer.get("enclave_id") else "enclave"
+        if outcome == "started":
+            pcr0 = f" (PCR0 {shorten(str(answer['pcr0']))})" if answer.get("pcr0") else ""
+            return f"started: {enclave} running{pcr0}"
+        if outcome == "starting":
+            return f"starting: {enclave}"
+        return outcome
 
 
-class Stop(EnclaveShowOne):
-    """Stop the enclave (and suspend the watchdog) through the supervisor."""
+class Stop(OutcomeCommand):
+    """Stop the enclave (and suspend the watchdog) through the supervisor.
+
+    Prints ``stopped``, or ``already stopped``.
+    """
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[Any, Any]:
         """POST /v1/stop; a 409 means it is already stopped."""
-        config = self.load(parsed_args, allow_missing=True)
+        client = _client(self.load(parsed_args, allow_missing=True))
         try:
-            result = _client(config).stop()
+            answer = client.stop()
         except StateConflict:
-            raise StateConflict("enclave is already stopped") from None
-        return show_mapping(result or {"status": "stopped"})
+            return show_mapping({"outcome": "already stopped", **client.health()})
+        return show_mapping({"outcome": "stopped", **answer})
+
+
+def wait_until_started(
+    client: Any,
+    answer: Mapping[str, Any],
+    timeout_s: float,
+    *,
+    poll_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll ``/health`` from the start's ``answer`` until the enclave runs; its last answer.
+
+    EnclaveError with the reason when the launcher or the runtime fails, the enclave ends or is
+    stopped meanwhile, or it is not running after ``timeout_s``.
+    """
+    poll = START_POLL_S if poll_s is None else poll_s
+    deadline = clock() + timeout_s
+    health = dict(answer)
+    while True:
+        failure = start_failure(health, answer.get("last_exit"))
+        if failure is not None:
+            raise EnclaveError(f"enclave failed to start: {failure}")
+        if health.get("status") == "running":
+            return health
+        if clock() >= deadline:
+            raise EnclaveError(f"enclave not running after {timeout_s:g} s: {_progress(health)}")
+        sleep(poll)
+        health = client.health()
+
+
+def start_failure(health: Mapping[str, Any], exit_before: Any) -> str | None:
+    """Why a start failed, as ``/health`` shows it, or None while it may still succeed.
+
+    :param exit_before: ``last_exit`` when the start was answered: a different one means the new
+        enclave ended (the watchdog restarts it, but this start failed).
+    """
+    status = health.get("status")
+    if status == "error":
+        if health.get("error"):
+            return str(health["error"])
+        runtime = health.get("runtime")
+        if isinstance(runtime, Mapping) and runtime.get("status"):
+            detail = f": {runtime['detail']}" if runtime.get("detail") else ""
+            return f"runtime {runtime['status']}{detail}"
+        return "the supervisor reports an error"
+    if status == "stopped":
+        return "the enclave was stopped meanwhile"
+    last_exit = health.get("last_exit")
+    if isinstance(last_exit, Mapping) and last_exit != exit_before:
+        last_error = _last_error(last_exit.get("log_tail") or [])
+        return exit_reason(last_exit) + (f"; last error: {last_error}" if last_error else "")
+    return None
+
+
+def _launch_error(client: Any) -> str | None:
+    """The launcher's error the supervisor reports after a failed start, if that is why."""
+    try:
+        error = client.health().get("error")
+    except EnclaveError:
+        return None
+    return str(error) if error else None
+
+
+def _pcr0(client: Any) -> str | None:
+    """The running enclave's PCR0 from its enclave-info, or None when it cannot be read."""
+    try:
+        pcr0 = client.enclave_info().get("pcr0")
+    except EnclaveError:
+        return None
+    return str(pcr0) if pcr0 else None
+
+
+def _progress(health: Mapping[str, Any]) -> str:
+    """Where a start stands: the status and the runtime's last answer."""
+    runtime = health.get("runtime")
+    text = f"status {health.get('status')}"
+    if isinstance(runtime, Mapping) and runtime.get("status"):
+        detail = f" ({runtime['detail']})" if runtime.get("detail") else ""
+        text += f", runtime {runtime['status']}{detail}"
+    return text
+
+
+def _last_error(log_tail: Sequence[Any]) -> str | None:
+    """The message (and error) of the last ERROR or CRITICAL JSON line of ``log_tail``."""
+    for line in reversed(log_tail):
+        entry = parse_entry(str(line))
+        if entry is None or str(entry.get("level", "")).upper() not in ("ERROR", "CRITICAL"):
+            continue
+        error = entry.get("error")
+        text = f"{entry.get('msg', '')}: {error}" if error else str(entry.get("msg", ""))
+        return printable(text)
+    return None
 
 
 def tail_lines(path: Path, count: int) -> tuple[list[bytes], int]:

@@ -2,7 +2,8 @@
 
 Errors end a command with one ``ERROR:`` line on stderr and exit status 1 (a config error lists
 its problems one per line); tracebacks appear only with ``--debug``. Logs are JSON lines on stderr,
-or readable lines when stderr is a terminal.
+or readable lines when stderr is a terminal; a command with ``--log-format`` (`enclave dev`) may
+force either. ``--log-file`` appends the JSON lines to a file as well, whatever stderr shows.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from loguru import logger
 
 import enclave_core
 from enclave_core.cli.common import error_lines
-from enclave_core.log import configure_logging, format_record
+from enclave_core.log import configure_logging, format_record, human_for
 
 COMMAND_NAMESPACE = "enclave.cli"
 
@@ -87,6 +88,7 @@ class EnclaveApp(App):
 
     def __init__(self) -> None:
         self._log_file: TextIO | None = None
+        self._log_level = "WARNING"
         self._log_sink = 0
         super().__init__(
             description=DESCRIPTION,
@@ -114,22 +116,36 @@ class EnclaveApp(App):
         """Leave logging alone here: it is set up per command in prepare_to_run_command."""
 
     def prepare_to_run_command(self, cmd: Command) -> None:
-        """Install the one log sink: JSON on stderr, readable lines when stderr is a terminal."""
+        """Install the log sinks: JSON on stderr, readable lines when stderr is a terminal."""
         if self.options.debug:
-            level = "DEBUG"
+            self._log_level = "DEBUG"
         else:
-            level = {0: "WARNING", 1: "INFO"}.get(self.options.verbose_level, "DEBUG")
-        configure_logging(level, stream=_LiveStderr())  # type: ignore[arg-type]
+            self._log_level = {0: "WARNING", 1: "INFO"}.get(self.options.verbose_level, "DEBUG")
+        self.use_log_format("auto")
+
+    def use_log_format(self, log_format: str) -> None:
+        """(Re)install the log sinks with stderr in ``log_format`` (``auto``, ``text``, ``json``).
+
+        Commands with a ``--log-format`` option call it once their arguments are parsed, which
+        happens after :meth:`prepare_to_run_command`.
+        """
+        configure_logging(
+            self._log_level,
+            human=human_for(log_format),
+            stream=_LiveStderr(),  # type: ignore[arg-type]
+        )
         if self.options.log_file:
-            # cliff's --log-file: the same JSON lines, appended to a file as well.
-            self._log_file = open(self.options.log_file, "a", encoding="utf-8")
+            # cliff's --log-file: the same JSON lines, appended to a file as well. Installing
+            # the stderr sink removed every sink, this one included: it is added again.
+            if self._log_file is None:
+                self._log_file = open(self.options.log_file, "a", encoding="utf-8")
             handle = self._log_file
 
             def to_file(message: Any) -> None:
                 handle.write(format_record(message.record) + "\n")
                 handle.flush()
 
-            self._log_sink = logger.add(to_file, level=level)
+            self._log_sink = logger.add(to_file, level=self._log_level)
 
     def clean_up(self, cmd: Command, result: int, err: BaseException | None) -> None:
         """Print a failed command's error: one ``ERROR:`` line, the traceback only with --debug."""

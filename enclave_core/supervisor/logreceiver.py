@@ -22,6 +22,7 @@ from loguru import logger
 
 from enclave_core import transport
 from enclave_core.config import Config
+from enclave_core.log import render_echoed
 from enclave_core.logchannel import (
     LOG_FILE,
     MAX_FILE_BYTES,
@@ -119,8 +120,10 @@ class LogChannelReceiver:
         self.lines_written += len(lines)
         text = data.decode("utf-8", errors="replace")
         if self._echo is not None:
+            # In the supervisor's log format: as received with JSON logs, readable otherwise.
+            shown = "".join(render_echoed(line) + "\n" for line in text.split("\n")[:-1])
             with contextlib.suppress(OSError, ValueError):
-                self._echo.write(text)
+                self._echo.write(shown)
                 self._echo.flush()
         if self._on_line is not None:
             for line in text.splitlines():

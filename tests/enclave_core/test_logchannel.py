@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from enclave_core import log
 from enclave_core.cli.lifecycle import follow
 from enclave_core.config import Config
 from enclave_core.logchannel import (
@@ -267,6 +268,41 @@ def test_receiver_bounds_lines_and_replaces_the_old_connection(tmp_path: Path) -
     assert got[1]["msg"] == "log line too long: dropped" and got[1]["bytes"] >= MAX_LINE_BYTES
     assert got[2]["msg"] == "after the long line"
     assert len(got) == 3  # the partial last line is not written
+
+
+def test_receiver_echo_follows_the_supervisors_log_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(log, "_echo_view", log._echo_view)  # restored afterwards
+    sent = b'{"time": "2026-01-01T10:00:00.250+00:00", "level": "INFO", "msg": "up", "n": 1}\n'
+    for human in (False, True):
+        port = free_port()
+        log_path = tmp_path / str(human) / LOG_FILE
+        echo = io.StringIO()
+        log.configure_logging("INFO", human=human, stream=io.StringIO())
+
+        async def scenario(
+            port: int = port, log_path: Path = log_path, echo: io.StringIO = echo
+        ) -> None:
+            receiver = LogChannelReceiver(f"tcp://127.0.0.1:{port}", log_path, echo=echo)
+            await receiver.start()
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(sent)
+                await writer.drain()
+                await until(lambda: len(entries(log_path)) == 1, "the line")
+                writer.close()
+                await writer.wait_closed()
+            finally:
+                await receiver.close()
+
+        run(scenario)
+        assert log_path.read_bytes() == sent  # the file keeps the JSON line
+        if human:
+            assert echo.getvalue().endswith(" INFO    runtime    up  n=1\n")
+        else:
+            assert echo.getvalue() == sent.decode()
+    logger.remove()
 
 
 def test_receiver_starts_a_new_file_when_the_old_one_is_removed(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import stat
@@ -197,6 +198,48 @@ def test_exit_code_is_recorded(tmp_path: Path) -> None:
     assert info is not None
     assert (info.exit_code, info.signal, info.reason) == (3, None, "runtime exited with code 3")
     assert info.log_tail == ["bye"]
+
+
+# The runtime's output as the launcher sees it: JSON log lines (one of the app's) and plain text.
+RUNTIME_OUTPUT = [
+    json.dumps(
+        {"time": "2026-01-01T10:00:00.250+00:00", "level": "INFO", "msg": "boot", "stage": "kms"}
+    ),
+    json.dumps(
+        {"time": "2026-01-01T10:00:00.500+00:00", "level": "INFO", "msg": "hi", "source": "app"}
+    ),
+    "Traceback (most recent call last):",
+]
+
+
+def test_echo_is_readable_with_readable_logs_while_the_file_keeps_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loguru import logger
+
+    from enclave_core import log
+
+    monkeypatch.setattr(log, "_echo_view", log._echo_view)  # restored afterwards
+    script = "import sys; sys.stdout.write(sys.argv[1])"
+    output = "".join(line + "\n" for line in RUNTIME_OUTPUT)
+    for human, expected in ((False, RUNTIME_OUTPUT), (True, None)):
+        log.configure_logging("INFO", human=human, stream=io.StringIO())
+        echo = io.StringIO()
+        state = tmp_path / ("text" if human else "json")
+        launcher = ProcessLauncher(state, command=[sys.executable, "-c", script, output], echo=echo)
+        launcher.start(make_spec(tmp_path))
+        wait_for(lambda launcher=launcher: launcher.describe() is None)
+        assert (state / "logs" / "runtime.log").read_text() == output  # JSON lines as written
+        shown = echo.getvalue().splitlines()
+        if expected is not None:
+            assert shown == expected
+        else:
+            assert [line[12:] for line in shown] == [
+                " INFO    runtime    boot  stage=kms",
+                " INFO    app        hi",
+                "         app        Traceback (most recent call last):",
+            ]
+    logger.remove()
 
 
 def test_start_twice_is_refused_and_a_missing_program_is_a_launcher_error(

@@ -15,12 +15,14 @@ from enclave_core.testing import free_port
 
 class FakeSupervisor:
     """Answers from ``answers[(method, path)]`` (404 otherwise); ``GET /v1/migrate`` answers from
-    ``progress``, one document per call, while any are left. Records
+    ``progress``, one document per call, while any are left, and any request from
+    ``queued[(method, path)]`` likewise (a state that changes between calls). Records
     ``(method, path, authorization, json body or None)`` per request."""
 
     def __init__(self) -> None:
         self.answers: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self.progress: list[dict[str, Any]] = []
+        self.queued: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
         self.requests: list[tuple[str, str, str | None, Any]] = []
         fake = self
 
@@ -30,8 +32,11 @@ class FakeSupervisor:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 fake.requests.append((self.command, self.path, self.headers["Authorization"], body))
+                queued = fake.queued.get((self.command, self.path))
                 if (self.command, self.path) == ("GET", "/v1/migrate") and fake.progress:
                     status, doc = 200, fake.progress.pop(0)
+                elif queued:
+                    status, doc = queued.pop(0)
                 else:
                     status, doc = fake.answers.get((self.command, self.path), (404, {}))
                 data = json.dumps(doc).encode()

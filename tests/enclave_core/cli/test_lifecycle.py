@@ -11,10 +11,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from enclave_core.cli import lifecycle
 from enclave_core.cli.lifecycle import tail_lines
 from enclave_core.cli.main import main
 from enclave_core.config import Config
@@ -38,7 +40,7 @@ def supervisor() -> Iterator[FakeSupervisor]:
 
 @pytest.fixture
 def config(make_config: Callable[..., Config], supervisor: FakeSupervisor) -> Config:
-    return config_for(make_config, supervisor, "ab" * 32)
+    return config_for(make_config, supervisor, TOKEN)
 
 
 HEALTH = {
@@ -50,6 +52,39 @@ HEALTH = {
     "last_exit": {"exit_code": None, "signal": "SIGKILL", "log_tail": []},
     "timestamp": "2026-01-01T00:00:00Z",
 }
+PCR0 = "ab12" * 24
+TOKEN = "ab" * 32
+
+
+def entry_line(msg: str, level: str = "INFO", **fields: object) -> str:
+    """A runtime JSON log line as the launcher keeps it."""
+    return json.dumps(
+        {"time": "2026-01-01T10:00:00.250+00:00", "level": level, "msg": msg, **fields}
+    )
+
+
+def clock_of(line: str) -> str:
+    """The HH:MM:SS.mmm a readable line shows for ``line``'s time, in local time."""
+    when = datetime.fromisoformat(json.loads(line)["time"]).astimezone()
+    return when.strftime("%H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+
+
+def health(status: str, **fields: object) -> dict[str, object]:
+    """A supervisor /health document."""
+    return {
+        **HEALTH,
+        "status": status,
+        "restarts": 0,
+        "last_exit": None,
+        "error": None,
+        "runtime": None,
+        **fields,
+    }
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lifecycle, "START_POLL_S", 0.01)
 
 
 def test_status_shows_the_supervisors_health(
@@ -67,6 +102,39 @@ def test_status_shows_the_supervisors_health(
     assert (code, out) == (0, "stopped\n")
 
 
+def test_status_table_reads_last_exit_as_its_reason_and_last_log_lines(
+    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+) -> None:
+    tail = [entry_line(f"step {i}", step=i) for i in range(5)] + [
+        "Traceback (most recent call last):",
+        entry_line("boot failed", "ERROR", stage="kms", error="KMS key k-1 is locked", dek="c2Vj"),
+    ]
+    last_exit = {
+        "exit_code": 1,
+        "signal": None,
+        "reason": "runtime exited with code 1",
+        "log_tail": tail,
+        "timestamp": "2026-01-01T10:00:01Z",
+    }
+    supervisor.answers[("GET", "/health")] = (503, health("starting", last_exit=last_exit))
+    code, out, err = cli(capsys, "status", "-c", str(config.path))
+    assert (code, err) == (0, "")
+    assert "runtime exited with code 1 (exit code 1, at 2026-01-01T10:00:01Z)" in out
+    stamp = clock_of(tail[0])
+    for shown in (
+        f"{stamp} INFO    runtime    step 2  step=2",
+        f"{stamp} INFO    runtime    step 4  step=4",
+        "app        Traceback (most recent call last):",
+        f'{stamp} ERROR   runtime    boot failed  stage=kms error="KMS key k-1 is locked"',
+    ):
+        assert shown in out
+    assert "step 1" not in out  # only the last five lines
+    assert '{"time"' not in out and "c2Vj" not in out and "dek" not in out
+    # -f json keeps the whole document.
+    code, out, _ = cli(capsys, "status", "-c", str(config.path), "-f", "json")
+    assert json.loads(out)["last_exit"] == last_exit
+
+
 def test_status_against_a_dead_supervisor_is_one_error_line(
     capsys: pytest.CaptureFixture[str], make_config: Callable[..., Config]
 ) -> None:
@@ -80,20 +148,138 @@ def test_status_against_a_dead_supervisor_is_one_error_line(
     )
 
 
-def test_start_and_stop_post_with_the_token(
+def test_start_waits_until_running_and_prints_one_line(
     capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
 ) -> None:
-    supervisor.answers[("POST", "/v1/start")] = (200, {"status": "starting"})
-    supervisor.answers[("POST", "/v1/stop")] = (200, {"status": "stopped"})
-    assert cli(capsys, "start", "-c", str(config.path), "-f", "json")[:2] == (
-        0,
-        '{\n  "status": "starting"\n}\n',
-    )
-    assert cli(capsys, "stop", "-c", str(config.path), "-f", "value")[:2] == (0, "stopped\n")
+    booting = health("starting", runtime={"status": "initializing", "detail": "kms"})
+    supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
+    supervisor.queued[("GET", "/health")] = [(503, booting), (503, booting)]
+    supervisor.answers[("GET", "/health")] = (200, health("running"))
+    supervisor.answers[("GET", "/v1/enclave-info")] = (200, {"name": "hello", "pcr0": PCR0})
+    code, out, err = cli(capsys, "start", "-c", str(config.path))
+    assert (code, out, err) == (0, f"started: enclave i-0-enc-1 running (PCR0 {PCR0[:16]}…)\n", "")
     assert [request[:3] for request in supervisor.requests] == [
-        ("POST", "/v1/start", "Bearer " + "ab" * 32),
-        ("POST", "/v1/stop", "Bearer " + "ab" * 32),
+        ("POST", "/v1/start", "Bearer " + TOKEN),
+        ("GET", "/health", None),
+        ("GET", "/health", None),
+        ("GET", "/health", None),
+        ("GET", "/v1/enclave-info", None),
     ]
+    # For scripts: the structured answer, its outcome first.
+    code, out, _ = cli(capsys, "start", "-c", str(config.path), "-f", "json")
+    assert code == 0
+    assert json.loads(out) == {"outcome": "started", **health("running"), "pcr0": PCR0}
+    assert list(json.loads(out))[0] == "outcome"
+
+
+def test_start_without_waiting_or_without_enclave_info(
+    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+) -> None:
+    supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
+    code, out, _ = cli(capsys, "start", "-c", str(config.path), "--timeout", "0")
+    assert (code, out) == (0, "starting: enclave i-0-enc-1\n")
+    assert [request[1] for request in supervisor.requests] == ["/v1/start"]
+    # Running at once, but the enclave-info cannot be read: no PCR0 rather than a failure.
+    supervisor.answers[("POST", "/v1/start")] = (200, health("running"))
+    code, out, _ = cli(capsys, "start", "-c", str(config.path))
+    assert (code, out) == (0, "started: enclave i-0-enc-1 running\n")
+
+
+def test_start_reports_the_runtimes_boot_error(
+    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+) -> None:
+    supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
+    degraded = {"status": "degraded", "detail": "KMS key k-1 is locked to another PCR0"}
+    supervisor.answers[("GET", "/health")] = (503, health("error", runtime=degraded))
+    assert cli(capsys, "start", "-c", str(config.path)) == (
+        1,
+        "",
+        "ERROR: enclave failed to start: runtime degraded: KMS key k-1 is locked to another PCR0\n",
+    )
+
+
+def test_start_reports_a_runtime_that_exited_while_booting(
+    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+) -> None:
+    before = {
+        "exit_code": None,
+        "signal": "SIGTERM",
+        "reason": "stopped by the supervisor: runtime killed by SIGTERM",
+        "log_tail": [],
+        "timestamp": "2026-01-01T09:00:00Z",
+    }
+    ended = {
+        "exit_code": 3,
+        "signal": None,
+        "reason": "runtime exited with code 3",
+        "log_tail": [
+            entry_line("boot failed", "ERROR", error="ConfigError: no such key", token="t0k3n"),
+            entry_line("bye"),
+        ],
+        "timestamp": "2026-01-01T10:00:02Z",
+    }
+    supervisor.answers[("POST", "/v1/start")] = (200, health("starting", last_exit=before))
+    supervisor.answers[("GET", "/health")] = (503, health("starting", last_exit=ended))
+    code, out, err = cli(capsys, "start", "-c", str(config.path))
+    assert (code, out) == (1, "")
+    assert err == (
+        "ERROR: enclave failed to start: runtime exited with code 3 (exit code 3, at "
+        "2026-01-01T10:00:02Z); last error: boot failed: ConfigError: no such key\n"
+    )
+
+
+def test_start_reports_the_launchers_error(
+    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+) -> None:
+    why = "cannot start enclave 'hello': nitro-cli: No such file or directory"
+    supervisor.answers[("POST", "/v1/start")] = (
+        500,
+        {"title": "Launcher error", "description": why},
+    )
+    supervisor.answers[("GET", "/health")] = (503, health("error", error=why))
+    assert cli(capsys, "start", "-c", str(config.path)) == (
+        1,
+        "",
+        f"ERROR: enclave failed to start: {why}\n",
+    )
+    # Another failure (here a refused token) is reported as the API answered it.
+    supervisor.answers[("POST", "/v1/start")] = (
+        403,
+        {"title": "Forbidden", "description": "the supervisor token is wrong"},
+    )
+    supervisor.answers[("GET", "/health")] = (503, health("stopped"))
+    assert cli(capsys, "start", "-c", str(config.path))[1:] == (
+        "",
+        "ERROR: supervisor POST /v1/start failed (403): the supervisor token is wrong\n",
+    )
+
+
+def test_start_gives_up_after_its_timeout(
+    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+) -> None:
+    booting = health("starting", runtime={"status": "initializing", "detail": "kms"})
+    supervisor.answers[("POST", "/v1/start")] = (200, booting)
+    supervisor.answers[("GET", "/health")] = (503, booting)
+    assert cli(capsys, "start", "-c", str(config.path), "--timeout", "0.2") == (
+        1,
+        "",
+        "ERROR: enclave not running after 0.2 s: status starting, runtime initializing (kms)\n",
+    )
+
+
+def test_stop_prints_one_line(
+    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+) -> None:
+    stopped = health("stopped", enclave_id=None, enclave_cid=None, state=None)
+    supervisor.answers[("POST", "/v1/stop")] = (200, stopped)
+    assert cli(capsys, "stop", "-c", str(config.path)) == (0, "stopped\n", "")
+    code, out, _ = cli(capsys, "stop", "-c", str(config.path), "-f", "json")
+    assert (code, json.loads(out)) == (0, {"outcome": "stopped", **stopped})
+    code, out, _ = cli(capsys, "stop", "-c", str(config.path), "-f", "value", "--column", "outcome")
+    assert (code, out) == (0, "stopped\n")
+    assert [request[:3] for request in supervisor.requests] == [
+        ("POST", "/v1/stop", "Bearer " + TOKEN)
+    ] * 3
 
 
 def test_conflicts_say_already_running_or_stopped(
@@ -102,16 +288,12 @@ def test_conflicts_say_already_running_or_stopped(
     conflict = (409, {"title": "Conflict", "description": "the enclave is in that state"})
     supervisor.answers[("POST", "/v1/start")] = conflict
     supervisor.answers[("POST", "/v1/stop")] = conflict
-    assert cli(capsys, "start", "-c", str(config.path)) == (
-        1,
-        "",
-        "ERROR: enclave is already running\n",
-    )
-    assert cli(capsys, "stop", "-c", str(config.path)) == (
-        1,
-        "",
-        "ERROR: enclave is already stopped\n",
-    )
+    supervisor.answers[("GET", "/health")] = (200, health("running"))
+    assert cli(capsys, "start", "-c", str(config.path)) == (0, "already running\n", "")
+    supervisor.answers[("GET", "/health")] = (503, health("stopped"))
+    assert cli(capsys, "stop", "-c", str(config.path)) == (0, "already stopped\n", "")
+    code, out, _ = cli(capsys, "stop", "-c", str(config.path), "-f", "json")
+    assert json.loads(out) == {"outcome": "already stopped", **health("stopped")}
 
 
 # --------------------------------------------------------------------------- logs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import falcon.testing
@@ -257,12 +258,16 @@ def test_migrate_bodies_are_validated_naming_the_field(
     assert fragment in assert_error(result, 400)["description"]
 
 
-def test_an_unreadable_new_image_is_400_not_500(make_config: Callable[..., Config]) -> None:
+def test_an_unreadable_new_image_is_400_not_500(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
     def measure(*args: Any, **kwargs: Any) -> str:
         raise PermissionError(13, "Permission denied", "/app/secret.bin")
 
+    new_image = tmp_path / "new"
+    new_image.mkdir()
     client = migration_app(make_config(), measure)
-    result = client.simulate_post("/v1/migrate", json={"app_dir": "/app"})
+    result = client.simulate_post("/v1/migrate", json={"app_dir": str(new_image)})
     body = assert_error(result, 400)
     assert body["description"] == (
         "the new image cannot be read: Permission denied (/app/secret.bin)"

@@ -26,6 +26,7 @@ from enclave_plugins.local_kms import LocalKms
 
 from enclave_core.backends import build_backend
 from enclave_core.config import Config
+from enclave_core.devimage import content_digest, images_dir
 from enclave_core.enclave_policy import match_policy
 from enclave_core.errors import EnclaveError, StateConflict, ValidationError
 from enclave_core.image import apply_image_override, measure_new_image, read_image_override
@@ -205,7 +206,12 @@ def assert_migrated(world: World, new_key: str) -> None:
     checkpoint = read_checkpoint(secrets)
     assert checkpoint is not None and (checkpoint.step, checkpoint.status) == (9, "done")
     override = read_image_override(world.config)
-    assert override == {"app_dir": str(world.new_dir), "pcr0": checkpoint.target_pcr0}
+    assert override is not None and override["pcr0"] == checkpoint.target_pcr0
+    # The new image is a snapshot of the folder, not the folder itself (editing it changes nothing).
+    snapshot = Path(override["app_dir"])
+    assert snapshot.parent == images_dir(world.config)
+    assert override["digest"] == content_digest(world.config, world.new_dir)
+    assert (snapshot / "app.py").read_text() == (world.new_dir / "app.py").read_text()
     new = boot(apply_image_override(world.config), world.plugins)
     assert new.pcr0 == checkpoint.target_pcr0 != world.old.pcr0
     assert new.kms_key_id == new_key
