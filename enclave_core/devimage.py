@@ -123,16 +123,6 @@ def prune(config: Config, keep: set[Path]) -> list[str]:
     return removed
 
 
-def snapshot_record(snapshot: Snapshot, pcr0: str) -> dict[str, str]:
-    """What ``.enclave/image.json`` says of a snapshot (see :mod:`enclave_core.image`)."""
-    return {
-        "app_dir": str(snapshot.path),
-        "pcr0": pcr0,
-        "digest": snapshot.digest,
-        "source": str(snapshot.source),
-    }
-
-
 def read_digest(record: dict[str, str]) -> str | None:
     """The content digest an image record names, or None (a record older than snapshots)."""
     value = record.get("digest")

@@ -3,10 +3,11 @@
 In production the image is the EIF at ``enclave.eif``; a migration copies the new EIF there. In
 development the image is an immutable snapshot of the app's folder
 (:mod:`enclave_core.devimage`): ``state_dir/image.json`` =
-``{"app_dir": "<the snapshot>", "pcr0": "<hex>", "digest": "<its content digest>"}`` names the
-one that runs, and :func:`apply_image_override` (called by ``enclave runtime``, ``enclave
-supervisor`` and ``enclave dev`` right after loading the config) points ``app.dir`` there, so the
-runtime runs the snapshot and the simulated NSM measures it. ``enclave dev`` writes it first; a
+``{"app_dir": "<the snapshot>", "pcr0": "<hex>", "digest": "<its content digest>", "source":
+"<the folder it was taken of>"}`` names the one that runs, and :func:`apply_image_override`
+(called by ``enclave runtime``, ``enclave supervisor`` and ``enclave dev`` right after loading the
+config) points ``app.dir`` there, so the runtime runs the snapshot and the simulated NSM measures
+it. ``enclave dev`` writes it first; a
 migration to ``--app-dir DIR`` snapshots DIR and writes it at step 8.
 
 :func:`measure_new_image` gives the PCR0 a new image will have: in development the configured
@@ -71,8 +72,9 @@ def read_image_override(config: Config) -> dict[str, str] | None:
             f"image override {path} is not {{'app_dir': <absolute path>, 'pcr0': <hex>}}"
         )
     record = {"app_dir": doc["app_dir"], "pcr0": doc["pcr0"]}
-    if isinstance(doc.get("digest"), str):
-        record["digest"] = doc["digest"]
+    for optional in ("digest", "source"):
+        if isinstance(doc.get(optional), str):
+            record[optional] = doc[optional]
     return record
 
 
@@ -90,10 +92,15 @@ def apply_image_override(config: Config) -> Config:
 
 
 def write_image_override(
-    config: Config, app_dir: str | Path, pcr0: str, *, digest: str | None = None
+    config: Config,
+    app_dir: str | Path,
+    pcr0: str,
+    *,
+    digest: str | None = None,
+    source: str | Path | None = None,
 ) -> Path:
-    """Record that the development image is now ``app_dir`` (measured as ``pcr0``; its files'
-    digest ``digest`` when it is a snapshot).
+    """Record that the development image is now ``app_dir`` (measured as ``pcr0``; when it is a
+    snapshot, its files' digest ``digest`` and the folder ``source`` it was taken of).
 
     Written atomically (temporary file, then rename) so a reader never sees half of it.
     """
@@ -104,6 +111,8 @@ def write_image_override(
     doc = {"app_dir": str(Path(app_dir).resolve()), "pcr0": pcr0.lower()}
     if digest is not None:
         doc["digest"] = digest
+    if source is not None:
+        doc["source"] = str(Path(source).resolve())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".image-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

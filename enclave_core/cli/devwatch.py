@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave_core.config import Config
-from enclave_core.devimage import content_digest, read_digest, snapshot_record, take_snapshot
+from enclave_core.devimage import content_digest, read_digest, take_snapshot
 from enclave_core.errors import EnclaveError
 from enclave_core.image import measure_new_image, read_image_override, write_image_override
 from enclave_core.imagefiles import image_files
@@ -43,8 +43,9 @@ class ImagePlan:
 def _record_snapshot(config: Config, folder: Path, plugins: Plugins | None) -> str:
     snapshot = take_snapshot(config, folder)
     pcr0 = measure_new_image(config, app_dir=snapshot.path, plugins=plugins)
-    record = snapshot_record(snapshot, pcr0)
-    write_image_override(config, record["app_dir"], pcr0, digest=snapshot.digest)
+    write_image_override(
+        config, snapshot.path, pcr0, digest=snapshot.digest, source=snapshot.source
+    )
     return pcr0
 
 
@@ -67,6 +68,12 @@ def prepare_image(
             )
         return ImagePlan(changed=False, pcr0=_record_snapshot(config, source, plugins))
     if read_digest(current) == content_digest(config, source):
+        return ImagePlan(changed=False, pcr0=current["pcr0"])
+    made_of = current.get("source")
+    if made_of is not None and Path(made_of) != source:
+        # The image came from another folder (`enclave migrate --app-dir elsewhere`): it is the
+        # one chosen, whatever app.dir holds; only an edit seen by --watch replaces it.
+        write(f"running the image made of {made_of} (PCR0 {current['pcr0'][:16]}…)")
         return ImagePlan(changed=False, pcr0=current["pcr0"])
     if not migrate:
         pcr0 = _record_snapshot(config, source, plugins)

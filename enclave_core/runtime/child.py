@@ -34,6 +34,9 @@ def app_environment(config: Config, state: RuntimeState, secrets: dict[str, str]
 
     The egress variables (``HTTPS_PROXY``, ``NO_PROXY``, ``AWS_EC2_METADATA_SERVICE_ENDPOINT``,
     see :mod:`enclave_core.runtime.bridges`) come before ``app.env``, which may override them.
+    The runtime's own come last: ``PORT`` (and ``ENCLAVE_APP_PORT``), ``ENCLAVE_API_URL``,
+    ``ENCLAVE_MGMT_TOKEN`` and ``ENCLAVE_CPU_COUNT`` (``enclave.cpu_count``, so a server such as
+    gunicorn sizes its workers to the enclave rather than to whatever ``os.cpu_count()`` sees).
     """
     assert state.mgmt_token is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENCLAVE_")}
@@ -47,6 +50,7 @@ def app_environment(config: Config, state: RuntimeState, secrets: dict[str, str]
             "PORT": port,
             "ENCLAVE_MGMT_TOKEN": state.mgmt_token,
             "ENCLAVE_API_URL": f"http://127.0.0.1:{config.runtime.app_api_port}",
+            "ENCLAVE_CPU_COUNT": str(config.enclave.cpu_count),
         }
     )
     return env

@@ -186,10 +186,12 @@ class MigrationService:
     def _plan(self, request: dict[str, str | None]) -> Checkpoint:
         """Measure the target and decide: a no-op (status done), a resumption or a new start."""
         kms, secrets = self._backends()
+        source = None
         if request["app_dir"] is not None and self._config.mode == "development":
             # The new image is an immutable copy of the folder, as an EIF would be: editing the
             # folder afterwards changes neither the migration nor the image it installs.
             snapshot = take_snapshot(self._config, Path(request["app_dir"]))
+            source = str(snapshot.source)
             request = {**request, "app_dir": str(snapshot.path)}
         target = self._measure(
             self._config, app_dir=request["app_dir"], eif=request["eif"], pcr0=request["pcr0"]
@@ -213,11 +215,13 @@ class MigrationService:
                 self._check_new_key(kms, checkpoint)
             # The same image may be named by another path this time.
             checkpoint.app_dir, checkpoint.eif = request["app_dir"], request["eif"]
+            checkpoint.app_source = source
             checkpoint.status, checkpoint.error = "running", None
         else:
             checkpoint = Checkpoint.new(
                 self._config, target, app_dir=request["app_dir"], eif=request["eif"]
             )
+            checkpoint.app_source = source
         write_checkpoint(secrets, checkpoint)
         return checkpoint
 

@@ -2,8 +2,8 @@
 
 The checkpoint is JSON in the Secrets backend: ``{"id", "step" (last completed, 0..9), "total",
 "status" (running, done, failed), "old_key_id", "new_key_id", "target_pcr0", "previous_pcr0",
-"app_dir" or "eif", "principal", "target_pcr8", "export_until", "key_description", "started_at",
-"updated_at", "error"?}``.
+"app_dir" (and "app_source") or "eif", "principal", "target_pcr8", "export_until",
+"key_description", "started_at", "updated_at", "error"?}``.
 
 Test hook: with ``ENCLAVE_MIGRATION_CRASH_AFTER_STEP=k`` in the supervisor's environment,
 :func:`crash_hook_from_env` ends the process with ``os._exit(70)`` right after step k's
@@ -55,6 +55,8 @@ class Checkpoint:
     new_key_id: str | None = None
     previous_pcr0: str | None = None
     app_dir: str | None = None
+    #: The folder a development image's snapshot (``app_dir``) was taken of.
+    app_source: str | None = None
     eif: str | None = None
     #: The enclave's IAM principal, as the old key's policy names it (for the report only).
     principal: str | None = None
@@ -83,7 +85,7 @@ class Checkpoint:
     def as_json(self) -> dict[str, Any]:
         """The parameter's JSON (``error`` only when set; ``app_dir`` or ``eif``)."""
         doc = asdict(self)
-        for optional in ("error", "app_dir", "eif"):
+        for optional in ("error", "app_dir", "app_source", "eif"):
             if doc[optional] is None:
                 del doc[optional]
         return doc

@@ -289,7 +289,9 @@ class MigrationRunner:
             assert cp.app_dir is not None
             previous = read_image_override(self.config)
             digest = content_digest(self.config, Path(cp.app_dir))
-            write_image_override(self.config, cp.app_dir, cp.target_pcr0, digest=digest)
+            write_image_override(
+                self.config, cp.app_dir, cp.target_pcr0, digest=digest, source=cp.app_source
+            )
             where = cp.app_dir
             # The new snapshot and the one running until now stay; older development images go.
             keep = {Path(cp.app_dir)}

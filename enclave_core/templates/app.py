@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Hello, Simple Enclave: a dependency-free HTTP app run inside the enclave.
+"""Hello, Simple Enclave: an HTTP app on the standard library, run inside the enclave.
 
-It greets, counts its visits in the enclave's encrypted storage (through the app API) and says
-whether its static secret reached it, never showing the secret itself.
+It greets, counts its visits in the enclave's encrypted storage (through the app API, with the
+framework's client :mod:`enclave_core.appclient`) and says whether its static secret reached it,
+never showing the secret itself.
 
 Routes: ``GET /`` (text), ``GET /json`` (``{"greeting", "visits", "secret_present"}``),
 ``GET /health`` (``ok``). The runtime sets ``PORT``, ``ENCLAVE_API_URL``,
@@ -18,10 +19,10 @@ import signal
 import string
 import sys
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from enclave_core.appclient import AppApiError, EnclaveClient, NotFound, PreconditionFailed
 
 DEFAULT_GREETING = "Hello from Simple Enclave!"
 SIGNING_KEY_ENV = "APP_SIGNING_KEY"
@@ -39,44 +40,35 @@ def secret_status() -> str:
     return f"yes ({len(value)} {kind})"
 
 
-def _api(method: str, key: str, body: bytes | None, headers: dict[str, str]) -> Any:
-    url = f"{os.environ['ENCLAVE_API_URL'].rstrip('/')}/v1/storage/{key}"
-    headers = {"Authorization": f"Bearer {os.environ['ENCLAVE_MGMT_TOKEN']}", **headers}
-    # ENCLAVE_API_URL is the runtime's loopback http:// address, set by the runtime itself.
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310
-    return urllib.request.urlopen(request, timeout=API_TIMEOUT_S)  # noqa: S310
+def app_api() -> EnclaveClient | None:
+    """The app API the runtime gave this process, or None when run without it."""
+    if not os.environ.get("ENCLAVE_API_URL") or not os.environ.get("ENCLAVE_MGMT_TOKEN"):
+        return None
+    return EnclaveClient.from_env(timeout=API_TIMEOUT_S)
 
 
-def count_visit() -> int | None:
+def count_visit(api: EnclaveClient | None) -> int | None:
     """Add one to the visit counter in storage and return it (None without the app API).
 
     Optimistic concurrency: read the counter and its ETag, write it back with ``If-Match`` (or
     ``If-None-Match: *`` the first time); when another request won (412), pause a random, growing
     while and start again.
     """
-    if not os.environ.get("ENCLAVE_API_URL") or not os.environ.get("ENCLAVE_MGMT_TOKEN"):
+    if api is None:
         return None
     for attempt in range(MAX_ATTEMPTS):
         try:
-            with _api("GET", VISITS_KEY, None, {}) as response:
-                visits = int(json.loads(response.read())["visits"])
-                condition = {"If-Match": response.headers["ETag"]}
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code != 404:
-                raise
-            visits, condition = 0, {"If-None-Match": "*"}
+            current = api.get(VISITS_KEY)
+            visits, etag = int(json.loads(current.data)["visits"]), current.etag
+        except NotFound:
+            visits, etag = 0, None
         body = json.dumps({"visits": visits + 1}).encode()
-        headers = {"Content-Type": "application/json", **condition}
         try:
-            with _api("PUT", VISITS_KEY, body, headers):
-                return visits + 1
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code != 412:
-                raise
-        # Lost the race: random backoff spreads concurrent writers out.
-        time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
+            api.put(VISITS_KEY, body, if_match=etag, if_none_match=etag is None)
+            return visits + 1
+        except PreconditionFailed:
+            # Lost the race: random backoff spreads concurrent writers out.
+            time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))
     raise RuntimeError(f"could not update {VISITS_KEY!r}: too much contention")
 
 
@@ -100,9 +92,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         greeting = os.environ.get("GREETING") or DEFAULT_GREETING
         try:
-            visits = count_visit()
+            visits = count_visit(self.server.api if isinstance(self.server, Server) else None)
             visits_text = "unavailable (no app API)" if visits is None else str(visits)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (AppApiError, ValueError, KeyError, RuntimeError) as exc:
             visits, visits_text = None, f"unavailable ({type(exc).__name__})"
         if path == "/json":
             document = {
@@ -126,11 +118,18 @@ class Handler(BaseHTTPRequestHandler):
         """Stay quiet: the runtime already logs every request."""
 
 
+class Server(ThreadingHTTPServer):
+    """One thread per connection, sharing one app API client (it keeps a connection per thread)."""
+
+    daemon_threads = True
+    api: EnclaveClient | None = None
+
+
 def main() -> int:
     """Serve on 127.0.0.1:$PORT until SIGTERM or Ctrl-C."""
     port = int(os.environ.get("PORT") or os.environ.get("ENCLAVE_APP_PORT") or "7074")
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", port), Handler)
+    server.api = app_api()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"hello app listening on http://127.0.0.1:{port}", file=sys.stderr, flush=True)
     try:

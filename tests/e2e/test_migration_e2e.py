@@ -100,7 +100,10 @@ def test_migrate_app_dir_keeps_the_secret_and_the_visit_count(base: Path) -> Non
 
         # The app answers from the new folder, with the same secret and its count going on.
         assert NEW_GREETING in stack.greeting()
-        assert os.readlink(f"/proc/{stack.app_pid()}/cwd") == str(folder)
+        # It runs a snapshot of the new folder (.enclave/images/), as an enclave runs its EIF.
+        running = Path(os.readlink(f"/proc/{stack.app_pid()}/cwd"))
+        assert running.parent == stack.folder / ".enclave" / "images"
+        assert (running / "app.py").read_text() == (folder / "app.py").read_text()
         assert stack.app_env()[SECRET] == secret
         assert stack.app_json()["visits"] == visits + 2  # greeting() counted one too
         info = wait_for(lambda: (i := enclave_info(stack))["previous_pcr0"] == old_pcr0 and i)

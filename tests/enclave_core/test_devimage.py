@@ -14,7 +14,7 @@ from enclave_core.build import app_image_files
 from enclave_core.cli.devwatch import prepare_image
 from enclave_core.config import Config
 from enclave_core.devimage import content_digest, images_dir, prune, take_snapshot
-from enclave_core.image import apply_image_override, read_image_override
+from enclave_core.image import apply_image_override, read_image_override, write_image_override
 from enclave_core.imagefiles import excluded, image_files, measure
 
 
@@ -127,3 +127,22 @@ def test_a_vanished_image_is_replaced_by_a_snapshot_of_the_folder(config: Config
     plan = prepare_image(config, config.app_dir, lines.append, migrate=True)
     assert not plan.changed and "is gone" in lines[-1]
     assert Path(read_image_override(config)["app_dir"]).is_dir()  # type: ignore[index]
+
+
+def test_an_image_chosen_from_another_folder_is_kept_at_start(
+    config: Config, tmp_path: Path
+) -> None:
+    """After `enclave migrate --app-dir elsewhere`, restarting `enclave dev` runs that image."""
+    lines: list[str] = []
+    prepare_image(config, config.app_dir, lines.append, migrate=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "app.py").write_text("print('another app')\n")
+    snapshot = take_snapshot(config, elsewhere)
+    write_image_override(
+        config, snapshot.path, "ab" * 48, digest=snapshot.digest, source=snapshot.source
+    )
+    plan = prepare_image(config, config.app_dir, lines.append, migrate=True)
+    assert not plan.changed and plan.pcr0 == "ab" * 48
+    assert lines[-1].startswith(f"running the image made of {elsewhere}")
+    assert read_image_override(config)["source"] == str(elsewhere)  # type: ignore[index]

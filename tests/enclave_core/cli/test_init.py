@@ -107,3 +107,91 @@ def test_example_is_the_template(tmp_path: Path) -> None:
     config = load_config(EXAMPLE / "enclave.yaml")
     assert config.name == "hello"
     assert (EXAMPLE / "README.md").read_text().count("\n") <= 4
+
+
+# -- templates -----------------------------------------------------------------------------------
+FALCON = TEMPLATES / "falcon"
+FALCON_FILES = ["enclave.yaml", "app.py", "gunicorn.conf.py", "requirements.txt"]
+
+
+def test_list_shows_each_template_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "init", "--list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["hello", "falcon"]
+    assert lines[0].endswith("(default)") and "gunicorn" in lines[1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_template_falcon_writes_the_falcon_app(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "notes"
+    code, out, err = cli(capsys, "init", str(folder), "--template", "falcon")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        *(f"wrote {folder / name}" for name in FALCON_FILES),
+        f"Next: cd {folder} && enclave dev",
+    ]
+    for name in FALCON_FILES[1:]:
+        assert (folder / name).read_bytes() == (FALCON / name).read_bytes()
+    assert template_text("gunicorn.conf.py", "falcon") == (FALCON / "gunicorn.conf.py").read_text()
+    config = load_config(folder / "enclave.yaml")
+    assert config.name == "notes"
+    assert config.app.command == ["python3", "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"]
+    assert config.app.health_path == "/health"
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert {line.split("==")[0] for line in requirements if not line.startswith("#")} >= {
+        "falcon",
+        "gunicorn",
+    }
+    capsys.readouterr()
+    code, out, err = cli(capsys, "config", "validate", "-c", str(folder / "enclave.yaml"))
+    assert (code, err) == (0, "")
+
+
+def test_template_falcon_refuses_to_overwrite_without_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 99\n")
+    code, out, err = cli(capsys, "init", str(tmp_path), "-t", "falcon")
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        f"ERROR: {tmp_path / 'gunicorn.conf.py'} already exists (use --force to overwrite it)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gunicorn.conf.py"]  # nothing written
+    assert cli(capsys, "init", str(tmp_path), "-t", "falcon", "--force")[0] == 0
+    assert (tmp_path / "gunicorn.conf.py").read_bytes() == (
+        FALCON / "gunicorn.conf.py"
+    ).read_bytes()
+
+
+def test_an_unknown_template_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = cli(capsys, "init", str(tmp_path), "--template", "django")
+    assert (code, out) == (2, "")
+    assert "invalid choice: 'django'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_falcon_example_is_the_template() -> None:
+    # examples/falcon links to the package's files, as examples/hello does.
+    example = REPO / "examples" / "falcon"
+    for name in FALCON_FILES:
+        assert (example / name).read_bytes() == (FALCON / name).read_bytes(), name
+    assert load_config(example / "enclave.yaml").name == "falcon"
+    assert (example / "README.md").read_text().count("\n") <= 4
+
+
+def test_falcon_config_differs_from_hello_only_in_name_and_app() -> None:
+    """The falcon enclave.yaml is a whole commented file; all but its app: section is hello's."""
+
+    def without_app(text: str) -> str:
+        start = text.index("# Your HTTP app")
+        return text[:start] + text[text.index("# The runtime's listeners") :]
+
+    hello = (TEMPLATES / "enclave.yaml").read_text()
+    falcon = (FALCON / "enclave.yaml").read_text()
+    assert without_app(falcon).replace("name: falcon ", "name: hello  ", 1) == without_app(hello)

@@ -17,7 +17,7 @@ import pytest
 from loguru import logger
 
 from enclave_core.config import Config
-from enclave_core.runtime.child import AppSupervisor
+from enclave_core.runtime.child import AppSupervisor, app_environment
 from enclave_core.runtime.childio import probe
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.testing import free_port
@@ -72,7 +72,7 @@ RUNTIME = r"""
 import asyncio, sys
 import uvloop
 from enclave_core.config import load_config
-from enclave_core.runtime.child import AppSupervisor
+from enclave_core.runtime.child import AppSupervisor, app_environment
 from enclave_core.runtime.state import RuntimeState
 
 async def main():
@@ -181,6 +181,7 @@ def test_app_gets_its_environment_and_its_lines_are_relogged(
     assert env["PORT"] == env["ENCLAVE_APP_PORT"] == str(config.app.port)
     assert env["ENCLAVE_MGMT_TOKEN"] == TOKEN
     assert env["ENCLAVE_API_URL"] == f"http://127.0.0.1:{config.runtime.app_api_port}"
+    assert env["ENCLAVE_CPU_COUNT"] == str(config.enclave.cpu_count)
     app_lines = [
         (r["extra"]["stream"], r["message"]) for r in records if r["extra"].get("source") == "app"
     ]
@@ -191,6 +192,16 @@ def test_app_gets_its_environment_and_its_lines_are_relogged(
         for r in records
         if r["extra"].get("source") != "app"
     )
+
+
+def test_the_app_is_told_the_enclaves_cpu_count(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gunicorn's gunicorn.conf.py (enclave init --template falcon) sizes its workers with it.
+    monkeypatch.setenv("ENCLAVE_CPU_COUNT", "64")  # the runtime's own environment does not leak
+    config = make_config(enclave={"cpu_count": 4}, app={"env": {"ENCLAVE_CPU_COUNT": "99"}})
+    env = app_environment(config, new_state(config), {"ENCLAVE_CPU_COUNT": "7"})
+    assert env["ENCLAVE_CPU_COUNT"] == "4"  # neither app.env nor a secret overrides it
 
 
 def test_ready_app_that_exits_is_restarted(app_config: Callable[..., Config]) -> None:

@@ -1,0 +1,1 @@
+../../enclave_core/templates/falcon/gunicorn.conf.py
