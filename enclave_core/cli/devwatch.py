@@ -175,10 +175,23 @@ class DevWatcher(threading.Thread):
             self._write(f"migration failed: {exc}; the previous version keeps serving")
             return False
         if final.get("status") != "done":
-            self._write(f"migration failed: {final.get('msg')}; the previous version keeps serving")
+            self._write(failure_line(final))
             return False
         elapsed = time.monotonic() - since
         self.timings.append(elapsed)
         target = str(final.get("target_pcr0") or "")
         self._write(f"new image serving: PCR0 {target[:16]}… ({elapsed:.1f} s after the change)")
         return True
+
+
+def failure_line(progress: dict[str, object]) -> str:
+    """What a failed migration means for the app: which version serves, and what to do."""
+    status, msg, step = progress.get("status"), progress.get("msg"), progress.get("step")
+    if status == "rolled_back":
+        return f"migration failed: {msg}"  # the message says the previous image serves again
+    if isinstance(step, int) and step >= 7:
+        return (
+            f"migration failed: {msg}; the secrets already moved to the new image: fix the "
+            "files and save again, or run `enclave migrate --app-dir .`"
+        )
+    return f"migration failed: {msg}; the previous version keeps serving"

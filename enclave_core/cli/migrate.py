@@ -108,7 +108,7 @@ def follow_migration(
                 printed.add(step)
                 if write is not None:
                     write(f"[{step}/{total}] {entry.get('msg')}")
-        if progress.get("status") in ("done", "failed", "interrupted"):
+        if progress.get("status") in ("done", "failed", "rolled_back", "interrupted"):
             return progress
         if time.monotonic() >= deadline:
             raise EnclaveError(

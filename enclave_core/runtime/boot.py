@@ -24,7 +24,8 @@ record_chain`) and, after a migration, schedules the deletion of the key it was 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -61,6 +62,7 @@ __all__ = [
     "app_env_provider",
     "load_dynamic_secrets",
     "retire_old_key",
+    "retire_when_serving",
     "run_boot",
     "static_secret_context",
     "storage_dek_context",
@@ -219,9 +221,22 @@ def retire_old_key(state: RuntimeState) -> None:
         log.bind(error=str(exc)).warning("migrated-from KMS key not scheduled for deletion")
 
 
-def _after_migration(state: RuntimeState) -> None:
-    record_chain(state)
-    retire_old_key(state)
+def retire_when_serving(state: RuntimeState) -> Callable[[], Coroutine[Any, Any, None]]:
+    """What the app supervisor awaits when the app first answers: :func:`retire_old_key`.
+
+    Not at boot: until the new version serves, the supervisor may still roll the migration back
+    to the old image, which needs the old key.
+    """
+
+    async def retire() -> None:
+        try:
+            await asyncio.to_thread(retire_old_key, state)
+        except Exception as exc:  # reported, never fatal: the app serves
+            logger.bind(error=f"{type(exc).__name__}: {str(exc)[:300]}").warning(
+                "migrated-from KMS key not retired"
+            )
+
+    return retire
 
 
 def load_dynamic_secrets(state: RuntimeState) -> None:
@@ -283,7 +298,7 @@ async def run_boot(state: RuntimeState, plugins: Plugins, start_app: StartApp | 
             state.fail(f"boot stage {stage} failed: {type(exc).__name__}: {str(exc)[:300]}")
             return False
     try:
-        await asyncio.to_thread(_after_migration, state)
+        await asyncio.to_thread(record_chain, state)
     except Exception as exc:  # reported, never fatal: every secret already opened
         logger.bind(error=f"{type(exc).__name__}: {str(exc)[:300]}").warning(
             "migration follow-up failed"

@@ -15,8 +15,9 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -97,7 +98,10 @@ class AppSupervisor:
         stop_grace_s: float = 10.0,
         poll_interval_s: float = 0.1,
         health_interval_s: float = 2.0,
+        on_first_ready: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
+        """:param on_first_ready: awaited the first time the app answers, before ``/health`` says
+        ready (so whoever waits for readiness sees its effects)."""
         self._config = config
         self._state = state
         self._env_provider = env_provider
@@ -115,6 +119,8 @@ class AppSupervisor:
         #: Set when the app failed ``max_failures`` times in a row (the runtime must exit 3).
         self.failed = asyncio.Event()
         self.starts = 0
+        self._on_first_ready = on_first_ready
+        self._first_ready_done = False
 
     @property
     def pid(self) -> int | None:
@@ -227,6 +233,9 @@ class AppSupervisor:
                     logger.bind(port=self._config.app.port).error("app never became ready")
                     await self._terminate(proc)
             else:
+                if self._on_first_ready is not None and not self._first_ready_done:
+                    self._first_ready_done = True
+                    await self._on_first_ready()
                 ready_at = time.monotonic()
                 self._state.app_up = True
                 self._state.app_problem = None

@@ -33,7 +33,7 @@ from enclave_core.config import Config
 from enclave_core.errors import EnclaveError
 from enclave_core.manager import Plugins
 from enclave_core.runtime.appapi import create_app_api
-from enclave_core.runtime.boot import app_env_provider, run_boot
+from enclave_core.runtime.boot import app_env_provider, retire_when_serving, run_boot
 from enclave_core.runtime.bridges import (
     Bridge,
     in_enclave,
@@ -106,7 +106,13 @@ async def serve_runtime(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = AppSupervisor(config, state, app_env_provider(state), **(supervisor_options or {}))
+    app = AppSupervisor(
+        config,
+        state,
+        app_env_provider(state),
+        on_first_ready=retire_when_serving(state),
+        **(supervisor_options or {}),
+    )
     public = PublicServer(
         own_app=create_public_app(state),
         is_own_path=is_own_path,

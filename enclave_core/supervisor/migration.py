@@ -162,8 +162,9 @@ class MigrationService:
             return {"step": 0, "total": TOTAL, "status": "none", "msg": "no migration has run"}
         if checkpoint.status == "done":
             return self._snapshot(checkpoint, "done", "migration complete", steps=[])
-        if checkpoint.status == "failed":
-            return self._snapshot(checkpoint, "failed", checkpoint.error or "failed", steps=[])
+        if checkpoint.status in ("failed", "rolled_back"):
+            msg = checkpoint.error or checkpoint.status
+            return self._snapshot(checkpoint, checkpoint.status, msg, steps=[])
         msg = (
             f"migration {checkpoint.id} stopped after step {checkpoint.step}/{TOTAL}; "
             "run `enclave migrate` again with the same image to resume it"
@@ -201,6 +202,8 @@ class MigrationService:
             if checkpoint.target_pcr0 == target:
                 return checkpoint
             checkpoint = None  # a finished migration to another image: start a new one
+        elif checkpoint is not None and checkpoint.status == "rolled_back":
+            checkpoint = None  # its image failed and the old one serves: start afresh
         if checkpoint is not None and self._window_closed(checkpoint):
             self._abandon_key(kms, checkpoint)
             checkpoint = None  # the key can no longer receive the export: start over
@@ -300,7 +303,7 @@ class MigrationService:
         if self._progress is None:
             return
         steps = list(self._progress["steps"])
-        if status != "failed":
+        if status not in ("failed", "rolled_back"):
             steps.append({"step": step, "msg": msg})
         self._progress = self._snapshot(checkpoint, status, msg, steps=steps)
 

@@ -50,7 +50,7 @@ class Checkpoint:
     target_pcr0: str
     step: int = 0
     total: int = TOTAL
-    status: str = "running"  # running, done, failed
+    status: str = "running"  # running, done, failed, rolled_back (the old image serves again)
     old_key_id: str | None = None
     new_key_id: str | None = None
     previous_pcr0: str | None = None

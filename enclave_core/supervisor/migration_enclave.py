@@ -57,6 +57,8 @@ class SupervisorEnclave:
         self._loop = loop
         self._ready_timeout_s = ready_timeout_s
         self._export_timeout_s = export_timeout_s
+        #: The watchdog's ``last_exit`` once the new enclave was started (see :meth:`_gave_up`).
+        self._exit_before: object = None
 
     def create_migration_key(
         self, target_pcr0: str, migration_id: str, target_pcr8: str | None = None
@@ -100,7 +102,8 @@ class SupervisorEnclave:
                 break
             except TimeoutError:
                 self._check_deadline(deadline, "restarting the enclave")
-        self.wait_ready("the new enclave")
+        self._exit_before = self._watchdog.last_exit
+        self.wait_ready("the new enclave", give_up_on_failure=True)
 
     def _check_deadline(self, deadline: float, what: str) -> None:
         if self._stopping.is_set():
@@ -113,11 +116,19 @@ class SupervisorEnclave:
             await self._watchdog.stop_enclave()
         await self._watchdog.start_enclave()
 
-    def wait_ready(self, what: str) -> None:
-        """Poll the runtime's control ``/health`` until ready (bounded)."""
+    def wait_ready(self, what: str, *, give_up_on_failure: bool = False) -> None:
+        """Poll the runtime's control ``/health`` until ready (bounded).
+
+        :param give_up_on_failure: stop waiting at the first sign that cannot mend: a failed boot
+            stage, or an app that failed until the runtime gave up (a new image that is broken).
+        """
         deadline = time.monotonic() + self._ready_timeout_s
         probe = self._health()
         while not probe.ok:
+            if give_up_on_failure and _hopeless(probe):
+                raise EnclaveError(f"{what} failed: {probe.detail}")
+            if give_up_on_failure and (gone := self._gave_up()) is not None:
+                raise EnclaveError(f"{what} failed: {gone}")
             if time.monotonic() >= deadline:
                 raise EnclaveError(
                     f"{what} did not become ready within {self._ready_timeout_s:g} s "
@@ -126,6 +137,20 @@ class SupervisorEnclave:
             self._check_deadline(deadline + 1, f"waiting for {what}")
             time.sleep(READY_POLL_S)
             probe = self._health()
+
+    def _gave_up(self) -> str | None:
+        """Why the enclave started by :meth:`restart` ended, if it did (the watchdog saw it go)."""
+        last = self._watchdog.last_exit
+        if last is None or last is self._exit_before:
+            return None
+        return last.reason or "the new enclave exited"
+
+
+def _hopeless(probe: Probe) -> bool:
+    """Whether the runtime says it will not become ready by itself."""
+    if probe.status != "degraded":
+        return False
+    return probe.detail.startswith("boot stage") or "the runtime exits" in probe.detail
 
 
 def http_post(address: str, path: str, body: bytes, timeout_s: float) -> tuple[int, bytes]:

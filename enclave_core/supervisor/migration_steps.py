@@ -16,6 +16,8 @@ checkpoint before it returns, then logs ``step``, ``total``, ``status`` and ``ms
 7. copy the ciphertexts over the live ones, the link over ``CiphertextManifest`` (the new enclave
    adopts only what the link names), and switch ``KMSKeyID`` to the new key;
 8. put the new image in place, stop the old enclave, start the new one, wait until it is ready;
+   if the new one fails, put the old version back and start it (:mod:`.migration_rollback`:
+   the checkpoint says ``rolled_back``, and the next migration starts afresh);
 9. delete ``MigrationKMSKeyID``, ``MigrationTargetPCR0`` and the ``Migration/`` parameters but the
    checkpoint (the new enclave consumes ``MigrationOldKMSKeyID`` itself).
 
@@ -58,6 +60,14 @@ from enclave_core.supervisor.migration_checkpoint import (
     crash_hook_from_env,
     migrated_names,
     write_checkpoint,
+)
+from enclave_core.supervisor.migration_rollback import (
+    ROLLBACK_PREFIX,
+    ImageBackup,
+    RolledBack,
+    roll_back,
+    save_export_notes,
+    save_for_rollback,
 )
 
 WAIT_POLL_S = 0.2
@@ -137,6 +147,9 @@ class MigrationRunner:
                 checkpoint.status = "done" if step == TOTAL else "running"
                 checkpoint.error = None
                 write_checkpoint(self.secrets, checkpoint)
+            except RolledBack as exc:
+                self._fail(checkpoint, step, exc, status="rolled_back")
+                return checkpoint
             except Exception as exc:  # noqa: BLE001 - any failure stops here, resumably
                 self._fail(checkpoint, step, exc)
                 return checkpoint
@@ -144,9 +157,11 @@ class MigrationRunner:
             self._after_step(step)
         return checkpoint
 
-    def _fail(self, checkpoint: Checkpoint, step: int, exc: Exception) -> None:
+    def _fail(
+        self, checkpoint: Checkpoint, step: int, exc: Exception, *, status: str = "failed"
+    ) -> None:
         error = str(exc) if isinstance(exc, EnclaveError) else f"{type(exc).__name__}: {exc}"
-        checkpoint.status = "failed"
+        checkpoint.status = status
         checkpoint.error = f"step {step} failed: {error}"
         try:
             write_checkpoint(self.secrets, checkpoint)
@@ -154,11 +169,11 @@ class MigrationRunner:
             logger.bind(error=str(write_error)).error("migration checkpoint not written")
         if not isinstance(exc, EnclaveError):
             logger.opt(exception=exc).error("migration step raised an unexpected error")
-        self._report(checkpoint, step, "failed", checkpoint.error)
+        self._report(checkpoint, step, status, checkpoint.error)
 
     def _report(self, checkpoint: Checkpoint, step: int, status: str, msg: str) -> None:
         log = logger.bind(step=step, total=TOTAL, status=status, migration=checkpoint.id)
-        (log.error if status == "failed" else log.info)(msg)
+        (log.error if status in ("failed", "rolled_back") else log.info)(msg)
         if self._on_progress is not None:
             self._on_progress(step, status, msg, checkpoint)
 
@@ -218,8 +233,10 @@ class MigrationRunner:
     def store_parameters(self, cp: Checkpoint) -> str:
         """Step 4: tell the old enclave (and the new one) what is migrating where."""
         assert cp.new_key_id is not None and cp.old_key_id is not None
-        for stale in self._migration_ciphertexts():
-            self.secrets.delete(stale)  # a previous, abandoned migration's
+        stale = [*self._migration_ciphertexts(), *self.secrets.list(ROLLBACK_PREFIX)]
+        for name in dict.fromkeys(stale):
+            self.secrets.delete(name)  # a previous, abandoned migration's
+        save_export_notes(self.secrets)
         previous_old = self.secrets.get(OLD_KEY_PARAM)
         if previous_old not in (None, cp.old_key_id):
             logger.bind(key_id=previous_old).warning(
@@ -265,8 +282,10 @@ class MigrationRunner:
 
     def adopt(self, cp: Checkpoint) -> str:
         """Step 7: the migration ciphertexts and their link become the live ones; KMSKeyID is the
-        new key. The link goes last but one: the new enclave adopts only what it names."""
+        new key. The link goes last but one: the new enclave adopts only what it names. What is
+        overwritten is saved first, for a rollback at step 8."""
         assert cp.new_key_id is not None
+        save_for_rollback(self.config, self.secrets)
         for name in migrated_names(self.config):
             value = self.secrets.get(f"{MIGRATION_PREFIX}{name}/Ciphertext")
             if value is None:
@@ -280,26 +299,61 @@ class MigrationRunner:
         return f"{KMS_KEY_PARAM} switched to {cp.new_key_id}"
 
     def replace_image(self, cp: Checkpoint) -> str:
-        """Step 8: the new image in place, the old enclave stopped, the new one ready."""
-        if cp.eif is not None:
-            destination = self.config.resolve(self.config.enclave.eif)
-            copy_eif(Path(cp.eif), destination)
-            where = str(destination)
-        else:
-            assert cp.app_dir is not None
-            previous = read_image_override(self.config)
-            digest = content_digest(self.config, Path(cp.app_dir))
-            write_image_override(
-                self.config, cp.app_dir, cp.target_pcr0, digest=digest, source=cp.app_source
-            )
-            where = cp.app_dir
+        """Step 8: the new image in place, the old enclave stopped, the new one ready.
+
+        When the new enclave fails (a boot stage, an app that keeps failing, or no readiness in
+        time) the old version is put back and started (:mod:`.migration_rollback`) and the step
+        raises :class:`RolledBack`; when even that fails, the error says what is left to do.
+        """
+        backup = ImageBackup(self.config, cp)
+        backup.keep()
+        previous = read_image_override(self.config) if cp.eif is None else None
+        where = self._install_image(cp)
+        try:
+            self.enclave.restart()
+        except EnclaveError as exc:
+            if self._stopping.is_set():
+                raise  # not the image's fault: resumed by the next `enclave migrate`
+            self._roll_back(cp, backup, exc)
+        backup.discard()
+        if cp.app_dir is not None:
             # The new snapshot and the one running until now stay; older development images go.
             keep = {Path(cp.app_dir)}
             if previous is not None:
                 keep.add(Path(previous["app_dir"]))
             prune(self.config, keep)
-        self.enclave.restart()
         return f"new image {where} running (PCR0 {_short(cp.target_pcr0)})"
+
+    def _install_image(self, cp: Checkpoint) -> str:
+        if cp.eif is not None:
+            destination = self.config.resolve(self.config.enclave.eif)
+            copy_eif(Path(cp.eif), destination)
+            return str(destination)
+        assert cp.app_dir is not None
+        digest = content_digest(self.config, Path(cp.app_dir))
+        write_image_override(
+            self.config, cp.app_dir, cp.target_pcr0, digest=digest, source=cp.app_source
+        )
+        return cp.app_dir
+
+    def _roll_back(self, cp: Checkpoint, backup: ImageBackup, failure: EnclaveError) -> None:
+        logger.bind(migration=cp.id, error=str(failure)).error(
+            "the new image failed; rolling back to the previous one"
+        )
+        try:
+            roll_back(
+                self.config,
+                cp,
+                secrets=self.secrets,
+                kms=self.kms,
+                image=backup,
+                restart=self.enclave.restart,
+            )
+        except EnclaveError as exc:
+            raise EnclaveError(
+                f"{failure}; the rollback to the previous image failed too: {exc}"
+            ) from None
+        raise RolledBack(f"{failure}; rolled back: the previous image serves again")
 
     def clean_up(self, cp: Checkpoint) -> str:
         """Step 9: forget the migration's parameters; the checkpoint says done."""

@@ -22,7 +22,7 @@ PCR0_PATTERN = "^[0-9a-fA-F]{96}$"
 DAYS_ERROR = "must be a whole number from 7 to 30"
 HEALTH_STATUSES = ("running", "stopped", "starting", "error")
 PROBE_STATUSES = ("ready", "initializing", "degraded", "unreachable", "invalid")
-MIGRATION_STATUSES = ("none", "running", "done", "failed", "interrupted")
+MIGRATION_STATUSES = ("none", "running", "done", "failed", "rolled_back", "interrupted")
 #: What MigrateRequestSchema._one_image checks, for the OpenAPI document.
 ONE_IMAGE = {"oneOf": [{"required": ["eif"]}, {"required": ["app_dir"]}]}
 

@@ -78,7 +78,9 @@ def test_watch_migrates_each_edit_and_keeps_secrets_and_data(base: Path) -> None
             second["pcr0"],
         ]
         assert stack.app_env()[SECRET] == secret
-        # The running image and its predecessor stay; older snapshots are pruned.
+        # The running image and its predecessor stay; older snapshots are pruned (at step 8,
+        # once the new image serves).
+        wait_for(lambda: f"new image serving: PCR0 {third['pcr0'][:16]}…" in stack.output(), 30)
         images = sorted(p.name for p in (stack.folder / ".enclave" / "images").iterdir())
         assert len(images) == 2 and snapshot.name not in images
     finally:
@@ -132,5 +134,45 @@ def test_migrate_in_place_works_on_the_folder_being_edited(base: Path) -> None:
         wait_for(lambda: serves(stack, "Hello, migrated in place!"), timeout=60)
         assert stack.app_env()[SECRET] == secret
         assert enclave_info(stack)["previous_pcr0"] == first["pcr0"]
+    finally:
+        stack.stop()
+
+
+def test_a_broken_edit_is_rolled_back_and_the_old_version_keeps_serving(base: Path) -> None:
+    stack = make_stack(base / "app")
+    stack.start(args=("--watch",))
+    try:
+        secret, first = stack.app_env()[SECRET], enclave_info(stack)
+        visits = stack.app_json()["visits"]
+        source = stack.folder / "app.py"
+        good = source.read_text()
+        greeting = next(line for line in good.splitlines() if line.startswith("DEFAULT_GREETING"))
+        broken = f"{greeting}\nraise SystemExit('a mistake the developer has not seen yet')"
+        source.write_text(good.replace(greeting, broken))
+        rolled_back = "rolled back: the previous image serves again"
+
+        def failure_line() -> str | None:
+            lines = stack.output().splitlines()
+            said = [x for x in lines if x.startswith("migration failed:") and rolled_back in x]
+            return said[0] if said else None
+
+        failure = wait_for(failure_line, timeout=180)
+        assert "[7/9]" in stack.output()  # it got as far as switching the key, then undid it
+        assert "migration failed: step 8 failed: the new enclave failed" in failure
+        assert "app exited with code 1" in failure  # why: the app kept exiting
+        # ... and the app's own words are in the same terminal, just above.
+        assert "a mistake the developer has not seen yet" in stack.output()
+        # The old version serves again: same image, same secret, the data went on.
+        wait_for(lambda: serves(stack, OLD), timeout=60)
+        assert enclave_info(stack)["pcr0"] == first["pcr0"]
+        assert stack.app_env()[SECRET] == secret
+        assert stack.app_json()["visits"] > visits
+        # Fixing the file migrates from the old version; the failed image is in no chain.
+        source.write_text(good.replace(OLD, "Hello after the fix!"))
+        wait_for(lambda: serves(stack, "Hello after the fix!"), timeout=120)
+        fixed = enclave_info(stack)
+        assert fixed["previous_pcr0"] == first["pcr0"]
+        assert [link["body"]["from_pcr0"] for link in fixed["migration_chain"]] == [first["pcr0"]]
+        assert stack.app_env()[SECRET] == secret
     finally:
         stack.stop()

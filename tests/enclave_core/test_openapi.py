@@ -43,7 +43,7 @@ from enclave_core.supervisor.runtime_client import Probe, RuntimeUnavailable
 from enclave_core.supervisor.watchdog import Watchdog
 from tests.enclave_core.openapi_conformance import check_answer
 from tests.enclave_core.runtime.doubles import DOUBLES_CONFIG, MemoryNsm, MemoryStorage
-from tests.enclave_core.supervisor.test_migration import STATIC, World, boot
+from tests.enclave_core.supervisor.migration_world import STATIC, World, boot
 from tests.enclave_core.supervisor.test_watchdog import SPEC, FakeLauncher
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api"

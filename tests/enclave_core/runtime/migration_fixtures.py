@@ -26,7 +26,7 @@ from enclave_core.backends import build_backend
 from enclave_core.config import Config
 from enclave_core.interfaces import Secrets
 from enclave_core.manager import Plugins, get_plugin_manager
-from enclave_core.runtime.boot import run_boot
+from enclave_core.runtime.boot import retire_when_serving, run_boot
 from enclave_core.runtime.migration_key import MigrationKey, create_migration_key
 from enclave_core.runtime.public import create_control_app
 from enclave_core.runtime.recipient import RecipientSession
@@ -44,10 +44,16 @@ OTHER_PCR0 = "0f" * 48
 MIGRATION_ID = "m-1"
 
 
-def boot(config: Config, plugins: Plugins) -> RuntimeState:
-    """Run every boot stage (no app) and return the state."""
+def boot(config: Config, plugins: Plugins, *, serving: bool = True) -> RuntimeState:
+    """Run every boot stage (no app) and return the state.
+
+    :param serving: then do what the runtime does when its app first becomes ready (retire the
+        migrated-from key), as when the app came up.
+    """
     state = RuntimeState(config)
     asyncio.run(run_boot(state, plugins, None))
+    if serving and state.boot_error is None:
+        asyncio.run(retire_when_serving(state)())
     return state
 
 

@@ -8,6 +8,7 @@ in the same state directory.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,7 @@ import pytest
 
 from enclave_core.config import Config
 from enclave_core.crypto.attested_record import make_record, read_record, store_record
+from enclave_core.runtime.boot import retire_when_serving
 from enclave_core.runtime.export import export_keys
 from enclave_core.runtime.public import create_public_app
 from enclave_core.runtime.trust import trust_root
@@ -165,3 +167,17 @@ def test_the_key_in_use_is_never_retired(migration: Migration) -> None:
     assert state.boot_error is None and state.kms_key_id == migration.old.kms_key_id
     assert local_kms(migration.config).describe_key(state.kms_key_id).state == "Enabled"
     assert migration.secrets.get("MigrationOldKMSKeyID") == state.kms_key_id
+
+
+def test_the_old_key_lives_until_the_new_app_serves(migration: Migration) -> None:
+    """Booted but not yet serving, the new enclave leaves the old key alone: a rollback to the
+    old image (step 8) still needs it."""
+    migrated(migration)
+    old_key = migration.old.kms_key_id or ""
+    new = boot(migration.config, migration.plugins, serving=False)
+    assert new.boot_error is None and new.stage == "app"
+    assert local_kms(migration.config).describe_key(old_key).state == "Enabled"
+    assert migration.secrets.get("MigrationOldKMSKeyID") == old_key
+    asyncio.run(retire_when_serving(new)())  # the app is ready
+    assert local_kms(migration.config).describe_key(old_key).state == "PendingDeletion"
+    assert migration.secrets.get("MigrationOldKMSKeyID") is None

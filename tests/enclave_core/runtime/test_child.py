@@ -229,6 +229,48 @@ def test_ready_app_that_exits_is_restarted(app_config: Callable[..., Config]) ->
     assert len(app_pids(config)) == 2
 
 
+def test_first_ready_runs_once_however_often_the_app_restarts(
+    app_config: Callable[..., Config],
+) -> None:
+    """The runtime retires a migrated-from key here: once, when the app first answers, and
+    before /health says ready (a supervisor waiting for ready sees the key retired)."""
+    config = app_config("exit-on-file")
+    state = new_state(config)
+    calls: list[bool] = []
+
+    async def first_ready() -> None:
+        calls.append(state.health()[0] == 200)
+
+    async def scenario(supervisor: AppSupervisor) -> None:
+        await until(lambda: state.health()[0] == 200)
+        first = supervisor.pid
+        (out_dir(config) / "quit").touch()
+        await until(lambda: supervisor.pid not in (None, first) and state.health()[0] == 200)
+
+    supervise(config, state, scenario, backoff_initial_s=0.1, on_first_ready=first_ready)
+    assert len(app_pids(config)) == 2
+    assert calls == [False]  # once, and not yet ready when it ran
+
+
+def test_first_ready_never_runs_for_an_app_that_never_comes_up(
+    app_config: Callable[..., Config],
+) -> None:
+    config = app_config("exit")
+    state = new_state(config)
+    calls: list[bool] = []
+
+    async def first_ready() -> None:
+        calls.append(True)
+
+    async def scenario(supervisor: AppSupervisor) -> int:
+        return await supervisor.wait()
+
+    code = supervise(
+        config, state, scenario, backoff_initial_s=0.05, max_failures=2, on_first_ready=first_ready
+    )
+    assert code == 3 and calls == []
+
+
 def test_health_path_gates_readiness_and_reports_degraded(
     app_config: Callable[..., Config],
 ) -> None:
