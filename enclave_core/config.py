@@ -676,6 +676,8 @@ def load_config(path: str | Path | None = None, *, allow_missing: bool = False) 
     # Absolute, but a symlinked enclave.yaml keeps its own folder: the state (.enclave/) and the
     # relative paths in it belong beside the link the user chose, not beside its target.
     file = Path(os.path.abspath(file))
+    if file.is_symlink() and not file.exists():
+        raise ConfigError(f"{file}: a symlink to {os.readlink(file)}, which does not exist")
     if not file.exists():
         if allow_missing:
             return parse_config({"name": default_name(file.parent)}, base_dir=file.parent)

@@ -163,6 +163,14 @@ def test_missing_file_and_allow_missing(tmp_path: Path) -> None:
     assert config.name == "my-app"
 
 
+def test_a_dangling_symlink_is_an_error_not_the_defaults(tmp_path: Path) -> None:
+    """A copy that broke a relative link must not run silently with no secrets declared."""
+    (tmp_path / "enclave.yaml").symlink_to("../templates/enclave.yaml")
+    for allow_missing in (False, True):
+        with pytest.raises(ConfigError, match=r"a symlink to \.\./templates/enclave\.yaml, which"):
+            load_config(tmp_path / "enclave.yaml", allow_missing=allow_missing)
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
