@@ -15,7 +15,7 @@ import pytest
 from enclave_plugins.aws_kms import AwsKms
 
 from enclave_core.errors import AccessDenied, InvalidKeyState
-from enclave_core.interfaces import BackendContext
+from tests.contexts import backend_context
 from tests.kms_recipient_shim import MOTO_PRINCIPAL
 from tests.kms_shim_server import KmsShimServer
 
@@ -32,15 +32,7 @@ NOBODY = {
 @pytest.fixture
 def kms(tmp_path: Path, kms_shim_endpoint: Callable[..., KmsShimServer]) -> AwsKms:
     server = kms_shim_endpoint()
-    context = BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path / "app",
-    )
+    context = backend_context(tmp_path, app_dir=tmp_path / "app")
     options = {"endpoint_url": server.url, "sts_endpoint_url": server.url, "max_attempts": 1}
     return AwsKms.from_options(AwsKms.Options().load(options), context)
 

@@ -23,7 +23,8 @@ from enclave_plugins.simulated_attestation import SimulatedNsm
 from enclave_core.crypto.cms import open_ciphertext_for_recipient
 from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import AccessDenied, CryptoError, InvalidKeyState
-from enclave_core.interfaces import BackendContext, Recipient
+from enclave_core.interfaces import Recipient
+from tests.contexts import backend_context
 from tests.kms_recipient_shim import MOTO_PRINCIPAL
 from tests.kms_shim_server import KmsShimServer
 
@@ -48,15 +49,7 @@ def _recipient(nsm: SimulatedNsm) -> tuple[Recipient, rsa.RSAPrivateKey]:
 
 
 def _kms(tmp_path: Path, endpoint: str) -> AwsKms:
-    context = BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path / "app",
-    )
+    context = backend_context(tmp_path, app_dir=tmp_path / "app")
     options = {"endpoint_url": endpoint, "sts_endpoint_url": endpoint, "max_attempts": 1}
     return AwsKms.from_options(AwsKms.Options().load(options), context)
 

@@ -16,11 +16,11 @@ from enclave_plugins.aws_kms import AwsKms
 from enclave_core.config import Config
 from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
 from enclave_core.errors import AccessDenied, KeyRefused, ValidationError
-from enclave_core.interfaces import BackendContext
 from enclave_core.keycheck import verify_enclave_key
 from enclave_core.manager import get_plugin_manager
 from enclave_core.runtime.state import RuntimeState
 from tests.attacks.host import Host
+from tests.contexts import backend_context
 from tests.enclave_core.runtime.migration_fixtures import (
     STATIC,
     Migration,
@@ -210,16 +210,7 @@ def test_duplicate_json_keys_are_refused_by_the_enclave_on_aws(
         parsed.get("KeyMetadata", {}).setdefault("MultiRegion", False)
 
     session.events.register("after-call.kms.DescribeKey", moto_omits_multi_region)
-    context = BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path,
-        session=session,
-    )
+    context = backend_context(tmp_path, session=session)
     options = {"endpoint_url": moto_reset, "sts_endpoint_url": moto_reset}
     kms = AwsKms.from_options(AwsKms.Options().load(options), context)
     principal, pcr0 = kms.caller_arn(), "ab" * 48

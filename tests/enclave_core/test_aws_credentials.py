@@ -41,6 +41,7 @@ from enclave_core.aws_credentials import (
 from enclave_core.errors import BackendError, ConfigError
 from enclave_core.interfaces import BackendContext
 from enclave_core.testing import free_port
+from tests.contexts import backend_context
 
 ROLE = "enclave-instance-role"
 ROLES = "/latest/meta-data/iam/security-credentials/"
@@ -187,15 +188,7 @@ class Signed:
 
 
 def _context(tmp_path: Path) -> BackendContext:
-    return BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path / "app",
-    )
+    return backend_context(tmp_path, app_dir=tmp_path / "app")
 
 
 def _imds_kms(tmp_path: Path, moto: str, **options: Any) -> AwsKms:

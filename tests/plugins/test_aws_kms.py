@@ -46,6 +46,7 @@ from enclave_core.errors import (
 )
 from enclave_core.interfaces import BackendContext, GrantInfo, Kms, Recipient
 from enclave_core.manager import get_plugin_manager
+from tests.contexts import backend_context
 from tests.kms_recipient_shim import MOTO_PRINCIPAL, KmsRecipientShim
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}
@@ -65,16 +66,7 @@ POLICY = {
 
 
 def _context(tmp_path: Path, session: Any) -> BackendContext:
-    return BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path / "app",
-        session=session,
-    )
+    return backend_context(tmp_path, app_dir=tmp_path / "app", session=session)
 
 
 def _build(tmp_path: Path, session: Any, **options: Any) -> AwsKms:

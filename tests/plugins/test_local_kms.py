@@ -28,6 +28,7 @@ from enclave_core.errors import (
 from enclave_core.interfaces import BackendContext, Kms
 from enclave_core.kms_policy import default_policy
 from enclave_core.manager import get_plugin_manager
+from tests.contexts import backend_context
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}
 
@@ -272,15 +273,7 @@ def test_logs_never_carry_key_material_or_plaintext(kms: LocalKms) -> None:
 
 
 def _context(tmp_path: Path) -> BackendContext:
-    return BackendContext(
-        name="hello",
-        prefix="dev",
-        region="ap-south-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path,
-    )
+    return backend_context(tmp_path, region="ap-south-1")
 
 
 def test_from_options(tmp_path: Path) -> None:

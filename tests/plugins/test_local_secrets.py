@@ -14,8 +14,9 @@ import pytest
 from enclave_plugins.local_secrets import LocalSecrets
 
 from enclave_core.errors import BackendError, ValidationError
-from enclave_core.interfaces import BackendContext, Secrets
+from enclave_core.interfaces import Secrets
 from enclave_core.manager import get_plugin_manager
+from tests.contexts import backend_context
 
 CHILD = """
 import sys, time
@@ -157,15 +158,7 @@ def test_concurrent_processes_lose_no_write(store: LocalSecrets, tmp_path: Path)
 def test_from_options_resolves_path_and_prefix(tmp_path: Path) -> None:
     options = LocalSecrets.Options().load({})
     assert options == {"path": ".enclave/secrets.json"}
-    context = BackendContext(
-        name="app1",
-        prefix="prod",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path,
-    )
+    context = backend_context(tmp_path, name="app1", prefix="prod")
     backend = LocalSecrets.from_options(options, context)
     backend.put("KMSKeyID", "k")
     assert json.loads((tmp_path / ".enclave" / "secrets.json").read_text()) == {

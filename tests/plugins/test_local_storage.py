@@ -15,8 +15,9 @@ import pytest
 from enclave_plugins.local_storage import LocalStorage, etag_of
 
 from enclave_core.errors import NotFound, PreconditionFailed, ValidationError
-from enclave_core.interfaces import BackendContext, Storage
+from enclave_core.interfaces import Storage
 from enclave_core.manager import get_plugin_manager
+from tests.contexts import backend_context
 
 # A child process: wait for the go file, then try one conditional write (or a counter loop).
 CHILD = """
@@ -234,15 +235,7 @@ def test_if_match_counter_loses_no_update_across_processes(
 def test_from_options_resolves_path_against_config_folder(tmp_path: Path) -> None:
     options = LocalStorage.Options().load({})
     assert options == {"path": ".enclave/storage"}
-    context = BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path,
-    )
+    context = backend_context(tmp_path)
     backend = LocalStorage.from_options(options, context)
     assert backend.root == tmp_path / ".enclave" / "storage"
     with pytest.raises(marshmallow.ValidationError, match="Unknown field"):

@@ -25,8 +25,9 @@ from loguru import logger
 
 from enclave_core.crypto import cose, nsm_protocol
 from enclave_core.errors import AttestationError, NsmError
-from enclave_core.interfaces import Attestation, BackendContext
+from enclave_core.interfaces import Attestation
 from enclave_core.manager import get_plugin_manager
+from tests.contexts import backend_context
 from tests.plugins.nsm_device import FakeNsmDevice
 
 MODULE_ID = "i-0a22e5c5f24d22174-enc0191cceb4289903f"
@@ -451,15 +452,7 @@ def test_device_opened_lazily_once_read_write_and_closed(
         opened.append((path, flags))
         return os.open(path, flags)
 
-    context = BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="production",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path,
-    )
+    context = backend_context(tmp_path, mode="production")
     options = NitroNsm.Options().load({"device": device_path})
     backend = NitroNsm.from_options(options, context)
     assert backend.device == device_path

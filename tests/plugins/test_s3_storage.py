@@ -31,22 +31,14 @@ from enclave_core.interfaces import BackendContext, Storage
 from enclave_core.manager import get_plugin_manager
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.counting import CountingStorage
+from tests.contexts import backend_context
 
 BUCKET = "enclave-data"
 DEK = bytes(range(32))
 
 
 def _context(tmp_path: Path, session: Any) -> BackendContext:
-    return BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path,
-        session=session,
-    )
+    return backend_context(tmp_path, session=session)
 
 
 def _build(tmp_path: Path, session: Any, **options: Any) -> S3Storage:

@@ -25,6 +25,7 @@ from enclave_core.crypto.devca import DevCa
 from enclave_core.errors import AttestationError, ConfigError, NsmError
 from enclave_core.interfaces import Attestation, BackendContext
 from enclave_core.manager import get_plugin_manager
+from tests.contexts import backend_context
 from tests.vectors import NITRO as TESTDATA
 
 MODULE_ID = "i-0a22e5c5f24d22174-enc0191cceb4289903f"
@@ -428,15 +429,7 @@ def test_concurrent_ca_creation_yields_one_root(tmp_path: Path) -> None:
 
 
 def _context(tmp_path: Path, app_dir: Path, mode: str = "development") -> BackendContext:
-    return BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode=mode,
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=app_dir,
-    )
+    return backend_context(tmp_path, mode=mode, app_dir=app_dir)
 
 
 def test_from_options_and_production_refusal(tmp_path: Path, app_dir: Path) -> None:

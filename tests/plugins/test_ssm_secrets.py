@@ -25,22 +25,14 @@ from enclave_core.interfaces import BackendContext, Secrets
 from enclave_core.manager import get_plugin_manager
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.counting import CountingSecrets
+from tests.contexts import backend_context
 
 BASE = "/dev/hello/"
 ATTESTATION_SIZE = 5 * 1024  # an attestation document is about 5 KB
 
 
 def _context(tmp_path: Path, session: Any) -> BackendContext:
-    return BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=tmp_path,
-        state_dir=tmp_path / ".enclave",
-        app_dir=tmp_path,
-        session=session,
-    )
+    return backend_context(tmp_path, session=session)
 
 
 def _build(tmp_path: Path, session: Any, **options: Any) -> SsmSecrets:

@@ -22,6 +22,7 @@ from enclave_core.errors import AccessDenied, AttestationError, NotFound
 from enclave_core.interfaces import BackendContext, Kms, Recipient
 from enclave_core.metrics import Metrics
 from enclave_core.runtime.counting import CountingKms
+from tests.contexts import backend_context
 from tests.enclave_core.runtime.doubles import MemoryKms, MemoryNsm, shared
 
 CONTEXT = {"app": "hello"}
@@ -40,15 +41,7 @@ def _spki(key: rsa.RSAPrivateKey) -> bytes:
 
 
 def _context(state_dir: Path) -> BackendContext:
-    return BackendContext(
-        name="hello",
-        prefix="dev",
-        region="us-east-1",
-        mode="development",
-        base_dir=state_dir.parent,
-        state_dir=state_dir,
-        app_dir=state_dir.parent,
-    )
+    return backend_context(state_dir.parent, state_dir=state_dir)
 
 
 # ------------------------------------------------------------------ MemoryNsm
