@@ -5,7 +5,7 @@ safe concurrent updates, and says whether its static secret reached it, never sh
 
 Routes:
 
-- ``GET /``: a greeting (``GREETING`` from enclave.yaml's ``app.env``);
+- ``GET /``: a greeting (``DEFAULT_GREETING``, or ``GREETING`` from enclave.yaml's ``app.env``);
 - ``GET /health``: ``ok`` (enclave.yaml's ``health_path``: the runtime waits for it);
 - ``GET /secret``: ``{"secret_present", "length"}`` for ``APP_SIGNING_KEY``, never its value;
 - ``GET /notes``: ``{"notes": [name, ...]}``;
@@ -35,7 +35,7 @@ from enclave_core.appclient import (
     Unavailable,
 )
 
-DEFAULT_GREETING = "Hello from Simple Enclave!"
+DEFAULT_GREETING = "Hello from Simple Enclave and Falcon!"
 SIGNING_KEY_ENV = "APP_SIGNING_KEY"
 NOTES_PREFIX = "notes/"
 MAX_NOTE_BYTES = 1024 * 1024

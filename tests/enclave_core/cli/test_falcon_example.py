@@ -62,7 +62,7 @@ def web(app_api: AppApi, monkeypatch: pytest.MonkeyPatch) -> falcon.testing.Test
 def test_greeting_health_and_the_secret_without_its_value(
     web: falcon.testing.TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert web.simulate_get("/").text == "Hello from Simple Enclave!\n"
+    assert web.simulate_get("/").text == "Hello from Simple Enclave and Falcon!\n"
     monkeypatch.setenv("GREETING", "Bonjour")
     assert web.simulate_get("/").text == "Bonjour\n"
     assert web.simulate_get("/health").text == "ok\n"
