@@ -4,7 +4,7 @@ Clients are built on first use, never at import or construction time, from an in
 session (``BackendContext.session``) or, when there is none, from a ``boto3.session.Session()``
 made on first use. Nothing here reads credentials: every client asks the session's credential
 provider chain, so credentials that refresh (the instance role through IMDSv2, assumed roles)
-keep refreshing for the life of the process (prior-art §1.10: a backend that copies static keys
+keep refreshing for the life of the process (a backend that copies static keys
 at boot stops working when they expire).
 
 Endpoints: an ``endpoint_url`` option wins; otherwise botocore itself applies the standard

@@ -11,7 +11,7 @@ timeouts and are retried on connection errors, timeouts and 5xx; failures raise
 
 botocore refreshes the :class:`ScaledRefreshableCredentials` when less than ``min(5 min, 1/3 of
 their lifetime)`` remains (its fixed 15/10 min windows would refetch short-lived credentials on
-every call). Nothing keeps a static copy (prior-art §1.10), and building the session makes no
+every call). Nothing keeps a static copy, and building the session makes no
 request: the first fetch happens when its first client is made.
 """
 

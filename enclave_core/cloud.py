@@ -2,7 +2,7 @@
 
 :class:`Deps` carries the outside world (boto3 clients by service, the CDK app's
 ``synthesize``, output sinks, clock), injected so tests run against botocore's Stubber, moto and
-fake executables. The stack is ``{prefix}Nitro{name}`` (prior-art §1.22); its outputs are
+fake executables. The stack is ``{prefix}Nitro{name}``; its outputs are
 ``InstanceID``, ``EC2InstanceRoleARN``, ``KMSKeyID``, ``StorageBucketName``, ``EifBucketName``
 and, scaled out (``instances: N``), ``LoadBalancerDNS``. Local state lives in the state
 directory: ``cdk.out/`` (the synthesized assembly), ``cdk-outputs.json`` and ``deploy.json``.

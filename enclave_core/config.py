@@ -135,8 +135,8 @@ class AppSchema(_Strict):
         return AppSettings(**data)
 
 
-#: ``runtime.limits.max_body_bytes``: room for the app API's 10 MiB storage objects (DESIGN
-#: section 5), whose route limits (storage 10 MiB, secrets 64 KiB) stay on top of this one.
+#: ``runtime.limits.max_body_bytes``: room for the app API's 10 MiB storage objects (README: App
+#: API), whose route limits (storage 10 MiB, secrets 64 KiB) stay on top of this one.
 RUNTIME_MAX_BODY = 16 * 1024 * 1024
 #: ``supervisor.limits.max_body_bytes``: the management API takes small JSON bodies only.
 SUPERVISOR_MAX_BODY = 1024 * 1024

@@ -356,7 +356,8 @@ class PcrState:
 
 @runtime_checkable
 class Attestation(Protocol):
-    """The Nitro Secure Module's API (reference nitro-attestation.md section 5)."""
+    """The Nitro Secure Module's API (its requests and responses, as aws-nitro-enclaves-nsm-api
+    defines them)."""
 
     name: ClassVar[str]
 

@@ -1,4 +1,4 @@
-"""Logging: loguru JSON lines on stderr with the field names of DESIGN section 9.
+"""Logging: loguru JSON lines on stderr, with the field names the README documents.
 
 Configure sinks only from the CLI entry points (``configure_logging``). Elsewhere use
 ``from loguru import logger`` and pass fields as keyword arguments, never as format strings built

@@ -1,4 +1,4 @@
-"""The runtime's counters (DESIGN section 5): thread-safe, exported as JSON and Prometheus text."""
+"""The runtime's counters (README: HTTP APIs): thread-safe, exported as JSON and Prometheus text."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ COUNTERS = (
 
 
 class Metrics:
-    """Exactly the eleven counters of DESIGN section 5, all starting at 0."""
+    """Exactly the eleven counters of the README's HTTP APIs section, all starting at 0."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -1,7 +1,7 @@
 """Talking to the supervisor on a deployed host: SSM Run Command and the scripts it runs there.
 
 The management API listens on the host's loopback only (``supervisor.listen``), so ``enclave
-deploy``, ``destroy`` and ``status --cloud`` reach it the way prior art does (prior-art §1.2):
+deploy``, ``destroy`` and ``status --cloud`` reach it the way other Nitro frameworks do:
 an ``AWS-RunShellScript`` command, polled with ``GetCommandInvocation`` until it ends. The
 scripts are POSIX ``sh``; every value from enclave.yaml or the stack is quoted with
 :func:`shlex.quote`. The supervisor's token is read on the host (``$(cat ...)``) and never

@@ -16,7 +16,7 @@ the KMS key locked to ``pcr0`` (:mod:`enclave_infra.key`), the ``/{prefix}/{name
 parameter, and the hosts (:mod:`enclave_infra.compute`): one instance, or ``instances: N``
 behind a network load balancer. :class:`~enclave_infra.stack.EnclaveStack` adds the outputs.
 
-``KMSKeyID`` is the one parameter of DESIGN section 7 that must exist before the first boot (in
+``KMSKeyID`` is the one parameter (README: Migration) that must exist before the first boot (in
 production the runtime refuses to create a key); the runtime creates every other one. The stack
 never changes that parameter's properties after creating it, so CloudFormation never writes it
 again: after ``enclave migrate`` switches it to a new key, the parameter, not the stack's
@@ -49,7 +49,7 @@ __all__ = ["KMS_KEY_PARAMETER", "EnclaveService", "config_text"]
 #: CDK feature flags the construct relies on, set on its own subtree: server access logs are
 #: delivered under a bucket policy, not the log-delivery ACL (ACLs stay disabled everywhere).
 FEATURE_FLAGS = {"@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True}
-#: The parameter (relative to ``/{prefix}/{name}/``) naming the enclave's key (DESIGN §7).
+#: The parameter (relative to ``/{prefix}/{name}/``) naming the enclave's key (README: Migration).
 KMS_KEY_PARAMETER = "KMSKeyID"
 
 
@@ -121,7 +121,7 @@ class EnclaveService(Construct):
             "KmsKeyIdParameter",
             parameter_name=f"{naming.parameter_path(config)}/{KMS_KEY_PARAMETER}",
             string_value=self.key.ref,
-            description="The enclave's KMS key (DESIGN section 7); enclave migrate switches it",
+            description="The enclave's KMS key (README: Migration); enclave migrate switches it",
         )
         script = host_script(
             config,

@@ -63,7 +63,7 @@ def stack_name(config: Config) -> str:
 
 
 def parameter_path(config: Config) -> str:
-    """The parameter path of DESIGN section 7 without its trailing slash: ``/{prefix}/{name}``."""
+    """The parameter path (README: Migration) without its trailing slash: ``/{prefix}/{name}``."""
     return config.secrets_path.rstrip("/")
 
 

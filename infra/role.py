@@ -150,7 +150,7 @@ def instance_role(
         role,
         f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{parameter_path}/*",
         "The app's parameters are created at run time under its own path /{prefix}/{name}/ "
-        "(DESIGN section 7: secret ciphertexts, migration state); the wildcard is that path.",
+        "(secret ciphertexts, migration state); the wildcard is that path.",
     )
     _wildcard(
         role,

@@ -42,7 +42,7 @@ from enclave_core.registry import BackendRegistry
 
 RUN_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 30.0
-#: Used for addresses until a spec names the CID (DESIGN section 4's default).
+#: Used for addresses until a spec names the CID (the README's enclave.yaml default).
 DEFAULT_CID = 16
 EXIT_TAIL_LINES = 20
 NOT_FOUND = (

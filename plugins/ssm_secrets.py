@@ -21,7 +21,7 @@ Example::
       backend: ssm
       options: {region: eu-west-1}
 
-A name ``n`` is the parameter ``/{prefix}/{name}/n`` (DESIGN §7: ``KMSKeyID``,
+A name ``n`` is the parameter ``/{prefix}/{name}/n`` (README, Migration: ``KMSKeyID``,
 ``{secret}/Ciphertext``, ``StorageDEK/Ciphertext``...). Names follow SSM's rules (letters,
 digits, ``_.-``, ``/`` between segments, no ``..`` segment, at most 1011 characters in full).
 

@@ -182,6 +182,22 @@ def test_the_outside_check_lets_the_tree_alone(relpath: str, text: str) -> None:
     assert not outside_references(ROOT / relpath, text)
 
 
+_UNSHIPPED_DOCS = re.compile(r"\bDESIGN\b(?:\.md)?|prior-art|nitro-attestation\.md")
+
+
+def test_code_cites_only_documents_the_project_ships() -> None:
+    """Comments and docstrings point readers at the README and docs/, which every clone has."""
+    this = Path(__file__).resolve()
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path, text in project_text_files()
+        if path.suffix in (".py", ".ts", ".sh", ".cfg", ".ini", ".toml") and path != this
+        for number, line in enumerate(text.splitlines(), 1)
+        if _UNSHIPPED_DOCS.search(line)
+    ]
+    assert not found, "\n".join(found)
+
+
 def test_every_test_the_threat_model_names_exists() -> None:
     """docs/threat-model.md proves each property with named tests: they must be real."""
     text = (ROOT / "docs" / "threat-model.md").read_text(encoding="utf-8")

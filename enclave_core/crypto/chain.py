@@ -1,4 +1,6 @@
-"""X.509 path validation for Nitro attestation documents (reference ``nitro-attestation.md`` §4).
+"""X.509 path validation for Nitro attestation documents.
+
+As AWS documents it in "Verifying the root of trust".
 
 The path is ``trusted root, cabundle[1:], certificate`` when ``cabundle[0]`` is byte-equal to the
 trusted root, else ``trusted root, cabundle..., certificate`` (then ``cabundle[0]`` must itself be

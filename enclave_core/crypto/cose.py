@@ -1,6 +1,6 @@
 """Nitro attestation documents: COSE_Sign1 envelopes and their CBOR payloads.
 
-The format is AWS Nitro's (reference ``nitro-attestation.md`` sections 2 and 3): an *untagged*
+The format is AWS Nitro's (AWS documentation, "Verifying the root of trust"): an *untagged*
 COSE_Sign1 ``[bstr(h'a1013822'), {}, payload, signature]`` whose protected header says ES384,
 whose payload is a CBOR map with exactly nine keys in a fixed order (absent optional fields are
 CBOR ``null``), and whose 96-byte signature is ``r || s`` over the Sig_structure

@@ -1,6 +1,6 @@
 """The development certificate authority that signs the simulated NSM's attestation documents.
 
-It mirrors the AWS chain (reference ``nitro-attestation.md``, "The certificate chain as observed"):
+It mirrors the AWS chain (as the real documents in tests/data/nitro/ show it):
 root -> regional -> zonal -> instance -> leaf, every certificate EC P-384 and ecdsa-with-SHA384,
 with the same BasicConstraints (pathlen 2/1/0 below the root, CA:FALSE leaf) and KeyUsage. The
 CRL distribution points of the AWS intermediates are left out: nothing serves a CRL in development

@@ -1,4 +1,4 @@
-"""The app API (DESIGN section 5): storage, dynamic secrets and PCRs for the app, on loopback.
+"""The app API (README: HTTP APIs): storage, dynamic secrets and PCRs for the app, on loopback.
 
 Every call needs ``Authorization: Bearer $ENCLAVE_MGMT_TOKEN``. Input is validated before it
 reaches a backend, so a bad request changes nothing stored. Backends are synchronous and run in

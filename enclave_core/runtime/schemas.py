@@ -1,4 +1,4 @@
-"""The runtime's request and response schemas (DESIGN section 5), for validation and OpenAPI.
+"""The runtime's request and response schemas (README: HTTP APIs), for validation and OpenAPI.
 
 Request schemas are loaded by the handlers of :mod:`.appapi` and :mod:`.public` through
 :func:`enclave_core.apischemas.load_request`; response schemas describe what they answer. Both
@@ -269,7 +269,7 @@ class NotReadySchema(marshmallow.Schema):
     error = fields.String(metadata={"description": "why the runtime is degraded"})
 
 
-#: The runtime's counters (DESIGN section 5), all from 0.
+#: The runtime's counters (README: HTTP APIs), all from 0.
 MetricsSchema = marshmallow.Schema.from_dict(
     {name: fields.Integer(required=True, validate=validate.Range(min=0)) for name in COUNTERS},
     name="MetricsSchema",

@@ -1,4 +1,4 @@
-"""The host supervisor (DESIGN section 6).
+"""The host supervisor (README: Supervisor management API).
 
 ``service`` runs everything in one event loop: the management API (``api``, with ``promexport``
 for ``/metrics`` and ``token`` for mutating calls), exactly one ``watchdog``, and the ingress

@@ -1,4 +1,4 @@
-"""The supervisor's management API (DESIGN section 6), a Falcon ASGI app.
+"""The supervisor's management API (README: Supervisor management API), a Falcon ASGI app.
 
 | method, path             | answer                                                             |
 |--------------------------|--------------------------------------------------------------------|
@@ -14,7 +14,7 @@
 ``/health`` status: ``running`` = launched AND the runtime's control ``/health`` answers ready
 (probed on each request); ``starting`` = launched but not ready yet, or a restart is pending;
 ``stopped`` = after ``POST /v1/stop``; ``error`` = the launcher cannot start it, or the runtime,
-once ready, reports degraded or stops answering. Besides the DESIGN fields the body carries
+once ready, reports degraded or stops answering. Besides the documented fields the body carries
 ``error`` (the launcher's failure) and ``runtime`` (the last probe).
 
 Request bodies are loaded with the marshmallow schemas of :mod:`.schemas`, the ones the OpenAPI

@@ -52,7 +52,7 @@ def _migration_paths(spec: Any) -> None:
         "/v1/migrate",
         operations={
             "post": _protected(
-                "Start or resume the migration to a new image (DESIGN section 7)",
+                "Start or resume the migration to a new image (README: Migration)",
                 {
                     "200": json_body(progress, "that migration is already complete"),
                     "202": json_body(progress, "the steps run; follow GET /v1/migrate"),

@@ -1,4 +1,4 @@
-"""The supervisor's side of a migration (DESIGN section 7): one at a time, resumable, observable.
+"""The supervisor's side of a migration (README: Migration): one at a time, resumable, observable.
 
 :class:`MigrationService` answers the management API: ``POST /v1/migrate`` measures the new
 image, decides whether this is a new migration, a resumption of an unfinished one (same target)

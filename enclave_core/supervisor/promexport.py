@@ -2,7 +2,7 @@
 
 Families:
 
-- ``enclave_<counter>_total`` (counter): the runtime's eleven counters (DESIGN section 5), read
+- ``enclave_<counter>_total`` (counter): the runtime's eleven counters (README: HTTP APIs), read
   from its enclave-info at scrape time and exposed as COUNTERS mirroring the runtime's values.
   They reset when the runtime restarts, which Prometheus' ``rate()`` handles as a counter reset.
   Absent while the runtime is unreachable.

@@ -1,4 +1,6 @@
-"""The management API's request and response schemas (DESIGN section 6), for validation and OpenAPI.
+"""The management API's request and response schemas, for validation and OpenAPI.
+
+The API is the README's "Supervisor management API".
 
 :mod:`.api` loads the request bodies with them (:func:`enclave_core.apischemas.load_request`);
 :mod:`.apidoc` builds the supervisor's OpenAPI document from the same classes.

@@ -1,4 +1,4 @@
-"""The watchdog: keeps the enclave alive and owns its lifecycle state (DESIGN section 6).
+"""The watchdog: keeps the enclave alive and owns its lifecycle state.
 
 Every ``interval_s`` it asks the launcher whether the enclave exists and probes the runtime's
 control ``/health``. When the enclave is gone, or ``unhealthy_after`` probes fail in a row

@@ -310,7 +310,7 @@ def test_runtime_counters_count_ssm_calls(
     unreachable = _build(tmp_path, boto3_session, endpoint_url="http://127.0.0.1:9", max_attempts=1)
     with pytest.raises(BackendError, match="could not reach the endpoint"):
         CountingSecrets(unreachable, metrics).get("KMSKeyID")
-    # DESIGN §5 has no secret error counter: the failed call is still a counted read.
+    # the README's counters have no secret error counter: the failed call is still a counted read.
     assert metrics.snapshot()["secret_reads"] == 4
 
 

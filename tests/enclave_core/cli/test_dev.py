@@ -121,7 +121,7 @@ def test_dev_announces_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert greeting.startswith("Hello from Simple Enclave!")
         assert "secret present: no" in greeting  # this config declares no static secret
         process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=15)  # DESIGN: everything stops within 10 s
+        code = process.wait(timeout=15)  # README: Ctrl-C stops everything within 10 s
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

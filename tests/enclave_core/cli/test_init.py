@@ -42,7 +42,9 @@ def test_the_written_config_is_commented_and_has_every_section(tmp_path: Path) -
     assert main(["init", str(tmp_path)]) == 0
     text = (tmp_path / "enclave.yaml").read_text()
     document = yaml.safe_load(text)
-    assert set(document) == set(ConfigSchema().fields)  # every section of DESIGN section 4
+    assert set(document) == set(
+        ConfigSchema().fields
+    )  # every section of the README's enclave.yaml reference
     assert document["runtime"]["tls"] is True
     assert document["supervisor"]["ingress"] == [{"listen": "127.0.0.1:8080", "port": 7073}]
     assert document["runtime"]["port"] == 7073

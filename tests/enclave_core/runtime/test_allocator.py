@@ -23,6 +23,6 @@ def test_other_c_libraries_are_left_alone(monkeypatch) -> None:
 
 
 def test_thresholds_fit_the_largest_stored_object() -> None:
-    # The app API accepts storage bodies up to 10 MiB (DESIGN §5): those must stay on the heap.
+    # The app API takes storage bodies up to 10 MiB (README: App API): those must stay on the heap.
     assert allocator.MMAP_THRESHOLD > 10 << 20
     assert allocator.TRIM_THRESHOLD >= 2 * allocator.MMAP_THRESHOLD
