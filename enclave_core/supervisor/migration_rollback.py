@@ -20,6 +20,7 @@ only puts back what the host could put back anyway.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -119,6 +120,17 @@ class ImageBackup:
             _write_atomically(self.path, self.target.read_bytes())
         elif self.development:
             _write_atomically(self.path, b"")
+
+    def kept_app_dir(self) -> Path | None:
+        """Development: the folder of the kept image (the one running before this migration)."""
+        if not self.development or not self.path.exists():
+            return None
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8") or "null")
+        except ValueError:
+            return None
+        folder = record.get("app_dir") if isinstance(record, dict) else None
+        return Path(folder) if isinstance(folder, str) else None
 
     def restore(self) -> None:
         """Put the kept image back; EnclaveError when there is none to put back."""

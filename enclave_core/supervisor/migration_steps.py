@@ -44,7 +44,7 @@ from enclave_core.config import Config
 from enclave_core.devimage import content_digest, prune
 from enclave_core.enclave_policy import PolicyMismatch, match_policy
 from enclave_core.errors import EnclaveError, NotFound
-from enclave_core.image import read_image_override, write_image_override
+from enclave_core.image import write_image_override
 from enclave_core.interfaces import Kms, Secrets
 from enclave_core.supervisor.migration_checkpoint import (
     CHECKPOINT_PARAM,
@@ -307,7 +307,7 @@ class MigrationRunner:
         """
         backup = ImageBackup(self.config, cp)
         backup.keep()
-        previous = read_image_override(self.config) if cp.eif is None else None
+        previous = backup.kept_app_dir()  # from the copy: a resumed step 8 already installed
         where = self._install_image(cp)
         try:
             self.enclave.restart()
@@ -318,10 +318,7 @@ class MigrationRunner:
         backup.discard()
         if cp.app_dir is not None:
             # The new snapshot and the one running until now stay; older development images go.
-            keep = {Path(cp.app_dir)}
-            if previous is not None:
-                keep.add(Path(previous["app_dir"]))
-            prune(self.config, keep)
+            prune(self.config, {Path(cp.app_dir), *([previous] if previous else [])})
         return f"new image {where} running (PCR0 {_short(cp.target_pcr0)})"
 
     def _install_image(self, cp: Checkpoint) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from enclave_core.config import Config
+from enclave_core.devimage import images_dir
 from enclave_core.errors import EnclaveError
 from enclave_core.image import (
     apply_image_override,
@@ -320,3 +321,26 @@ def test_an_app_that_comes_up_after_a_restart_is_ready(make_config: Callable[...
     restarting = Probe(False, "degraded", "app exited with code 1; restarting in 0.5s")
     enclave = waiting(make_config, [restarting, restarting, Probe(True, "ready")], Watchdog())
     enclave.wait_ready("the new enclave", give_up_on_failure=True)
+
+
+def test_a_resumed_step_8_keeps_the_image_that_ran_before(world: World, tmp_path: Path) -> None:
+    """A crash in step 8 after the new image was installed: the rerun still knows (from the kept
+    copy) which snapshot ran before, and prunes everything else."""
+    _, first = migrate(world.service(launches(world, {})), {"app_dir": str(world.new_dir)})
+    running = read_image_override(world.config)
+    assert first["status"] == "done" and running is not None
+    v3 = tmp_path / "app-v3"
+    v3.mkdir()
+    (v3 / "app.py").write_text("print('version 3')\n")
+    kms, secrets = world.backends()
+    enclave = launches(world, {})
+    runner = MigrationRunner(world.config, kms=kms, secrets=secrets, enclave=enclave)
+    service = world.service(enclave)
+    checkpoint = service._plan({"app_dir": str(v3), "eif": None, "pcr0": None})  # noqa: SLF001
+    for step in range(1, 8):
+        runner._steps[step](checkpoint)  # noqa: SLF001
+    ImageBackup(world.config, checkpoint).keep()
+    runner._install_image(checkpoint)  # noqa: SLF001 - and the supervisor dies here
+    runner.replace_image(checkpoint)  # the rerun
+    images = {p.name for p in images_dir(world.config).iterdir()}
+    assert images == {Path(running["app_dir"]).name, Path(str(checkpoint.app_dir)).name}
