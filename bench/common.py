@@ -236,9 +236,9 @@ def serve_public_server(port: int, upstream_port: int, loop_name: str = "uvloop"
     """
     import asyncio
 
+    from enclave_core.http.proxy import PublicServer
     from enclave_core.log import configure_logging
     from enclave_core.metrics import Metrics
-    from enclave_core.runtime.proxy import PublicServer
 
     configure_logging("INFO", human=False)
 

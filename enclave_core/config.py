@@ -99,7 +99,7 @@ class AppSettings:
     env: dict[str, str] = field(default_factory=dict)
     health_path: str | None = None
     #: Patterns of files left out of the image, on top of the built-in ones
-    #: (:data:`enclave_core.imagefiles.DEFAULT_EXCLUDE`).
+    #: (:data:`enclave_core.image.files.DEFAULT_EXCLUDE`).
     exclude: list[str] = field(default_factory=list)
 
 

@@ -19,7 +19,7 @@ mandatory, and raises :class:`~enclave_core.errors.AttestationError` naming the 
 7. ``GET /v1/enclave-info`` with a fresh ``X-Attestation-Nonce`` answers 200 with an
    ``X-Attestation-Pubkey`` whose SHA-256 is the attested one and an ``X-Attestation-Signature``
    that verifies over the method, the path, its status, body and that nonce
-   (:func:`enclave_core.runtime.signing.verify_response_signature`); the attestation response
+   (:func:`enclave_core.protocol.signing.verify_response_signature`); the attestation response
    itself must be signed the same way; the body's ``pcr0``, ``attestation_pubkey`` and
    ``tls_cert_sha256`` must agree with what was verified.
 
@@ -27,8 +27,8 @@ mandatory, and raises :class:`~enclave_core.errors.AttestationError` naming the 
    only from an enclave whose key was made for a first boot and that shows no chain link; any
    other ``previous_pcr0`` must be proven by the links of ``migration_chain``, each verified
    against the same root **at its own timestamp** (the old enclaves are gone) and connected to
-   the next (:func:`enclave_core.migration_chain.verify_links`), the last one handing over to the
-   verified PCR0 and the enclave's ``kms_key_id``; a null ``previous_pcr0`` or a missing link
+   the next (:func:`enclave_core.protocol.migration_chain.verify_links`), the last one handing over
+   to the verified PCR0 and the enclave's ``kms_key_id``; a null ``previous_pcr0`` or a missing link
    fails (no "unverified" pass). With ``allowed_previous`` every predecessor in the chain must be
    listed, and the chain must reach the first image.
 """
@@ -54,9 +54,9 @@ from cryptography import x509
 from enclave_core.crypto.attestation import PCR_SIZE, VerifiedDocument, verify_document
 from enclave_core.crypto.aws_root import aws_nitro_root
 from enclave_core.errors import AttestationError, EnclaveError
-from enclave_core.migration_chain import GENESIS, verify_links
 from enclave_core.pcrs import normalise_pcr
-from enclave_core.runtime.signing import (
+from enclave_core.protocol.migration_chain import GENESIS, verify_links
+from enclave_core.protocol.signing import (
     NONCE_HEADER,
     PUBKEY_HEADER,
     SIGNATURE_HEADER,

@@ -1,15 +1,21 @@
 """The Nitro Enclaves-capable instance types, as the CDK app sees them.
 
 The table itself (families, sizes, vCPUs, memory, threads per core, architecture) is data in
-:mod:`enclave_core.instance_types`, so that ``enclave config validate`` checks sizes without
+:mod:`enclave_core.deploy.instance_types`, so that ``enclave config validate`` checks sizes without
 aws-cdk-lib installed. This module re-exports it, for users' own CDK apps, and adds what the
 stack needs from it: the Amazon Linux architecture to boot.
 """
 
 from __future__ import annotations
 
+from enclave_core.deploy.instance_types import (
+    FAMILIES,
+    INSTANCE_TYPES,
+    InstanceType,
+    lookup,
+    sizes_of,
+)
 from enclave_core.errors import ConfigError
-from enclave_core.instance_types import FAMILIES, INSTANCE_TYPES, InstanceType, lookup, sizes_of
 
 __all__ = [
     "FAMILIES",

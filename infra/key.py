@@ -1,11 +1,11 @@
 """The enclave's KMS key, locked to the image's PCR0 from the moment CloudFormation creates it.
 
-Its policy is the canonical first-boot policy of :func:`enclave_core.enclave_policy.render_policy`
-for the image's PCR0 and the instance role, with the one statement a deployment adds
-(``AccountAdministrationWithoutKeyUse``, :data:`~enclave_core.enclave_policy.ACCOUNT_ADMIN_ACTIONS`)
-so the runtime, which accepts a key only when its policy is exactly a canonical one
-(docs/threat-model.md), finds it locked to exactly this PCR0, with no grants, and never needs
-``kms:PutKeyPolicy``.
+Its policy is the canonical first-boot policy of
+:func:`enclave_core.kmspolicy.canonical.render_policy` for the image's PCR0 and the instance role,
+with the one statement a deployment adds (``AccountAdministrationWithoutKeyUse``,
+:data:`~enclave_core.kmspolicy.canonical.ACCOUNT_ADMIN_ACTIONS`) so the runtime, which accepts a key
+only when its policy is exactly a canonical one (docs/threat-model.md), finds it locked to exactly
+this PCR0, with no grants, and never needs ``kms:PutKeyPolicy``.
 
 Why the account statement: CloudFormation itself calls the key after ``CreateKey``
 (``EnableKeyRotation``, then describe, rotation status and tags to read the resource back, tags
@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from enclave_core.enclave_policy import (
+from enclave_core.errors import ConfigError, ValidationError
+from enclave_core.kmspolicy.canonical import (
     ACCOUNT_ADMIN_ACTIONS,
     ACCOUNT_ADMIN_SID,
     EnclaveKeyPolicy,
     render_policy,
 )
-from enclave_core.errors import ConfigError, ValidationError
 from enclave_core.pcrs import normalise_pcr
 
 __all__ = ["ACCOUNT_ADMIN_ACTIONS", "ACCOUNT_ADMIN_SID", "enclave_key_policy", "normalize_pcr0"]

@@ -23,10 +23,10 @@ GenerateDataKey, Encrypt or key management at all.
 Why ``kms:CreateKey`` is safe: creating a key exposes nothing. A key the role creates holds no
 ciphertext of the enclave's; the enclave's secrets are re-encrypted under a new key only by the
 old enclave, only to a key it created itself, and only after checking it again: its metadata,
-its exact canonical policy and no grants (``enclave_core.keycheck``, docs/threat-model.md). The
-role (or whoever holds its credentials on the host) can create keys with any policy it likes,
-including open ones, but those keys hold nothing of the enclave's. The cost is at most clutter:
-keys to schedule for deletion.
+its exact canonical policy and no grants (``enclave_core.kmspolicy.keycheck``,
+docs/threat-model.md). The role (or whoever holds its credentials on the host) can create keys with
+any policy it likes, including open ones, but those keys hold nothing of the enclave's. The cost is
+at most clutter: keys to schedule for deletion.
 
 ``AmazonSSMManagedInstanceCore``
 is deliberately not attached: it allows ``ssm:GetParameter(s)`` on every parameter of the

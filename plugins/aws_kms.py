@@ -12,7 +12,8 @@ Options (``kms.options``):
   retries, which back off on throttling).
 - ``credentials``: ``default`` (boto3's chain) or ``imds`` (the instance role through IMDSv2,
   refreshed before expiry; what an enclave uses); ``imds_endpoint``: ``http://host[:port]``,
-  default ``$AWS_EC2_METADATA_SERVICE_ENDPOINT`` (:class:`enclave_core.aws.AwsCredentialOptions`).
+  default ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``
+  (:class:`enclave_core.aws.clients.AwsCredentialOptions`).
 
 Example::
 
@@ -26,8 +27,8 @@ and credentials are never copied out of it, so instance-role credentials keep re
 GenerateDataKey return ``CiphertextForRecipient`` and no plaintext; an answer that carries a
 plaintext anyway is refused, since the plaintext has then left KMS. Key policies go out as JSON
 text (a str as given, a dict as ``json.dumps``) and come back through
-:func:`enclave_core.kms_policy.parse_policy_text`, so a stored policy with a duplicate key is an
-error, never read last-wins. :meth:`AwsKms.describe_key` reports the key's kind (origin,
+:func:`enclave_core.kmspolicy.evaluation.parse_policy_text`, so a stored policy with a duplicate key
+is an error, never read last-wins. :meth:`AwsKms.describe_key` reports the key's kind (origin,
 multi-Region, custom key store, spec, usage, manager) as DescribeKey gives it, and the grants
 API (ListGrants, all pages; CreateGrant, RetireGrant, RevokeGrant) is passed through. AWS errors
 become distinct project errors: AccessDeniedException -> AccessDenied, KMSInvalidStateException and
@@ -49,7 +50,7 @@ from loguru import logger
 from marshmallow import fields, validate
 
 from enclave_core import hookimpl
-from enclave_core.aws import (
+from enclave_core.aws.clients import (
     AwsClients,
     AwsCredentialOptions,
     aws_errors,
@@ -64,9 +65,9 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, GrantInfo, KeyInfo, KmsResult, Recipient
-from enclave_core.kms_policy import parse_policy_text
-from enclave_core.registry import BackendRegistry
+from enclave_core.kmspolicy.evaluation import parse_policy_text
+from enclave_core.plugin.interfaces import BackendContext, GrantInfo, KeyInfo, KmsResult, Recipient
+from enclave_core.plugin.registry import BackendRegistry
 
 MAX_PLAINTEXT = 4096  # the KMS Encrypt limit
 MAX_DATA_KEY = 1024  # the GenerateDataKey NumberOfBytes limit

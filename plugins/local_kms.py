@@ -14,9 +14,9 @@ Keys live in ``path`` as :mod:`enclave_core.crypto.keyfiles` describes: one JSON
 ``master.key``) and version-1 ciphertext blobs bound to their key and encryption context.
 
 As in AWS: every operation on a key evaluates its key policy for the caller, with the key's ARN
-as the resource (:func:`enclave_core.kms_policy.evaluate`; a denial is ``AccessDenied`` naming the
-key, the action and the unmet condition); a new key gets the default policy (the account root may
-do everything); ``put_key_policy`` needs ``kms:PutKeyPolicy`` and, unless
+as the resource (:func:`enclave_core.kmspolicy.evaluation.evaluate`; a denial is ``AccessDenied``
+naming the key, the action and the unmet condition); a new key gets the default policy (the account
+root may do everything); ``put_key_policy`` needs ``kms:PutKeyPolicy`` and, unless
 ``bypass_lockout_safety_check``, a new policy that still lets the caller put a policy. Policies
 are documents or their JSON text; text with a duplicate key, like any malformed document, is
 refused as ``MalformedPolicyDocumentException``. A ``Recipient`` on Decrypt or GenerateDataKey must
@@ -27,10 +27,10 @@ KMS sends it) with no plaintext. ``create_key`` with a policy stores it from the
 and applies the same lockout safety check (and bypass) as ``put_key_policy``.
 
 Grants are kept in the key's record and honoured as KMS honours them
-(:func:`enclave_core.kms_policy.authorize`): Encrypt, Decrypt, GenerateDataKey, DescribeKey,
-CreateGrant and RetireGrant are allowed when the policy allows them *or* a grant for the caller
-lists the operation and its encryption-context constraint holds; only an explicit Deny in the
-policy beats a grant, and replacing the policy leaves every grant in place. A grant does not
+(:func:`enclave_core.kmspolicy.evaluation.authorize`): Encrypt, Decrypt, GenerateDataKey,
+DescribeKey, CreateGrant and RetireGrant are allowed when the policy allows them *or* a grant for
+the caller lists the operation and its encryption-context constraint holds; only an explicit Deny in
+the policy beats a grant, and replacing the policy leaves every grant in place. A grant does not
 check attestation: a grant-authorised Decrypt returns plaintext without a Recipient.
 
 Key kinds: ``origin="EXTERNAL"`` makes a ``PendingImport`` key without material until
@@ -56,7 +56,7 @@ from marshmallow import Schema, fields, validate
 from enclave_core import hookimpl
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.crypto.keyfiles import MATERIAL_AAD, KeyDirectory, context_bytes, now_iso
-from enclave_core.crypto.kms_recipient import VerifiedRecipient, verify_recipient
+from enclave_core.crypto.recipient_checks import VerifiedRecipient, verify_recipient
 from enclave_core.errors import (
     AccessDenied,
     AttestationError,
@@ -65,9 +65,8 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, GrantInfo, KeyInfo, KmsResult, Recipient
-from enclave_core.kms_conditions import principal_matches
-from enclave_core.kms_policy import (
+from enclave_core.kmspolicy.conditions import principal_matches
+from enclave_core.kmspolicy.evaluation import (
     GRANT_OPERATIONS,
     Decision,
     RequestContext,
@@ -77,7 +76,8 @@ from enclave_core.kms_policy import (
     grant_narrows,
     validate_policy,
 )
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext, GrantInfo, KeyInfo, KmsResult, Recipient
+from enclave_core.plugin.registry import BackendRegistry
 
 ACCOUNT = "000000000000"
 DEFAULT_PRINCIPAL = f"arn:aws:iam::{ACCOUNT}:role/enclave"

@@ -30,8 +30,8 @@ from marshmallow import Schema, fields
 
 from enclave_core import hookimpl
 from enclave_core.errors import BackendError, ValidationError
-from enclave_core.interfaces import BackendContext
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext
+from enclave_core.plugin.registry import BackendRegistry
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 MAX_NAME = 1011  # SSM's limit for a full parameter name

@@ -35,8 +35,8 @@ from marshmallow import Schema, fields
 
 from enclave_core import hookimpl
 from enclave_core.errors import BackendError, NotFound, PreconditionFailed, ValidationError
-from enclave_core.interfaces import BackendContext, StoredObject
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext, StoredObject
+from enclave_core.plugin.registry import BackendRegistry
 
 DIR_SUFFIX = "%2F"
 RESERVED = "#"

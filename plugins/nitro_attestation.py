@@ -33,8 +33,8 @@ from marshmallow import Schema, fields, validate
 from enclave_core import hookimpl
 from enclave_core.crypto import nsm_protocol as proto
 from enclave_core.errors import AttestationError, NsmError
-from enclave_core.interfaces import BackendContext, PcrState
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext, PcrState
+from enclave_core.plugin.registry import BackendRegistry
 
 DEFAULT_DEVICE = "/dev/nsm"
 NSM_MAGIC = 0x0A

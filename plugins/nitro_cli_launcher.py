@@ -36,9 +36,9 @@ from marshmallow import Schema, fields, validate
 
 from enclave_core import hookimpl
 from enclave_core.errors import LauncherError
-from enclave_core.interfaces import BackendContext, EnclaveDescription, ExitInfo, LaunchSpec
 from enclave_core.log import utc_now
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext, EnclaveDescription, ExitInfo, LaunchSpec
+from enclave_core.plugin.registry import BackendRegistry
 
 RUN_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 30.0

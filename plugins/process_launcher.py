@@ -33,14 +33,14 @@ from marshmallow import Schema, fields, validate
 
 from enclave_core import hookimpl
 from enclave_core.errors import LauncherError
-from enclave_core.interfaces import (
+from enclave_core.log import render_echoed, utc_now
+from enclave_core.plugin.interfaces import (
     BackendContext,
     EnclaveDescription,
     ExitInfo,
     LaunchSpec,
 )
-from enclave_core.log import render_echoed, utc_now
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.registry import BackendRegistry
 
 #: How many of the last output lines an ExitInfo carries.
 EXIT_TAIL_LINES = 20

@@ -43,7 +43,7 @@ from marshmallow import ValidationError as SchemaError
 from marshmallow import fields, validate
 
 from enclave_core import hookimpl
-from enclave_core.aws import (
+from enclave_core.aws.clients import (
     AwsClients,
     AwsCredentialOptions,
     aws_errors,
@@ -57,8 +57,8 @@ from enclave_core.errors import (
     PreconditionFailed,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, StoredObject
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext, StoredObject
+from enclave_core.plugin.registry import BackendRegistry
 
 MAX_KEY_BYTES = 1024  # S3's limit for a full object key, in UTF-8 bytes
 STAR_ATTEMPTS = 5  # If-Match "*" retries when the object changes between Head and Put

@@ -45,10 +45,10 @@ from enclave_core import __version__, hookimpl
 from enclave_core.crypto import cose
 from enclave_core.crypto.devca import MARGIN, DevCa, LeafBundle
 from enclave_core.errors import AttestationError, ConfigError, NsmError
-from enclave_core.imagefiles import image_files, measure
-from enclave_core.interfaces import BackendContext, PcrState
+from enclave_core.image.files import image_files, measure
 from enclave_core.pcrs import PCR_HEX_RE
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext, PcrState
+from enclave_core.plugin.registry import BackendRegistry
 
 MAX_PCRS = 32
 BOOT_LOCKED = 16
@@ -62,7 +62,7 @@ RUNTIME = f"simple-enclave simulated runtime {__version__}"
 def measure_app_dir(app_dir: Path, exclude: tuple[Path, ...] = ()) -> bytes:
     """Return PCR0 for ``app_dir``: the digest of its image files.
 
-    The files and the digest are :mod:`enclave_core.imagefiles`' (the same rule ``enclave
+    The files and the digest are :mod:`enclave_core.image.files`' (the same rule ``enclave
     build`` and the development snapshots use); ``exclude`` adds private paths (the state
     directory).
     """

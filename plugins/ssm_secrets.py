@@ -47,7 +47,7 @@ from loguru import logger
 from marshmallow import fields, validate
 
 from enclave_core import hookimpl
-from enclave_core.aws import (
+from enclave_core.aws.clients import (
     AwsClients,
     AwsCredentialOptions,
     aws_errors,
@@ -60,8 +60,8 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.interfaces import BackendContext
+from enclave_core.plugin.registry import BackendRegistry
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 MAX_NAME = 1011  # SSM's limit for a full parameter name

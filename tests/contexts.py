@@ -1,11 +1,11 @@
-"""The :class:`~enclave_core.interfaces.BackendContext` a backend gets, for tests that build one."""
+"""The :class:`~enclave_core.plugin.interfaces.BackendContext` a backend gets, for tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from enclave_core.interfaces import BackendContext
+from enclave_core.plugin.interfaces import BackendContext
 
 
 def backend_context(base_dir: Path, **fields: Any) -> BackendContext:

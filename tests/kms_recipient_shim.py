@@ -25,10 +25,10 @@ KMS client is created) or on a client. Requests still go to the moto server over
 only decides, as KMS would, whether they may, and rewrites the answer:
 
 - ``before-parameter-build.kms.<op>``: pops the ``Recipient`` and checks it with
-  :func:`enclave_core.crypto.kms_recipient.verify_recipient` against the given root (the simulated
-  NSM's dev root) at the present time; reads the key's state and policy from moto (through a
-  separate, hook-free client); evaluates the policy and the key's grants with
-  :func:`enclave_core.kms_policy.authorize` for ``principal`` and the key's ARN, with the
+  :func:`enclave_core.crypto.recipient_checks.verify_recipient` against the given root (the
+  simulated NSM's dev root) at the present time; reads the key's state and policy from moto (through
+  a separate, hook-free client); evaluates the policy and the key's grants with
+  :func:`enclave_core.kmspolicy.evaluation.authorize` for ``principal`` and the key's ARN, with the
   request's encryption context and the document's PCRs (CreateGrant through a grant only when
   the new grant is no wider; RetireGrant also for the grant's retiring principal or grantee);
   refuses policy text that is not strict JSON (a duplicate key) as MalformedPolicyDocument;
@@ -58,11 +58,10 @@ import boto3
 from botocore.awsrequest import AWSResponse
 from cryptography import x509
 
-from enclave_core.crypto.kms_recipient import VerifiedRecipient, verify_recipient
+from enclave_core.crypto.recipient_checks import VerifiedRecipient, verify_recipient
 from enclave_core.errors import AttestationError, ValidationError
-from enclave_core.interfaces import GrantInfo, Recipient
-from enclave_core.kms_conditions import principal_matches
-from enclave_core.kms_policy import (
+from enclave_core.kmspolicy.conditions import principal_matches
+from enclave_core.kmspolicy.evaluation import (
     Decision,
     RequestContext,
     authorize,
@@ -70,6 +69,7 @@ from enclave_core.kms_policy import (
     grant_narrows,
     parse_policy_text,
 )
+from enclave_core.plugin.interfaces import GrantInfo, Recipient
 
 #: What the aws backend's ``caller_arn()`` reports against moto for credentials moto did not issue
 #: (moto answers ``arn:aws:sts::123456789012:user/moto``).

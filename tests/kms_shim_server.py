@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from enclave_core.crypto.kms_recipient import VerifiedRecipient
+from enclave_core.crypto.recipient_checks import VerifiedRecipient
 from enclave_core.errors import AttestationError
 from tests.kms_recipient_shim import ACTIONS, METADATA_OPS, MOTO_PRINCIPAL, KmsRecipientShim
 

@@ -21,9 +21,9 @@ from enclave_plugins.aws_kms import AwsKms
 from enclave_plugins.simulated_attestation import SimulatedNsm
 
 from enclave_core.crypto.cms import open_ciphertext_for_recipient
-from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import AccessDenied, CryptoError, InvalidKeyState
-from enclave_core.interfaces import Recipient
+from enclave_core.kmspolicy.canonical import locked_policy
+from enclave_core.plugin.interfaces import Recipient
 from tests.contexts import backend_context
 from tests.kms_recipient_shim import MOTO_PRINCIPAL
 from tests.kms_shim_server import KmsShimServer

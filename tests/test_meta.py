@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from enclave_core import hookspecs
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin import hookspecs
+from enclave_core.plugin.manager import get_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("enclave_"))

@@ -22,10 +22,10 @@ from types import ModuleType
 
 import pytest
 
-from enclave_core.backends import build_backend, plugins_for
 from enclave_core.config import Config
 from enclave_core.errors import NotFound, PreconditionFailed
-from enclave_core.interfaces import Storage
+from enclave_core.plugin.backends import build_backend, plugins_for
+from enclave_core.plugin.interfaces import Storage
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "memory_plugin"
 DISTRIBUTION = "simple-enclave-memory-plugin"

@@ -1,4 +1,4 @@
-"""`enclave build`: the app's enclave image (EIF) and its PCRs (see :mod:`enclave_core.build`)."""
+"""`enclave build`: the enclave image (EIF) and its PCRs (see :mod:`enclave_core.deploy.build`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from enclave_core.build import Signing, build
 from enclave_core.cli.common import EnclaveCommand
+from enclave_core.deploy.build import Signing, build
 from enclave_core.errors import ValidationError
 
 

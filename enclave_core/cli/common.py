@@ -24,7 +24,7 @@ from cliff.show import ShowOne
 from enclave_core.config import CONFIG_FILENAME, Config, load_config
 from enclave_core.errors import ConfigError, EnclaveError
 from enclave_core.log import LOG_FORMATS
-from enclave_core.manager import Plugins
+from enclave_core.plugin.manager import Plugins
 
 
 class ConfigOption(Command):
@@ -69,7 +69,7 @@ class ConfigOption(Command):
 
     def plugins(self, config: Config) -> Plugins:
         """The plugin manager for ``config`` (honours ``plugins.disable``)."""
-        from enclave_core.backends import plugins_for
+        from enclave_core.plugin.backends import plugins_for
 
         return plugins_for(config)
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from enclave_core import sizing
-from enclave_core.backends import validate_backends
 from enclave_core.cli.common import EnclaveCommand, EnclaveShowOne, config_error, show_mapping
 from enclave_core.config import effective_config
+from enclave_core.deploy import sizing
+from enclave_core.plugin.backends import validate_backends
 
 
 class ValidateConfig(EnclaveCommand):
     """Check enclave.yaml: its shape, its values and every backend's options.
 
     Prints `OK: <file>`, or the problems one per line and exits 1. Sizing problems
-    (:mod:`enclave_core.sizing`) are errors with `mode: production` or an `account` set, and
+    (:mod:`enclave_core.deploy.sizing`) are errors with `mode: production` or an `account` set, and
     `warning:` lines on stderr otherwise.
     """
 

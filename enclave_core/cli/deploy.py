@@ -1,7 +1,7 @@
 """`enclave deploy`, `enclave destroy`, and the cloud half of `enclave status --cloud`.
 
-The logic lives in :mod:`enclave_core.deploy`, :mod:`enclave_core.destroy` and
-:mod:`enclave_core.cloud`; these commands add the questions and the printing. Their outside
+The logic lives in :mod:`enclave_core.deploy.deployer`, :mod:`enclave_core.deploy.destroyer` and
+:mod:`enclave_core.deploy.stack`; these commands add the questions and the printing. Their outside
 world (boto3 clients, the CDK app, pip) comes from :data:`deps_factory`, which tests replace.
 """
 
@@ -11,15 +11,15 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from enclave_core.backends import validate_backends
 from enclave_core.cli.common import ConfigOption, EnclaveCommand
-from enclave_core.cloud import Deps, cloud_status, default_deps, find_output
 from enclave_core.config import Config
-from enclave_core.deploy import DeployResult, Preflight, deploy
-from enclave_core.destroy import DestroyPlan, destroy, plan_destroy
+from enclave_core.deploy.deployer import DeployResult, Preflight, deploy
+from enclave_core.deploy.destroyer import DestroyPlan, destroy, plan_destroy
+from enclave_core.deploy.stack import Deps, cloud_status, default_deps, find_output
 from enclave_core.errors import EnclaveError
+from enclave_core.plugin.backends import validate_backends
 
-#: Builds the commands' :class:`~enclave_core.cloud.Deps`: ``deps_factory(config, progress=,
+#: Builds the commands' :class:`~enclave_core.deploy.stack.Deps`: ``deps_factory(config, progress=,
 #: echo=)``. The injection point for tests (botocore Stubber clients, a fake synthesize).
 deps_factory: Callable[..., Deps] = default_deps
 SHOWN_OUTPUTS = ("KMSKeyID", "StorageBucketName", "EifBucketName", "EC2InstanceRoleARN")

@@ -6,10 +6,10 @@ import argparse
 import os
 from collections.abc import Callable
 
-from enclave_core.backends import validate_backends
 from enclave_core.cli.common import EnclaveCommand, LogFormatOption, config_error
 from enclave_core.cli.devwatch import DevWatcher, prepare_image
-from enclave_core.image import apply_image_override
+from enclave_core.image.current import apply_image_override
+from enclave_core.plugin.backends import validate_backends
 
 READY_LINE = "Ready. Press Ctrl-C to stop."
 

@@ -1,6 +1,6 @@
 """`enclave dev`'s edit loop: the image the enclave runs, and migrations to the files as edited.
 
-Development images are immutable snapshots (:mod:`enclave_core.devimage`), so editing the app
+Development images are immutable snapshots (:mod:`enclave_core.image.snapshot`), so editing the app
 never changes the running enclave. :func:`prepare_image` runs before the supervisor starts: it
 makes the first snapshot, or finds that the files changed since the running image was made.
 :class:`DevWatcher` then runs beside the supervisor, in a thread: it migrates to the current files
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave_core.config import Config
-from enclave_core.devimage import content_digest, read_digest, take_snapshot
 from enclave_core.errors import EnclaveError
-from enclave_core.image import measure_new_image, read_image_override, write_image_override
-from enclave_core.imagefiles import image_files
-from enclave_core.manager import Plugins
+from enclave_core.image.current import measure_new_image, read_image_override, write_image_override
+from enclave_core.image.files import image_files
+from enclave_core.image.snapshot import content_digest, read_digest, take_snapshot
+from enclave_core.plugin.manager import Plugins
 
 #: How often the folder is looked at, and how long edits must have settled before a migration.
 POLL_S = 0.2
@@ -155,7 +155,7 @@ class DevWatcher(threading.Thread):
     def _client(self) -> object:
         if self._client_factory is not None:
             return self._client_factory()
-        from enclave_core.supervisor.client import SupervisorClient
+        from enclave_core.cli.supervisor_client import SupervisorClient
 
         return SupervisorClient(self._config, timeout_s=300.0)
 

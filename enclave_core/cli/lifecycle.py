@@ -37,7 +37,7 @@ STATUS_LOG_LINES = 5
 
 def _client(config: Config) -> Any:
     # Imported lazily: the client belongs to the supervisor package.
-    from enclave_core.supervisor.client import SupervisorClient
+    from enclave_core.cli.supervisor_client import SupervisorClient
 
     return SupervisorClient(config)
 
@@ -362,7 +362,7 @@ class Logs(EnclaveCommand):
     """Print the runtime's and the app's log lines (`.enclave/logs/runtime.log`).
 
     The ``process`` launcher writes that file in development; on a Nitro host the supervisor's
-    log channel (:mod:`enclave_core.logchannel`) writes it, debug mode or not. ``--follow``
+    log channel (:mod:`enclave_core.streams.logchannel`) writes it, debug mode or not. ``--follow``
     survives the channel's rotation to ``runtime.log.1``.
     """
 

@@ -28,7 +28,7 @@ FOLLOW_TIMEOUT_S = 900.0
 
 def _client(config: Config) -> Any:
     # Imported lazily: the client belongs to the supervisor package.
-    from enclave_core.supervisor.client import SupervisorClient
+    from enclave_core.cli.supervisor_client import SupervisorClient
 
     return SupervisorClient(config)
 

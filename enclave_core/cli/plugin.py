@@ -7,7 +7,7 @@ from typing import Any
 
 from enclave_core.cli.common import EnclaveLister
 from enclave_core.config import load_config
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
 
 COLUMNS = ("capability", "name", "plugin", "distribution", "version")
 

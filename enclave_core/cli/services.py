@@ -6,7 +6,7 @@ import argparse
 import os
 
 from enclave_core.cli.common import EnclaveCommand
-from enclave_core.image import apply_image_override
+from enclave_core.image.current import apply_image_override
 
 
 class Runtime(EnclaveCommand):

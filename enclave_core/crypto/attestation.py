@@ -7,7 +7,8 @@
    unprotected header, a 96-byte signature;
 2. **payload**: only the nine Nitro keys, the six mandatory ones non-null, types and sizes as the
    CDDL says, digest ``"SHA384"`` and 48-byte PCRs;
-3. **chain** and **validity** (:mod:`enclave_core.crypto.chain`) at the time ``at``, by default the
+3. **chain** and **validity** (:mod:`enclave_core.crypto.x509path`) at the time ``at``, by default
+the
    document's own timestamp;
 4. **COSE signature** over the Sig_structure with the leaf certificate's key;
 5. **policy**, when asked: expected PCR values and the expected nonce.
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave_core.crypto import cose
 from enclave_core.crypto.aws_root import aws_nitro_root
-from enclave_core.crypto.chain import verify_chain
+from enclave_core.crypto.x509path import verify_chain
 from enclave_core.errors import AttestationError
 
 PCR_SIZE = 48  # SHA-384, the only digest Nitro uses

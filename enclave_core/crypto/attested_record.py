@@ -37,7 +37,7 @@ from cryptography import x509
 
 from enclave_core.crypto.attestation import PCR_SIZE, VerifiedDocument, verify_document
 from enclave_core.errors import AttestationError, TamperingDetected
-from enclave_core.interfaces import Attestation, Secrets
+from enclave_core.plugin.interfaces import Attestation, Secrets
 
 KINDS = ("manifest", "link", "migration-key")
 #: Each of a record's two parameters is at most this many bytes (what an SSM parameter holds).

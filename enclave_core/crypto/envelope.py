@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave_core.errors import CryptoError
-from enclave_core.interfaces import Storage, StoredObject
+from enclave_core.plugin.interfaces import Storage, StoredObject
 
 MAGIC = b"SE1"
 NONCE_BYTES = 12

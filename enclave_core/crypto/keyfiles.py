@@ -50,7 +50,7 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import GrantInfo, KeyInfo
+from enclave_core.plugin.interfaces import GrantInfo, KeyInfo
 
 BLOB_VERSION = 1
 NONCE_BYTES = 12

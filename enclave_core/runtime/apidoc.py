@@ -1,4 +1,4 @@
-"""The OpenAPI documents of the runtime's three listeners (see :mod:`enclave_core.openapi`).
+"""The OpenAPI documents of the runtime's three listeners (see :mod:`enclave_core.http.openapi`).
 
 Every operation lists each status code its handler can answer, with the schema of the body. The
 request schemas are the ones the handlers load (:mod:`.schemas`), so the documents and the
@@ -11,8 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from enclave_core.apischemas import ErrorSchema
-from enclave_core.openapi import (
+from enclave_core.http.openapi import (
     BEARER,
     JSON,
     OCTET_STREAM,
@@ -26,8 +25,9 @@ from enclave_core.openapi import (
     new_spec,
     render,
 )
+from enclave_core.http.schemas import ErrorSchema
+from enclave_core.protocol.signing import NONCE_HEADER, PUBKEY_HEADER, SIGNATURE_HEADER
 from enclave_core.runtime import schemas as s
-from enclave_core.runtime.signing import NONCE_HEADER, PUBKEY_HEADER, SIGNATURE_HEADER
 
 MAX_STORAGE_BODY = s.MAX_STORAGE_BODY
 MAX_JSON_BODY = s.MAX_JSON_BODY
@@ -75,7 +75,7 @@ def public_document() -> dict[str, Any]:
         "other path is proxied to the app. Each answer carries an Ed25519 signature over "
         f"'simple-enclave-response-v2', the request's method and target (path and query as "
         f"sent), the status, the SHA-256 of the body and the request's {NONCE_HEADER} (see "
-        "enclave_core.runtime.signing), once boot has made the key.",
+        "enclave_core.protocol.signing), once boot has made the key.",
     )
     spec.components.header(
         SIGNATURE_HEADER,

@@ -17,12 +17,12 @@ import falcon
 import falcon.asgi
 from marshmallow import Schema
 
-from enclave_core.apischemas import load_request
 from enclave_core.errors import ValidationError
-from enclave_core.openapi import OPENAPI_PATH, OpenApiResource
+from enclave_core.http.errors import install_error_handlers
+from enclave_core.http.openapi import OPENAPI_PATH, OpenApiResource
+from enclave_core.http.schemas import load_request
 from enclave_core.runtime import schemas
 from enclave_core.runtime.apidoc import app_document
-from enclave_core.runtime.httperrors import install_error_handlers
 from enclave_core.runtime.schemas import MAX_JSON_BODY, MAX_STORAGE_BODY
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.validate import SECRETS_PREFIX

@@ -7,7 +7,8 @@ crashing. Backends are synchronous, so every call runs in a worker thread.
 - ``attestation``: this image's PCR0 and PCR8, the response-signing key, the management token and
   the boot's Recipient key pair. An enclave whose PCR0 is all zero (debug mode) goes no further:
   no key may ever admit that value.
-- ``kms_key``: the key in ``KMSKeyID`` must pass :func:`enclave_core.keycheck.verify_enclave_key`
+- ``kms_key``: the key in ``KMSKeyID`` must pass
+:func:`enclave_core.kmspolicy.keycheck.verify_enclave_key`
   (metadata, the exact canonical policy for this image, no grants). A development key that is
   not locked yet is locked here first; in development, a missing key is created locked.
 - ``static_secrets``: every data key (the static secrets and the storage key) is opened through
@@ -16,9 +17,10 @@ crashing. Backends are synchronous, so every call runs in a worker thread.
   plaintext key ever leaves KMS unencrypted;
 - ``storage``, ``dynamic_secrets``, then ``app``.
 
-Before the app starts, the runtime reads its migration chain (:func:`~enclave_core.runtime.chain.
-record_chain`) and, after a migration, schedules the deletion of the key it was migrated from
-(``MigrationOldKMSKeyID``); neither can fail boot, since every secret already opened.
+Before the app starts, the runtime reads its migration chain
+(:func:`~enclave_core.runtime.chain_record. record_chain`) and, after a migration, schedules the
+deletion of the key it was migrated from (``MigrationOldKMSKeyID``); neither can fail boot, since
+every secret already opened.
 """
 
 from __future__ import annotations
@@ -31,9 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loguru import logger
 
-from enclave_core.backends import build_backend
 from enclave_core.crypto.envelope import EncryptedStorage
-from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
 from enclave_core.errors import (
     AccessDenied,
     AttestationError,
@@ -41,11 +41,13 @@ from enclave_core.errors import (
     KeyRefused,
     NotFound,
 )
-from enclave_core.keycheck import KeyPolicyRefused, KeyVerdict, verify_enclave_key
-from enclave_core.manager import Plugins
-from enclave_core.parameters import create_parameter
-from enclave_core.runtime.chain import record_chain
-from enclave_core.runtime.counting import CountingKms, CountingSecrets, CountingStorage
+from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, render_policy
+from enclave_core.kmspolicy.keycheck import KeyPolicyRefused, KeyVerdict, verify_enclave_key
+from enclave_core.plugin.backends import build_backend
+from enclave_core.plugin.manager import Plugins
+from enclave_core.plugin.parameters import create_parameter
+from enclave_core.runtime.attested_kms import RecipientSession
+from enclave_core.runtime.chain_record import record_chain
 from enclave_core.runtime.datakeys import (
     DATA_KEY_BYTES,
     DEK_NAME,
@@ -53,7 +55,7 @@ from enclave_core.runtime.datakeys import (
     storage_dek_context,
 )
 from enclave_core.runtime.dynsecrets import DynamicSecrets
-from enclave_core.runtime.recipient import RecipientSession
+from enclave_core.runtime.instrumented import CountingKms, CountingSecrets, CountingStorage
 from enclave_core.runtime.sealed import open_data_keys
 from enclave_core.runtime.state import RuntimeState
 

@@ -22,9 +22,9 @@ from typing import Any
 from loguru import logger
 
 from enclave_core.config import Config
-from enclave_core.runtime.bridges import proxy_environment
 from enclave_core.runtime.childio import die_with_parent, probe, relay_lines
 from enclave_core.runtime.state import RuntimeState
+from enclave_core.streams.host_bridges import proxy_environment
 
 EXIT_APP_FAILED = 3
 EnvProvider = Callable[[], Awaitable[dict[str, str]]]
@@ -34,7 +34,7 @@ def app_environment(config: Config, state: RuntimeState, secrets: dict[str, str]
     """The app's environment: ours minus ENCLAVE_*, then egress, app.env, secrets, the runtime's.
 
     The egress variables (``HTTPS_PROXY``, ``NO_PROXY``, ``AWS_EC2_METADATA_SERVICE_ENDPOINT``,
-    see :mod:`enclave_core.runtime.bridges`) come before ``app.env``, which may override them.
+    see :mod:`enclave_core.streams.host_bridges`) come before ``app.env``, which may override them.
     The runtime's own come last: ``PORT`` (and ``ENCLAVE_APP_PORT``), ``ENCLAVE_API_URL``,
     ``ENCLAVE_MGMT_TOKEN`` and ``ENCLAVE_CPU_COUNT`` (``enclave.cpu_count``, so a server such as
     gunicorn sizes its workers to the enclave rather than to whatever ``os.cpu_count()`` sees).

@@ -20,10 +20,10 @@ from enclave_core.errors import (
     StateConflict,
     ValidationError,
 )
-from enclave_core.interfaces import Storage
 from enclave_core.log import utc_now
 from enclave_core.metrics import Metrics
-from enclave_core.runtime.counting import counted
+from enclave_core.plugin.interfaces import Storage
+from enclave_core.runtime.instrumented import counted
 from enclave_core.runtime.validate import SECRETS_PREFIX, check_env_var, check_secret_name
 
 _WRITE_ATTEMPTS = 3

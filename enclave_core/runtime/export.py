@@ -7,17 +7,18 @@ leaves, :func:`export_keys` refuses (403, naming the reason) unless:
 - the key is the one this image created for that target (``Migration/KeyRecord``, an attested
   record made by this same image, :mod:`enclave_core.runtime.migration_key`): a key the host made,
   however its policy looks, never receives anything;
-- the key still passes every check (:func:`enclave_core.keycheck.verify_enclave_key`: metadata,
+- the key still passes every check (:func:`enclave_core.kmspolicy.keycheck.verify_enclave_key`:
+metadata,
   the exact policy that was created, no grants) and its export window is open.
 
 Then every static secret and the storage data key, in memory since boot, are encrypted under the
 new key with their usual encryption contexts and written as ``Migration/{name}/Ciphertext``, with
 the chain link (``Migration/Manifest``): an attested ``link`` record naming this image and its
 PCR8, the target, the key and its policy, the SHA-256 of every ciphertext exported and the link
-before it (:mod:`enclave_core.migration_chain`). The new enclave adopts only those ciphertexts.
-``MigrationPreviousPCR0`` and ``MigrationPreviousPCR0Attestation`` are written too, for people to
-read; no enclave trusts them. The link comes last: once it is there, the export is complete.
-Exporting again for the same migration rewrites the same parameters.
+before it (:mod:`enclave_core.protocol.migration_chain`). The new enclave adopts only those
+ciphertexts. ``MigrationPreviousPCR0`` and ``MigrationPreviousPCR0Attestation`` are written too, for
+people to read; no enclave trusts them. The link comes last: once it is there, the export is
+complete. Exporting again for the same migration rewrites the same parameters.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``POST /v1/migration-key`` (control listener) is step 2 of a migration. The old enclave, over its
 own TLS session to KMS, creates the new key with its final policy in the CreateKey call
-(:func:`enclave_core.enclave_policy.render_policy`):
+(:func:`enclave_core.kmspolicy.canonical.render_policy`):
 
 - Decrypt and GenerateDataKey only with a Recipient document of the target PCR0, and of this
   image's PCR8 when it is signed, so only images signed with the same certificate ever decrypt;
@@ -11,8 +11,8 @@ own TLS session to KMS, creates the new key with its final policy in the CreateK
   ``kms:Encrypt`` on the key once it is live;
 - nobody may change the policy or create grants.
 
-It then verifies the key like any other (:func:`enclave_core.keycheck.verify_enclave_key`) and
-stores an attested ``migration-key`` record (``Migration/KeyRecord``) naming the key, the target
+It then verifies the key like any other (:func:`enclave_core.kmspolicy.keycheck.verify_enclave_key`)
+and stores an attested ``migration-key`` record (``Migration/KeyRecord``) naming the key, the target
 and the window, so that after a restart it still knows the key as its own. Export
 (:mod:`enclave_core.runtime.export`) goes only to a key such a record names. Asking again for the
 same migration and target returns the same key: a resumed migration never makes a second one.
@@ -28,12 +28,6 @@ from loguru import logger
 
 from enclave_core.crypto import cose
 from enclave_core.crypto.attested_record import make_record, read_record, store_record
-from enclave_core.enclave_policy import (
-    EnclaveKeyPolicy,
-    format_deadline,
-    parse_deadline,
-    render_policy,
-)
 from enclave_core.errors import (
     AccessDenied,
     AttestationError,
@@ -43,7 +37,13 @@ from enclave_core.errors import (
     TamperingDetected,
     ValidationError,
 )
-from enclave_core.keycheck import KeyVerdict, verify_enclave_key
+from enclave_core.kmspolicy.canonical import (
+    EnclaveKeyPolicy,
+    format_deadline,
+    parse_deadline,
+    render_policy,
+)
+from enclave_core.kmspolicy.keycheck import KeyVerdict, verify_enclave_key
 from enclave_core.pcrs import is_all_zero, normalise_pcr
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.trust import root_of

@@ -1,7 +1,7 @@
 """The runtime's request and response schemas (README: HTTP APIs), for validation and OpenAPI.
 
 Request schemas are loaded by the handlers of :mod:`.appapi` and :mod:`.public` through
-:func:`enclave_core.apischemas.load_request`; response schemas describe what they answer. Both
+:func:`enclave_core.http.schemas.load_request`; response schemas describe what they answer. Both
 feed the OpenAPI documents of :mod:`enclave_core.runtime.apidoc`. The name rules themselves are
 the ``check_*`` functions of :mod:`.validate`; ``metadata["pattern"]`` states them for the
 documents as far as a regular expression can.
@@ -18,11 +18,11 @@ from typing import Any
 import marshmallow
 from marshmallow import fields, validate, validates_schema
 
-from enclave_core.apischemas import ErrorSchema, ParamsSchema, RequestSchema
 from enclave_core.config import ENV_VAR_RE
 from enclave_core.errors import ValidationError
+from enclave_core.http.schemas import ErrorSchema, ParamsSchema, RequestSchema
 from enclave_core.metrics import COUNTERS
-from enclave_core.runtime.signing import MAX_NONCE_CHARS, NONCE_HEADER, NONCE_RE
+from enclave_core.protocol.signing import MAX_NONCE_CHARS, NONCE_HEADER, NONCE_RE
 from enclave_core.runtime.state import STAGES
 from enclave_core.runtime.validate import (
     MAX_KEY_CHARS,

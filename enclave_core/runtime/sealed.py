@@ -38,7 +38,7 @@ from enclave_core.crypto.attested_record import (
     stored_kind,
 )
 from enclave_core.errors import CryptoError, EnclaveError, TamperingDetected
-from enclave_core.parameters import create_parameter
+from enclave_core.plugin.parameters import create_parameter
 from enclave_core.runtime.datakeys import DATA_KEY_BYTES, DataKey, data_keys
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.trust import root_of

@@ -8,15 +8,15 @@ listener and the app API stay plain HTTP (loopback or vsock, never forwarded by 
 SIGTERM or SIGINT stops the app, then the listeners, and returns 0; repeated app failures
 return 3.
 
-All three listeners are the runtime's own HTTP/1.1 server (:mod:`enclave_core.runtime.proxy`; the
-app API and the control listener as :class:`~enclave_core.runtime.proxy.AsgiServer`), each with
+All three listeners are the runtime's own HTTP/1.1 server (:mod:`enclave_core.http.proxy`; the
+app API and the control listener as :class:`~enclave_core.http.proxy.AsgiServer`), each with
 the limits of ``runtime.limits``.
 
-Inside a Nitro Enclave (:func:`~enclave_core.runtime.bridges.in_enclave`) the public and control
-listeners are vsock ports, the runtime starts the loopback bridges to the host's egress proxy and
-IMDS forwarder, and runs on the standard asyncio loop (uvloop cannot carry vsock). In every mode it
-sets ``HTTPS_PROXY``, ``NO_PROXY`` and ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` for itself (and the
-app gets them too), so its AWS clients go through the host's egress policy.
+Inside a Nitro Enclave (:func:`~enclave_core.streams.host_bridges.in_enclave`) the public and
+control listeners are vsock ports, the runtime starts the loopback bridges to the host's egress
+proxy and IMDS forwarder, and runs on the standard asyncio loop (uvloop cannot carry vsock). In
+every mode it sets ``HTTPS_PROXY``, ``NO_PROXY`` and ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` for
+itself (and the app gets them too), so its AWS clients go through the host's egress policy.
 """
 
 from __future__ import annotations
@@ -31,23 +31,23 @@ from loguru import logger
 
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError
-from enclave_core.manager import Plugins
+from enclave_core.http.proxy import AsgiServer, PublicServer, raise_file_limit
+from enclave_core.plugin.manager import Plugins
+from enclave_core.protocol.signing import listener_error_signer
 from enclave_core.runtime.appapi import create_app_api
 from enclave_core.runtime.boot import app_env_provider, retire_when_serving, run_boot
-from enclave_core.runtime.bridges import (
+from enclave_core.runtime.child import EXIT_APP_FAILED, AppSupervisor
+from enclave_core.runtime.own_routes import create_control_app, create_public_app, is_own_path
+from enclave_core.runtime.state import RuntimeState
+from enclave_core.runtime.tls import make_tls_identity
+from enclave_core.streams.host_bridges import (
     Bridge,
     in_enclave,
     proxy_environment,
     start_bridges,
     stop_bridges,
 )
-from enclave_core.runtime.child import EXIT_APP_FAILED, AppSupervisor
-from enclave_core.runtime.proxy import AsgiServer, PublicServer, raise_file_limit
-from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
-from enclave_core.runtime.signing import listener_error_signer
-from enclave_core.runtime.state import RuntimeState
-from enclave_core.runtime.tls import make_tls_identity
-from enclave_core.transport import VSOCK_ANY_CID, event_loop_factory
+from enclave_core.streams.transport import VSOCK_ANY_CID, event_loop_factory
 
 EXIT_LISTEN_FAILED = 1
 
@@ -56,13 +56,14 @@ def run_runtime(config: Config, plugins: Plugins) -> int:
     """Run the runtime until SIGTERM/SIGINT (0) or repeated app failures (3); blocks.
 
     Logging is configured by the caller (the CLI). Sets the egress variables of
-    :func:`~enclave_core.runtime.bridges.proxy_environment` in this process's environment.
+    :func:`~enclave_core.streams.host_bridges.proxy_environment` in this process's environment.
     """
-    from enclave_core.logchannel import start_runtime_channel
+    from enclave_core.streams.logchannel import start_runtime_channel
 
     raise_file_limit()  # room for max_connections on each listener
     os.environ.update(proxy_environment(config))
-    # In a Nitro enclave the log lines also go to the host over vsock (enclave_core.logchannel).
+    # In a Nitro enclave the log lines also go to the host over vsock
+    # (enclave_core.streams.logchannel).
     channel = start_runtime_channel(config)
     try:
         with asyncio.Runner(loop_factory=event_loop_factory(vsock=in_enclave(config))) as runner:

@@ -17,16 +17,16 @@ from loguru import logger
 
 from enclave_core import __version__
 from enclave_core.config import Config
-from enclave_core.interfaces import Attestation, Kms, Secrets, Storage
 from enclave_core.metrics import Metrics
+from enclave_core.plugin.interfaces import Attestation, Kms, Secrets, Storage
+from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.dynsecrets import DynamicSecrets
-from enclave_core.runtime.recipient import RecipientSession
 
 if TYPE_CHECKING:  # hints only: these modules import this one
     from cryptography import x509
 
-    from enclave_core.keycheck import KeyVerdict
-    from enclave_core.migration_chain import ChainReport
+    from enclave_core.kmspolicy.keycheck import KeyVerdict
+    from enclave_core.protocol.migration_chain import ChainReport
     from enclave_core.runtime.sealed import Manifest
 
 STAGES = ("config", "attestation", "kms_key", "static_secrets", "storage", "dynamic_secrets", "app")

@@ -37,14 +37,14 @@ import marshmallow
 from loguru import logger
 
 from enclave_core import __version__
-from enclave_core.apischemas import describe_errors, load_request
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError, ValidationError
-from enclave_core.openapi import OPENAPI_PATH, OpenApiResource
+from enclave_core.http.openapi import OPENAPI_PATH, OpenApiResource
+from enclave_core.http.schemas import describe_errors, load_request
 from enclave_core.supervisor import schemas
 from enclave_core.supervisor.apidoc import supervisor_document
-from enclave_core.supervisor.migration import MigrationService
-from enclave_core.supervisor.promexport import CONTENT_TYPE, SupervisorMetrics
+from enclave_core.supervisor.migration.service import MigrationService
+from enclave_core.supervisor.prometheus import CONTENT_TYPE, SupervisorMetrics
 from enclave_core.supervisor.watchdog import Watchdog
 
 RuntimeInfo = Callable[[], dict[str, Any]]

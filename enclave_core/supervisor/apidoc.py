@@ -1,11 +1,11 @@
-"""The OpenAPI document of the supervisor's management API (see :mod:`enclave_core.openapi`)."""
+"""The OpenAPI document of the supervisor's management API (:mod:`enclave_core.http.openapi`)."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
-from enclave_core.openapi import (
+from enclave_core.http.openapi import (
     BEARER,
     JSON,
     TEXT,

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from enclave_core import transport
 from enclave_core.config import Config
 from enclave_core.errors import ConfigError
-from enclave_core.interfaces import Launcher
+from enclave_core.plugin.interfaces import Launcher
+from enclave_core.streams import transport
 from enclave_core.supervisor.httpio import (
     HEAD_TIMEOUT_S,
     MAX_CONNECTIONS,

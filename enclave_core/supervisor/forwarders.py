@@ -2,13 +2,14 @@
 
 One forwarder per ``supervisor.ingress`` entry. Each accepted connection opens its own connection
 to the enclave address (``vsock://CID:PORT`` on a Nitro host, loopback TCP in development) and
-the bytes are pumped both ways, half-close included, by :func:`enclave_core.transport.splice`.
-The forwarder never looks at the bytes: TLS is terminated inside the enclave.
+the bytes are pumped both ways, half-close included, by
+:func:`enclave_core.streams.transport.splice`. The forwarder never looks at the bytes: TLS is
+terminated inside the enclave.
 """
 
 from __future__ import annotations
 
-from enclave_core.forwarding import Forwarder
+from enclave_core.streams.splice import Forwarder
 
 
 class IngressForwarder(Forwarder):

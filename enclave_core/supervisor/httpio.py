@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from enclave_core.forwarding import TrackedServer, close_writer
+from enclave_core.streams.splice import TrackedServer, close_writer
 
 HEAD_LIMIT = 8 * 1024
 HEAD_TIMEOUT_S = 10.0

@@ -28,7 +28,7 @@ import urllib.parse
 
 from loguru import logger
 
-from enclave_core import transport
+from enclave_core.streams import transport
 from enclave_core.supervisor.httpio import (
     HEAD_TIMEOUT_S,
     ConnectionServer,

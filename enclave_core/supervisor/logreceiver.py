@@ -1,6 +1,6 @@
 """The supervisor's end of the log channel: the enclave's log lines into ``logs/runtime.log``.
 
-The enclave's end, the wire format and the port are in :mod:`enclave_core.logchannel`. The
+The enclave's end, the wire format and the port are in :mod:`enclave_core.streams.logchannel`. The
 receiver listens on ``vsock://ANY:8003`` (loopback TCP when the launcher maps enclave ports to
 TCP, as the fake nitro-cli of the tests does), takes one connection per peer (a new one from the
 same peer, a restarted enclave, replaces the old), bounds lines to 64 KiB (a longer one becomes a
@@ -20,10 +20,10 @@ from typing import IO, Protocol, TextIO
 
 from loguru import logger
 
-from enclave_core import transport
 from enclave_core.config import Config
 from enclave_core.log import render_echoed
-from enclave_core.logchannel import (
+from enclave_core.streams import transport
+from enclave_core.streams.logchannel import (
     LOG_FILE,
     MAX_FILE_BYTES,
     MAX_LINE_BYTES,
@@ -186,7 +186,8 @@ def receiver_address(*, vsock: bool) -> str:
 
 
 class EnclaveAddresses(Protocol):
-    """What the host end needs of the launcher (a :class:`~enclave_core.interfaces.Launcher`)."""
+    """What the host end needs of the launcher (a
+    :class:`~enclave_core.plugin.interfaces.Launcher`)."""
 
     def enclave_address(self, port: int) -> str:
         """The transport address of an enclave port."""

@@ -1,6 +1,6 @@
 """The supervisor's view of the runtime: its control ``/health`` and its public enclave-info.
 
-Requests go through :mod:`enclave_core.transport`, so the same code reaches ``vsock://CID:PORT``
+Requests go through :mod:`enclave_core.streams.transport`, so the same code reaches ``vsock://CID:PORT``
 on a Nitro host and ``tcp://127.0.0.1:PORT`` in development. With ``runtime.tls`` the public
 listener speaks HTTPS, and the supervisor reads it with :func:`public_tls_context`, which does
 **not** verify the certificate. That is deliberate: the supervisor runs on the untrusted parent
@@ -20,8 +20,8 @@ from typing import Any
 
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError
-from enclave_core.interfaces import Launcher
-from enclave_core.transport import connect_sync
+from enclave_core.plugin.interfaces import Launcher
+from enclave_core.streams.transport import connect_sync
 
 MAX_BODY = 4 * 1024 * 1024
 

@@ -2,7 +2,7 @@
 
 The API is the README's "Supervisor management API".
 
-:mod:`.api` loads the request bodies with them (:func:`enclave_core.apischemas.load_request`);
+:mod:`.api` loads the request bodies with them (:func:`enclave_core.http.schemas.load_request`);
 :mod:`.apidoc` builds the supervisor's OpenAPI document from the same classes.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import marshmallow
 from marshmallow import fields, validate, validates_schema
 
-from enclave_core.apischemas import RequestSchema
+from enclave_core.http.schemas import RequestSchema
 from enclave_core.runtime.schemas import EnclaveInfoSchema
-from enclave_core.supervisor.migration_checkpoint import TOTAL
+from enclave_core.supervisor.migration.checkpoint import TOTAL
 
 #: The JSON bodies of the POSTs are read up to this size.
 MAX_BODY = 64 * 1024

@@ -3,7 +3,7 @@
 :func:`run_supervisor` binds every listener first (a taken address fails fast, naming it), starts
 the enclave, serves until SIGINT or SIGTERM, then stops the watchdog, the forwarders, the enclave
 and the API within 10 seconds. The Falcon app is served by the runtime's own HTTP/1.1 server
-(:class:`~enclave_core.runtime.proxy.AsgiServer`) on a socket we bound ourselves, with the limits
+(:class:`~enclave_core.http.proxy.AsgiServer`) on a socket we bound ourselves, with the limits
 of ``supervisor.limits``; each ingress forwarder refuses connections beyond its
 ``max_connections``, cuts a connection that takes nothing for ``send_timeout_s``, and one
 the enclave has closed once it has been quiet for ``idle_timeout_s``.
@@ -30,13 +30,13 @@ from typing import Any
 
 from loguru import logger
 
-from enclave_core import transport
-from enclave_core.backends import build_backend
 from enclave_core.config import CONFIG_FILENAME, Config
 from enclave_core.errors import EnclaveError
-from enclave_core.interfaces import Kms, Launcher, LaunchSpec, Secrets
-from enclave_core.manager import Plugins
-from enclave_core.runtime.proxy import AsgiServer, raise_file_limit
+from enclave_core.http.proxy import AsgiServer, raise_file_limit
+from enclave_core.plugin.backends import build_backend
+from enclave_core.plugin.interfaces import Kms, Launcher, LaunchSpec, Secrets
+from enclave_core.plugin.manager import Plugins
+from enclave_core.streams import transport
 from enclave_core.supervisor.api import create_app
 from enclave_core.supervisor.egress import (
     host_uses_vsock,
@@ -45,9 +45,9 @@ from enclave_core.supervisor.egress import (
 )
 from enclave_core.supervisor.forwarders import IngressForwarder
 from enclave_core.supervisor.httpio import ConnectionServer
-from enclave_core.supervisor.leftover import PidRecordingLauncher, stop_stale_runtime
-from enclave_core.supervisor.migration import MigrationService, SupervisorEnclave
-from enclave_core.supervisor.promexport import SupervisorMetrics
+from enclave_core.supervisor.migration.service import MigrationService, SupervisorEnclave
+from enclave_core.supervisor.orphans import PidRecordingLauncher, stop_stale_runtime
+from enclave_core.supervisor.prometheus import SupervisorMetrics
 from enclave_core.supervisor.runtime_client import RuntimeClient, public_tls_context
 from enclave_core.supervisor.token import ensure_token
 from enclave_core.supervisor.watchdog import Watchdog

@@ -23,8 +23,8 @@ from loguru import logger
 
 from enclave_core.config import WatchdogSettings
 from enclave_core.errors import EnclaveError, LauncherError, StateConflict
-from enclave_core.interfaces import EnclaveDescription, ExitInfo, Launcher, LaunchSpec
 from enclave_core.log import utc_now
+from enclave_core.plugin.interfaces import EnclaveDescription, ExitInfo, Launcher, LaunchSpec
 from enclave_core.supervisor.runtime_client import Probe
 
 EXIT_TAIL_LINES = 20

@@ -14,10 +14,10 @@ from typing import Any
 from enclave_plugins.local_kms import LocalKms
 
 from enclave_core.config import Config
-from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
-from enclave_core.interfaces import Secrets
-from enclave_core.kms_policy import default_policy
-from enclave_core.manager import get_plugin_manager
+from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, render_policy
+from enclave_core.kmspolicy.evaluation import default_policy
+from enclave_core.plugin.interfaces import Secrets
+from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.runtime.datakeys import static_secret_context
 from tests.enclave_core.runtime.migration_fixtures import local_kms, params
 

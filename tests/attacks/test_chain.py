@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from enclave_core.config import Config
-from enclave_core.migration_chain import verify_links
+from enclave_core.protocol.migration_chain import verify_links
 from enclave_core.runtime.trust import trust_root
 from tests.attacks.host import Host
 from tests.enclave_core.runtime.migration_fixtures import (

@@ -11,7 +11,7 @@ import pytest
 
 from enclave_core.config import Config
 from enclave_core.errors import AccessDenied
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.runtime.datakeys import static_secret_context
 from tests.attacks.host import Host
 from tests.enclave_core.runtime.migration_fixtures import (

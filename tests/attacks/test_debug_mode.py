@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from enclave_core.config import Config
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
 from tests.attacks.host import Host
 from tests.enclave_core.runtime.migration_fixtures import (
     STATIC,

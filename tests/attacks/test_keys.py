@@ -14,10 +14,10 @@ import pytest
 from enclave_plugins.aws_kms import AwsKms
 
 from enclave_core.config import Config
-from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
 from enclave_core.errors import AccessDenied, KeyRefused, ValidationError
-from enclave_core.keycheck import verify_enclave_key
-from enclave_core.manager import get_plugin_manager
+from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, render_policy
+from enclave_core.kmspolicy.keycheck import verify_enclave_key
+from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.runtime.state import RuntimeState
 from tests.attacks.host import Host
 from tests.contexts import backend_context

@@ -10,8 +10,8 @@ from enclave_plugins.simulated_attestation import SimulatedNsm
 
 from enclave_core.config import Config
 from enclave_core.errors import AccessDenied
+from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.datakeys import static_secret_context
-from enclave_core.runtime.recipient import RecipientSession
 from tests.attacks.host import Host
 from tests.enclave_core.runtime.migration_fixtures import control, local_kms, make_migration
 

@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 import pytest
 
-from enclave_core.enclave_policy import match_policy
+from enclave_core.kmspolicy.canonical import match_policy
 from tests.e2e.stack import DevStack, http, make_stack, read_environ, wait_for
 from tests.kms_recipient_shim import RECIPIENT_OPS
 from tests.kms_shim_server import KmsShimServer

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from enclave_core.openapi import REGENERATE
-from enclave_core.runtime.signing import (
+from enclave_core.http.openapi import REGENERATE
+from enclave_core.protocol.signing import (
     NONCE_HEADER,
     PUBKEY_HEADER,
     SIGNATURE_HEADER,

@@ -15,10 +15,10 @@ from typing import Any
 from enclave_core.appclient import EnclaveClient
 from enclave_core.config import Config, LimitsSettings
 from enclave_core.crypto.envelope import EncryptedStorage
+from enclave_core.http.proxy import AsgiServer
 from enclave_core.runtime.appapi import create_app_api
-from enclave_core.runtime.counting import CountingStorage
 from enclave_core.runtime.dynsecrets import DynamicSecrets
-from enclave_core.runtime.proxy import AsgiServer
+from enclave_core.runtime.instrumented import CountingStorage
 from enclave_core.runtime.state import RuntimeState
 from tests.enclave_core.runtime.doubles import DOUBLES_CONFIG, MemoryNsm, MemoryStorage
 from tests.enclave_core.runtime.test_proxy import LoopThread

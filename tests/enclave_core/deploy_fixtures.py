@@ -24,8 +24,8 @@ import boto3
 import yaml
 from botocore.stub import ANY, Stubber
 
-from enclave_core.cloud import Deps
 from enclave_core.config import Config, load_config
+from enclave_core.deploy.stack import Deps
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_plugins.simulated_attestation import SimulatedNsm
 
-from enclave_core.runtime.signing import (
+from enclave_core.protocol.signing import (
     NONCE_HEADER,
     PUBKEY_HEADER,
     SIGNATURE_HEADER,

@@ -28,8 +28,8 @@ from botocore.credentials import RefreshableCredentials
 from enclave_plugins.aws_kms import AwsKms
 from loguru import logger
 
-from enclave_core.aws import AwsClients
-from enclave_core.aws_credentials import (
+from enclave_core.aws.clients import AwsClients
+from enclave_core.aws.credentials import (
     DEFAULT_IMDS_ENDPOINT,
     IMDS_ENDPOINT_ENV,
     METHOD,
@@ -39,7 +39,7 @@ from enclave_core.aws_credentials import (
     resolve_imds_endpoint,
 )
 from enclave_core.errors import BackendError, ConfigError
-from enclave_core.interfaces import BackendContext
+from enclave_core.plugin.interfaces import BackendContext
 from enclave_core.testing import free_port
 from tests.contexts import backend_context
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from enclave_core import __version__
-from enclave_core.build import (
+from enclave_core.config import Config
+from enclave_core.deploy.build import (
     BASE_IMAGE,
     Signing,
     app_location,
@@ -21,10 +22,9 @@ from enclave_core.build import (
     parse_measurements,
     stage_context,
 )
-from enclave_core.config import Config
+from enclave_core.deploy.external import ToolFailed
 from enclave_core.errors import ConfigError, EnclaveError
 from enclave_core.testing import dev_config_document, write_config
-from enclave_core.tools import ToolFailed
 from tests.fakes import FAKES, NITRO_CLI
 
 HEX = {f"PCR{i}": f"{i}" * 96 for i in (0, 1, 2, 8)}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_core.cloud import cloud_status, find_instances, parse_health
+from enclave_core.deploy.stack import cloud_status, find_instances, parse_health
 from enclave_core.errors import ConfigError, EnclaveError, NotFound
 from tests.enclave_core.deploy_fixtures import (
     INSTANCE,

@@ -11,11 +11,11 @@ from typing import Any
 import boto3
 import pytest
 
-from enclave_core.cloud import find_output, resolve_pcr0
 from enclave_core.config import Config
-from enclave_core.deploy import RUNNING_TIMEOUT_S, deploy
+from enclave_core.deploy.deployer import RUNNING_TIMEOUT_S, deploy
+from enclave_core.deploy.external import ToolFailed
+from enclave_core.deploy.stack import find_output, resolve_pcr0
 from enclave_core.errors import ConfigError, EnclaveError, ValidationError
-from enclave_core.tools import ToolFailed
 from tests.enclave_core.deploy_fixtures import (
     ACCOUNT,
     EIF_BUCKET,

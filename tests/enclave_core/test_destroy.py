@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_core.destroy import destroy, plan_destroy
+from enclave_core.deploy.destroyer import destroy, plan_destroy
 from enclave_core.errors import EnclaveError
 from tests.enclave_core.deploy_fixtures import (
     INSTANCE,

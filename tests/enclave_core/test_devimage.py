@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 from enclave_plugins.simulated_attestation import SimulatedNsm
 
-from enclave_core.build import app_image_files
 from enclave_core.cli.devwatch import prepare_image
 from enclave_core.config import Config
-from enclave_core.devimage import content_digest, images_dir, prune, take_snapshot
-from enclave_core.image import apply_image_override, read_image_override, write_image_override
-from enclave_core.imagefiles import excluded, image_files, measure
+from enclave_core.deploy.build import app_image_files
+from enclave_core.image.current import (
+    apply_image_override,
+    read_image_override,
+    write_image_override,
+)
+from enclave_core.image.files import excluded, image_files, measure
+from enclave_core.image.snapshot import content_digest, images_dir, prune, take_snapshot
 
 
 @pytest.fixture

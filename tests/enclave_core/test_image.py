@@ -14,7 +14,7 @@ from enclave_plugins.simulated_attestation import measure_app_dir
 
 from enclave_core.config import Config
 from enclave_core.errors import ConfigError, EnclaveError, ValidationError
-from enclave_core.image import (
+from enclave_core.image.current import (
     apply_image_override,
     image_path,
     measure_new_image,

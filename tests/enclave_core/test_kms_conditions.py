@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from enclave_core.kms_conditions import (
+from enclave_core.kmspolicy.conditions import (
     MET,
     UNKNOWN,
     UNMET,

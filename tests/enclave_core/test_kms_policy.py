@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import ValidationError
-from enclave_core.interfaces import GrantInfo
-from enclave_core.kms_policy import (
+from enclave_core.kmspolicy.canonical import locked_policy
+from enclave_core.kmspolicy.evaluation import (
     RequestContext,
     authorize,
     evaluate,
@@ -20,6 +19,7 @@ from enclave_core.kms_policy import (
     parse_policy_text,
     validate_policy,
 )
+from enclave_core.plugin.interfaces import GrantInfo
 
 ROLE = "arn:aws:iam::111122223333:role/enclave"
 OTHER_ROLE = "arn:aws:iam::111122223333:role/admin"

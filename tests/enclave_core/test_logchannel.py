@@ -1,6 +1,6 @@
 """The log channel over the TCP transport (these machines have no vsock loopback).
 
-Both ends together: the enclave's (:mod:`enclave_core.logchannel`) and the supervisor's
+Both ends together: the enclave's (:mod:`enclave_core.streams.logchannel`) and the supervisor's
 (:mod:`enclave_core.supervisor.logreceiver`).
 """
 
@@ -22,7 +22,8 @@ from loguru import logger
 from enclave_core import log
 from enclave_core.cli.lifecycle import follow
 from enclave_core.config import Config
-from enclave_core.logchannel import (
+from enclave_core.runtime.childio import relay_lines
+from enclave_core.streams.logchannel import (
     LOG_FILE,
     MAX_LINE_BYTES,
     LogChannelSender,
@@ -30,7 +31,6 @@ from enclave_core.logchannel import (
     bound_line,
     start_runtime_channel,
 )
-from enclave_core.runtime.childio import relay_lines
 from enclave_core.supervisor.logreceiver import (
     LogChannelReceiver,
     receiver_address,

@@ -121,9 +121,9 @@ def test_long_opaque_values_are_shortened_and_prose_is_kept() -> None:
 
 def test_component_is_supervisor_runtime_or_the_module_in_short() -> None:
     assert component_of("enclave_core.supervisor.watchdog") == "supervisor"
-    assert component_of("enclave_core.runtime.httpserver") == "httpserver"  # in another process
+    assert component_of("enclave_core.http.connection") == "connection"  # in another process
     assert component_of("enclave_plugins.process_launcher") == "process_launcher"
-    assert component_of("enclave_core.forwarding") == "forwarding"
+    assert component_of("enclave_core.streams.splice") == "splice"
     assert component_of("botocore.credentials") == "botocore"
     assert component_of(None) == "-"
     stream = io.StringIO()

@@ -20,22 +20,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from openapi_spec_validator import validate as validate_spec
 
 from enclave_core import __version__
-from enclave_core.apischemas import describe_errors
 from enclave_core.config import Config
 from enclave_core.crypto.envelope import EncryptedStorage
-from enclave_core.manager import get_plugin_manager
-from enclave_core.openapi import REGENERATE, documents, dumps, main, stale_documents
-from enclave_core.runtime.apidoc import app_document, control_document, public_document
-from enclave_core.runtime.appapi import create_app_api
-from enclave_core.runtime.counting import CountingStorage
-from enclave_core.runtime.dynsecrets import DynamicSecrets
-from enclave_core.runtime.public import create_control_app, create_public_app
-from enclave_core.runtime.signing import (
+from enclave_core.http.openapi import REGENERATE, documents, dumps, main, stale_documents
+from enclave_core.http.schemas import describe_errors
+from enclave_core.plugin.manager import get_plugin_manager
+from enclave_core.protocol.signing import (
     NONCE_HEADER,
     PUBKEY_HEADER,
     SIGNATURE_HEADER,
     verify_response_signature,
 )
+from enclave_core.runtime.apidoc import app_document, control_document, public_document
+from enclave_core.runtime.appapi import create_app_api
+from enclave_core.runtime.dynsecrets import DynamicSecrets
+from enclave_core.runtime.instrumented import CountingStorage
+from enclave_core.runtime.own_routes import create_control_app, create_public_app
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.supervisor.api import create_app
 from enclave_core.supervisor.apidoc import supervisor_document

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from enclave_core.errors import BackendNotFound, DuplicateBackend
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.registry import BackendRegistry
 
 
 class Alpha:

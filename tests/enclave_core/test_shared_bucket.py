@@ -97,7 +97,7 @@ def _storage(kind: str, where: str) -> Any:
     if kind == "s3":
         from enclave_plugins.s3_storage import S3Storage
 
-        from enclave_core.aws import AwsClients
+        from enclave_core.aws.clients import AwsClients
 
         session = boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"

@@ -1,4 +1,4 @@
-"""Sizing checks (enclave_core/sizing.py), the instance data, and `enclave config validate`."""
+"""Sizing checks (enclave_core/deploy/sizing.py), instance data, and `enclave config validate`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from enclave_core.cli.main import main
 from enclave_core.config import Config, parse_config
-from enclave_core.instance_types import FAMILIES, INSTANCE_TYPES, lookup
-from enclave_core.sizing import check, enforced, host_memory_floor
+from enclave_core.deploy.instance_types import FAMILIES, INSTANCE_TYPES, lookup
+from enclave_core.deploy.sizing import check, enforced, host_memory_floor
 
 BRIEF_FAMILIES = (
     "m5 m5a m5n m5zn m6i m6a m6in m7i m7a c5 c5a c5n c6i c6a c6in c7i c7a r5 r5a r5n r6i r6a "

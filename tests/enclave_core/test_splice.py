@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from enclave_core import transport
+from enclave_core.streams import transport
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop] | None] = {
     "asyncio": None,

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from enclave_core.config import Config
-from enclave_core.errors import AccessDenied, EnclaveError
-from enclave_core.ssm_run import (
+from enclave_core.deploy.ssm_run import (
     RunCommand,
     health_script,
     start_script,
     stop_script,
     supervisor_url,
 )
+from enclave_core.errors import AccessDenied, EnclaveError
 from enclave_core.testing import dev_config_document, free_port, write_config
 from tests.enclave_core.deploy_fixtures import INSTANCE, FakeClock, StubbedAws, command_uuid
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from enclave_core.deploy.external import failure, require_tool, run, stream
 from enclave_core.errors import EnclaveError
-from enclave_core.tools import failure, require_tool, run, stream
 
 
 def test_stream_passes_every_line_and_keeps_the_last_ones() -> None:

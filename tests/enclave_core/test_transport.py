@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from enclave_core import transport
+from enclave_core.streams import transport
 
 
 def test_parse_addresses() -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 import pytest
 import uvloop
 
-from enclave_core import transport
+from enclave_core.streams import transport
 
 T = TypeVar("T")
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_core.crypto.attestation import VerifiedDocument
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.errors import AttestationError
-from enclave_core.runtime.signing import public_key_hex, sign_response
+from enclave_core.protocol.signing import public_key_hex, sign_response
 from enclave_core.runtime.state import attestation_user_data
 from enclave_core.runtime.tls import make_tls_identity
 from enclave_core.testing import dev_config_document, write_config

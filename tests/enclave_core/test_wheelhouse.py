@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from enclave_core import __version__
+from enclave_core.deploy.external import ToolFailed
+from enclave_core.deploy.wheelhouse import pip_argv, platform_tag, resolve
 from enclave_core.testing import dev_config_document, write_config
-from enclave_core.tools import ToolFailed
-from enclave_core.wheelhouse import pip_argv, platform_tag, resolve
 
 
 def test_pip_downloads_binary_wheels_for_the_hosts_platform(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The instance figures the CDK app reads (the table is enclave_core.instance_types)."""
+"""The instance figures the CDK app reads (the table is enclave_core.deploy.instance_types)."""
 
 from __future__ import annotations
 

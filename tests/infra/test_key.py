@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from enclave_infra.key import ACCOUNT_ADMIN_ACTIONS, ACCOUNT_ADMIN_SID, normalize_pcr0
 
-from enclave_core.enclave_policy import locked_policy, match_policy
 from enclave_core.errors import ConfigError
-from enclave_core.kms_conditions import RequestContext
-from enclave_core.kms_policy import evaluate
+from enclave_core.kmspolicy.canonical import locked_policy, match_policy
+from enclave_core.kmspolicy.conditions import RequestContext
+from enclave_core.kmspolicy.evaluation import evaluate
 from tests.infra.synthesis import ACCOUNT, PCR0, Synthesized, text
 
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/EnclaveHostRole"

@@ -29,12 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from enclave_plugins.aws_kms import AwsKms
 from enclave_plugins.simulated_attestation import SimulatedNsm
 
-from enclave_core.aws import principal_arn
-from enclave_core.backends import build_backend, plugins_for, validate_backends
+from enclave_core.aws.clients import principal_arn
 from enclave_core.config import Config
 from enclave_core.crypto.cms import open_ciphertext_for_recipient
 from enclave_core.crypto.devca import DevCa
-from enclave_core.enclave_policy import EnclaveKeyPolicy, locked_policy, render_policy
 from enclave_core.errors import (
     AccessDenied,
     BackendError,
@@ -44,8 +42,10 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, GrantInfo, Kms, Recipient
-from enclave_core.manager import get_plugin_manager
+from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, locked_policy, render_policy
+from enclave_core.plugin.backends import build_backend, plugins_for, validate_backends
+from enclave_core.plugin.interfaces import BackendContext, GrantInfo, Kms, Recipient
+from enclave_core.plugin.manager import get_plugin_manager
 from tests.contexts import backend_context
 from tests.kms_recipient_shim import MOTO_PRINCIPAL, KmsRecipientShim
 

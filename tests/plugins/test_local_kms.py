@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from enclave_plugins.local_kms import MATERIAL_AAD, LocalKms
 from loguru import logger
 
-from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import (
     AccessDenied,
     BackendError,
@@ -25,9 +24,10 @@ from enclave_core.errors import (
     NotFound,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, Kms
-from enclave_core.kms_policy import default_policy
-from enclave_core.manager import get_plugin_manager
+from enclave_core.kmspolicy.canonical import locked_policy
+from enclave_core.kmspolicy.evaluation import default_policy
+from enclave_core.plugin.interfaces import BackendContext, Kms
+from enclave_core.plugin.manager import get_plugin_manager
 from tests.contexts import backend_context
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}

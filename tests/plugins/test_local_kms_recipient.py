@@ -20,9 +20,9 @@ from enclave_core.crypto.attestation import verify_document
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.crypto.cms import open_ciphertext_for_recipient
 from enclave_core.crypto.devca import DevCa
-from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import AccessDenied, CryptoError, InvalidKeyState, ValidationError
-from enclave_core.interfaces import KeyInfo, Recipient
+from enclave_core.kmspolicy.canonical import locked_policy
+from enclave_core.plugin.interfaces import KeyInfo, Recipient
 from tests.vectors import NITRO as TESTDATA
 
 CONTEXT = {"app": "hello", "purpose": "static-secret", "secret": "signing_key"}

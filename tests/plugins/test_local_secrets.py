@@ -14,8 +14,8 @@ import pytest
 from enclave_plugins.local_secrets import LocalSecrets
 
 from enclave_core.errors import BackendError, ValidationError
-from enclave_core.interfaces import Secrets
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.interfaces import Secrets
+from enclave_core.plugin.manager import get_plugin_manager
 from tests.contexts import backend_context
 
 CHILD = """

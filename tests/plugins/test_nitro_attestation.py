@@ -25,8 +25,8 @@ from loguru import logger
 
 from enclave_core.crypto import cose, nsm_protocol
 from enclave_core.errors import AttestationError, NsmError
-from enclave_core.interfaces import Attestation
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.interfaces import Attestation
+from enclave_core.plugin.manager import get_plugin_manager
 from tests.contexts import backend_context
 from tests.plugins.nsm_device import FakeNsmDevice
 

@@ -27,10 +27,10 @@ from enclave_plugins.nitro_cli_launcher import (
     parse_json,
 )
 
-from enclave_core.backends import build_backend
 from enclave_core.errors import LauncherError
-from enclave_core.interfaces import EnclaveDescription, Launcher, LaunchSpec
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.backends import build_backend
+from enclave_core.plugin.interfaces import EnclaveDescription, Launcher, LaunchSpec
+from enclave_core.plugin.manager import get_plugin_manager
 from tests.e2e.stack import processes_mentioning
 from tests.fakes import NITRO_CLI, describe_enclaves, fake_nitro_env, fake_state, kill_fake_enclaves
 

@@ -18,10 +18,10 @@ import marshmallow
 import pytest
 from enclave_plugins.process_launcher import ProcessLauncher, runtime_argv
 
-from enclave_core.backends import build_backend
 from enclave_core.errors import LauncherError
-from enclave_core.interfaces import Launcher, LaunchSpec
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.backends import build_backend
+from enclave_core.plugin.interfaces import Launcher, LaunchSpec
+from enclave_core.plugin.manager import get_plugin_manager
 
 # Prints numbered lines, starts a child in its process group (like the app), records both pids,
 # then sleeps. With IGNORE_TERM it survives SIGTERM, so only SIGKILL ends it.

@@ -17,7 +17,6 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from enclave_plugins.s3_storage import S3Storage
 
-from enclave_core.backends import build_backend, plugins_for, validate_backends
 from enclave_core.config import Config
 from enclave_core.crypto.envelope import MAGIC, EncryptedStorage
 from enclave_core.errors import (
@@ -27,10 +26,11 @@ from enclave_core.errors import (
     PreconditionFailed,
     ValidationError,
 )
-from enclave_core.interfaces import BackendContext, Storage
-from enclave_core.manager import get_plugin_manager
 from enclave_core.metrics import Metrics
-from enclave_core.runtime.counting import CountingStorage
+from enclave_core.plugin.backends import build_backend, plugins_for, validate_backends
+from enclave_core.plugin.interfaces import BackendContext, Storage
+from enclave_core.plugin.manager import get_plugin_manager
+from enclave_core.runtime.instrumented import CountingStorage
 from tests.contexts import backend_context
 
 BUCKET = "enclave-data"

@@ -23,8 +23,8 @@ from enclave_core import __version__
 from enclave_core.crypto import cose
 from enclave_core.crypto.devca import DevCa
 from enclave_core.errors import AttestationError, ConfigError, NsmError
-from enclave_core.interfaces import Attestation, BackendContext
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.interfaces import Attestation, BackendContext
+from enclave_core.plugin.manager import get_plugin_manager
 from tests.contexts import backend_context
 from tests.vectors import NITRO as TESTDATA
 

@@ -18,13 +18,13 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from enclave_plugins.ssm_secrets import SsmSecrets
 
-from enclave_core.backends import build_backend, plugins_for, validate_backends
 from enclave_core.config import Config
 from enclave_core.errors import AccessDenied, BackendError, ValidationError
-from enclave_core.interfaces import BackendContext, Secrets
-from enclave_core.manager import get_plugin_manager
 from enclave_core.metrics import Metrics
-from enclave_core.runtime.counting import CountingSecrets
+from enclave_core.plugin.backends import build_backend, plugins_for, validate_backends
+from enclave_core.plugin.interfaces import BackendContext, Secrets
+from enclave_core.plugin.manager import get_plugin_manager
+from enclave_core.runtime.instrumented import CountingSecrets
 from tests.contexts import backend_context
 
 BASE = "/dev/hello/"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from enclave_core.cli.main import main
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

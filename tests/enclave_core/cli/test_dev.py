@@ -16,7 +16,7 @@ import yaml
 
 from enclave_core.cli.dev import READY_LINE, announcer
 from enclave_core.cli.main import main
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.testing import dev_config_document
 
 EXAMPLE_APP = Path(__file__).resolve().parents[3] / "examples" / "hello" / "app.py"

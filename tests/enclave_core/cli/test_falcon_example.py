@@ -23,9 +23,9 @@ import falcon
 import falcon.testing
 import pytest
 
-from enclave_core.build import dockerfile_text, stage_context
 from enclave_core.cli.main import main
 from enclave_core.config import Config, load_config
+from enclave_core.deploy.build import dockerfile_text, stage_context
 from enclave_core.runtime.child import AppSupervisor
 from enclave_core.supervisor.service import STOP_TIMEOUT_S
 from tests.enclave_core.appapi_server import TOKEN, AppApi, app_api_servers

@@ -9,7 +9,7 @@ import pytest
 
 from enclave_core.cli.main import main
 from enclave_core.config import Config
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
 
 
 @pytest.mark.parametrize("command", ["runtime", "supervisor"])

@@ -1,4 +1,4 @@
-"""Tests for enclave_core.crypto.chain: X.509 path validation, one broken rule at a time.
+"""Tests for enclave_core.crypto.x509path: X.509 path validation, one broken rule at a time.
 
 Chains are built with cryptography in the Nitro shape (root -> regional -> zonal -> instance ->
 leaf, EC P-384, ecdsa-with-SHA384, pathlen 2/1/0); each test changes one certificate.
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from enclave_core.crypto.chain import verify_chain
+from enclave_core.crypto.x509path import verify_chain
 from enclave_core.errors import AttestationError
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

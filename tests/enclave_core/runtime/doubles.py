@@ -5,9 +5,9 @@ They are real implementations (real AES-GCM in the KMS, real SHA-384 PCRs), only
 directory, so a second boot in the same folder sees what the first one stored.
 
 The KMS double behaves like the local KMS where the runtime can tell: key policies (with the
-key's ARN as resource) and grants are evaluated with :mod:`enclave_core.kms_policy`, keys describe
-themselves as single-Region ``AWS_KMS`` symmetric keys, and a Recipient gets a real CMS envelope
-and no plaintext. The NSM double's attestation documents are real Nitro-format COSE_Sign1
+key's ARN as resource) and grants are evaluated with :mod:`enclave_core.kmspolicy.evaluation`, keys
+describe themselves as single-Region ``AWS_KMS`` symmetric keys, and a Recipient gets a real CMS
+envelope and no plaintext. The NSM double's attestation documents are real Nitro-format COSE_Sign1
 documents signed by a development CA (:class:`enclave_core.crypto.devca.DevCa`) kept per state
 directory, so verifiers accept them: its root is written to ``<state_dir>/dev-root.pem``, where the
 simulated NSM writes it, while its private keys stay in a process-wide scratch folder (removed at
@@ -48,7 +48,14 @@ from enclave_core.errors import (
     PreconditionFailed,
     ValidationError,
 )
-from enclave_core.interfaces import (
+from enclave_core.kmspolicy.evaluation import (
+    RequestContext,
+    authorize,
+    default_policy,
+    evaluate,
+    validate_policy,
+)
+from enclave_core.plugin.interfaces import (
     BackendContext,
     GrantInfo,
     KeyInfo,
@@ -57,14 +64,7 @@ from enclave_core.interfaces import (
     Recipient,
     StoredObject,
 )
-from enclave_core.kms_policy import (
-    RequestContext,
-    authorize,
-    default_policy,
-    evaluate,
-    validate_policy,
-)
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.registry import BackendRegistry
 
 NAME = "testmem"
 _INSTANCES: dict[tuple[str, str], Any] = {}

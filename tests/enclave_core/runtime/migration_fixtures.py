@@ -22,14 +22,14 @@ from enclave_plugins.local_kms import LocalKms
 from enclave_plugins.simulated_attestation import SimulatedNsm
 from loguru import logger
 
-from enclave_core.backends import build_backend
 from enclave_core.config import Config
-from enclave_core.interfaces import Secrets
-from enclave_core.manager import Plugins, get_plugin_manager
+from enclave_core.plugin.backends import build_backend
+from enclave_core.plugin.interfaces import Secrets
+from enclave_core.plugin.manager import Plugins, get_plugin_manager
+from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.boot import retire_when_serving, run_boot
 from enclave_core.runtime.migration_key import MigrationKey, create_migration_key
-from enclave_core.runtime.public import create_control_app
-from enclave_core.runtime.recipient import RecipientSession
+from enclave_core.runtime.own_routes import create_control_app
 from enclave_core.runtime.state import RuntimeState
 
 STATIC = {

@@ -16,8 +16,8 @@ import pytest
 from enclave_core.config import Config
 from enclave_core.crypto.envelope import EncryptedStorage
 from enclave_core.runtime.appapi import MAX_JSON_BODY, MAX_STORAGE_BODY, create_app_api, read_body
-from enclave_core.runtime.counting import CountingStorage
 from enclave_core.runtime.dynsecrets import DynamicSecrets
+from enclave_core.runtime.instrumented import CountingStorage
 from enclave_core.runtime.state import RuntimeState
 from tests.enclave_core.runtime.doubles import DOUBLES_CONFIG, MemoryNsm, MemoryStorage
 

@@ -24,15 +24,16 @@ from enclave_plugins.local_kms import LocalKms
 from enclave_plugins.simulated_attestation import SimulatedNsm
 
 from enclave_core import hookimpl
-from enclave_core.backends import build_backend
 from enclave_core.config import Config
 from enclave_core.crypto.attestation import verify_document
 from enclave_core.crypto.aws_root import load_root_pem
-from enclave_core.enclave_policy import EnclaveKeyPolicy, render_policy
 from enclave_core.errors import AccessDenied
-from enclave_core.interfaces import BackendContext, KmsResult, Recipient
-from enclave_core.manager import Plugins, get_plugin_manager
-from enclave_core.registry import BackendRegistry
+from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, render_policy
+from enclave_core.plugin.backends import build_backend
+from enclave_core.plugin.interfaces import BackendContext, KmsResult, Recipient
+from enclave_core.plugin.manager import Plugins, get_plugin_manager
+from enclave_core.plugin.registry import BackendRegistry
+from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.boot import (
     STORAGE_DEK_PARAM,
     app_env_provider,
@@ -40,7 +41,6 @@ from enclave_core.runtime.boot import (
     static_secret_context,
     storage_dek_context,
 )
-from enclave_core.runtime.recipient import RecipientSession
 from enclave_core.runtime.state import STAGES, RuntimeState, attestation_user_data
 from tests.enclave_core.runtime.doubles import (
     DOUBLES_CONFIG,

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from enclave_core.backends import plugins_for
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError
-from enclave_core.runtime.bridges import (
+from enclave_core.plugin.backends import plugins_for
+from enclave_core.runtime.child import app_environment
+from enclave_core.runtime.server import EXIT_LISTEN_FAILED, run_runtime
+from enclave_core.runtime.state import RuntimeState
+from enclave_core.streams.host_bridges import (
     Bridge,
     in_enclave,
     parent_address,
@@ -27,9 +30,6 @@ from enclave_core.runtime.bridges import (
     start_bridges,
     stop_bridges,
 )
-from enclave_core.runtime.child import app_environment
-from enclave_core.runtime.server import EXIT_LISTEN_FAILED, run_runtime
-from enclave_core.runtime.state import RuntimeState
 from enclave_core.testing import free_port
 from tests.e2e.stack import make_stack, wait_for
 from tests.enclave_core.supervisor.egress_helpers import (

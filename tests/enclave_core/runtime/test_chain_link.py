@@ -19,7 +19,7 @@ from enclave_core.config import Config
 from enclave_core.crypto.attested_record import make_record, read_record, store_record
 from enclave_core.runtime.boot import retire_when_serving
 from enclave_core.runtime.export import export_keys
-from enclave_core.runtime.public import create_public_app
+from enclave_core.runtime.own_routes import create_public_app
 from enclave_core.runtime.trust import trust_root
 from tests.enclave_core.runtime.migration_fixtures import (
     Migration,

@@ -17,11 +17,11 @@ from enclave_core.crypto import cose
 from enclave_core.crypto.attestation import verify_document
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.crypto.cms import open_ciphertext_for_recipient
-from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import AccessDenied, AttestationError, NotFound
-from enclave_core.interfaces import BackendContext, Kms, Recipient
+from enclave_core.kmspolicy.canonical import locked_policy
 from enclave_core.metrics import Metrics
-from enclave_core.runtime.counting import CountingKms
+from enclave_core.plugin.interfaces import BackendContext, Kms, Recipient
+from enclave_core.runtime.instrumented import CountingKms
 from tests.contexts import backend_context
 from tests.enclave_core.runtime.doubles import MemoryKms, MemoryNsm, shared
 

@@ -19,10 +19,10 @@ import pytest
 
 from enclave_core.config import Config
 from enclave_core.crypto.attested_record import read_record, record_user_data
-from enclave_core.enclave_policy import match_policy
 from enclave_core.errors import AccessDenied, CryptoError
+from enclave_core.kmspolicy.canonical import match_policy
 from enclave_core.runtime.datakeys import static_secret_context, storage_dek_context
-from enclave_core.runtime.public import create_public_app, is_own_path
+from enclave_core.runtime.own_routes import create_public_app, is_own_path
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.trust import trust_root
 from tests.enclave_core.runtime.migration_fixtures import (

@@ -19,12 +19,12 @@ from enclave_plugins.local_secrets import LocalSecrets
 
 from enclave_core import hookimpl
 from enclave_core.config import Config
-from enclave_core.manager import get_plugin_manager
 from enclave_core.metrics import Metrics
-from enclave_core.parameters import create_parameter
-from enclave_core.registry import BackendRegistry
+from enclave_core.plugin.manager import get_plugin_manager
+from enclave_core.plugin.parameters import create_parameter
+from enclave_core.plugin.registry import BackendRegistry
 from enclave_core.runtime.boot import run_boot
-from enclave_core.runtime.counting import CountingSecrets
+from enclave_core.runtime.instrumented import CountingSecrets
 from enclave_core.runtime.state import RuntimeState
 
 STATIC = {"static": [{"name": "signing_key", "env_var": "APP_SIGNING_KEY"}]}

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from enclave_core.config import Config, LimitsSettings
-from enclave_core.runtime.proxy import AsgiServer, raise_file_limit
+from enclave_core.http.proxy import AsgiServer, raise_file_limit
 from enclave_core.runtime.tls import make_tls_identity
 from enclave_core.testing import dev_config_document, write_config
 from tests.enclave_core.openapi_conformance import check_answer

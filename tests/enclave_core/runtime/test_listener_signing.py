@@ -14,9 +14,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_core.errors import AttestationError
+from enclave_core.http.proxy import PublicServer
 from enclave_core.metrics import Metrics
-from enclave_core.runtime.proxy import PublicServer
-from enclave_core.runtime.signing import (
+from enclave_core.protocol.signing import (
     PUBKEY_HEADER,
     SIGNATURE_HEADER,
     listener_error_signer,

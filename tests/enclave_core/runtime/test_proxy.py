@@ -32,8 +32,8 @@ from cryptography.x509.oid import NameOID
 from loguru import logger
 
 from enclave_core.config import LimitsSettings
+from enclave_core.http.proxy import PublicServer, debug_enabled
 from enclave_core.metrics import Metrics
-from enclave_core.runtime.proxy import PublicServer, debug_enabled
 from enclave_core.testing import free_port
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

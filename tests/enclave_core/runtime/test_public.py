@@ -14,7 +14,7 @@ from enclave_core import __version__
 from enclave_core.config import Config
 from enclave_core.crypto import cose
 from enclave_core.metrics import COUNTERS
-from enclave_core.runtime.public import create_control_app, create_public_app, is_own_path
+from enclave_core.runtime.own_routes import create_control_app, create_public_app, is_own_path
 from enclave_core.runtime.state import RuntimeState, attestation_user_data
 from tests.enclave_core.runtime.doubles import MemoryNsm
 

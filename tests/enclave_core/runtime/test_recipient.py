@@ -16,10 +16,10 @@ from enclave_plugins.simulated_attestation import SimulatedNsm
 from enclave_core.crypto.attestation import verify_document
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.crypto.cms import build_ciphertext_for_recipient
-from enclave_core.enclave_policy import locked_policy
 from enclave_core.errors import AccessDenied, CryptoError
-from enclave_core.interfaces import Kms, KmsResult, Recipient
-from enclave_core.runtime.recipient import DOCUMENT_LIFETIME, RecipientSession
+from enclave_core.kmspolicy.canonical import locked_policy
+from enclave_core.plugin.interfaces import Kms, KmsResult, Recipient
+from enclave_core.runtime.attested_kms import DOCUMENT_LIFETIME, RecipientSession
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}
 

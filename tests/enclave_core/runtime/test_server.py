@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from enclave_core.config import Config
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.runtime.server import serve_runtime
 from tests.enclave_core.runtime.doubles import DOUBLES_CONFIG, DoublesPlugin
 
@@ -45,7 +45,7 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 
 RUNTIME = r"""
 import sys
-from enclave_core.backends import plugins_for
+from enclave_core.plugin.backends import plugins_for
 from enclave_core.config import load_config
 from enclave_core.log import configure_logging
 from enclave_core.runtime.server import run_runtime

@@ -11,14 +11,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_core.config import Config
 from enclave_core.errors import AttestationError
-from enclave_core.runtime.public import create_control_app, create_public_app
-from enclave_core.runtime.signing import (
+from enclave_core.protocol.signing import (
     canonical_message,
     check_nonce,
     public_key_hex,
     sign_response,
     verify_response_signature,
 )
+from enclave_core.runtime.own_routes import create_control_app, create_public_app
 from enclave_core.runtime.state import RuntimeState
 from tests.enclave_core.runtime.doubles import MemoryNsm
 

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from enclave_core.config import Config
-from enclave_core.manager import get_plugin_manager
+from enclave_core.plugin.manager import get_plugin_manager
+from enclave_core.protocol.signing import verify_response_signature
 from enclave_core.runtime import tls
 from enclave_core.runtime.server import serve_runtime
-from enclave_core.runtime.signing import verify_response_signature
 from enclave_core.runtime.state import attestation_user_data
 from enclave_core.runtime.tls import TlsIdentity, make_tls_identity
 from enclave_core.testing import free_port

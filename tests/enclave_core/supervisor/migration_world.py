@@ -17,18 +17,18 @@ from typing import Any
 
 from enclave_plugins.local_kms import LocalKms
 
-from enclave_core.backends import build_backend
 from enclave_core.config import Config
-from enclave_core.enclave_policy import match_policy
 from enclave_core.errors import EnclaveError
-from enclave_core.image import measure_new_image
-from enclave_core.interfaces import Kms, Secrets
-from enclave_core.manager import Plugins, get_plugin_manager
+from enclave_core.image.current import measure_new_image
+from enclave_core.kmspolicy.canonical import match_policy
+from enclave_core.plugin.backends import build_backend
+from enclave_core.plugin.interfaces import Kms, Secrets
+from enclave_core.plugin.manager import Plugins, get_plugin_manager
 from enclave_core.runtime.boot import run_boot
 from enclave_core.runtime.export import export_keys
 from enclave_core.runtime.migration_key import create_migration_key
 from enclave_core.runtime.state import RuntimeState
-from enclave_core.supervisor.migration import MigrationService
+from enclave_core.supervisor.migration.service import MigrationService
 
 STATIC = {"static": [{"name": "signing_key", "env_var": "APP_SIGNING_KEY"}]}
 TOKEN = "ab" * 32

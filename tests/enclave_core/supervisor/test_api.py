@@ -13,10 +13,10 @@ from loguru import logger
 
 from enclave_core import __version__
 from enclave_core.config import Config
-from enclave_core.image import measure_new_image
+from enclave_core.image.current import measure_new_image
 from enclave_core.metrics import COUNTERS
 from enclave_core.supervisor.api import create_app
-from enclave_core.supervisor.migration import MigrationService
+from enclave_core.supervisor.migration.service import MigrationService
 from enclave_core.supervisor.runtime_client import Probe, RuntimeUnavailable
 from enclave_core.supervisor.watchdog import Watchdog
 from tests.enclave_core.supervisor.test_watchdog import SPEC, FakeLauncher

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from enclave_core.cli.supervisor_client import SupervisorClient
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError, StateConflict
-from enclave_core.supervisor.client import SupervisorClient
 from enclave_core.supervisor.token import ensure_token
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from enclave_plugins.process_launcher import ProcessLauncher
 
-from enclave_core.interfaces import LaunchSpec
-from enclave_core.supervisor.leftover import (
+from enclave_core.plugin.interfaces import LaunchSpec
+from enclave_core.supervisor.orphans import (
     RUNTIME_PID_FILE,
     PidRecordingLauncher,
     record_runtime,

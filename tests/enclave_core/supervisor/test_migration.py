@@ -24,23 +24,23 @@ import pytest
 from enclave_plugins.local_kms import LocalKms
 
 from enclave_core.config import Config
-from enclave_core.devimage import content_digest, images_dir
-from enclave_core.enclave_policy import match_policy
 from enclave_core.errors import EnclaveError, StateConflict, ValidationError
-from enclave_core.image import apply_image_override, measure_new_image, read_image_override
+from enclave_core.image.current import apply_image_override, measure_new_image, read_image_override
+from enclave_core.image.snapshot import content_digest, images_dir
+from enclave_core.kmspolicy.canonical import match_policy
+from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.boot import static_secret_context
-from enclave_core.runtime.recipient import RecipientSession
 from enclave_core.supervisor.api import create_app
-from enclave_core.supervisor.migration import parse_request
-from enclave_core.supervisor.migration_checkpoint import (
+from enclave_core.supervisor.migration.checkpoint import (
     CHECKPOINT_PARAM,
     OLD_KEY_PARAM,
     Checkpoint,
     read_checkpoint,
     write_checkpoint,
 )
-from enclave_core.supervisor.migration_enclave import SupervisorEnclave
-from enclave_core.supervisor.migration_steps import MigrationRunner
+from enclave_core.supervisor.migration.enclave import SupervisorEnclave
+from enclave_core.supervisor.migration.service import parse_request
+from enclave_core.supervisor.migration.steps import MigrationRunner
 from enclave_core.supervisor.runtime_client import Probe
 from enclave_core.testing import free_port
 from tests.enclave_core.supervisor.migration_world import (

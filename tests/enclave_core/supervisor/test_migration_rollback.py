@@ -20,32 +20,32 @@ from typing import Any
 import pytest
 
 from enclave_core.config import Config
-from enclave_core.devimage import images_dir
 from enclave_core.errors import EnclaveError
-from enclave_core.image import (
+from enclave_core.image.current import (
     apply_image_override,
     image_path,
     measure_new_image,
     read_image_override,
 )
-from enclave_core.interfaces import ExitInfo
-from enclave_core.manager import Plugins
+from enclave_core.image.snapshot import images_dir
+from enclave_core.plugin.interfaces import ExitInfo
+from enclave_core.plugin.manager import Plugins
 from enclave_core.runtime.boot import run_boot
 from enclave_core.runtime.state import RuntimeState
-from enclave_core.supervisor.migration_checkpoint import (
+from enclave_core.supervisor.migration.checkpoint import (
     CHECKPOINT_PARAM,
     OLD_KEY_PARAM,
     Checkpoint,
     read_checkpoint,
 )
-from enclave_core.supervisor.migration_enclave import SupervisorEnclave
-from enclave_core.supervisor.migration_rollback import (
+from enclave_core.supervisor.migration.enclave import SupervisorEnclave
+from enclave_core.supervisor.migration.rollback import (
     ROLLBACK_PREFIX,
     ImageBackup,
     live_params,
     save_for_rollback,
 )
-from enclave_core.supervisor.migration_steps import MigrationRunner
+from enclave_core.supervisor.migration.steps import MigrationRunner
 from enclave_core.supervisor.runtime_client import Probe
 from tests.enclave_core.supervisor.migration_world import (
     OldEnclave,

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from enclave_plugins import process_launcher
 
+from enclave_core.cli.supervisor_client import SupervisorClient
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError, StateConflict
-from enclave_core.manager import get_plugin_manager
-from enclave_core.supervisor.client import SupervisorClient
+from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.supervisor.service import run_supervisor
 from enclave_core.supervisor.token import read_token
 from enclave_core.testing import dev_config_document, write_config
@@ -67,7 +67,7 @@ FAKE_RUNTIME = textwrap.dedent(
 SUPERVISOR = textwrap.dedent(
     """
     import json, sys
-    from enclave_core.backends import plugins_for
+    from enclave_core.plugin.backends import plugins_for
     from enclave_core.config import load_config
     from enclave_core.log import configure_logging
     from enclave_core.supervisor.service import run_supervisor

@@ -11,7 +11,7 @@ import pytest
 
 from enclave_core.config import WatchdogSettings
 from enclave_core.errors import LauncherError, StateConflict
-from enclave_core.interfaces import EnclaveDescription, ExitInfo, LaunchSpec
+from enclave_core.plugin.interfaces import EnclaveDescription, ExitInfo, LaunchSpec
 from enclave_core.supervisor.runtime_client import Probe
 from enclave_core.supervisor.watchdog import Backoff, Watchdog
 

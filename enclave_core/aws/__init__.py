@@ -1,0 +1,1 @@
+"""AWS clients and the instance role's credentials."""

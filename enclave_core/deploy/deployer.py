@@ -1,0 +1,258 @@
+"""``enclave deploy``: from a built EIF to a running enclave on AWS, in six numbered steps.
+
+1. checks, before anything is created (:mod:`enclave_core.deploy.preflight`): ``mode: production``,
+   ``account`` set and matching the credentials, the sizing rules
+   (:mod:`enclave_core.deploy.sizing`), the backends' options, the EIF and its PCR0
+   (``artifacts/pcr.json`` or ``--pcr0``), the cdk CLI and the CDK app, a stack that is not busy;
+   then the hosts' wheels (``pip download``);
+2. synthesize the stack ``{prefix}Nitro{name}`` into ``<state>/cdk.out`` (the CDK app,
+   ``enclave_infra.synth.synthesize``, imported lazily: it needs the ``[infra]`` extra);
+3. ``cdk deploy --app <state>/cdk.out --require-approval never --outputs-file
+   <state>/cdk-outputs.json <stack>`` (:mod:`enclave_core.deploy.cdk`);
+4. upload the EIF (``image.eif``) and the wheels (``wheels/``) to the stack's EIF bucket, where
+   a new host's first boot waits for them;
+5. on every instance, through SSM Run Command: fetch the EIF to ``enclave.eif``, make sure the
+   supervisor runs, ``POST /v1/start`` (:mod:`enclave_core.deploy.ssm_run`);
+6. poll the supervisor's ``/health`` over Run Command until every enclave is ``running``
+   (bounded by :data:`RUNNING_TIMEOUT_S`).
+
+It then records ``<state>/deploy.json`` and returns the endpoints (the load balancer when scaled
+out). Running it again updates the stack in place: that is how to scale vertically (change
+``instance_type``) or out (``instances: N``). The stack's key policy never changes: an update is
+synthesized with the stack's ``LockedPCR0``, and a new image (a new PCR0) goes through ``enclave
+migrate`` first; deploy refuses it otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
+
+from enclave_core.aws.clients import map_client_error
+from enclave_core.config import Config
+from enclave_core.deploy.cdk import DEPLOY_TIMEOUT_S, deploy_argv, run_cdk
+from enclave_core.deploy.preflight import Preflight, preflight
+from enclave_core.deploy.ssm_run import start_script
+from enclave_core.deploy.stack import (
+    EIF_OBJECT_KEY,
+    WHEELS_PREFIX,
+    Deps,
+    cdk_out,
+    endpoints,
+    find_instances,
+    find_output,
+    health_over_ssm,
+    outputs_file,
+    record_file,
+    stack_name,
+)
+from enclave_core.errors import BackendError, EnclaveError
+
+STEPS = 6
+#: Step 5 waits for a new host's first boot (packages, wheels, enclave host install) too.
+START_TIMEOUT_S = 1500.0
+#: How long step 6 waits for every enclave to be running.
+RUNNING_TIMEOUT_S = 600.0
+RUNNING_POLL_S = 10.0
+#: How long step 5 waits for an auto-scaling group to launch its instances.
+INSTANCES_TIMEOUT_S = 600.0
+
+
+@dataclass
+class DeployResult:
+    """What ``enclave deploy`` deployed."""
+
+    stack: str
+    pcr0: str
+    outputs: dict[str, str]
+    instances: list[dict[str, Any]]
+    endpoints: list[str]
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _step(deps: Deps, k: int, text: str) -> None:
+    deps.progress(f"[{k}/{STEPS}] {text}")
+
+
+def upload(config: Config, deps: Deps, bucket: str, wheels: Sequence[Path]) -> None:
+    """Step 4: the EIF to ``s3://<bucket>/image.eif``, the wheels under ``wheels/``."""
+    eif = config.resolve(config.enclave.eif)
+    s3 = deps.clients("s3")
+    for path, key in [(eif, EIF_OBJECT_KEY), *((w, WHEELS_PREFIX + w.name) for w in wheels)]:
+        where = f"{path.name} to s3://{bucket}/{key}"
+        try:
+            s3.upload_file(str(path), bucket, key)
+        except S3UploadFailedError as exc:
+            raise BackendError(f"S3 upload of {where} failed: {exc}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise map_client_error(
+                exc, service="S3", operation="PutObject", resource=where
+            ) from None
+
+
+def wait_instances(config: Config, deps: Deps, outputs: dict[str, str]) -> list[str]:
+    """The ids of the stack's ``instances`` hosts, once that many are pending or running.
+
+    A single instance exists when ``cdk deploy`` returns; an auto-scaling group may still be
+    launching its instances then.
+    """
+    stack = stack_name(config)
+    deadline = deps.clock() + INSTANCES_TIMEOUT_S
+    while True:
+        found = find_instances(deps.clients("ec2"), stack, outputs)
+        ids = [str(i["id"]) for i in found if i["state"] in ("pending", "running")]
+        if len(ids) >= config.instances:
+            return ids
+        if deps.clock() >= deadline:
+            raise EnclaveError(
+                f"stack {stack} has {len(ids)} of its {config.instances} instance(s) after "
+                f"{INSTANCES_TIMEOUT_S:g} s: see its auto-scaling group's activity"
+            )
+        deps.sleep(RUNNING_POLL_S)
+
+
+def start_enclaves(config: Config, deps: Deps, ids: list[str], bucket: str) -> None:
+    """Step 5: fetch the EIF and start the enclave on every instance."""
+    script = start_script(config, bucket=bucket, key=EIF_OBJECT_KEY)
+    results = deps.run_command().run(
+        ids,
+        script,
+        comment=f"enclave deploy: start {stack_name(config)}",
+        timeout_s=START_TIMEOUT_S,
+    )
+    failed = [r for r in results if not r.ok]
+    if failed:
+        detail = "; ".join(
+            f"{r.instance_id}: {r.status} (exit {r.response_code}) "
+            f"{(r.stderr.strip() or r.stdout.strip())[-300:]}"
+            for r in failed
+        )
+        raise EnclaveError(f"starting the enclave failed on {len(failed)} instance(s): {detail}")
+    for result in results:
+        last = (result.stdout.strip().splitlines() or ["started"])[-1]
+        deps.echo(f"{result.instance_id}: {last}")
+
+
+def wait_running(config: Config, deps: Deps, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Step 6: poll ``/health`` on every instance until all say ``running``."""
+    deadline = deps.clock() + RUNNING_TIMEOUT_S
+    comment = f"enclave deploy: health {stack_name(config)}"
+    while True:
+        health = health_over_ssm(config, deps, ids, comment=comment)
+        waiting = {i: h for i, h in health.items() if h.get("status") != "running"}
+        if not waiting:
+            return health
+        if deps.clock() >= deadline:
+            detail = "; ".join(
+                f"{i}: {h.get('status')}" + (f" ({why})" if (why := _why(h)) else "")
+                for i, h in sorted(waiting.items())
+            )
+            raise EnclaveError(
+                f"the enclave was not running after {RUNNING_TIMEOUT_S:g} s: {detail} (see "
+                "journalctl -u enclave-supervisor on the instance, through SSM Session Manager)"
+            )
+        deps.sleep(RUNNING_POLL_S)
+
+
+def _why(health: dict[str, Any]) -> str:
+    """What a /health document says about a stopped or failing enclave."""
+    return str(health.get("error") or health.get("last_exit") or "")
+
+
+def _read_outputs(config: Config, stack: str) -> dict[str, str]:
+    path = outputs_file(config)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EnclaveError(f"cdk deploy wrote no readable {path}: {exc}") from None
+    outputs = doc.get(stack) if isinstance(doc, dict) else None
+    if not isinstance(outputs, dict):
+        raise EnclaveError(f"{path} has no outputs for stack {stack}")
+    return {str(k): str(v) for k, v in outputs.items()}
+
+
+def _record(config: Config, result: DeployResult) -> None:
+    path = record_file(config)
+    doc = {
+        "stack": result.stack,
+        "account": config.account,
+        "region": config.region,
+        "pcr0": result.pcr0,
+        "instances": [i["id"] for i in result.instances],
+        "outputs": result.outputs,
+        "endpoints": result.endpoints,
+        "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def deploy(
+    config: Config,
+    deps: Deps,
+    *,
+    pcr0: str | None = None,
+    problems: Sequence[str] = (),
+    confirm: Callable[[Preflight], bool] | None = None,
+) -> DeployResult:
+    """Run the six steps of the module docstring; return what was deployed and where.
+
+    :param confirm: asked after step 1, before anything is created; False cancels.
+    :raises EnclaveError: a step failed (the earlier steps' work stays: run deploy again).
+    """
+    stack = stack_name(config)
+    _step(deps, 1, "checking enclave.yaml, sizing, the EIF, the tools and the AWS account")
+    checked = preflight(config, deps, pcr0=pcr0, problems=problems)
+    chosen = checked.pcr0
+    verb = "updating" if checked.existing else "creating"
+    if confirm is not None and not confirm(checked):
+        raise EnclaveError("deploy cancelled: nothing was created or changed")
+
+    _step(deps, 2, f"synthesizing stack {stack} (key locked to PCR0 {checked.synth_pcr0[:16]}…)")
+    assembly = cdk_out(config)
+    assembly.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        deps.synthesizer()(config, assembly, pcr0=checked.synth_pcr0)
+    except EnclaveError:
+        raise
+    except Exception as exc:  # jsii and CDK errors: name them, the traceback is for --debug
+        raise EnclaveError(
+            f"synthesizing stack {stack} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+    _step(deps, 3, f"cdk deploy: {verb} stack {stack} in {config.region} (several minutes)")
+    argv = deploy_argv(checked.cdk, assembly, outputs_file(config), stack)
+    run_cdk(argv, config, what="cdk deploy", echo=deps.echo, timeout_s=DEPLOY_TIMEOUT_S)
+    outputs = _read_outputs(config, stack)
+
+    bucket = find_output(outputs, "EifBucketName")
+    if not bucket:
+        raise EnclaveError(f"stack {stack} has no EifBucketName output")
+    _step(
+        deps,
+        4,
+        f"uploading {Path(config.enclave.eif).name} and {len(checked.wheels)} wheels to "
+        f"s3://{bucket}/",
+    )
+    upload(config, deps, bucket, checked.wheels)
+
+    ids = wait_instances(config, deps, outputs)
+    _step(deps, 5, f"starting the enclave on {', '.join(ids)} (SSM Run Command)")
+    start_enclaves(config, deps, ids, bucket)
+
+    _step(deps, 6, "waiting for the supervisor's /health to say running")
+    health = wait_running(config, deps, ids)
+    instances = find_instances(deps.clients("ec2"), stack, outputs)  # addresses are known now
+    result = DeployResult(stack, chosen, outputs, instances, endpoints(config, outputs, instances))
+    result.health = health
+    _record(config, result)
+    return result

@@ -1,0 +1,208 @@
+"""``enclave destroy``: say exactly what is lost and what remains, then delete the stack.
+
+The plan (:func:`plan_destroy`) is read from AWS, not assumed: the deployed template's
+``DeletionPolicy`` per resource (the storage and EIF buckets are retained by the CDK app), the
+KMS key's ``PendingWindowInDays``, the stack's own resources, and the parameters under
+``/{prefix}/{name}/``: the ones the enclave wrote itself (ciphertexts, migration state) are not
+the stack's and stay, and a key they name that the stack did not create (made by ``enclave
+migrate``) stays enabled until someone schedules its deletion.
+
+Then three steps (:func:`destroy`): stop the enclave through its supervisor (Run Command;
+failures are reported and do not stop the destroy), synthesize the stack again (``cdk destroy``
+needs the app), ``cdk destroy --app <state>/cdk.out --force <stack>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from enclave_core.aws.clients import aws_errors, map_client_error
+from enclave_core.config import Config
+from enclave_core.deploy.cdk import DESTROY_TIMEOUT_S, cdk_command, destroy_argv, run_cdk
+from enclave_core.deploy.ssm_run import stop_script
+from enclave_core.deploy.stack import (
+    Deps,
+    cdk_out,
+    check_account,
+    describe_stack,
+    find_instances,
+    outputs_file,
+    record_file,
+    resolve_pcr0,
+    stack_name,
+    stack_outputs,
+    template_body,
+)
+from enclave_core.errors import EnclaveError
+
+STEPS = 3
+STOP_TIMEOUT_S = 120.0
+RETAINED = frozenset({"Retain", "RetainExceptOnCreate", "Snapshot"})
+KMS_DEFAULT_WINDOW_DAYS = 30
+#: How many leftover parameter names the warning lists before "and N more".
+SHOWN_PARAMETERS = 8
+#: A placeholder PCR0 to synthesize with when none is known: cdk destroy only needs the name.
+PLACEHOLDER_PCR0 = "0" * 96
+
+
+@dataclass
+class DestroyPlan:
+    """What ``enclave destroy`` would do: the stack, its instances, what is lost, what stays."""
+
+    stack: str
+    exists: bool
+    instance_ids: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    remains: list[str] = field(default_factory=list)
+
+
+def _stack_resources(cloudformation: Any, stack: str) -> dict[str, tuple[str, str]]:
+    """``{logical id: (type, physical id)}`` of the stack's resources."""
+    found: dict[str, tuple[str, str]] = {}
+    with aws_errors("CloudFormation", "ListStackResources", f"stack {stack}"):
+        for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
+            for item in page.get("StackResourceSummaries") or []:
+                found[item["LogicalResourceId"]] = (
+                    item["ResourceType"],
+                    item.get("PhysicalResourceId") or item["LogicalResourceId"],
+                )
+    return found
+
+
+def _parameters(ssm: Any, path: str) -> Iterator[dict[str, Any]]:
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True):
+        yield from page.get("Parameters") or []
+
+
+def _template_lines(
+    template: dict[str, Any], resources: dict[str, tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    lost: list[str] = []
+    remains: list[str] = []
+    for logical, spec in (template.get("Resources") or {}).items():
+        kind = str(spec.get("Type", ""))
+        physical = resources.get(logical, (kind, logical))[1]
+        policy = str(spec.get("DeletionPolicy", "Delete"))
+        if kind == "AWS::KMS::Key":
+            if policy in RETAINED:
+                remains.append(f"KMS key {physical} (DeletionPolicy {policy}), still enabled")
+            else:
+                days = (spec.get("Properties") or {}).get("PendingWindowInDays")
+                lost.append(
+                    f"KMS key {physical}: scheduled for deletion, gone for good after "
+                    f"{days or KMS_DEFAULT_WINDOW_DAYS} days; from then on nobody can decrypt "
+                    "the secrets and the stored data it protects"
+                )
+        elif kind == "AWS::S3::Bucket" and policy in RETAINED:
+            remains.append(
+                f"S3 bucket {physical} (retained, with its objects; remove it with "
+                f"aws s3 rb s3://{physical} --force)"
+            )
+        elif policy in RETAINED:
+            remains.append(f"{kind} {physical} (DeletionPolicy {policy})")
+    return lost, remains
+
+
+def _parameter_lines(
+    config: Config, deps: Deps, resources: dict[str, tuple[str, str]]
+) -> list[str]:
+    path = config.secrets_path.rstrip("/")
+    ours = {physical for kind, physical in resources.values() if kind == "AWS::SSM::Parameter"}
+    stack_keys = {physical for kind, physical in resources.values() if kind == "AWS::KMS::Key"}
+    try:
+        params = list(_parameters(deps.clients("ssm"), path))
+    except (ClientError, BotoCoreError) as exc:
+        error = map_client_error(exc, service="SSM", operation="GetParametersByPath", resource=path)
+        return [f"parameters under {path}/ could not be listed ({error}): check them yourself"]
+    lines = []
+    left = sorted(str(p["Name"]) for p in params if p["Name"] not in ours)
+    if left:
+        shown = ", ".join(left[:SHOWN_PARAMETERS])
+        more = f" and {len(left) - SHOWN_PARAMETERS} more" if len(left) > SHOWN_PARAMETERS else ""
+        lines.append(
+            f"{len(left)} SSM parameter(s) the enclave wrote under {path}/, not part of the "
+            f"stack: {shown}{more}"
+        )
+    keys = {
+        str(p.get("Value"))
+        for p in params
+        if str(p["Name"]).endswith("KMSKeyID") and p.get("Value") not in (None, "", "UNSET")
+    }
+    for key in sorted(keys - stack_keys):
+        lines.append(
+            f"KMS key {key} (made by enclave migrate, not part of the stack), still enabled: "
+            f"aws kms schedule-key-deletion --key-id {key} --pending-window-in-days 7"
+        )
+    return lines
+
+
+def plan_destroy(config: Config, deps: Deps) -> DestroyPlan:
+    """Read the stack, its template, its resources and its parameters; nothing is changed."""
+    check_account(config, deps, needed_by="enclave destroy")
+    stack = stack_name(config)
+    cloudformation = deps.clients("cloudformation")
+    description = describe_stack(cloudformation, stack)
+    if description is None:
+        return DestroyPlan(stack, exists=False)
+    instances = find_instances(deps.clients("ec2"), stack, stack_outputs(description))
+    resources = _stack_resources(cloudformation, stack)
+    lost, remains = _template_lines(template_body(cloudformation, stack), resources)
+    ids = [str(i["id"]) for i in instances if i["state"] in ("pending", "running")]
+    if ids:
+        lost.insert(0, f"instance(s) {', '.join(ids)}, with the enclave and its memory")
+    lost.append("the network, the role and the parameters the stack itself created")
+    remains += _parameter_lines(config, deps, resources)
+    return DestroyPlan(stack, True, ids, lost, remains)
+
+
+def destroy(config: Config, deps: Deps, plan: DestroyPlan) -> None:
+    """Stop the enclave, synthesize, ``cdk destroy``; forget the local deploy state."""
+    stack = plan.stack
+    # Everything destroy needs locally is checked before the enclave is stopped.
+    base = cdk_command(needed_by="enclave destroy", which=deps.which)
+    synthesize = deps.synthesizer()
+    if plan.instance_ids:
+        deps.progress(f"[1/{STEPS}] stopping the enclave on {', '.join(plan.instance_ids)}")
+        try:
+            results = deps.run_command().run(
+                plan.instance_ids,
+                stop_script(config),
+                comment=f"enclave destroy: stop {stack}",
+                timeout_s=STOP_TIMEOUT_S,
+            )
+            for result in results:
+                last = (result.stdout.strip().splitlines() or [result.status])[-1]
+                deps.echo(f"{result.instance_id}: {last}")
+        except EnclaveError as exc:
+            deps.progress(f"    warning: could not stop the enclave ({exc}); destroying anyway")
+    else:
+        deps.progress(f"[1/{STEPS}] no running instance: nothing to stop")
+    deps.progress(f"[2/{STEPS}] synthesizing stack {stack} (cdk destroy needs the app)")
+    try:
+        pcr0 = resolve_pcr0(config, None)
+    except EnclaveError:
+        pcr0 = PLACEHOLDER_PCR0
+    assembly = cdk_out(config)
+    assembly.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        synthesize(config, assembly, pcr0=pcr0)
+    except EnclaveError:
+        raise
+    except Exception as exc:  # jsii and CDK errors: named here, traceback with --debug
+        raise EnclaveError(
+            f"synthesizing stack {stack} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    deps.progress(f"[3/{STEPS}] cdk destroy: deleting stack {stack} (several minutes)")
+    run_cdk(
+        destroy_argv(base, assembly, stack),
+        config,
+        what="cdk destroy",
+        echo=deps.echo,
+        timeout_s=DESTROY_TIMEOUT_S,
+    )
+    for path in (outputs_file(config), record_file(config)):
+        path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""HTTP: the listener, the reverse proxy, the upstream pool, the ASGI adapter, errors, OpenAPI."""

@@ -1,0 +1,1 @@
+"""Images: which one the enclave runs, the files that make one, and development snapshots."""

@@ -1,0 +1,1 @@
+"""The KMS key policy model: IAM evaluation, the canonical enclave policies and the key check."""

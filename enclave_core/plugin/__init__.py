@@ -1,0 +1,1 @@
+"""The plugin machinery: hook specs, capability Protocols, registries, manager, backend choice."""

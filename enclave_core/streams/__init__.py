@@ -1,0 +1,1 @@
+"""Byte streams: addresses and vsock, splicing, the log channel and the enclave's host bridges."""

@@ -1,0 +1,1 @@
+"""The supervisor's side of a migration: the service, the nine steps, checkpoints and rollback."""
