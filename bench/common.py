@@ -229,14 +229,14 @@ def wrk_seconds(text: str) -> float:
 
 
 def serve_public_server(port: int, upstream_port: int, loop_name: str = "uvloop") -> None:
-    """Run the runtime's PublicServer on ``port`` in front of ``upstream_port`` until killed.
+    """Run the runtime's ProxyListener on ``port`` in front of ``upstream_port`` until killed.
 
     ``/health`` is its own route (a fixed answer); everything else is proxied. ``loop_name`` is
     ``uvloop`` (development) or ``asyncio`` (what a Nitro host runs, since vsock needs it).
     """
     import asyncio
 
-    from enclave_core.http.proxy import PublicServer
+    from enclave_core.http.proxy import ProxyListener
     from enclave_core.log import configure_logging
     from enclave_core.metrics import Metrics
 
@@ -247,7 +247,7 @@ def serve_public_server(port: int, upstream_port: int, loop_name: str = "uvloop"
         await send({"type": "http.response.body", "body": b'{"status":"ready"}'})
 
     async def main() -> None:
-        server = PublicServer(
+        server = ProxyListener(
             own_app=own_app,
             is_own_path=lambda path: path == "/health",
             upstream_host="127.0.0.1",

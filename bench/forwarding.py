@@ -8,7 +8,7 @@ The processes talk over the TCP transport (loopback), as in development, each on
 
 - the app: a small HTTP/1.1 keep-alive server (uvloop) answering ``GET /`` with a greeting and
   ``GET /bytes/N`` with N bytes;
-- the runtime's public listener, :class:`enclave_core.http.proxy.PublicServer`, in front of it
+- the runtime's public listener, :class:`enclave_core.http.proxy.ProxyListener`, in front of it
   (plain HTTP: ``runtime.tls: false``, so the figures are the forwarding, not TLS);
 - the supervisor's :class:`enclave_core.supervisor.forwarders.IngressForwarder` in front of that,
   and a second one straight in front of the app;

@@ -5,7 +5,7 @@
                           [--app auto|example|builtin] [--no-docs] [--no-nginx]
 
 Starts the app (``examples/hello/app.py`` serving ``GET /`` without the app API, or a built-in
-stdlib HTTP/1.1 app with ``--app builtin``) and a :class:`PublicServer` in front of it, each in its
+stdlib HTTP/1.1 app with ``--app builtin``) and a :class:`ProxyListener` in front of it, each in its
 own process (the proxy on uvloop, logging at INFO as the runtime does). Then it alternates load
 runs against the two, several rounds, and reports medians of requests/s and p50/p99 latency with
 ``wrk`` when installed, else with a built-in asyncio keep-alive client in a separate process.
@@ -311,7 +311,7 @@ def main() -> int:
     }
     labels = {
         "direct": "direct (no proxy)",
-        "proxy": "through PublicServer",
+        "proxy": "through ProxyListener",
         "splice": "through a bare byte relay (reference)",
         "nginx": "through nginx (1 worker, upstream keep-alive)",
     }
@@ -330,7 +330,7 @@ def main() -> int:
     ratios = [p["rps"] / d["rps"] for d, p in zip(results["direct"], results["proxy"], strict=True)]
     ratio = med["proxy"]["rps"] / med["direct"]["rps"]
     summary = (
-        f"PublicServer/direct: **{ratio:.2f}x** of the median throughput"
+        f"ProxyListener/direct: **{ratio:.2f}x** of the median throughput"
         f" (per round: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
     if with_nginx:
@@ -369,7 +369,7 @@ def write_docs(
     lines = [
         f"\n### Public listener proxy, {stamp}\n",
         f"- command: `{command}`",
-        f"- app: {app}; proxy: `PublicServer` in its own process on uvloop {uvloop.__version__}",
+        f"- app: {app}; proxy: `ProxyListener` in its own process on uvloop {uvloop.__version__}",
         f"- nginx: {_nginx_version()}, generated config: worker_processes 1 (one core, like the"
         " proxy), upstream `keepalive 32`, `proxy_http_version 1.1`,"
         ' `proxy_set_header Connection ""`, access_log off'

@@ -6,7 +6,7 @@ Content-Length) without waiting for the body. Frameworks such as Falcon await a 
 before they route: it comes at once, empty when nothing has arrived yet. A client that sent
 ``Expect: 100-continue`` is told to go on only when the app asks for more. At most the
 listener's ``own_max_body`` is accepted (1 MiB beside a proxied app, ``limits.max_body_bytes``
-for an :class:`~enclave_core.http.proxy.AsgiServer`); reading pauses while the app leaves
+for an :class:`~enclave_core.http.proxy.AsgiListener`); reading pauses while the app leaves
 more than 256 KiB unread. The response is gathered and sent with a Content-Length: these routes
 answer bounded documents (a stored object is at most 10 MiB), so buffering it keeps the framing
 simple.

@@ -34,7 +34,7 @@ from enclave_core.http.exchange import (
 from enclave_core.streams.transport import unsent_bytes
 
 if TYPE_CHECKING:
-    from enclave_core.http.proxy import PublicServer
+    from enclave_core.http.proxy import ProxyListener
     from enclave_core.http.upstream import Upstream
 
 BUFFER_HIGH = 256 * 1024  # pause reading a body nobody consumes yet beyond this
@@ -45,7 +45,7 @@ LINGER_S = 2.0  # after our FIN, unread input is drained this long so it causes 
 class ClientConnection(asyncio.Protocol):
     """One client connection of the public listener."""
 
-    def __init__(self, server: PublicServer) -> None:
+    def __init__(self, server: ProxyListener) -> None:
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]

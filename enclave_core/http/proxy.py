@@ -9,7 +9,7 @@ ways with back-pressure, and an accepted ``Upgrade`` (WebSocket) becomes a byte 
 The event loop is the caller's choice: the runtime and the benchmark pick uvloop.
 
 The same server, without an upstream, serves the runtime's app API and control listener and the
-supervisor's management API (:class:`AsgiServer`): one HTTP/1.1 implementation, so the limits of
+supervisor's management API (:class:`AsgiListener`): one HTTP/1.1 implementation, so the limits of
 :class:`~enclave_core.config.LimitsSettings` (head and body size, slow-client timeouts, connections
 per listener) are implemented and tested once for every listener.
 
@@ -53,7 +53,7 @@ OWN_ROUTES_MAX_BODY = 1 << 20
 #: accept() errors that mean "out of resources for now", not "this connection failed"
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
-__all__ = ["ASGIApp", "AsgiServer", "PublicServer"]
+__all__ = ["ASGIApp", "AsgiListener", "ProxyListener"]
 
 
 def debug_enabled() -> bool:
@@ -63,9 +63,9 @@ def debug_enabled() -> bool:
     return bool(getattr(core, "min_level", 0) <= 10)
 
 
-class PublicServer:
+class ProxyListener:
     """The runtime's public listener: serves the runtime's own routes, proxies the rest to
-    the app. Without an upstream (:class:`AsgiServer`) it serves its own app alone.
+    the app. Without an upstream (:class:`AsgiListener`) it serves its own app alone.
 
     Call :meth:`start` and :meth:`close` on the event loop that serves it.
     """
@@ -313,7 +313,7 @@ def _everything(path: str) -> bool:
     return True
 
 
-class AsgiServer(PublicServer):
+class AsgiListener(ProxyListener):
     """An ASGI app served alone by the public listener's HTTP/1.1 server, with its limits.
 
     The runtime's app API and control listener and the supervisor's management API are Falcon

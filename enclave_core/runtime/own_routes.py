@@ -1,7 +1,7 @@
 """The runtime's own routes: public ones (health, enclave-info, attestation) and the control app.
 
 Everything else on the public listener is proxied to the app by
-:class:`enclave_core.http.proxy.PublicServer`, which asks :func:`is_own_path` first. Each
+:class:`enclave_core.http.proxy.ProxyListener`, which asks :func:`is_own_path` first. Each
 response of the public app is signed by :class:`~enclave_core.protocol.signing.SigningMiddleware`
 (the control app's are not: it is never reachable from outside the parent instance).
 

@@ -9,7 +9,7 @@ SIGTERM or SIGINT stops the app, then the listeners, and returns 0; repeated app
 return 3.
 
 All three listeners are the runtime's own HTTP/1.1 server (:mod:`enclave_core.http.proxy`; the
-app API and the control listener as :class:`~enclave_core.http.proxy.AsgiServer`), each with
+app API and the control listener as :class:`~enclave_core.http.proxy.AsgiListener`), each with
 the limits of ``runtime.limits``.
 
 Inside a Nitro Enclave (:func:`~enclave_core.streams.host_bridges.in_enclave`) the public and
@@ -31,7 +31,7 @@ from loguru import logger
 
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError
-from enclave_core.http.proxy import AsgiServer, PublicServer, raise_file_limit
+from enclave_core.http.proxy import AsgiListener, ProxyListener, raise_file_limit
 from enclave_core.plugin.manager import Plugins
 from enclave_core.protocol.signing import listener_error_signer
 from enclave_core.runtime.appapi import create_app_api
@@ -114,7 +114,7 @@ async def serve_runtime(
         on_first_ready=retire_when_serving(state),
         **(supervisor_options or {}),
     )
-    public = PublicServer(
+    public = ProxyListener(
         own_app=create_public_app(state),
         is_own_path=is_own_path,
         upstream_host="127.0.0.1",
@@ -125,8 +125,8 @@ async def serve_runtime(
         limits=rt.limits,
         error_signer=listener_error_signer(state),
     )
-    app_api = AsgiServer(create_app_api(state), name="app API", limits=rt.limits)
-    control = AsgiServer(create_control_app(state), name="control listener", limits=rt.limits)
+    app_api = AsgiListener(create_app_api(state), name="app API", limits=rt.limits)
+    control = AsgiListener(create_control_app(state), name="control listener", limits=rt.limits)
     listeners = [(app_api, app_api_address), (control, control_address)]
     bridges: list[Bridge] = []
     code = 0

@@ -3,7 +3,7 @@
 :func:`run_supervisor` binds every listener first (a taken address fails fast, naming it), starts
 the enclave, serves until SIGINT or SIGTERM, then stops the watchdog, the forwarders, the enclave
 and the API within 10 seconds. The Falcon app is served by the runtime's own HTTP/1.1 server
-(:class:`~enclave_core.http.proxy.AsgiServer`) on a socket we bound ourselves, with the limits
+(:class:`~enclave_core.http.proxy.AsgiListener`) on a socket we bound ourselves, with the limits
 of ``supervisor.limits``; each ingress forwarder refuses connections beyond its
 ``max_connections``, cuts a connection that takes nothing for ``send_timeout_s``, and one
 the enclave has closed once it has been quiet for ``idle_timeout_s``.
@@ -32,7 +32,7 @@ from loguru import logger
 
 from enclave_core.config import CONFIG_FILENAME, Config
 from enclave_core.errors import EnclaveError
-from enclave_core.http.proxy import AsgiServer, raise_file_limit
+from enclave_core.http.proxy import AsgiListener, raise_file_limit
 from enclave_core.plugin.backends import build_backend
 from enclave_core.plugin.interfaces import Kms, Launcher, LaunchSpec, Secrets
 from enclave_core.plugin.manager import Plugins
@@ -162,7 +162,7 @@ async def _serve(
         metrics=SupervisorMetrics(),
         migration=migration,
     )
-    server = AsgiServer(app, name="management API", limits=config.supervisor.limits)
+    server = AsgiListener(app, name="management API", limits=config.supervisor.limits)
     await server.start(api_socket)
     watchdog_task: asyncio.Task[None] | None = None
     from enclave_core.supervisor.logreceiver import start_supervisor_channel
@@ -191,7 +191,7 @@ async def _shutdown(
     watchdog: Watchdog,
     watchdog_task: asyncio.Task[None] | None,
     forwarders: list[IngressForwarder],
-    server: AsgiServer,
+    server: AsgiListener,
 ) -> None:
     """Stop the watchdog, the forwarders, the enclave, then the API (within 10 s in all)."""
     logger.info("supervisor stopping")

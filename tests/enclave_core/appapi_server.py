@@ -1,6 +1,6 @@
 """The runtime's real app API on loopback, for the tests of its client and of the example apps.
 
-create_app_api runs in the runtime's own HTTP server (AsgiServer) on an event loop in a thread,
+create_app_api runs in the runtime's own HTTP server (AsgiListener) on an event loop in a thread,
 over in-memory backends (tests/enclave_core/runtime/doubles.py): clients talk to it over real
 sockets and get its real answers.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from enclave_core.appclient import EnclaveClient
 from enclave_core.config import Config, LimitsSettings
 from enclave_core.crypto.envelope import EncryptedStorage
-from enclave_core.http.proxy import AsgiServer
+from enclave_core.http.proxy import AsgiListener
 from enclave_core.runtime.appapi import create_app_api
 from enclave_core.runtime.dynsecrets import DynamicSecrets
 from enclave_core.runtime.instrumented import CountingStorage
@@ -56,7 +56,7 @@ def app_api_servers(make_config: Callable[..., Config]) -> Iterator[Callable[...
                 yield start
     """
     loop = LoopThread("uvloop")
-    servers: list[AsgiServer] = []
+    servers: list[AsgiListener] = []
 
     def start(**limits: Any) -> AppApi:
         state = RuntimeState(make_config(**DOUBLES_CONFIG))
@@ -69,7 +69,7 @@ def app_api_servers(make_config: Callable[..., Config]) -> Iterator[Callable[...
         state.mgmt_token = TOKEN
         state.stage = "app"
         app = create_app_api(state)
-        server = AsgiServer(app, name="app API", limits=LimitsSettings(**limits))
+        server = AsgiListener(app, name="app API", limits=LimitsSettings(**limits))
         loop.run(server.start("tcp://127.0.0.1:0"))
         servers.append(server)
         return AppApi(state, backend, f"http://127.0.0.1:{server.port}")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from enclave_core.config import Config, LimitsSettings
-from enclave_core.http.proxy import AsgiServer, raise_file_limit
+from enclave_core.http.proxy import AsgiListener, raise_file_limit
 from enclave_core.runtime.tls import make_tls_identity
 from enclave_core.testing import dev_config_document, write_config
 from tests.enclave_core.openapi_conformance import check_answer
@@ -627,7 +627,7 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def test_tls_limits_on_either_event_loop(kind: str) -> None:
     loop = LoopThread(kind)
     limits = LimitsSettings(header_timeout_s=0.5, request_timeout_s=1.0, max_connections=2)
-    server = AsgiServer(
+    server = AsgiListener(
         hello, name="test", limits=limits, ssl_context=make_tls_identity("t").context
     )
     try:
@@ -683,9 +683,9 @@ async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
 def test_an_api_cuts_a_client_that_stops_reading_on_either_event_loop(kind: str) -> None:
-    """The app API, control listener and management API (AsgiServer) apply send_timeout_s."""
+    """The app API, control listener and management API (AsgiListener) apply send_timeout_s."""
     loop = LoopThread(kind)
-    server = AsgiServer(big, name="test", limits=LimitsSettings(send_timeout_s=0.5))
+    server = AsgiListener(big, name="test", limits=LimitsSettings(send_timeout_s=0.5))
     try:
         loop.run(server.start("tcp://127.0.0.1:0"))
         listener = Listener("test", server.port, False, "/", 200, "POST /")

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_core.errors import AttestationError
-from enclave_core.http.proxy import PublicServer
+from enclave_core.http.proxy import ProxyListener
 from enclave_core.metrics import Metrics
 from enclave_core.protocol.signing import (
     PUBKEY_HEADER,
@@ -55,8 +55,8 @@ def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-def _unavailable_server(state: Any) -> PublicServer:
-    return PublicServer(
+def _unavailable_server(state: Any) -> ProxyListener:
+    return ProxyListener(
         own_app=_no_own_app,
         is_own_path=lambda path: False,
         upstream_host="127.0.0.1",

@@ -32,7 +32,7 @@ from cryptography.x509.oid import NameOID
 from loguru import logger
 
 from enclave_core.config import LimitsSettings
-from enclave_core.http.proxy import PublicServer, debug_enabled
+from enclave_core.http.proxy import ProxyListener, debug_enabled
 from enclave_core.metrics import Metrics
 from enclave_core.testing import free_port
 
@@ -263,7 +263,7 @@ class LoopThread:
 @dataclass
 class Stack:
     app: AppServer
-    server: PublicServer
+    server: ProxyListener
     metrics: Metrics
     unavailable: list[str | None] = field(default_factory=lambda: [None])
 
@@ -293,7 +293,7 @@ def stack(loop_thread: LoopThread) -> Iterator[Stack]:
     app = start_app()
     metrics = Metrics()
     unavailable: list[str | None] = [None]
-    server = PublicServer(
+    server = ProxyListener(
         own_app=own_app(),
         is_own_path=OWN.__contains__,
         upstream_host="127.0.0.1",
@@ -411,7 +411,7 @@ def test_502_when_the_app_is_down_or_resets(stack: Stack, loop_thread: LoopThrea
     status, _, body = request(stack, "GET", "/reset")
     expected = {"title": "Bad gateway", "description": "the app is not reachable"}
     assert (status, json.loads(body)) == (502, expected)
-    down = PublicServer(
+    down = ProxyListener(
         own_app=own_app(), is_own_path=OWN.__contains__, upstream_host="127.0.0.1",
         upstream_port=free_port(), metrics=Metrics(),
     )  # fmt: skip
@@ -609,7 +609,7 @@ def test_tls_listener_reports_https(loop_thread: LoopThread, tmp_path: Path) -> 
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     app = start_app()
-    server = PublicServer(
+    server = ProxyListener(
         own_app=own_app(), is_own_path=OWN.__contains__, upstream_host="127.0.0.1",
         upstream_port=app.server_address[1], metrics=Metrics(), ssl_context=server_ctx,
     )  # fmt: skip
@@ -648,7 +648,7 @@ def wait_until_stalled(progress: Callable[[], int], total: int) -> int:
     raise AssertionError(f"still moving after 30 s: {samples[-3:]}")
 
 
-async def buffered(server: PublicServer) -> int:
+async def buffered(server: ProxyListener) -> int:
     """Bytes the proxy holds in its write buffers, client and upstream side."""
     total = 0
     for conn in server.connections:
