@@ -1,23 +1,10 @@
 """A small typed client for the runtime's app API, for the app that runs inside the enclave.
 
-::
-
-    from enclave_core.appclient import EnclaveClient, NotFound, PreconditionFailed
-
-    api = EnclaveClient.from_env()             # ENCLAVE_API_URL and ENCLAVE_MGMT_TOKEN
-    try:
-        note = api.get("notes/today")          # StoredObject(data, etag)
-        api.put("notes/today", note.data + b"!", if_match=note.etag)
-    except NotFound:
-        api.put("notes/today", b"first", if_none_match=True)
-    except PreconditionFailed:
-        ...                                    # another writer won: read again and retry
-
-Standard library only, so it works wherever the framework is installed. Each thread keeps one
-keep-alive connection (and a process forked from another, as gunicorn forks its workers, opens
-its own), so one client can be shared by every thread of an app. Errors are the
-:class:`AppApiError` family, each carrying the HTTP status and the runtime's ``description``;
-the management token never appears in them nor in the client's ``repr``.
+``EnclaveClient.from_env()`` reads ``ENCLAVE_API_URL`` and ``ENCLAVE_MGMT_TOKEN``; ``get``,
+``put`` (with ``if_match`` or ``if_none_match``), ``delete``, ``list``, the secret calls and the
+PCR calls follow the README's "App API". Standard library only; one keep-alive connection per
+thread (and per forked process), so one client serves every thread of an app. Errors are the
+:class:`AppApiError` family with the status and the runtime's ``description``, never the token.
 """
 
 from __future__ import annotations

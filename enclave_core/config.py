@@ -20,15 +20,16 @@ import yaml
 from marshmallow import RAISE, Schema, fields, post_load, pre_load, validate, validates_schema
 
 from enclave_core.errors import ConfigError
+from enclave_core.plugin.capabilities import Capability
 
 CONFIG_FILENAME = "enclave.yaml"
 STATE_DIRNAME = ".enclave"
-DEVELOPMENT_ONLY_BACKENDS = {
-    "storage": {"local"},
-    "secrets": {"local"},
-    "kms": {"local"},
-    "attestation": {"simulated"},
-    "launcher": {"process"},
+DEVELOPMENT_ONLY_BACKENDS: dict[Capability, set[str]] = {
+    Capability.STORAGE: {"local"},
+    Capability.SECRETS: {"local"},
+    Capability.KMS: {"local"},
+    Capability.ATTESTATION: {"simulated"},
+    Capability.LAUNCHER: {"process"},
 }
 NAME_RE = r"^[a-z][a-z0-9-]{0,31}$"
 SECRET_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # noqa: S105 - a pattern, not a password

@@ -1,14 +1,11 @@
-"""Logging: loguru JSON lines on stderr, with the field names the README documents.
+"""Logging: loguru JSON lines on stderr.
 
-Configure sinks only from the CLI entry points (``configure_logging``). Elsewhere use
-``from loguru import logger`` and pass fields as keyword arguments, never as format strings built
-from untrusted text. Secret values, data keys, attestation documents and tokens are never logged;
-``redact`` masks any field whose name suggests one, as a last line of defence.
-
-Stderr carries JSON lines, or readable lines (:mod:`enclave_core.logview`) for a person: the
-``log_format`` ``auto`` picks readable lines when stderr is a terminal, ``text`` and ``json`` force
-one. Lines a process echoes from its children (the runtime's, the app's) go through
-:func:`render_echoed`, so they follow the same choice; files always get JSON lines.
+Configure sinks only from the CLI entry points (:func:`configure_logging`); elsewhere use
+``from loguru import logger`` with fields as keyword arguments, never format strings built from
+untrusted text. Secrets, data keys, documents and tokens are never logged; ``redact``
+(:mod:`enclave_core.logfields`) masks suspicious fields as a last defence. Stderr gets JSON or,
+for a person, readable lines (:mod:`enclave_core.logview`; ``log_format`` ``auto`` picks them on a
+terminal), and echoed children's lines follow (:func:`render_echoed`); files always get JSON.
 """
 
 from __future__ import annotations
@@ -24,38 +21,11 @@ from typing import Any, TextIO
 
 from loguru import logger
 
-SENSITIVE_FIELDS = ("token", "secret_value", "plaintext", "password", "data_key", "dek", "value")
-#: What a masked field's value becomes.
-REDACTED = "[redacted]"
+from enclave_core.logfields import log_entry
+from enclave_core.logview import render_line, render_record
+
 #: The values of ``--log-format``: readable lines on a terminal and JSON otherwise, or either one.
 LOG_FORMATS = ("auto", "text", "json")
-
-
-def redact(extra: dict[str, Any]) -> dict[str, Any]:
-    """Return ``extra`` with sensitive-looking fields masked."""
-    out = {}
-    for key, val in extra.items():
-        lowered = key.lower()
-        if any(lowered == s or lowered.endswith("_" + s) for s in SENSITIVE_FIELDS):
-            out[key] = REDACTED
-        else:
-            out[key] = val
-    return out
-
-
-def log_entry(record: Any) -> dict[str, Any]:
-    """One loguru record as the entry of its JSON line: ``time``, ``level``, ``msg`` and bound
-    fields (redacted), plus ``error`` for an exception logged at ERROR or above."""
-    entry: dict[str, Any] = {
-        "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
-        "level": record["level"].name,
-        "msg": record["message"],
-    }
-    entry.update(redact(record["extra"]))
-    if record["exception"] is not None and record["level"].no >= logging.ERROR:
-        exc = record["exception"]
-        entry.setdefault("error", f"{exc.type.__name__}: {exc.value}" if exc.type else "")
-    return entry
 
 
 def format_record(record: Any) -> str:
@@ -72,7 +42,6 @@ def _json_sink(stream: TextIO) -> Any:
 
 
 def _human_sink(stream: TextIO, colour: bool) -> Any:
-    from enclave_core.logview import render_record  # it imports this module
 
     def sink(message: Any) -> None:
         stream.write(render_record(message.record, colour=colour) + "\n")
@@ -105,7 +74,6 @@ def _as_is(text: str) -> str:
 
 
 def _readable_echo(colour: bool) -> Callable[[str], str]:
-    from enclave_core.logview import render_line  # it imports this module
 
     def view(text: str) -> str:
         return render_line(text, colour=colour)

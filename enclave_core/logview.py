@@ -1,15 +1,9 @@
 """Readable log lines for a person at a terminal.
 
-One line per log entry: ``HH:MM:SS.mmm LEVEL   component  message  key=value ...``, the time in
-local time to the millisecond, the component being ``supervisor``, ``runtime``, ``app`` or the
-logger's module in short. The same rendering serves the supervisor's own records and the JSON lines
-its child processes write, so that `enclave dev` shows one format whoever logged.
-
-The JSON lines of :mod:`enclave_core.log` stay the record of truth (``.enclave/logs/runtime.log``,
-journald); this view leaves things out to stay readable. Fields the redaction masks are dropped,
-not shown masked. Long opaque values (hex digests, PCRs, base64 blobs) are cut to their first 16
-characters and ``…``. Control characters are escaped, so a line an app prints cannot move the
-cursor or recolour the terminal.
+``HH:MM:SS.mmm LEVEL component message key=value ...`` for the supervisor's own records and the
+JSON lines of its children alike, so `enclave dev` shows one format. The JSON lines of
+:mod:`enclave_core.log` stay the record of truth; this view drops redacted fields, cuts long
+opaque values to 16 characters and escapes control characters.
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from enclave_core.log import REDACTED, log_entry, redact
+from enclave_core.logfields import REDACTED, log_entry, redact
 
 #: How many characters of a long opaque value (a PCR, a digest) are kept.
 SHORT_LEN = 16

@@ -1,12 +1,9 @@
 """PCR values as the project names them: 96 hex characters, and never the debug-mode zeros.
 
-A Nitro PCR is a SHA-384 digest: 48 bytes, written as 96 hex characters (``0x`` prefix and
-upper case accepted on input, lower case everywhere after :func:`normalise_pcr`).
-
-Every enclave started in debug mode reports PCR0, PCR1 and PCR2 as 48 zero bytes, whatever image
-it runs: the host, which chooses how enclaves are started, can produce such a document for any
-code. A key policy or a migration target naming the all-zero PCR0 therefore admits any image, so
-:func:`normalise_pcr` refuses it wherever a PCR is named as something to trust.
+A PCR is a SHA-384 digest: 48 bytes, 96 hex characters (``0x`` and upper case accepted on input,
+lower case after :func:`normalise_pcr`). A debug-mode enclave reports PCR0, PCR1 and PCR2 as 48
+zero bytes whatever it runs, so :func:`normalise_pcr` refuses the all-zero PCR0 wherever a PCR is
+named as something to trust (docs/threat-model.md, P3).
 """
 
 from __future__ import annotations

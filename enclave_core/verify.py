@@ -1,36 +1,9 @@
 """Verify a live enclave over HTTPS: attestation, PCR0, the TLS certificate and a signed response.
 
-:func:`verify_enclave` (the library behind ``enclave verify``) runs these checks, every one
-mandatory, and raises :class:`~enclave_core.errors.AttestationError` naming the first that fails:
-
-1. the URL is ``https``: the TLS certificate is part of what is verified;
-2. one TLS connection is opened **without trusting any CA**, and the certificate the server
-   presents on it is captured; every request below goes over that same connection, and the
-   certificate is checked again before each;
-3. ``GET /enclave/attestation?nonce=<20 fresh random bytes>``; the document verifies against the
-   given root (default: the pinned AWS Nitro root G1) **at the present time**, and carries the
-   nonce (so it was made for this request, not replayed);
-4. it is not a debug-mode document (PCR0 all zero), and its PCR0 is the expected one;
-5. its ``user_data`` is exactly 68 bytes in nitriding's layout
-   ``0x12 0x20 || SHA-256(TLS cert DER) || 0x12 0x20 || SHA-256(signing public key)``; anything
-   shorter or otherwise shaped fails (no check is skipped);
-6. the SHA-256 of the certificate seen on the connection is the attested one (an interceptor
-   with any other certificate fails here, so the session is end to end with the enclave);
-7. ``GET /v1/enclave-info`` with a fresh ``X-Attestation-Nonce`` answers 200 with an
-   ``X-Attestation-Pubkey`` whose SHA-256 is the attested one and an ``X-Attestation-Signature``
-   that verifies over the method, the path, its status, body and that nonce
-   (:func:`enclave_core.protocol.signing.verify_response_signature`); the attestation response
-   itself must be signed the same way; the body's ``pcr0``, ``attestation_pubkey`` and
-   ``tls_cert_sha256`` must agree with what was verified.
-
-8. the migration chain (:func:`check_migration_chain`): ``previous_pcr0`` ``"genesis"`` passes
-   only from an enclave whose key was made for a first boot and that shows no chain link; any
-   other ``previous_pcr0`` must be proven by the links of ``migration_chain``, each verified
-   against the same root **at its own timestamp** (the old enclaves are gone) and connected to
-   the next (:func:`enclave_core.protocol.migration_chain.verify_links`), the last one handing over
-   to the verified PCR0 and the enclave's ``kms_key_id``; a null ``previous_pcr0`` or a missing link
-   fails (no "unverified" pass). With ``allowed_previous`` every predecessor in the chain must be
-   listed, and the chain must reach the first image.
+:func:`verify_enclave` (the library behind ``enclave verify``) runs every check, each mandatory,
+over one TLS connection that trusts no CA, and raises
+:class:`~enclave_core.errors.AttestationError` naming the first that fails. The checks, in order,
+are listed in docs/protocols.md ("What enclave verify checks"), with the formats they read.
 """
 
 from __future__ import annotations
@@ -62,10 +35,9 @@ from enclave_core.protocol.signing import (
     SIGNATURE_HEADER,
     verify_response_signature,
 )
-from enclave_core.runtime.state import SHA256_MULTIHASH
+from enclave_core.protocol.userdata import check_user_data
 
 NONCE_BYTES = 20  # as nitriding: 40 hex digits
-USER_DATA_SIZE = 68
 MAX_BODY = 1 << 20
 ATTESTATION_PATH = "/enclave/attestation"
 INFO_PATH = "/v1/enclave-info"
@@ -127,26 +99,6 @@ def check_pcr0(document: VerifiedDocument, expected: bytes) -> None:
         )
     if not hmac.compare_digest(got, expected):
         raise AttestationError(f"PCR0 mismatch: expected {expected.hex()}, got {got.hex()}")
-
-
-def check_user_data(user_data: bytes | None) -> tuple[bytes, bytes]:
-    """Split nitriding's 68-byte user_data; return (certificate digest, signing key digest)."""
-    if user_data is None:
-        raise AttestationError(
-            f"user_data: the document has none; expected {USER_DATA_SIZE} bytes binding the TLS "
-            "certificate and the response-signing key"
-        )
-    if len(user_data) != USER_DATA_SIZE:
-        raise AttestationError(
-            f"user_data: expected {USER_DATA_SIZE} bytes (nitriding layout), got {len(user_data)}"
-        )
-    for offset in (0, 34):
-        if user_data[offset : offset + 2] != SHA256_MULTIHASH:
-            raise AttestationError(
-                f"user_data: bytes {offset}-{offset + 1} are {user_data[offset : offset + 2].hex()}"
-                f", not the SHA-256 multihash prefix {SHA256_MULTIHASH.hex()}"
-            )
-    return user_data[2:34], user_data[36:68]
 
 
 def check_certificate(certificate_der: bytes, attested_digest: bytes) -> str:

@@ -1,16 +1,8 @@
 """The stack's S3 buckets: storage, EIF (artifacts) and the access-log bucket they log to.
 
-Every bucket: public access blocked entirely, TLS required by its bucket policy
-(``enforce_ssl``), S3-managed encryption (SSE-S3), versioning, objects owned by the bucket owner
-(no ACLs), retained when the stack is deleted.
-
-Why SSE-S3 and not SSE-KMS for the storage bucket: every object the runtime stores is already
-AES-256-GCM encrypted inside the enclave under a data key that only the attested enclave can
-unwrap, with the object's key name as associated data. The enclave's own KMS key cannot serve
-as the bucket key (its policy lets nothing but the attested enclave use it, and S3 would call
-KMS as the host's role), and a second KMS key would add cost and KMS calls on every read and
-write without protecting anything more. The EIF and the wheels are public-by-nature artifacts
-(their hash is the PCR0 anyone may verify).
+Every bucket: public access blocked, TLS required, SSE-S3, versioning, owner-owned objects (no
+ACLs), retained when the stack is deleted. Why SSE-S3 rather than SSE-KMS:
+docs/architecture.md, "The CDK stack".
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """The enclave hosts: one EC2 instance, or an auto-scaling group behind a network load balancer.
 
-Both run the same hardened machine: Nitro Enclaves enabled, IMDSv2 required (hop limit 1: only
-the host itself, whose IMDS forwarder serves the enclave), an encrypted gp3 root volume, Amazon
-Linux 2023 for the instance type's architecture, no public IP, no SSH key (Run Command only), the
-user data of :mod:`enclave_infra.user_data`.
-
-The security group admits exactly the ingress ports of ``supervisor.ingress`` (TCP) from inside
-the VPC, and lets the host out only on HTTPS (the isolated subnets route nowhere but the VPC's
-endpoints anyway). The service is private to the VPC: reach it from peered networks, a VPN, or
-publish it with a VPC endpoint service; the load balancer of a scaled-out deployment is internal.
-
-Scaled out (``instances: N``), N hosts share the key, the parameters and the buckets; the load
-balancer forwards each ingress port (TCP, TLS stays end to end into the enclave) and checks the
-runtime's ``/health`` on the port that reaches ``runtime.port`` (HTTPS when ``runtime.tls``),
-plain TCP on other ports. The group replaces a host the load balancer finds unhealthy.
+Both run the same machine: Nitro Enclaves enabled, IMDSv2 with hop limit 1, an encrypted gp3
+root volume, Amazon Linux 2023, no public IP, no SSH key, the user data of
+:mod:`enclave_infra.user_data`. The security group admits the ingress ports from inside the VPC;
+scaled out, an internal load balancer forwards TCP and checks ``/health``
+(docs/architecture.md, "The CDK stack").
 """
 
 from __future__ import annotations

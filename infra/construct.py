@@ -1,26 +1,10 @@
 """``EnclaveService``: everything one Simple Enclave deployment needs, as one reusable construct.
 
-Use it in your own CDK app (``pip install 'simple-enclave[infra]'``)::
-
-    from aws_cdk import App, Stack
-    from enclave_core.config import load_config
-    from enclave_infra.construct import EnclaveService
-
-    app = App()
-    stack = Stack(app, "MyStack")
-    service = EnclaveService(stack, "Enclave", config=load_config("enclave.yaml"), pcr0=PCR0)
-
-It creates: the access-log bucket, the VPC (isolated subnets, endpoints, flow log; or pass
-``vpc=`` with the same endpoints already in place), the storage and EIF buckets, the host role,
-the KMS key locked to ``pcr0`` (:mod:`enclave_infra.key`), the ``/{prefix}/{name}/KMSKeyID``
-parameter, and the hosts (:mod:`enclave_infra.compute`): one instance, or ``instances: N``
-behind a network load balancer. :class:`~enclave_infra.stack.EnclaveStack` adds the outputs.
-
-``KMSKeyID`` is the one parameter (README: Migration) that must exist before the first boot (in
-production the runtime refuses to create a key); the runtime creates every other one. The stack
-never changes that parameter's properties after creating it, so CloudFormation never writes it
-again: after ``enclave migrate`` switches it to a new key, the parameter, not the stack's
-``KMSKeyID`` output, names the key in use.
+``EnclaveService(stack, "Enclave", config=load_config("enclave.yaml"), pcr0=PCR0)`` in your own
+CDK app (``pip install 'simple-enclave[infra]'``) creates the access-log bucket, the VPC (or uses
+``vpc=``), the storage and EIF buckets, the host role, the KMS key locked to ``pcr0``
+(:mod:`enclave_infra.key`), the ``KMSKeyID`` parameter and the hosts
+(:mod:`enclave_infra.compute`). :class:`~enclave_infra.stack.EnclaveStack` adds the outputs.
 """
 
 from __future__ import annotations

@@ -1,30 +1,11 @@
 """The enclave's KMS key, locked to the image's PCR0 from the moment CloudFormation creates it.
 
-Its policy is the canonical first-boot policy of
-:func:`enclave_core.kmspolicy.canonical.render_policy` for the image's PCR0 and the instance role,
-with the one statement a deployment adds (``AccountAdministrationWithoutKeyUse``,
-:data:`~enclave_core.kmspolicy.canonical.ACCOUNT_ADMIN_ACTIONS`) so the runtime, which accepts a key
-only when its policy is exactly a canonical one (docs/threat-model.md), finds it locked to exactly
-this PCR0, with no grants, and never needs ``kms:PutKeyPolicy``.
-
-Why the account statement: CloudFormation itself calls the key after ``CreateKey``
-(``EnableKeyRotation``, then describe, rotation status and tags to read the resource back, tags
-and description on updates), as the deploying principal, through IAM. The statement gives the
-account's IAM principals exactly those, plus ``ScheduleKeyDeletion`` and ``CancelKeyDeletion``
-(an operator can retire the key or undo a deletion scheduled by mistake or by a compromised
-host). It gives no way to plaintext (``Decrypt``, ``GenerateDataKey*``, ``ReEncrypt*``), no
-``Encrypt`` (forged ciphertexts), and nothing that changes who may use the key
-(``PutKeyPolicy``, ``CreateGrant``, ``ReplicateKey``).
-
-Consequences, by design:
-
-- ``CreateKey`` needs ``BypassPolicyLockoutSafetyCheck`` (the deploying principal cannot
-  change the policy afterwards), which the template sets.
-- The key policy can never change, by CloudFormation or anyone: a new image (a new PCR0) goes
-  through ``enclave migrate``, which moves the secrets to a new key; ``enclave deploy`` must
-  keep synthesizing with the PCR0 the key was created with (the ``LockedPCR0`` output). A
-  template whose key policy differs from the deployed one fails to update, harmlessly.
-- The key is retained when the stack is deleted (``enclave destroy`` schedules its deletion).
+Its policy is the canonical first-boot policy
+(:func:`enclave_core.kmspolicy.canonical.render_policy`) for the image's PCR0 and the instance
+role, plus ``AccountAdministrationWithoutKeyUse``
+(:data:`~enclave_core.kmspolicy.canonical.ACCOUNT_ADMIN_ACTIONS`), so the runtime finds it locked
+with no grants. The policy never changes and the key is retained; why: docs/architecture.md,
+"The CDK stack".
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """The enclave's network: a VPC of isolated private subnets, reaching AWS through VPC endpoints.
 
-No internet gateway, no NAT, no public IP: the hosts reach KMS, SSM (with ``ssmmessages`` and
-``ec2messages`` for Run Command) and STS through interface endpoints with private DNS, and S3
-(the storage and EIF buckets, and Amazon Linux's package repositories) through a gateway
-endpoint. The enclave's own AWS calls leave through the host's egress proxy, which resolves the
-same regional names to the same endpoints. Flow logs of all traffic go to the access-log bucket.
-
-Costs (us-east-1 list prices): each interface endpoint is billed per AZ and hour (about 7.3 USD
-a month), so five endpoints in one AZ are about 37 USD a month and twice that in two; the S3
-gateway endpoint is free. A single host uses one AZ; a scaled-out deployment uses two.
+No internet gateway, NAT or public IP: interface endpoints for KMS, SSM (with Run Command's) and
+STS, a gateway endpoint for S3, flow logs to the access-log bucket. Costs:
+docs/architecture.md, "The CDK stack".
 """
 
 from __future__ import annotations

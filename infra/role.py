@@ -1,37 +1,10 @@
 """The hosts' instance role: least privilege, one inline policy, no AWS managed policy.
 
-The supervisor on the host and the runtime in the enclave (through the host's IMDS forwarder)
-both act as this role. It may:
-
-- read and write the app's parameters, ``/{prefix}/{name}/*`` (and list that path);
-- read, write and delete objects in the storage bucket (under the s3 backend's ``prefix`` when
-  one is set) and list the bucket;
-- read ``image.eif`` and ``wheels/*`` in the EIF bucket;
-- talk to Systems Manager for Run Command (``enclave deploy``/``status`` run commands on the
-  host): ``ssm:UpdateInstanceInformation`` and the ``ssmmessages``/``ec2messages`` channels.
-
-In KMS it may, through IAM, only create keys (``kms:CreateKey``), and only single-Region
-symmetric encryption keys with KMS-made key material (``kms:KeyOrigin`` ``AWS_KMS``,
-``kms:KeySpec`` ``SYMMETRIC_DEFAULT``, ``kms:KeyUsage`` ``ENCRYPT_DECRYPT``, ``kms:MultiRegion``
-false; all four are CreateKey condition keys in the service authorization reference).
-``enclave migrate`` needs it: at step 2 the old enclave creates the new key with its final
-policy in the same CreateKey call, so neither ``kms:PutKeyPolicy`` nor ``kms:TagResource`` (no
-tags are sent) is granted. Every other KMS permission comes from the key policies, which name
-the role itself and condition every way to plaintext on an image's PCR0; IAM grants no Decrypt,
-GenerateDataKey, Encrypt or key management at all.
-
-Why ``kms:CreateKey`` is safe: creating a key exposes nothing. A key the role creates holds no
-ciphertext of the enclave's; the enclave's secrets are re-encrypted under a new key only by the
-old enclave, only to a key it created itself, and only after checking it again: its metadata,
-its exact canonical policy and no grants (``enclave_core.kmspolicy.keycheck``,
-docs/threat-model.md). The role (or whoever holds its credentials on the host) can create keys with
-any policy it likes, including open ones, but those keys hold nothing of the enclave's. The cost is
-at most clutter: keys to schedule for deletion.
-
-``AmazonSSMManagedInstanceCore``
-is deliberately not attached: it allows ``ssm:GetParameter(s)`` on every parameter of the
-account (and S3 and document reads besides), which would undo the parameter scoping above; the
-statement below is the subset Run Command needs.
+The supervisor and the runtime (through the IMDS forwarder) both act as this role: the app's
+parameters, the storage bucket (under its prefix), ``image.eif`` and ``wheels/*`` in the EIF
+bucket, Run Command's channels, and in KMS only a narrowly conditioned ``kms:CreateKey``; every
+other KMS right comes from the key policies. Why CreateKey is safe and why
+``AmazonSSMManagedInstanceCore`` is not attached: docs/architecture.md, "The CDK stack".
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """``EnclaveStack``: the CloudFormation stack ``{prefix}Nitro{name}`` built from enclave.yaml.
 
 One :class:`~enclave_infra.construct.EnclaveService` plus the outputs ``enclave deploy``,
-``status`` and ``destroy`` read (``cdk deploy -O outputs.json`` keys):
-
-- ``InstanceID`` (one host) or ``AutoScalingGroupName`` and ``LoadBalancerDNS`` (scaled out);
-- ``EC2InstanceRoleARN``, ``KMSKeyID``, ``KMSKeyParameter``, ``StorageBucketName``,
-  ``EifBucketName``, ``LogsBucketName``, ``VpcID``;
-- ``LockedPCR0``: the PCR0 the key was created for; a redeploy must synthesize with it (the key
-  policy cannot change; a new image goes through ``enclave migrate``).
-
-The stack is bound to the region of enclave.yaml; the account is the deploying credentials'
-(``account`` in enclave.yaml names buckets and is checked by ``enclave deploy``), which keeps
-synthesis offline: no availability-zone lookup, the zones come from ``Fn::GetAZs``.
+``status`` and ``destroy`` read: ``InstanceID`` (or ``AutoScalingGroupName`` and
+``LoadBalancerDNS``), ``EC2InstanceRoleARN``, ``KMSKeyID``, ``KMSKeyParameter``,
+``StorageBucketName``, ``EifBucketName``, ``LogsBucketName``, ``VpcID`` and ``LockedPCR0`` (the
+PCR0 a redeploy must synthesize with). Bound to enclave.yaml's region; synthesis stays offline.
 """
 
 from __future__ import annotations

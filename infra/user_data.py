@@ -1,24 +1,10 @@
 """The first-boot script of an enclave host (EC2 user data, Amazon Linux 2023).
 
-In order, logging to ``/var/log/simple-enclave-init.log``:
-
-1. ``dnf install`` the Nitro Enclaves CLI and Python 3.11 (AL2023's repositories are S3
-   buckets, reached through the VPC's S3 gateway endpoint);
-2. wait, up to an hour, until ``enclave deploy`` has uploaded ``image.eif`` and the wheelhouse
-   (``wheels/``) to the EIF bucket: the stack creates that bucket, so nothing can be in it
-   before the instance boots;
-3. ``pip install --no-index`` simple-enclave from that wheelhouse into ``/opt/simple-enclave/venv``
-   (the hosts live in isolated subnets without a route to PyPI);
-4. write enclave.yaml (carried base64-encoded, so no character of it can break the script) to
-   ``/opt/simple-enclave/app/`` and the EIF to its ``enclave.eif`` path;
-5. ``enclave host install`` (the systemd unit, the allocator configuration), then
-   ``systemctl enable --now nitro-enclaves-allocator enclave-supervisor``; the supervisor starts
-   the enclave.
-
-``{prefix}`` and the bucket may be CloudFormation tokens: the script is a plain string in which
-CDK substitutes them. Nothing secret is in it (user data is readable with
-``ec2:DescribeInstanceAttribute``): ``$env`` references in enclave.yaml stay references, which
-the supervisor resolves from ``/etc/simple-enclave/supervisor.env``.
+It installs nitro-cli and Python 3.11, waits for ``enclave deploy`` to upload ``image.eif`` and
+the wheelhouse to the EIF bucket, installs simple-enclave from those wheels, writes enclave.yaml
+(base64-carried) and the EIF, runs ``enclave host install`` and starts the allocator and the
+supervisor, logging to ``/var/log/simple-enclave-init.log``. Nothing secret is in it
+(docs/architecture.md, "Building and deploying").
 """
 
 from __future__ import annotations

@@ -1,41 +1,11 @@
 """``aws`` KMS: AWS Key Management Service through boto3, with the Nitro ``Recipient`` flow.
 
-Options (``kms.options``):
-
-- ``endpoint_url``: the KMS endpoint (moto, LocalStack, a VPC endpoint); default: botocore's
-  ``AWS_ENDPOINT_URL_KMS`` / ``AWS_ENDPOINT_URL`` variables, else the public regional endpoint.
-- ``sts_endpoint_url``: the same for STS (used by :meth:`AwsKms.caller_arn`); default likewise
-  (``AWS_ENDPOINT_URL_STS`` / ``AWS_ENDPOINT_URL``).
-- ``region``: default the deployment's region (``aws.region`` in enclave.yaml).
-- ``key_id``: a key id or ARN to remember (the core reads its key from the ``KMSKeyID`` parameter).
-- ``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5, botocore ``standard``
-  retries, which back off on throttling).
-- ``credentials``: ``default`` (boto3's chain) or ``imds`` (the instance role through IMDSv2,
-  refreshed before expiry; what an enclave uses); ``imds_endpoint``: ``http://host[:port]``,
-  default ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``
-  (:class:`enclave_core.aws.clients.AwsCredentialOptions`).
-
-Example::
-
-    kms:
-      backend: aws
-      options: {region: eu-west-1, read_timeout_s: 10, credentials: imds}
-
-The boto3 client is built on first use from the injected session (or a default one made then),
-and credentials are never copied out of it, so instance-role credentials keep refreshing. With a
-``Recipient`` (an attestation document holding the enclave's RSA public key), Decrypt and
-GenerateDataKey return ``CiphertextForRecipient`` and no plaintext; an answer that carries a
-plaintext anyway is refused, since the plaintext has then left KMS. Key policies go out as JSON
-text (a str as given, a dict as ``json.dumps``) and come back through
-:func:`enclave_core.kmspolicy.evaluation.parse_policy_text`, so a stored policy with a duplicate key
-is an error, never read last-wins. :meth:`AwsKms.describe_key` reports the key's kind (origin,
-multi-Region, custom key store, spec, usage, manager) as DescribeKey gives it, and the grants
-API (ListGrants, all pages; CreateGrant, RetireGrant, RevokeGrant) is passed through. AWS errors
-become distinct project errors: AccessDeniedException -> AccessDenied, KMSInvalidStateException and
-DisabledException -> InvalidKeyState, NotFoundException -> NotFound, InvalidCiphertextException and
-IncorrectKeyException -> CryptoError, MalformedPolicyDocumentException, ValidationException and the
-invalid grant id/token/ARN exceptions -> ValidationError, throttling (after retries) and the rest ->
-BackendError. Messages name the operation and the key, never a plaintext or a ciphertext.
+Options (``kms.options``): ``endpoint_url``, ``sts_endpoint_url``, ``region``, ``key_id``,
+``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5), ``credentials`` and
+``imds_endpoint`` (:class:`enclave_core.aws.clients.AwsCredentialOptions`); the README's
+"Backends and their options" section explains each. With a Recipient, an answer that still
+carries a plaintext is refused; policies are read back strictly
+(:func:`enclave_core.kmspolicy.evaluation.parse_policy_text`); AWS errors become project errors.
 """
 
 from __future__ import annotations

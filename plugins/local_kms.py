@@ -1,43 +1,11 @@
 """``local`` KMS: symmetric keys in the state directory that behave like AWS KMS for enclaves.
 
-Options (``kms.options``):
-
-- ``path``: the key directory, relative to enclave.yaml's folder; default ``.enclave/kms``.
-- ``principal``: the IAM role ARN this backend calls as (what :meth:`LocalKms.caller_arn`
-  returns); default ``arn:aws:iam::000000000000:role/enclave``.
-- ``root_pem``: the attestation root that Recipient documents must chain to; default
-  ``<state dir>/dev-root.pem``, the simulated NSM's dev root. Like AWS KMS, which trusts only the
-  AWS Nitro root, this backend trusts exactly one root, and never the AWS one unless configured.
-
-Keys live in ``path`` as :mod:`enclave_core.crypto.keyfiles` describes: one JSON record per key
-(id, ARN ``arn:aws:kms:{region}:000000000000:key/{id}``, state, policy, key material sealed under
-``master.key``) and version-1 ciphertext blobs bound to their key and encryption context.
-
-As in AWS: every operation on a key evaluates its key policy for the caller, with the key's ARN
-as the resource (:func:`enclave_core.kmspolicy.evaluation.evaluate`; a denial is ``AccessDenied``
-naming the key, the action and the unmet condition); a new key gets the default policy (the account
-root may do everything); ``put_key_policy`` needs ``kms:PutKeyPolicy`` and, unless
-``bypass_lockout_safety_check``, a new policy that still lets the caller put a policy. Policies
-are documents or their JSON text; text with a duplicate key, like any malformed document, is
-refused as ``MalformedPolicyDocumentException``. A ``Recipient`` on Decrypt or GenerateDataKey must
-carry ``RSAES_OAEP_SHA_256`` and an attestation document that verifies against the root now, whose
-``public_key`` is an RSA SubjectPublicKeyInfo of at least 2048 bits; its PCRs feed the
-``kms:RecipientAttestation:*`` conditions, and the answer is a ``CiphertextForRecipient`` (BER, as
-KMS sends it) with no plaintext. ``create_key`` with a policy stores it from the first moment
-and applies the same lockout safety check (and bypass) as ``put_key_policy``.
-
-Grants are kept in the key's record and honoured as KMS honours them
-(:func:`enclave_core.kmspolicy.evaluation.authorize`): Encrypt, Decrypt, GenerateDataKey,
-DescribeKey, CreateGrant and RetireGrant are allowed when the policy allows them *or* a grant for
-the caller lists the operation and its encryption-context constraint holds; only an explicit Deny in
-the policy beats a grant, and replacing the policy leaves every grant in place. A grant does not
-check attestation: a grant-authorised Decrypt returns plaintext without a Recipient.
-
-Key kinds: ``origin="EXTERNAL"`` makes a ``PendingImport`` key without material until
-:meth:`LocalKms.import_key_material`; a ``custom_key_store_id`` makes an ``AWS_CLOUDHSM`` key (its
-material lives in a store its owner controls; here it is generated locally like any other);
-``multi_region=True`` gives an ``mrk-`` key id and records the flag (replicas are not modelled).
-Changes take an exclusive ``flock`` on ``.lock`` and files are replaced atomically.
+Options (``kms.options``): ``path`` (default ``.enclave/kms``), ``principal`` (the IAM ARN this
+backend calls as) and ``root_pem`` (the one root Recipient documents must chain to; default the
+simulated NSM's ``dev-root.pem``). Every call evaluates the key policy and grants as AWS does
+(:mod:`enclave_core.kmspolicy.evaluation`), models key origin and multi-Region keys, and answers a
+Recipient with a ``CiphertextForRecipient``; keys are stored by :mod:`enclave_core.crypto.keyfiles`.
+Details: docs/architecture.md, "KMS: the local KMS and the aws backend".
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """``local`` secrets: a parameter store in one JSON file.
 
-Options (``secrets.options``):
-
-- ``path``: the file, relative to enclave.yaml's folder; default ``.enclave/secrets.json``.
-
-The file maps full parameter names, ``/{prefix}/{name}/KMSKeyID`` as in SSM, to string values;
-the API takes names relative to ``/{prefix}/{name}/``. Names follow SSM's rules (letters, digits,
-``_.-/``, no empty segment, at most 1011 characters in full). Every put and delete reads, changes
-and rewrites the file while holding an exclusive ``flock`` on ``<path>.lock``, and writes it as a
-temporary file that is fsynced and ``os.replace``-d into place (mode 0600), so concurrent writers
-in several processes lose nothing and a reader never sees half a file. A corrupted file is
-reported, never treated as empty.
+Options (``secrets.options``): ``path``, the file, relative to enclave.yaml's folder (default
+``.enclave/secrets.json``). It maps full names (``/{prefix}/{name}/KMSKeyID``, as in SSM) to
+strings and is rewritten atomically under a ``flock`` (mode 0600), so concurrent writers lose
+nothing; names follow SSM's rules, and a corrupted file is reported, never treated as empty.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """``local`` storage: objects as files under a directory.
 
-Options (``storage.options``):
-
-- ``path``: the directory, relative to enclave.yaml's folder; default ``.enclave/storage``.
-
-Layout: a key ``a/b/c`` is the file ``a%2F/b%2F/c`` under the directory. Every segment is
-percent-encoded (only letters, digits and ``_.-~`` stay as they are) and each directory name ends
-in ``%2F``, the encoded ``/``, so ``a`` and ``a/b`` can both exist and the key is simply the
-decoded concatenation of the path. Names beginning with ``#`` (the lock file, temporary files)
-can never come from a key, since ``#`` is always encoded.
-
-Writes go to a temporary file in the target folder, are fsynced, then ``os.replace``-d into place,
-so a reader sees the old or the new object, never a mix. Every write and delete holds an exclusive
-``flock`` on ``#lock``, which makes conditional writes (``if_match``, ``if_none_match``) race-free
-between threads and processes. The ETag is the quoted first 32 hex characters of the SHA-256 of
-the stored bytes. Folders are mode 0700 and files 0600.
+Options (``storage.options``): ``path``, the directory, relative to enclave.yaml's folder
+(default ``.enclave/storage``). A key ``a/b/c`` is the percent-encoded file ``a%2F/b%2F/c``;
+writes are atomic and hold a ``flock``, so conditional writes are race-free between processes;
+the ETag is the quoted first 32 hex characters of the SHA-256 of the stored bytes. The layout in
+full: docs/architecture.md, "Storage and secrets backends".
 """
 
 from __future__ import annotations
@@ -137,7 +127,14 @@ class LocalStorage:
         path = self._path(key)
         with self._locked():
             if if_match is not None or if_none_match:
-                current = self._read(path)
+                try:
+                    current = self._read(path)
+                except OSError as exc:
+                    if exc.errno != errno.ENAMETOOLONG:
+                        raise BackendError(
+                            f"local storage: cannot read {key!r}: {exc.strerror}"
+                        ) from None
+                    current = None  # could never have been stored: the write below says so
                 if if_none_match and current is not None:
                     raise PreconditionFailed(f"local storage: object {key!r} already exists")
                 if if_match is not None:

@@ -1,20 +1,10 @@
 """``nitro`` attestation: the real Nitro Secure Module, driven through ``/dev/nsm``.
 
-Options (``attestation.options``):
-
-- ``device``: the NSM character device; default ``/dev/nsm``.
-
-Each operation is one ``NSM_IOCTL_RAW`` ioctl (``linux/nsm.h``, reference section 5): a 32-byte
-``struct nsm_raw { struct nsm_iovec request, response; }`` of ``{u64 addr; u64 len;}`` pairs
-pointing at the CBOR request (at most 4096 bytes) and a 12288-byte response buffer whose length
-the driver writes back. Messages are encoded and checked by :mod:`enclave_core.crypto.nsm_protocol`.
-
-The device is opened lazily on first use and kept open until :meth:`NitroNsm.close`; requests are
-serialised by a lock. Errors are :class:`NsmError` with the NSM's code, as the ``simulated``
-backend raises them: an index outside 0..65535 (which cannot be sent) is ``InvalidIndex``, inputs
-over the NSM's limits are ``InputTooLarge`` before any ioctl, ``EMSGSIZE`` from the driver is
-``InputTooLarge``, any other errno ``InternalError``, and a malformed answer ``InvalidResponse``.
-``get_random`` accepts up to 1 MiB and asks the NSM (up to 256 bytes an answer) as often as needed.
+Options (``attestation.options``): ``device``, the NSM character device (default ``/dev/nsm``).
+Each operation is one ``NSM_IOCTL_RAW`` ioctl whose messages :mod:`enclave_core.crypto.nsm_protocol`
+encodes and checks; errors are :class:`NsmError` with the NSM's code, as the ``simulated`` backend
+raises them. The ioctl layout and the error mapping: docs/architecture.md, "Attestation documents
+and the simulated NSM".
 """
 
 from __future__ import annotations

@@ -1,22 +1,11 @@
 """The ``nitro-cli`` launcher: real Nitro Enclaves, started and watched through AWS's ``nitro-cli``.
 
-Every call is an argument list with a timeout, never a shell: ``run-enclave`` (its JSON answer
-becomes the :class:`EnclaveDescription`), ``describe-enclaves`` (the element named like ours),
-``terminate-enclave --enclave-id`` and, in debug mode, ``console --enclave-id``, kept running in the
-background so the console's last lines survive the enclave. nitro-cli's ``[ Exx ]`` errors become
-:class:`NitroCliError` messages naming the code, the likely cause (allocator memory, CPU pool,
-missing EIF...) and the error log nitro-cli wrote.
-
-Options (``launcher.options`` in enclave.yaml):
-
-- ``binary`` (default ``nitro-cli``): the executable, looked up on ``PATH`` at every call.
-- ``timeout_s`` (optional): the timeout of every call; by default 120 s for ``run-enclave``
-  and 30 s for the other commands.
-- ``console_lines`` (default 50): how many console lines (debug mode) to keep.
-- ``log_dir`` (default ``/var/log/nitro_enclaves``): where nitro-cli writes its ``err*.log``.
-- ``enclave_name`` (default: the app name): the ``--enclave-name`` given to nitro-cli.
-- ``address_override`` (optional, e.g. ``tcp://127.0.0.1``): map enclave ports to this TCP host
-  for hosts without vsock (tests with the fake nitro-cli); otherwise ports are ``vsock://CID:PORT``.
+Options (``launcher.options``): ``binary`` (``nitro-cli``), ``timeout_s`` (120 s for
+``run-enclave``, 30 s for the others), ``console_lines`` (50), ``log_dir``
+(``/var/log/nitro_enclaves``), ``enclave_name`` (the app name) and ``address_override`` (e.g.
+``tcp://127.0.0.1`` for hosts without vsock). Calls ``run-enclave``, ``describe-enclaves``,
+``terminate-enclave`` and, in debug mode, ``console``, as argument lists with timeouts;
+``[ Exx ]`` errors become :class:`NitroCliError` messages naming the likely cause.
 """
 
 from __future__ import annotations

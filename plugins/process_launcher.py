@@ -1,18 +1,10 @@
 """The ``process`` launcher: the runtime as a local subprocess, for development and tests.
 
-It stands in for ``nitro-cli``: the "enclave" is ``enclave runtime -c enclave.yaml`` started in its
-own process group (the app, the runtime's child, joins that group), described in the shape of
-``nitro-cli describe-enclaves`` and stopped with SIGTERM, then SIGKILL, sent to the whole group.
-Every enclave port is a loopback TCP port.
-
-Options (``launcher.options`` in enclave.yaml):
-
-- ``command`` (list of strings, optional): run this argv instead of the runtime; for tests.
-- ``log_lines`` (int, default 200): how many of the runtime's recent output lines to keep in memory.
-
-The runtime's output (its JSON log lines and the app's) is appended to
-``.enclave/logs/runtime.log`` (mode 0600) as it is, and echoed on the supervisor's stderr in the
-supervisor's log format: as it is with JSON logs, rendered readably with readable ones.
+Options (``launcher.options``): ``command`` (an argv to run instead of the runtime; tests) and
+``log_lines`` (200, the recent output lines kept in memory). The "enclave" is ``enclave runtime
+-c enclave.yaml`` in its own process group, described like ``nitro-cli describe-enclaves`` and
+stopped with SIGTERM, then SIGKILL, to the group; every enclave port is a loopback TCP port. Its
+output goes to ``.enclave/logs/runtime.log`` and is echoed in the supervisor's log format.
 """
 
 from __future__ import annotations

@@ -1,36 +1,11 @@
 """``s3`` storage: objects in an Amazon S3 bucket, with S3's own conditional writes.
 
-Options (``storage.options``):
-
-- ``bucket`` (required): the bucket name.
-- ``prefix``: a key prefix inside the bucket, default ``""``; a non-empty prefix gets a trailing
-  ``/`` (``apps/hello`` -> ``apps/hello/``). Deployments sharing a bucket use distinct prefixes,
-  none inside another.
-- ``endpoint_url``: the S3 endpoint (moto, LocalStack, a VPC endpoint); default: botocore's
-  ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` variables, else the public regional endpoint.
-- ``region``: default the deployment's region (the top-level ``region`` in enclave.yaml).
-- ``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5, botocore ``standard``
-  retries).
-- ``page_size`` (1000): keys asked for per ListObjectsV2 page.
-- ``credentials``: ``default`` (boto3's chain; on EC2 the instance role, refreshed) or ``imds``
-  (the instance role through IMDSv2 at ``imds_endpoint`` or ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``,
-  refreshed before expiry: what the runtime uses inside the enclave).
-
-Example::
-
-    storage:
-      backend: s3
-      options: {bucket: my-enclave-data, prefix: hello, region: eu-west-1}
-
-A key ``k`` is the object ``{prefix}{k}``. ``put`` sends ``If-Match`` (the ETag, quoted) and
-``If-None-Match: *`` to S3's conditional PutObject, so the check and the write are one atomic step
-on S3's side; 412 PreconditionFailed, 409 ConditionalRequestConflict and, for ``If-Match``, a
-missing object (404) become :class:`PreconditionFailed`. ``If-Match: *`` ("the object exists")
-is not an S3 condition: it is done as HeadObject then PutObject with the ETag just read,
-retried a few times if the object keeps changing. ETags are S3's, quoted. ``delete`` runs
-HeadObject then DeleteObject and returns whether the object was there. Every AWS error becomes a
-project error naming the operation and the object, never its contents; the boto3 client is built
-on first use from the injected session, so refreshing credentials keep refreshing.
+Options (``storage.options``): ``bucket`` (required), ``prefix`` (``""``; ``apps/hello`` becomes
+``apps/hello/``), ``endpoint_url``, ``region``, ``connect_timeout_s`` (5), ``read_timeout_s``
+(20), ``max_attempts`` (5), ``page_size`` (1000), ``credentials`` and ``imds_endpoint`` (README,
+"Backends and their options"). A key ``k`` is the object ``{prefix}{k}``; ``If-Match`` and
+``If-None-Match: *`` go to S3's conditional PutObject (docs/architecture.md, "Storage and secrets
+backends"). Errors name the operation and the object, never its contents.
 """
 
 from __future__ import annotations

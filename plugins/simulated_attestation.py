@@ -1,30 +1,11 @@
 """``simulated`` attestation: a software Nitro Secure Module for development and tests.
 
-Options (``attestation.options``):
-
-- ``pcr0``: 96 hex characters overriding the measured PCR0 (tests); default: measure ``app.dir``.
-- ``pcr8``: 96 hex characters, the PCR8 of a signed image (on Nitro, PCR8 measures the certificate
-  that signed the EIF), so that a signed image can be simulated; default: none, an unsigned image
-  (PCR8 all zero).
-- ``module_id``: the NSM module id ``i-<instance>-enc<enclave>``; default: this state directory's
-  simulated instance id and a fresh enclave id per NSM.
-
-PCRs 0..31 are 48 bytes, start at zero and extend as ``SHA-384(old || data)``; PCRs 0..15 are
-locked from the start, as the NSM locks them at boot:
-
-- PCR0 is the SHA-384 of the app's files (see :func:`measure_app_dir`), so changing the app
-  changes PCR0 exactly as a new EIF does;
-- PCR1 and PCR2 are the SHA-384 of fixed strings naming the simulated kernel and runtime;
-- PCR4 is ``SHA-384(48 zero bytes || instance id)``, as on real hardware; PCR3 (no IAM role),
-  PCR8 (unsigned image, unless the ``pcr8`` option sets it) and the rest are zero.
-
-NSM errors follow the reference (section 5): an index >= 32 is ``InvalidIndex``; extending or
-locking a locked PCR (0..15 always, 16..31 once locked) is ``ReadOnlyIndex``; ``lock_pcrs`` of a
-range over 32 is ``InvalidIndex``; oversized inputs are ``InputTooLarge``. Attestation documents
-are byte-faithful Nitro documents (:mod:`enclave_core.crypto.cose`) signed by the dev CA
-(:mod:`enclave_core.crypto.devca`, root in ``state_dir/dev-root.pem``); their ``pcrs`` map holds
-PCRs 0..15 plus every locked PCR from 16 up, since the Nitro CDDL says it lists the locked PCRs.
-Refuses ``mode: production``.
+Options (``attestation.options``): ``pcr0`` (96 hex characters overriding the measured PCR0),
+``pcr8`` (the PCR8 of a signed image; default none, all zero) and ``module_id``
+(``i-<instance>-enc<enclave>``). PCR0 is the digest of the app's files
+(:func:`enclave_core.image.files.measure`); documents are byte-faithful Nitro documents signed by
+the dev CA (:mod:`enclave_core.crypto.devca`). Refuses ``mode: production``. How PCRs and errors
+mirror the NSM: docs/architecture.md, "Attestation documents and the simulated NSM".
 """
 
 from __future__ import annotations

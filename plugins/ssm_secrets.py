@@ -1,40 +1,11 @@
 """``ssm`` secrets: parameters in AWS Systems Manager Parameter Store.
 
-Options (``secrets.options``):
-
-- ``endpoint_url``: the SSM endpoint (moto, LocalStack, a VPC endpoint); default: botocore's
-  ``AWS_ENDPOINT_URL_SSM`` / ``AWS_ENDPOINT_URL`` variables, else the public regional endpoint.
-- ``region``: default the deployment's region (the top-level ``region`` in enclave.yaml).
-- ``connect_timeout_s`` (5), ``read_timeout_s`` (20), ``max_attempts`` (5, botocore ``standard``
-  retries).
-- ``kms_key_id``: when set, parameters are ``SecureString`` encrypted under this KMS key; default
-  none, parameters are plain ``String``.
-- ``tier``: ``auto`` (default), ``Standard``, ``Advanced`` or ``Intelligent-Tiering``.
-- ``page_size`` (10, SSM's maximum): names asked for per GetParametersByPath page.
-- ``credentials``: ``default`` (boto3's chain; on EC2 the instance role, refreshed) or ``imds``
-  (the instance role through IMDSv2 at ``imds_endpoint`` or ``$AWS_EC2_METADATA_SERVICE_ENDPOINT``,
-  refreshed before expiry: what the runtime uses inside the enclave).
-
-Example::
-
-    secrets:
-      backend: ssm
-      options: {region: eu-west-1}
-
-A name ``n`` is the parameter ``/{prefix}/{name}/n`` (README, Migration: ``KMSKeyID``,
-``{secret}/Ciphertext``, ``StorageDEK/Ciphertext``...). Names follow SSM's rules (letters,
-digits, ``_.-``, ``/`` between segments, no ``..`` segment, at most 1011 characters in full).
-
-Why ``String`` by default: every value this project stores is either already a KMS ciphertext
-(base64 of a blob only the enclave's attested key policy can decrypt) or public data (a key id,
-a PCR0, an attestation document). ``SecureString`` would add a second KMS key and its IAM grants
-to the boot path without protecting anything; ``kms_key_id`` turns it on for those who want it.
-
-Tiers: SSM's Standard tier holds values up to 4096 bytes, Advanced up to 8192. With ``auto``, a
-value over 4096 bytes is written as Advanced (attestation documents are about 5 KB) and a smaller
-one as Standard; SSM refuses to downgrade an Advanced parameter, so when it answers that refusal
-the write is repeated as Advanced (the parameter stays Advanced). Errors name the operation and
-the parameter, never a value; the boto3 client is built on first use from the injected session.
+Options (``secrets.options``): ``endpoint_url``, ``region``, ``connect_timeout_s`` (5),
+``read_timeout_s`` (20), ``max_attempts`` (5), ``kms_key_id`` (``SecureString`` under that key;
+default plain ``String``), ``tier`` (``auto``), ``page_size`` (10), ``credentials`` and
+``imds_endpoint`` (README, "Backends and their options"). A name ``n`` is the parameter
+``/{prefix}/{name}/n`` (docs/architecture.md lists them under "Parameters the enclave keeps", and
+says why ``String`` and how ``auto`` picks a tier under "Storage and secrets backends").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared fixtures: no real AWS credentials, fresh configs on free loopback ports."""
+"""Shared fixtures: no real AWS credentials, fresh configs on free loopback ports, and the
+``config``, ``state_dir``, ``nsm`` and ``kms`` that tests in several folders take."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from enclave_plugins.local_kms import LocalKms
+from enclave_plugins.simulated_attestation import SimulatedNsm
 
 from enclave_core.config import Config
 from enclave_core.testing import dev_config_document, write_config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-pytest_plugins = ["tests.moto_server", "tests.kms_shim_server"]
+pytest_plugins = ["tests.services.moto_server", "tests.services.kms_shim_server"]
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +52,30 @@ def base(tmp_path: Path) -> Iterator[Path]:
             os.kill(pid, 9)
         except OSError:
             pass
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Config], tmp_path: Path) -> Config:
+    """A development config in ``tmp_path`` with defaults, and a one-line ``app.py`` beside it."""
+    (tmp_path / "app.py").write_text("print('v1')\n")
+    return make_config()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """``tmp_path/.enclave``, for an app folder ``tmp_path/app`` holding a one-line ``app.py``."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "app.py").write_text("print('hello')\n")
+    return tmp_path / ".enclave"
+
+
+@pytest.fixture
+def nsm(tmp_path: Path, state_dir: Path) -> SimulatedNsm:
+    """The simulated NSM over ``tmp_path/app``, its development CA in ``state_dir``."""
+    return SimulatedNsm(state_dir=state_dir, app_dir=tmp_path / "app")
+
+
+@pytest.fixture
+def kms(state_dir: Path) -> LocalKms:
+    """The local KMS in ``state_dir/kms``, trusting the simulated NSM's root (``dev-root.pem``)."""
+    return LocalKms(state_dir / "kms", root_pem=state_dir / "dev-root.pem")

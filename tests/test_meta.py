@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import importlib
 import inspect
 import re
 from pathlib import Path
@@ -54,26 +55,200 @@ def test_entry_points_match_the_plugin_modules() -> None:
     assert targets == modules
 
 
-def test_core_never_imports_a_plugin() -> None:
-    for path in (ROOT / "enclave_core").rglob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
+# --- Import boundaries: no cycle, and each family imports only what is below it ---------------
+
+#: The project's import packages and the folders they install from.
+PACKAGES = {"enclave_core": "enclave_core", "enclave_plugins": "plugins", "enclave_infra": "infra"}
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of the project by its dotted name (a package by its ``__init__``)."""
+    modules = {}
+    for package, folder in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            if "templates" in rel.parts:  # copied into users' apps, never imported
                 continue
-            for name in names:
-                assert not name.startswith(("enclave_plugins", "plugins")), f"{path}: {name}"
+            parts = [package, *rel.parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imported_modules(name: str, source: str, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``source`` imports: every import statement, those under
+    ``TYPE_CHECKING`` and those inside functions included."""
+    is_package = modules.get(name, Path()).name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = name.split(".") if is_package else name.split(".")[:-1]
+                base = ".".join([*here[: len(here) - node.level + 1], *filter(None, [base])])
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:
+                    found.add(f"{base}.{alias.name}")
+                elif base in modules:
+                    found.add(base)
+    found.discard(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {
+        name: imported_modules(name, path.read_text(encoding="utf-8"), modules)
+        for name, path in modules.items()
+    }
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for name in graph[todo.pop()] - seen:
+            seen.add(name)
+            todo.append(name)
+    return seen
+
+
+def family_imports(
+    graph: dict[str, set[str]], family: str, forbidden: tuple[str, ...]
+) -> list[str]:
+    """``importer -> imported`` for each module of ``family`` that reaches a forbidden one."""
+    bad = []
+    for name in sorted(graph):
+        if name == family or name.startswith(family + "."):
+            for target in sorted(reachable(graph, name)):
+                if target.startswith(forbidden):
+                    bad.append(f"{name} -> {target}")
+    return bad
+
+
+def test_no_import_cycle_among_the_projects_modules() -> None:
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_cycle_check_counts_type_checking_and_lazy_imports() -> None:
+    modules = {name: Path(f"{name}.py") for name in ("p.a", "p.b", "p.c")}
+    typing_only = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p.b import B\n"
+    lazy = "def f():\n    from p.c import C\n"
+    graph = {
+        "p.a": imported_modules("p.a", typing_only, modules),
+        "p.b": imported_modules("p.b", lazy, modules),
+        "p.c": imported_modules("p.c", "import p.a\n", modules),
+    }
+    assert graph == {"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}}
+    assert import_cycles(graph) == [["p.a", "p.b", "p.c"]]
+    assert import_cycles({"p.a": {"p.b"}, "p.b": set(), "p.c": {"p.b"}}) == []
+
+
+def test_the_runtime_never_imports_the_supervisor_or_the_cli() -> None:
+    forbidden = ("enclave_core.supervisor", "enclave_core.cli", "enclave_core.deploy")
+    assert family_imports(import_graph(), "enclave_core.runtime", forbidden) == []
+
+
+def test_the_verifier_never_imports_the_runtime() -> None:
+    graph = import_graph()
+    forbidden = ("enclave_core.runtime", "enclave_core.supervisor")
+    assert family_imports(graph, "enclave_core.verify", forbidden) == []
+    assert family_imports(graph, "enclave_core.cli.verify", forbidden) == []
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "enclave_core.plugin",
+        "enclave_core.aws",
+        "enclave_core.kmspolicy",
+        "enclave_core.crypto",
+        "enclave_core.protocol",
+        "enclave_core.http",
+        "enclave_core.streams",
+        "enclave_core.image",
+    ],
+)
+def test_the_shared_families_import_no_process(family: str) -> None:
+    processes = ("enclave_core.runtime", "enclave_core.supervisor", "enclave_core.cli")
+    assert family_imports(import_graph(), family, (*processes, "enclave_core.deploy")) == []
+
+
+def test_core_never_imports_a_plugin() -> None:
+    graph = import_graph()
+    core = [name for name in graph if name.split(".")[0] == "enclave_core"]
+    assert [f"{n} -> {t}" for n in core for t in graph[n] if t.startswith("enclave_plugins")] == []
+    for path in (ROOT / "enclave_core").rglob("*.py"):  # nor by a name outside the package map
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from|import) (enclave_)?plugins\b", text, re.M), path
 
 
 def test_each_plugin_module_documents_its_options() -> None:
-    for path in (ROOT / "plugins").glob("*.py"):
+    """Each backend's docstring has ``Options (``<capability>.options``...`` naming every field."""
+    for path in sorted((ROOT / "plugins").glob("*.py")):
         if path.stem == "__init__":
             continue
-        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
-        assert "Options" in doc or "options" in doc, f"{path.name} docstring must document options"
+        module = importlib.import_module(f"enclave_plugins.{path.stem}")
+        doc = module.__doc__ or ""
+        hooks = [name for name in dir(module) if name.startswith("enclave_register_")]
+        assert len(hooks) == 1, f"{path.name}: one backend per plugin module"
+        capability = hooks[0].removeprefix("enclave_register_")
+        assert f"Options (``{capability}.options``" in doc, path.name
+        backends = [
+            cls
+            for cls in vars(module).values()
+            if inspect.isclass(cls)
+            and cls.__module__ == module.__name__
+            and hasattr(cls, "Options")
+        ]
+        assert len(backends) == 1, path.name
+        for field in backends[0].Options().fields:
+            assert f"``{field}``" in doc, f"{path.name}: option {field!r} is not documented"
 
 
 # --- The project is the whole tree: nothing it runs reads beside the clone ------------------------

@@ -1,28 +1,11 @@
 """Shared plumbing of the AWS backends (KMS, S3, SSM): lazy boto3 clients and error mapping.
 
-Clients are built on first use, never at import or construction time, from an injected boto3
-session (``BackendContext.session``) or, when there is none, from a ``boto3.session.Session()``
-made on first use. Nothing here reads credentials: every client asks the session's credential
-provider chain, so credentials that refresh (the instance role through IMDSv2, assumed roles)
-keep refreshing for the life of the process (a backend that copies static keys
-at boot stops working when they expire).
-
-Endpoints: an ``endpoint_url`` option wins; otherwise botocore itself applies the standard
-``AWS_ENDPOINT_URL_<SERVICE>`` and ``AWS_ENDPOINT_URL`` variables (botocore >= 1.31 does, and
-``setup.cfg`` requires boto3 >= 1.34), so the backends run against moto, LocalStack or a VPC
-endpoint alike.
-
-Credentials: option ``credentials`` of every AWS backend (:class:`AwsCredentialOptions`):
-``default`` is boto3's chain (which refreshes instance-role credentials itself on EC2);
-``imds`` is the instance role through IMDSv2 at ``imds_endpoint`` or
-``$AWS_EC2_METADATA_SERVICE_ENDPOINT`` (the enclave's bridge), refreshed before expiry
-(:func:`enclave_core.aws.credentials.enclave_session`).
-
-Every call runs under botocore's ``standard`` retry mode (throttling and transient errors are
-retried with backoff up to ``max_attempts``) and explicit connect and read timeouts.
-:func:`aws_errors` turns what still fails into the project's exception tree, naming the service,
-the operation and the resource, never a value. :func:`principal_arn` turns an STS caller ARN
-into the IAM principal a policy can name.
+Clients are built on first use from the injected session (or a default one), never copying
+credentials; an ``endpoint_url`` option wins over botocore's ``AWS_ENDPOINT_URL*`` variables;
+every call has ``standard`` retries and explicit timeouts. :class:`AwsCredentialOptions` is the
+``credentials`` option, :func:`aws_errors` maps failures to the project's exceptions (naming the
+operation and resource, never a value), :func:`principal_arn` turns an STS caller ARN into a
+principal. Why: docs/architecture.md, "AWS clients and credentials".
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Instance-role credentials through IMDSv2, refreshed before they expire (``credentials: imds``).
 
-Inside an enclave the runtime reaches the host's IMDS forwarder through the in-enclave bridge and
-sets ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` to it. :func:`enclave_session` returns a boto3 session
-whose only credential provider fetches the role's credentials there (or at an explicit endpoint):
-``PUT /latest/api/token`` (TTL 21600 s; cached, fetched again on a 401), ``GET
-/latest/meta-data/iam/security-credentials/`` (the role name), ``GET .../<role>`` (``AccessKeyId``,
-``SecretAccessKey``, ``Token``, ``Expiration``). IMDSv1 is never used. Requests have short
-timeouts and are retried on connection errors, timeouts and 5xx; failures raise
-``BackendError("IMDS credentials: <step> failed: <reason>")``, never quoting a token or a key.
-
-botocore refreshes the :class:`ScaledRefreshableCredentials` when less than ``min(5 min, 1/3 of
-their lifetime)`` remains (its fixed 15/10 min windows would refetch short-lived credentials on
-every call). Nothing keeps a static copy, and building the session makes no
-request: the first fetch happens when its first client is made.
+:func:`enclave_session` returns a boto3 session whose only credential provider fetches the role's
+credentials from IMDSv2 at an explicit endpoint or ``$AWS_EC2_METADATA_SERVICE_ENDPOINT`` (inside
+an enclave, the bridge to the host's IMDS forwarder); IMDSv1 is never used, and failures never
+quote a token or a key. Building the session makes no request. The refresh window:
+docs/architecture.md, "AWS clients and credentials".
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from cliff.show import ShowOne
 from enclave_core.config import CONFIG_FILENAME, Config, load_config
 from enclave_core.errors import ConfigError, EnclaveError
 from enclave_core.log import LOG_FORMATS
-from enclave_core.plugin.manager import Plugins
+from enclave_core.plugin.manager import PluginManager
 
 
 class ConfigOption(Command):
@@ -67,7 +67,7 @@ class ConfigOption(Command):
         """Load and validate the config named by ``-c``."""
         return load_config(self.config_path(parsed_args), allow_missing=allow_missing)
 
-    def plugins(self, config: Config) -> Plugins:
+    def plugins(self, config: Config) -> PluginManager:
         """The plugin manager for ``config`` (honours ``plugins.disable``)."""
         from enclave_core.plugin.backends import plugins_for
 

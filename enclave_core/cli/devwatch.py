@@ -1,13 +1,10 @@
 """`enclave dev`'s edit loop: the image the enclave runs, and migrations to the files as edited.
 
-Development images are immutable snapshots (:mod:`enclave_core.image.snapshot`), so editing the app
-never changes the running enclave. :func:`prepare_image` runs before the supervisor starts: it
-makes the first snapshot, or finds that the files changed since the running image was made.
-:class:`DevWatcher` then runs beside the supervisor, in a thread: it migrates to the current files
-once the enclave is up when they changed (unless ``--no-migrate``), and with ``--watch`` it polls
-the folder, waits until edits settle, and runs the real nine-step migration on each change,
-through the supervisor's API as ``enclave migrate`` does, printing ``[k/9]`` and the new PCR0. A
-failed migration leaves the previous version serving and says why.
+:func:`prepare_image` runs before the supervisor starts: it makes the first snapshot, or finds
+that the files changed since the running image was made. :class:`DevWatcher` then runs beside
+the supervisor: it migrates to changed files once the enclave is up (unless ``--no-migrate``),
+and with ``--watch`` runs the real nine-step migration after each settled edit, through the
+supervisor's API, printing ``[k/9]`` and the new PCR0.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from enclave_core.errors import EnclaveError
 from enclave_core.image.current import measure_new_image, read_image_override, write_image_override
 from enclave_core.image.files import image_files
 from enclave_core.image.snapshot import content_digest, read_digest, take_snapshot
-from enclave_core.plugin.manager import Plugins
+from enclave_core.plugin.manager import PluginManager
 
 #: How often the folder is looked at, and how long edits must have settled before a migration.
 POLL_S = 0.2
@@ -40,7 +37,7 @@ class ImagePlan:
     pcr0: str
 
 
-def _record_snapshot(config: Config, folder: Path, plugins: Plugins | None) -> str:
+def _record_snapshot(config: Config, folder: Path, plugins: PluginManager | None) -> str:
     snapshot = take_snapshot(config, folder)
     pcr0 = measure_new_image(config, app_dir=snapshot.path, plugins=plugins)
     write_image_override(
@@ -50,7 +47,12 @@ def _record_snapshot(config: Config, folder: Path, plugins: Plugins | None) -> s
 
 
 def prepare_image(
-    config: Config, source: Path, write: Write, *, migrate: bool, plugins: Plugins | None = None
+    config: Config,
+    source: Path,
+    write: Write,
+    *,
+    migrate: bool,
+    plugins: PluginManager | None = None,
 ) -> ImagePlan:
     """Make sure ``.enclave/image.json`` names a snapshot before the enclave starts.
 

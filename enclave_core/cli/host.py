@@ -1,16 +1,9 @@
 """`enclave host install`: the systemd unit, its environment file and the enclave allocator config.
 
-On an EC2 host with Nitro Enclaves enabled this writes
-
-- ``/etc/systemd/system/enclave-supervisor.service``: ``enclave supervisor -c <enclave.yaml>`` as a
-  ``Type=simple`` service that always restarts, logs JSON to journald and is hardened (each option
-  is explained in the unit itself, from ``templates/host/enclave-supervisor.service``);
-- ``/etc/simple-enclave/supervisor.env`` (0600): the unit's environment (region); an existing one
-  is kept, since operators edit it;
-- ``/etc/nitro_enclaves/allocator.yaml``: ``memory_mib`` and ``cpu_count`` from ``enclave:``;
-- the supervisor's state directory (``.enclave/`` beside enclave.yaml), mode 0700.
-
-``--dry-run`` prints every file instead; ``--prefix-dir DIR`` writes under DIR instead of ``/``.
+On an EC2 host with Nitro Enclaves enabled it writes ``enclave-supervisor.service`` (from
+``templates/host/``, each hardening option explained there), ``/etc/simple-enclave/supervisor.env``
+(0600, kept when it exists), ``/etc/nitro_enclaves/allocator.yaml`` and the state directory
+(0700). ``--dry-run`` prints the files; ``--prefix-dir DIR`` writes under DIR instead of ``/``.
 """
 
 from __future__ import annotations

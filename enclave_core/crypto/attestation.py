@@ -1,27 +1,10 @@
-"""Verify an AWS Nitro attestation document against a trusted root (reference §4).
+"""Verify an AWS Nitro attestation document against a trusted root.
 
-:func:`verify_document` runs, in order and all mandatory:
-
-1. **envelope**: exactly one CBOR item, nothing after it, optionally tag 18, a 4-element
-   COSE_Sign1 whose protected header decodes to exactly ``{1: -35}`` (ES384), no ``alg`` in the
-   unprotected header, a 96-byte signature;
-2. **payload**: only the nine Nitro keys, the six mandatory ones non-null, types and sizes as the
-   CDDL says, digest ``"SHA384"`` and 48-byte PCRs;
-3. **chain** and **validity** (:mod:`enclave_core.crypto.x509path`) at the time ``at``, by default
-the
-   document's own timestamp;
-4. **COSE signature** over the Sig_structure with the leaf certificate's key;
-5. **policy**, when asked: expected PCR values and the expected nonce.
-
-Both CBOR items (the envelope and the payload) must also stay inside the plain subset Nitro uses:
-integers, byte and text strings, arrays, maps and null, definite lengths only, no tags except a
-leading 18 on the envelope. cbor2 would otherwise turn tagged values (bignums, sets, shared
-references) into Python objects that pass type checks they should fail.
-
-Whatever bytes come in, the only exception that leaves :func:`verify_document` is
-:class:`AttestationError`, and its message names the check that failed. A production verifier
-should also pass ``at=datetime.now(UTC)`` and a nonce it issued (``expected_nonce``): a document
-checked at its own timestamp stays valid forever.
+:func:`verify_document` checks, in order and all mandatory: the COSE_Sign1 envelope, the payload,
+the certificate chain and its validity at ``at`` (by default the document's own timestamp), the
+COSE signature, then, when asked, expected PCRs and the nonce; the only exception it raises is
+:class:`AttestationError`, naming the check. A production verifier passes ``at=now`` and a nonce
+it issued. The format: docs/protocols.md, "Attestation documents".
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """Attested records: a JSON body whose SHA-256 an NSM attestation document binds in ``user_data``.
 
-The host stores these records (as parameters) and cannot forge one: the document is signed by the
-NSM and names the image (PCR0, PCR8) that asked for it, and an image of this project asks for a
-record's document only for what it made or verified itself. Three kinds exist
-(docs/threat-model.md):
-
-- ``manifest``: the SHA-256 of every ciphertext an enclave may decrypt, and its predecessor;
-- ``link``: what an old enclave exported to its successor at a migration (a chain link);
-- ``migration-key``: the key an old enclave created for its successor.
-
-In memory, and in ``/v1/enclave-info``, a record is ``{"kind", "body", "attestation"}`` (the
-document in base64). ``user_data`` = SHA-256(``"simple-enclave-<kind>-v1\\n"`` ‖ canonical JSON of
-the body), where the canonical JSON has sorted keys, no spaces and ASCII only, so the kind
-separates domains and no two bodies share an encoding. Documents are verified against the root at
-their own timestamp (the enclave that made a record may be long gone); debug-mode documents are
-refused.
-
-In the parameter store (:func:`store_record`, :func:`read_record`) a record takes two parameters,
-since one SSM parameter holds at most 8 KiB and a document in base64 about 6: the named parameter
-holds ``{"kind", "body"}``, and the document goes first to ``Attestations/<id>``, a name derived
-from the kind and the body. The named one is written last, in one put: a reader never sees a body
-whose document is not there yet, and a crash in between leaves only an unreferenced document.
+Three kinds, ``manifest``, ``link`` and ``migration-key``: :func:`make_record` asks the NSM for
+the document, :func:`store_record` and :func:`read_record` keep a record in two parameters,
+:func:`parse_record` verifies one. The host stores them and cannot forge one. The byte layout and
+the bodies: docs/protocols.md, "Attested records".
 """
 
 from __future__ import annotations

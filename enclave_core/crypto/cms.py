@@ -1,30 +1,9 @@
 """KMS ``CiphertextForRecipient``: CMS EnvelopedData, opened in the enclave, built by the local KMS.
 
-When a KMS call carries a ``Recipient`` (an attestation document holding the enclave's RSA public
-key), KMS answers with a CMS (RFC 5652) ContentInfo instead of a plaintext: id-envelopedData,
-EnvelopedData v2, one KeyTransRecipientInfo v2 whose ``rid`` is ``[0] subjectKeyIdentifier``, a
-32-byte content key wrapped with RSAES-OAEP (SHA-256, MGF1-SHA-256, empty label), and the data in
-AES-256-CBC (16-byte IV as the parameter) with PKCS#7 padding. KMS sends BER: indefinite lengths,
-the content as a constructed ``[0]`` run of 1000-byte OCTET STRING chunks. DER is accepted too.
-
-Decisions, checked against real KMS answers (RustCrypto/formats#779, and enclaver's test vector,
-whose private key is published, so the tests open it):
-
-- **subjectKeyIdentifier = SHA-256 of the DER SubjectPublicKeyInfo (32 bytes)**, which is what
-  KMS sends; not RFC 5280 method 1 (SHA-1 of the key bits). sdk-c skips ``rid``; we compare it,
-  so an answer made for another key is reported as such.
-- **RSAES-OAEP parameters must be present**, naming sha256 (absent or NULL parameters), mgf1 with
-  sha256 and the empty default label. KMS always sends them; absent parameters mean SHA-1
-  (RFC 4055 defaults) and are refused like every other hash.
-- originatorInfo and unprotectedAttrs are refused (KMS sends neither), and so are definite-length
-  constructed strings (asn1crypto reads only the indefinite form, the one KMS uses).
-- The enclave key is RSA-2048, the size KMS documents for ``Recipient`` (sdk-c docs); the runtime
-  makes a fresh pair per boot. The builder refuses keys under 2048 bits.
-- EnvelopedData has no MAC and the public key is public: anyone can build a valid envelope, and
-  CBC ciphertext is malleable. Only the TLS session to KMS, ending inside the enclave, says who
-  made it.
-
-Every failure raises :class:`CryptoError` naming the check, never key material or plaintext.
+The layout (EnvelopedData v2, one KeyTransRecipientInfo named by the SHA-256 subjectKeyIdentifier,
+RSAES-OAEP-SHA-256, AES-256-CBC; BER as KMS sends it, or DER) and everything the parser refuses
+are in docs/protocols.md ("The CMS envelope KMS returns for a Recipient"). Every failure raises
+:class:`CryptoError` naming the check, never key material or plaintext.
 """
 
 from __future__ import annotations
@@ -281,7 +260,18 @@ def build_ciphertext_for_recipient(
     padded = padder.update(bytes(plaintext)) + padder.finalize()
     encryptor = Cipher(algorithms.AES(content_key), modes.CBC(iv)).encryptor()
     ciphertext = encryptor.update(padded) + encryptor.finalize()
+    recipients = _recipient_infos(public_key, content_key)
+    cipher_alg = algos.EncryptionAlgorithm(
+        {"algorithm": "aes256_cbc", "parameters": core.OctetString(iv)}
+    )
+    if indefinite_length:
+        return _ber_layout(recipients, cipher_alg, ciphertext, chunk_size)
+    return _der_layout(recipients, cipher_alg, ciphertext)
 
+
+def _recipient_infos(public_key: rsa.RSAPublicKey, content_key: bytes) -> cms.RecipientInfos:
+    """One KeyTransRecipientInfo: the content key under RSAES-OAEP-SHA256, the recipient named
+    by its subjectKeyIdentifier."""
     oaep_params = algos.RSAESOAEPParams(
         {
             "hash_algorithm": {"algorithm": "sha256"},
@@ -298,28 +288,38 @@ def build_ciphertext_for_recipient(
             "encrypted_key": public_key.encrypt(content_key, _oaep()),
         }
     )
-    recipients = cms.RecipientInfos([cms.RecipientInfo(name="ktri", value=recipient)])
-    cipher_alg = algos.EncryptionAlgorithm(
-        {"algorithm": "aes256_cbc", "parameters": core.OctetString(iv)}
-    )
-    if not indefinite_length:
-        return cms.ContentInfo(
-            {
-                "content_type": "enveloped_data",
-                "content": cms.EnvelopedData(
-                    {
-                        "version": "v2",
-                        "recipient_infos": recipients,
-                        "encrypted_content_info": {
-                            "content_type": "data",
-                            "content_encryption_algorithm": cipher_alg,
-                            "encrypted_content": ciphertext,
-                        },
-                    }
-                ),
-            }
-        ).dump()
-    # KMS's own layout: indefinite lengths down to a constructed [0] run of chunks.
+    return cms.RecipientInfos([cms.RecipientInfo(name="ktri", value=recipient)])
+
+
+def _der_layout(
+    recipients: cms.RecipientInfos, cipher_alg: algos.EncryptionAlgorithm, ciphertext: bytes
+) -> bytes:
+    """The ContentInfo in DER."""
+    return cms.ContentInfo(
+        {
+            "content_type": "enveloped_data",
+            "content": cms.EnvelopedData(
+                {
+                    "version": "v2",
+                    "recipient_infos": recipients,
+                    "encrypted_content_info": {
+                        "content_type": "data",
+                        "content_encryption_algorithm": cipher_alg,
+                        "encrypted_content": ciphertext,
+                    },
+                }
+            ),
+        }
+    ).dump()
+
+
+def _ber_layout(
+    recipients: cms.RecipientInfos,
+    cipher_alg: algos.EncryptionAlgorithm,
+    ciphertext: bytes,
+    chunk_size: int,
+) -> bytes:
+    """KMS's own layout: indefinite lengths down to a constructed [0] run of chunks."""
     chunks = b"".join(
         core.OctetString(ciphertext[i : i + chunk_size]).dump()
         for i in range(0, len(ciphertext), chunk_size)

@@ -1,16 +1,10 @@
 """Nitro attestation documents: COSE_Sign1 envelopes and their CBOR payloads.
 
-The format is AWS Nitro's (AWS documentation, "Verifying the root of trust"): an *untagged*
-COSE_Sign1 ``[bstr(h'a1013822'), {}, payload, signature]`` whose protected header says ES384,
-whose payload is a CBOR map with exactly nine keys in a fixed order (absent optional fields are
-CBOR ``null``), and whose 96-byte signature is ``r || s`` over the Sig_structure
-``["Signature1", protected, h'', payload]`` with ECDSA P-384 / SHA-384.
-
 Building (:func:`build_document`, :func:`sign1`) serves the simulated NSM; parsing
-(:func:`decode_sign1`, :func:`decode_document`) is strict, so the verifier and the local KMS can
-rely on it for documents from real hardware too: exactly one CBOR item, no trailing bytes, no
-duplicate or unknown keys, types and sizes as the Nitro CDDL says. Chain verification is not
-here; :func:`verify_signature` checks only the COSE signature against a given key.
+(:func:`decode_sign1`, :func:`decode_document`) is strict enough for documents from real hardware
+(one CBOR item, no duplicate or unknown keys, types and sizes as the Nitro CDDL says).
+:func:`verify_signature` checks only the COSE signature; the chain is elsewhere. The format:
+docs/protocols.md, "Attestation documents".
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """The development certificate authority that signs the simulated NSM's attestation documents.
 
-It mirrors the AWS chain (as the real documents in tests/data/nitro/ show it):
-root -> regional -> zonal -> instance -> leaf, every certificate EC P-384 and ecdsa-with-SHA384,
-with the same BasicConstraints (pathlen 2/1/0 below the root, CA:FALSE leaf) and KeyUsage. The
-CRL distribution points of the AWS intermediates are left out: nothing serves a CRL in development
-and Nitro verifiers run with CRL checking off.
-
-The four CA levels live in ``state_dir/dev-ca/`` (private keys mode 0600) and are reused while
-they are valid; a level is re-issued, with everything below it, when it would expire before a
-fresh child could. The root is valid 30 years and is also written to ``state_dir/dev-root.pem``,
-the trust anchor a verifier or the local KMS passes instead of the AWS root. The leaf is valid
-3 hours, like the NSM's, and is kept only in memory by its caller. A lock file makes concurrent
-creation by several processes safe.
+It mirrors the AWS chain (root, regional, zonal, instance, leaf; EC P-384), keeps its CA levels in
+``state_dir/dev-ca/`` and reuses them while they are valid, and writes the root to
+``state_dir/dev-root.pem``, the trust anchor a verifier or the local KMS uses instead of the AWS
+root. Details: docs/architecture.md, "Attestation documents and the simulated NSM".
 """
 
 from __future__ import annotations

@@ -1,27 +1,10 @@
 """KMS-style symmetric keys kept as files: the storage under the ``local`` KMS backend.
 
-A :class:`KeyDirectory` holds one ``<key id>.json`` record per key: id (a UUID4, or
-``mrk-`` and 32 hex digits for a multi-Region key, as AWS names them), ARN
-(``arn:aws:kms:{region}:{account}:key/{id}``), state (``Enabled``, ``Disabled``,
-``PendingDeletion``, ``PendingImport``), deletion date, description, key policy, ``origin``
-(``AWS_KMS``, ``EXTERNAL``, ``AWS_CLOUDHSM``, ``EXTERNAL_KEY_STORE``), ``multi_region``,
-``custom_key_store_id``, ``grants`` (a list of objects: ``grant_id``, ``grantee_principal``,
-``operations``, ``retiring_principal``, ``name``, ``constraints``, ``creation_date``) and its
-32-byte key material, which is stored AES-256-GCM-encrypted under the directory's ``master.key``
-(mode 0600) with the key id as associated data, so no raw key material sits in the JSON and no key
-file can borrow another's. An ``EXTERNAL`` key has no material (``null``) until it is imported.
-Records written before a field existed read as ``AWS_KMS``, single-Region, no custom key store
-and no grants. A key past its deletion date is removed when next read.
-
-Ciphertext blob (version 1)::
-
-    0x01 | len(key id) (1 byte) | key id (ASCII) | nonce (12 bytes) | AES-256-GCM ciphertext + tag
-
-The associated data is the blob's header (version and key id) followed by the encryption context
-serialised as sorted, compact JSON, so a blob only decrypts under the key that made it and with
-exactly the context it was made with. Writers take an exclusive ``flock`` on ``.lock`` (see
-:meth:`KeyDirectory.locked`) and files are replaced atomically. Who may do what is not decided
-here: the backend evaluates key policies before it calls in.
+A :class:`KeyDirectory` holds one ``<key id>.json`` record per key (state, policy, origin,
+grants...) with its key material sealed under the directory's ``master.key``, and makes and opens
+version-1 ciphertext blobs bound to their key and encryption context. Writers hold a ``flock``.
+Who may do what is decided by the backend, not here. The record and blob layouts:
+docs/architecture.md, "KMS: the local KMS and the aws backend".
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
-"""The Nitro Secure Module's message format: CBOR requests and responses (reference section 5).
+"""The Nitro Secure Module's message format: CBOR requests and responses.
 
-The NSM speaks serde_cbor encodings of two Rust enums, externally tagged: a unit variant is a text
-string (``"DescribeNSM"``), a struct variant is a one-entry map ``{variant: {field: value, ...}}``
-with the fields in declaration order, ``Option::None`` is CBOR null and byte fields are bstr. A
-failure is ``{"Error": "<ErrorCode>"}``.
-
-:func:`encode_request` builds the bytes sent to ``/dev/nsm``; :func:`decode_response` parses the
-answer strictly (one CBOR item, no trailing bytes, no duplicate keys, the expected variant with
-exactly its fields and their types) and raises :class:`NsmError` with the module's error code, or
-``InvalidResponse`` for anything malformed. :func:`decode_request`, :func:`encode_response` and
-:func:`encode_error` are the device's side, for emulators.
+The NSM speaks serde_cbor encodings of Rust enums, externally tagged: a unit variant is a text
+string, a struct variant a one-entry map ``{variant: {field: value}}``, a failure
+``{"Error": "<ErrorCode>"}``. :func:`encode_request` and :func:`decode_response` (strict; raises
+:class:`NsmError`) are the enclave's side; :func:`decode_request`, :func:`encode_response` and
+:func:`encode_error` the device's, for emulators.
 """
 
 from __future__ import annotations

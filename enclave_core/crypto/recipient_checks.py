@@ -4,7 +4,7 @@ Used by the local KMS (and usable by test doubles of AWS KMS): the request names
 ``RSAES_OAEP_SHA_256``, its attestation document verifies against the trusted root at the present
 time, and the document's ``public_key`` is an RSA SubjectPublicKeyInfo of at least 2048 bits. The
 document's PCRs then feed the ``kms:RecipientAttestation:*`` policy conditions, and the answer is
-the plaintext enveloped for that key, in the BER layout KMS sends (reference section 6).
+the plaintext enveloped for that key, in the BER layout KMS sends (docs/protocols.md).
 """
 
 from __future__ import annotations

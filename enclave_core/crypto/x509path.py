@@ -1,17 +1,9 @@
-"""X.509 path validation for Nitro attestation documents.
+"""X.509 path validation for Nitro attestation documents, as AWS documents it.
 
-As AWS documents it in "Verifying the root of trust".
-
-The path is ``trusted root, cabundle[1:], certificate`` when ``cabundle[0]`` is byte-equal to the
-trusted root, else ``trusted root, cabundle..., certificate`` (then ``cabundle[0]`` must itself be
-issued by the root). Every certificate, the root included, must be EC P-384, signed with
-ecdsa-with-SHA384 (the same algorithm inside and outside the TBS) and carry no critical extension
-other than BasicConstraints and KeyUsage, the two this module enforces. Each link must have the
-issuer's subject as its issuer name, an ECDSA-SHA-384 signature over its TBS that verifies with the
-issuer's key, an issuer with CA:TRUE and keyCertSign, and respect every pathLenConstraint above it
-(every intermediate counts, self-issued ones included: stricter than RFC 5280, never looser). The
-leaf must not be a CA and must have digitalSignature. Every certificate must be valid at the given
-time, bounds inclusive. Nitro verifiers run with CRL checking off, and so does this one.
+:func:`verify_chain` builds the path from the trusted root through the document's cabundle to
+its certificate and checks every link (EC P-384, ecdsa-with-SHA384, BasicConstraints, KeyUsage,
+path lengths, validity at the given time); no CRL is checked. The rules in full:
+docs/protocols.md, "Attestation documents".
 """
 
 from __future__ import annotations

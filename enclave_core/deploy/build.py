@@ -1,28 +1,10 @@
 """``enclave build``: the app as a Docker image, then as an enclave image file (EIF) and its PCRs.
 
-Four steps, each printed as ``[k/4] ...``:
-
-1. write ``artifacts/Dockerfile`` and the build context ``artifacts/context/``: the app's files
-   (``app.dir``, at the same place relative to ``/app/enclave.yaml`` as beside enclave.yaml, so
-   the file works unchanged inside the image) and enclave.yaml. The app's files are chosen by
-   :func:`enclave_core.image.files.image_files`, the rule the development snapshots follow too:
-   never the state directory ``.enclave/`` (local secrets and keys must never reach an image),
-   ``artifacts/`` or ``cdk.out/``, nor version-control folders, virtualenvs, caches, bytecode,
-   logs or anything matching ``app.exclude``;
-2. ``docker build -t <prefix>-<name>:<version> -f artifacts/Dockerfile artifacts/context``;
-3. ``nitro-cli build-enclave --docker-uri <tag> --output-file <enclave.eif>`` (plus
-   ``--signing-certificate``/``--private-key`` to sign the EIF, which adds PCR8);
-4. write ``artifacts/pcr.json``: ``{"PCR0","PCR1","PCR2"}`` and ``"PCR8"`` when signed, the
-   values ``enclave synth`` and ``enclave deploy`` lock the KMS key to.
-
-The image: ``python:3.11-slim-bookworm`` (pinned by tag; pin it by digest as well for
-reproducible PCRs, which needs the network to resolve, so ``enclave build`` leaves it to you),
-``pip install simple-enclave==<this version>`` (or ``--wheel`` for an unreleased build, also
-copied to ``artifacts/wheels/`` for the hosts' wheelhouse, see
-:mod:`enclave_core.deploy.wheelhouse`), the app's ``requirements.txt`` when it has one, and
-``ENTRYPOINT ["enclave", "runtime", "-c", "/app/enclave.yaml"]``: the runtime boots and runs the
-app's ``command`` as its child. The enclave.yaml is expected to say ``mode: production`` (Nitro
-attestation, AWS KMS, SSM, S3).
+Four steps, each printed as ``[k/4]``: write ``artifacts/Dockerfile`` and the context (the files
+of :func:`enclave_core.image.files.image_files` and enclave.yaml), ``docker build``, ``nitro-cli
+build-enclave`` (signed when given a certificate, which adds PCR8), and ``artifacts/pcr.json``,
+the values ``enclave synth`` and ``enclave deploy`` lock the key to. The image's contents:
+docs/architecture.md, "Building and deploying".
 """
 
 from __future__ import annotations

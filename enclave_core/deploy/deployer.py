@@ -1,26 +1,10 @@
 """``enclave deploy``: from a built EIF to a running enclave on AWS, in six numbered steps.
 
-1. checks, before anything is created (:mod:`enclave_core.deploy.preflight`): ``mode: production``,
-   ``account`` set and matching the credentials, the sizing rules
-   (:mod:`enclave_core.deploy.sizing`), the backends' options, the EIF and its PCR0
-   (``artifacts/pcr.json`` or ``--pcr0``), the cdk CLI and the CDK app, a stack that is not busy;
-   then the hosts' wheels (``pip download``);
-2. synthesize the stack ``{prefix}Nitro{name}`` into ``<state>/cdk.out`` (the CDK app,
-   ``enclave_infra.synth.synthesize``, imported lazily: it needs the ``[infra]`` extra);
-3. ``cdk deploy --app <state>/cdk.out --require-approval never --outputs-file
-   <state>/cdk-outputs.json <stack>`` (:mod:`enclave_core.deploy.cdk`);
-4. upload the EIF (``image.eif``) and the wheels (``wheels/``) to the stack's EIF bucket, where
-   a new host's first boot waits for them;
-5. on every instance, through SSM Run Command: fetch the EIF to ``enclave.eif``, make sure the
-   supervisor runs, ``POST /v1/start`` (:mod:`enclave_core.deploy.ssm_run`);
-6. poll the supervisor's ``/health`` over Run Command until every enclave is ``running``
-   (bounded by :data:`RUNNING_TIMEOUT_S`).
-
-It then records ``<state>/deploy.json`` and returns the endpoints (the load balancer when scaled
-out). Running it again updates the stack in place: that is how to scale vertically (change
-``instance_type``) or out (``instances: N``). The stack's key policy never changes: an update is
-synthesized with the stack's ``LockedPCR0``, and a new image (a new PCR0) goes through ``enclave
-migrate`` first; deploy refuses it otherwise.
+Checks (:mod:`enclave_core.deploy.preflight`), synthesize ``{prefix}Nitro{name}``, ``cdk deploy``
+(:mod:`enclave_core.deploy.cdk`), upload the EIF and the wheels, start the enclave on every host
+through Run Command (:mod:`enclave_core.deploy.ssm_run`), and wait until every ``/health`` says
+``running``; then record ``<state>/deploy.json``. Running it again updates the stack in place; a
+new PCR0 goes through ``enclave migrate`` first, since the key policy never changes.
 """
 
 from __future__ import annotations

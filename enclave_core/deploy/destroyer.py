@@ -1,15 +1,8 @@
 """``enclave destroy``: say exactly what is lost and what remains, then delete the stack.
 
-The plan (:func:`plan_destroy`) is read from AWS, not assumed: the deployed template's
-``DeletionPolicy`` per resource (the storage and EIF buckets are retained by the CDK app), the
-KMS key's ``PendingWindowInDays``, the stack's own resources, and the parameters under
-``/{prefix}/{name}/``: the ones the enclave wrote itself (ciphertexts, migration state) are not
-the stack's and stay, and a key they name that the stack did not create (made by ``enclave
-migrate``) stays enabled until someone schedules its deletion.
-
-Then three steps (:func:`destroy`): stop the enclave through its supervisor (Run Command;
-failures are reported and do not stop the destroy), synthesize the stack again (``cdk destroy``
-needs the app), ``cdk destroy --app <state>/cdk.out --force <stack>``.
+:func:`plan_destroy` reads the plan from AWS (retained resources, the key's deletion window, the
+parameters the enclave wrote itself); :func:`destroy` stops the enclave through Run Command,
+synthesizes the stack again and runs ``cdk destroy``.
 """
 
 from __future__ import annotations

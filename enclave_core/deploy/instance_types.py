@@ -1,17 +1,10 @@
 """The EC2 instance types that can run a Nitro Enclave, with their vCPUs and memory (data only).
 
 Plain Python data, importable without aws-cdk-lib (``enclave config validate`` and the CDK app
-both read it). Each family lists the sizes we are sure support Nitro Enclaves: virtualized Nitro
-instances with at least 4 vCPUs (``xlarge`` and up). Left out on purpose: sizes below ``xlarge``
-(AWS requires 4 vCPUs on x86; on Graviton 2 would fit but leave the host no room) and bare-metal
-sizes (Nitro Enclaves need a virtualized instance). A type missing here may still work on AWS:
-the sizing check then says it does not know it, rather than guessing.
-
-``threads_per_core`` matters because an enclave takes whole physical cores: with
-hyper-threading (Intel, and AMD before the 7th generation) that is 2 vCPUs per core; AWS
-Graviton and the 7th-generation AMD families (m7a, c7a, r7a) run one thread per core.
-
-Figures are AWS's published sizes: vCPUs, and memory in MiB (GiB x 1024).
+both read it): virtualized Nitro sizes of at least 4 vCPUs, AWS's published vCPUs and memory in
+MiB, and ``threads_per_core`` (an enclave takes whole cores). A missing type may still work on
+AWS; the sizing check then says it does not know it (docs/architecture.md, "Building and
+deploying").
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
 """Sizing checks: does the enclave fit on ``instance_type`` and leave the host enough?
 
-Checked before anything is created (``enclave deploy`` step 1) and by ``enclave config
-validate``:
-
-- ``instance_type`` must be a Nitro Enclaves type we know
-(:mod:`enclave_core.deploy.instance_types`);
-  an unknown one is reported with the list of families.
-- ``enclave.cpu_count`` must be a multiple of the type's threads per core: an enclave takes
-  whole physical cores (2 vCPUs per core with hyper-threading on Intel and older AMD, 1 on
-  Graviton and m7a/c7a/r7a), and it must leave the host at least :data:`HOST_MIN_VCPUS` vCPUs.
-  AWS's own floor is one core (2 vCPUs with hyper-threading, 1 without); we keep 2 everywhere
-  so the supervisor, its forwarders and the SSM agent are never starved.
-- ``enclave.memory_mib`` must leave the host :data:`HOST_MIN_MEMORY_MIB` plus
-  :data:`HOST_MEMORY_SHARE` of the instance's memory: the OS, the supervisor and the SSM agent
-  need the first; the kernel and the hypervisor take part of the nominal memory, and the
-  allocator needs slack to find the enclave's hugepages.
-
-``enclave config validate`` always reports these problems; they are errors when
-``mode: production`` or ``account`` is set (the file is meant for a deployment) and warnings
-otherwise (development runs locally, where instance_type does not matter). ``enclave deploy``
-always treats them as errors.
-
-Scaling vertically: change ``instance_type`` (and ``enclave.cpu_count``/``memory_mib`` to use
-the new room) in enclave.yaml and run ``enclave deploy`` again. The checks run first, the stack
-update replaces or resizes the instance, and the enclave is started again with the same EIF, key
-and secrets (PCR0 does not depend on the instance type).
+Run by ``enclave config validate`` (errors when the file is meant for a deployment, warnings
+otherwise) and by ``enclave deploy`` step 1 (always errors): a known Nitro Enclaves type
+(:mod:`enclave_core.deploy.instance_types`), ``enclave.cpu_count`` in whole cores leaving
+:data:`HOST_MIN_VCPUS`, and ``memory_mib`` leaving :data:`HOST_MIN_MEMORY_MIB` plus
+:data:`HOST_MEMORY_SHARE`. Why these margins: docs/architecture.md, "Building and deploying".
 """
 
 from __future__ import annotations

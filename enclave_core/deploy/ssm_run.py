@@ -1,16 +1,9 @@
 """Talking to the supervisor on a deployed host: SSM Run Command and the scripts it runs there.
 
-The management API listens on the host's loopback only (``supervisor.listen``), so ``enclave
-deploy``, ``destroy`` and ``status --cloud`` reach it the way other Nitro frameworks do:
-an ``AWS-RunShellScript`` command, polled with ``GetCommandInvocation`` until it ends. The
-scripts are POSIX ``sh``; every value from enclave.yaml or the stack is quoted with
-:func:`shlex.quote`. The supervisor's token is read on the host (``$(cat ...)``) and never
-leaves it: it is not in the command's parameters, which SSM keeps in its history.
-
-Where things are on the host is asked of systemd: ``enclave host install`` writes
-``enclave-supervisor.service`` with ``WorkingDirectory`` = the folder of enclave.yaml, so the
-token is ``<that folder>/.enclave/supervisor/token`` and a relative ``enclave.eif`` is relative
-to it, wherever the CDK app's user data put the files.
+The management API listens on the host's loopback only, so ``enclave deploy``, ``destroy`` and
+``status --cloud`` send ``AWS-RunShellScript`` commands (POSIX ``sh``, every value
+``shlex.quote``-d) and poll them. The supervisor's token is read on the host and never leaves it;
+paths come from the systemd unit (docs/architecture.md, "Building and deploying").
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The hosts' wheelhouse: simple-enclave and its dependencies as wheels for the instance's platform.
 
-The stack's hosts live in isolated subnets, without a route to PyPI; their first boot installs
-simple-enclave with ``pip install --no-index --find-links`` from ``wheels/`` in the EIF bucket
-(``enclave_infra.user_data``). ``enclave deploy`` fills it: :func:`resolve` runs ``pip download``
-here for the host's platform (Amazon Linux 2023: glibc 2.34, CPython 3.11, x86_64 or aarch64 by
-``instance_type``), binary wheels only, and step 4 uploads them.
-
-``artifacts/wheels/`` beside enclave.yaml is searched first (``--find-links``): ``enclave build
---wheel`` puts an unreleased simple-enclave wheel there, and a dependency published only as a
-source archive can be built there by hand (``pip wheel <package> -w artifacts/wheels``).
+The hosts have no route to PyPI, so :func:`resolve` runs ``pip download`` here for Amazon Linux
+2023 on the instance's architecture, binary wheels only, searching ``artifacts/wheels/`` first
+(``enclave build --wheel`` puts an unreleased wheel there); ``enclave deploy`` uploads them to the
+EIF bucket for the hosts' first boot.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""Serve the runtime's own routes, or a whole listener's API, with a real ASGI 3 app.
+"""Serve a listener's own routes with a real ASGI 3 app.
 
-The app runs as soon as the request head is in, and its ``receive`` hands it the body as it
-arrives, as any ASGI server would: a route can refuse a request (401, or 413 from its declared
-Content-Length) without waiting for the body. Frameworks such as Falcon await a first body event
-before they route: it comes at once, empty when nothing has arrived yet. A client that sent
-``Expect: 100-continue`` is told to go on only when the app asks for more. At most the
-listener's ``own_max_body`` is accepted (1 MiB beside a proxied app, ``limits.max_body_bytes``
-for an :class:`~enclave_core.http.proxy.AsgiListener`); reading pauses while the app leaves
-more than 256 KiB unread. The response is gathered and sent with a Content-Length: these routes
-answer bounded documents (a stored object is at most 10 MiB), so buffering it keeps the framing
-simple.
+The app runs as soon as the request head is in and ``receive`` hands it the body as it arrives,
+so a route can refuse a request without waiting for the body. At most the listener's
+``own_max_body`` is accepted, and the answer is gathered and sent with a Content-Length: these
+routes answer bounded documents.
 """
 
 from __future__ import annotations

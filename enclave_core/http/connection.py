@@ -1,41 +1,78 @@
-"""The client side of the public listener: an HTTP/1.1 server protocol on asyncio and httptools.
+"""The client side of every listener: an HTTP/1.1 server protocol on asyncio and httptools.
 
-One :class:`ClientConnection` per accepted connection parses requests with
-``httptools.HttpRequestParser`` and answers them strictly in order (pipelining-safe): requests queue
-in ``pipeline`` and only the head of the queue is handled; reading pauses while a later request
-waits, so at most one read's worth of data is buffered. Each request is an :class:`Exchange` whose
-body goes to its handler (the upstream connection or the runtime's own ASGI app) as it arrives.
-
-Limits (``runtime.limits``, see :class:`~enclave_core.config.LimitsSettings`) are checked where they
-cost least: the body size per body piece, the head size from the byte counts of the reads a head
-spans (exactly, from its parsed fields, only when that bound is exceeded), and the timeouts by the
-server's periodic sweep (:meth:`ClientConnection.expire`), never by a timer per request.
+One :class:`ClientConnection` per accepted connection answers requests strictly in order
+(pipelining-safe), reading at most one read ahead. The limits of
+:class:`~enclave_core.config.LimitsSettings` are checked where they cost least: body size per
+piece, head size from the reads it spans, timeouts in the listener's periodic sweep
+(:meth:`ClientConnection.expire`), never by a timer per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httptools
 from loguru import logger
 
+from enclave_core.config import LimitsSettings
 from enclave_core.http.exchange import (
     PAUSE_BUFFER,
     PAUSE_DEAD,
     PAUSE_PIPELINE,
     PAUSE_UPSTREAM,
+    ErrorSigner,
     Exchange,
     error_response,
     half_close,
 )
+from enclave_core.log import BurstCounter
+from enclave_core.metrics import Metrics
 from enclave_core.streams.transport import unsent_bytes
 
-if TYPE_CHECKING:
-    from enclave_core.http.proxy import ProxyListener
-    from enclave_core.http.upstream import Upstream
+
+class Listener(Protocol):
+    """What a connection needs of the listener that accepted it (:mod:`enclave_core.http.listener`).
+
+    Declared here, where it is used, so that this module imports no listener.
+    """
+
+    loop: asyncio.AbstractEventLoop
+    name: str
+    limits: LimitsSettings
+    max_body_bytes: int
+    max_header_bytes: int
+    own_max_body: int
+    metrics: Metrics
+    ssl_context: ssl.SSLContext | None
+    error_signer: ErrorSigner | None
+    connections: set[ClientConnection]
+    cut: BurstCounter
+    closing: bool
+    debug: bool
+
+    def dispatch(self, conn: ClientConnection, ex: Exchange) -> None:
+        """Route a complete request head."""
+
+
+class AppSide(Protocol):
+    """The app's end of an exchange or tunnel: an :class:`~enclave_core.http.upstream.Upstream`."""
+
+    transport: asyncio.Transport
+    peer_eof: bool
+
+    def close(self) -> None:
+        """Close the connection to the app."""
+
+    def pause_reading(self) -> None:
+        """Stop reading the app's answer."""
+
+    def resume_reading(self) -> None:
+        """Read the app's answer again."""
+
 
 BUFFER_HIGH = 256 * 1024  # pause reading a body nobody consumes yet beyond this
 DISCARD_LIMIT = 4 << 20  # request body read and dropped after an early answer, then close
@@ -45,7 +82,7 @@ LINGER_S = 2.0  # after our FIN, unread input is drained this long so it causes 
 class ClientConnection(asyncio.Protocol):
     """One client connection of the public listener."""
 
-    def __init__(self, server: ProxyListener) -> None:
+    def __init__(self, server: Listener) -> None:
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -53,8 +90,8 @@ class ClientConnection(asyncio.Protocol):
         self.parsing: Exchange | None = None
         self.pipeline: deque[Exchange] = deque()
         self.raw: Exchange | None = None  # the upgrade request once the parser has stopped
-        self.tunnel: Upstream | None = None  # after a 101: bytes flow through untouched
-        self.bound: Upstream | None = None  # the upstream answering the current request
+        self.tunnel: AppSide | None = None  # after a 101: bytes flow through untouched
+        self.bound: AppSide | None = None  # the upstream answering the current request
         self.paused = 0
         self.write_paused = False
         self.write_paused_at = 0.0  # when the client last took something while we waited on it
@@ -331,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._advance()
 
-    def start_tunnel(self, up: Upstream, ex: Exchange) -> None:
+    def start_tunnel(self, up: AppSide, ex: Exchange) -> None:
         """The app accepted the upgrade: from now on bytes flow both ways untouched."""
         self.tunnel = up
         ex.responded = True
@@ -354,37 +391,55 @@ class ClientConnection(asyncio.Protocol):
         client, hold the reading (``paused_for`` is the time since the last sweep).
         """
         limits = self.server.limits
-        if self.write_paused and now - self.write_paused_at > limits.send_timeout_s:
-            # Checked even after close(): an answer nobody reads would hold the socket forever.
-            # The kernel wakes a writer only once a third of a large send buffer is free, so a
-            # slow but steady reader can keep us paused for seconds: a send queue that shrank
-            # since the last look is progress too.
-            unsent = unsent_bytes(self.fd)
-            if unsent is not None and unsent != self.unsent:
-                self.unsent, self.write_paused_at = unsent, now
-            else:
-                self._cut(f"the client took nothing for {limits.send_timeout_s:g} s")
-                return
-        if self.closed:
+        # Checked even after close(): an answer nobody reads would hold the socket forever.
+        if self.write_paused and self._send_stalled(now, limits.send_timeout_s):
+            self._cut(f"the client took nothing for {limits.send_timeout_s:g} s")
+        elif self.closed:
             return
-        if self.tunnel is not None:
-            if self.tunnel_moved != self.tunnel_seen:
-                self.tunnel_seen, self.tunnel_quiet = self.tunnel_moved, 0.0
-                return
-            self.tunnel_quiet += paused_for
-            if self.tunnel_quiet > limits.tunnel_idle_timeout_s:
-                what = f"no byte moved for {limits.tunnel_idle_timeout_s:g} s"
-                self._cut(what, "tunnel closed")
+        elif self.tunnel is not None:
+            self._expire_tunnel(paused_for, limits.tunnel_idle_timeout_s)
+        elif self.parsing is None or self.parsing.complete:  # no request being received
+            self._expire_idle(now, limits)
+        else:
+            self._expire_request(self.parsing, now, paused_for, limits)
+
+    def _send_stalled(self, now: float, send_timeout_s: float) -> bool:
+        """Whether the client has taken nothing of our answer for ``send_timeout_s``.
+
+        The kernel wakes a writer only once a third of a large send buffer is free, so a slow
+        but steady reader can keep us paused for seconds: a send queue that shrank since the
+        last look is progress too.
+        """
+        if now - self.write_paused_at <= send_timeout_s:
+            return False
+        unsent = unsent_bytes(self.fd)
+        if unsent is not None and unsent != self.unsent:
+            self.unsent, self.write_paused_at = unsent, now
+            return False
+        return True
+
+    def _expire_tunnel(self, paused_for: float, idle_timeout_s: float) -> None:
+        """Close a tunnel (after a 101) through which no byte moved for ``idle_timeout_s``."""
+        if self.tunnel_moved != self.tunnel_seen:
+            self.tunnel_seen, self.tunnel_quiet = self.tunnel_moved, 0.0
             return
-        ex = self.parsing
-        if ex is None or ex.complete:  # no request being received
-            if self.pipeline or self.raw is not None:
-                return  # answering: the app's time, not the client's
-            # before the first request the head timeout runs from the accept
-            limit = limits.header_timeout_s if ex is None else limits.idle_timeout_s
-            if now - self.idle_since > limit:
-                self.close(linger=False)  # no request to answer: a silent close
-            return
+        self.tunnel_quiet += paused_for
+        if self.tunnel_quiet > idle_timeout_s:
+            self._cut(f"no byte moved for {idle_timeout_s:g} s", "tunnel closed")
+
+    def _expire_idle(self, now: float, limits: LimitsSettings) -> None:
+        """Between requests: close silently after the idle (or, before any, the head) timeout."""
+        if self.pipeline or self.raw is not None:
+            return  # answering: the app's time, not the client's
+        # before the first request the head timeout runs from the accept
+        limit = limits.header_timeout_s if self.parsing is None else limits.idle_timeout_s
+        if now - self.idle_since > limit:
+            self.close(linger=False)  # no request to answer: a silent close
+
+    def _expire_request(
+        self, ex: Exchange, now: float, paused_for: float, limits: LimitsSettings
+    ) -> None:
+        """A request being received: 408 when its head or whole body is too slow."""
         if self.paused:
             if ex.since:
                 ex.since += paused_for

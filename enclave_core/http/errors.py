@@ -1,4 +1,4 @@
-"""JSON errors for the runtime's Falcon apps: every error is ``{"title","description"}``.
+"""JSON errors for every Falcon app of the project: each error is ``{"title","description"}``.
 
 ``EnclaveError`` subclasses map to their ``http_status``; NSM errors carry the module's error
 code; a marshmallow ValidationError that was not turned into ours already is a 400 naming the
@@ -64,20 +64,34 @@ async def _invalid(
     resp.media = _body(ValidationError.title, "; ".join(describe_errors(exc.messages)))
 
 
-async def _unexpected(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any, **_: Any
+def _unexpected(log_name: str, traceback: bool) -> Any:
+    """The 500 handler: logged at ERROR with its cause, described to the client without it."""
+
+    async def handle(
+        req: falcon.asgi.Request, resp: falcon.asgi.Response, exc: Exception, params: Any, **_: Any
+    ) -> None:
+        log = logger.bind(method=req.method, path=req.path, error=type(exc).__name__)
+        if traceback:
+            log.opt(exception=exc).error("unexpected error while serving a request")
+        else:
+            log.error("unexpected error while serving a request")
+        resp.status = 500
+        resp.media = _body("Internal error", f"unexpected error; see {log_name}")
+
+    return handle
+
+
+def install_error_handlers(
+    app: falcon.asgi.App, *, log_name: str = "the runtime log", traceback: bool = False
 ) -> None:
-    logger.bind(method=req.method, path=req.path, error=type(exc).__name__).error(
-        "unexpected error while serving a request"
-    )
-    resp.status = 500
-    resp.media = _body("Internal error", "unexpected error; see the runtime log")
+    """Make every error of ``app`` a JSON ``{"title","description"}`` body, never a traceback.
 
-
-def install_error_handlers(app: falcon.asgi.App) -> None:
-    """Make every error of ``app`` a JSON ``{"title","description"}`` body, never a traceback."""
+    :param log_name: where an operator finds the cause of a 500 (named in its description).
+    :param traceback: log a 500's traceback too (the host's supervisor: nothing secret passes
+        through it); the runtime logs the exception's type only.
+    """
     app.set_error_serializer(_serialize)
-    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(Exception, _unexpected(log_name, traceback))
     app.add_error_handler(EnclaveError, _enclave_error)
     app.add_error_handler(NsmError, _nsm_error)
     app.add_error_handler(marshmallow.ValidationError, _invalid)

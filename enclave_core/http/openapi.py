@@ -1,27 +1,14 @@
-"""OpenAPI 3 documents of the four HTTP APIs, built with apispec from the marshmallow schemas.
-
-- ``runtime-public.json``: the runtime's public listener, the routes it answers itself
-  (:func:`enclave_core.runtime.apidoc.public_document`);
-- ``runtime-control.json``: the runtime's control listener (``control_document``);
-- ``runtime-app.json``: the runtime's app API, behind its Bearer token (``app_document``);
-- ``supervisor.json``: the supervisor's management API
-  (:func:`enclave_core.supervisor.apidoc.supervisor_document`).
+"""OpenAPI 3 helpers: documents built with apispec from marshmallow schemas, and their route.
 
 Each listener serves its own document at ``GET /openapi.json`` (:class:`OpenApiResource`); the
-committed copies under ``docs/api/`` are regenerated with::
-
-    python -m enclave_core.http.openapi docs/api
-
-and ``python -m enclave_core.http.openapi --check docs/api`` exits 1 when a committed copy is stale.
+documents themselves are described in ``runtime/apidoc.py`` and ``supervisor/apidoc.py``, and
+written to ``docs/api/`` by :mod:`enclave_core.cli.apidocs`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import falcon
@@ -35,7 +22,6 @@ from enclave_core.http.schemas import ErrorSchema
 
 OPENAPI_VERSION = "3.0.3"
 OPENAPI_PATH = "/openapi.json"
-REGENERATE = "python -m enclave_core.http.openapi docs/api"
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 TEXT = "text/plain"
@@ -146,62 +132,3 @@ class OpenApiResource:
             self._body = json.dumps(self._build(), sort_keys=True).encode("utf-8")
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._body
-
-
-def documents() -> dict[str, Callable[[], dict[str, Any]]]:
-    """The committed file name of each document and the function that builds it."""
-    from enclave_core.runtime.apidoc import app_document, control_document, public_document
-    from enclave_core.supervisor.apidoc import supervisor_document
-
-    return {
-        "runtime-public.json": public_document,
-        "runtime-control.json": control_document,
-        "runtime-app.json": app_document,
-        "supervisor.json": supervisor_document,
-    }
-
-
-def stale_documents(folder: Path) -> list[str]:
-    """The names of the documents whose copy in ``folder`` is missing or differs."""
-    stale = []
-    for name, build in documents().items():
-        path = folder / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != dumps(build()):
-            stale.append(name)
-    return stale
-
-
-def write_documents(folder: Path) -> list[Path]:
-    """Write every document into ``folder``; return the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, build in documents().items():
-        path = folder / name
-        path.write_text(dumps(build()), encoding="utf-8")
-        written.append(path)
-    return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m enclave_core.http.openapi [--check] FOLDER``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m enclave_core.http.openapi",
-        description="Write (or check) the OpenAPI documents of the runtime and the supervisor.",
-    )
-    parser.add_argument("folder", type=Path, help="where the documents go, e.g. docs/api")
-    parser.add_argument(
-        "--check", action="store_true", help="write nothing; exit 1 if a document is stale"
-    )
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_documents(args.folder)
-        for name in stale:
-            print(f"{args.folder / name} is stale; regenerate with: {REGENERATE}")
-        return 1 if stale else 0
-    for path in write_documents(args.folder):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ after an accepted ``Upgrade`` splices raw bytes. The pool that reuses these live
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import httptools
 
@@ -18,7 +18,20 @@ from enclave_core.http.exchange import PAUSE_UPSTREAM, REASONS, Exchange, half_c
 
 if TYPE_CHECKING:
     from enclave_core.http.connection import ClientConnection
-    from enclave_core.http.proxy import UpstreamPool
+
+
+class Pool(Protocol):
+    """What an :class:`Upstream` needs of the pool that owns it (the proxy's ``UpstreamPool``)."""
+
+    def release(self, up: Upstream) -> None:
+        """Take back a healthy connection for reuse."""
+
+    def forget(self, up: Upstream) -> None:
+        """The connection closed: never hand it out again."""
+
+    def retry(self, conn: ClientConnection, ex: Exchange, request: bytes) -> None:
+        """Send a fully buffered request again, on a fresh connection."""
+
 
 _RESP_DROP = frozenset(
     {
@@ -29,10 +42,72 @@ _RESP_DROP = frozenset(
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
 
 
+class ResponseHead(NamedTuple):
+    """The response head as the client gets it, and how its body is framed."""
+
+    data: bytes
+    chunk_out: bool  # the body goes to the client in chunks
+    until_close: bool  # the body ends when the app closes its connection
+    close: bool  # the client connection closes after this response
+    hold: bool  # a sized body: write the head together with the first body bytes
+
+
+def rewrite_response_head(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    version: str,
+    head_request: bool,
+    close: bool,
+) -> ResponseHead:
+    """The app's response head rewritten for the client: hop-by-hop headers out, framing chosen.
+
+    :param headers: the app's headers as received.
+    :param version: the client's HTTP version: only "1.1" gets chunked framing, and "1.0" is
+        told of keep-alive explicitly.
+    :param head_request: the request was HEAD (no body follows whatever the headers say).
+    :param close: the client connection must close after this answer (unless it switches
+        protocols with a 101).
+    """
+    parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+    chunked = length = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _RESP_DROP:
+            if lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lname == b"upgrade" and status == 101:
+                parts += (b"Connection: Upgrade\r\nUpgrade: ", value, b"\r\n")
+            continue
+        if lname == b"content-length":
+            length = True
+        parts += (name, b": ", value, b"\r\n")
+    close = close and status != 101
+    bodyless = status == 101 or status == 204 or status == 304 or head_request
+    chunk_out = until_close = False
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+        chunk_out = not bodyless
+    elif not length and not bodyless:
+        until_close = True
+        if version == "1.1":
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            chunk_out = True
+        else:
+            close = True
+    if close:
+        parts.append(b"Connection: close\r\n")
+    elif version == "1.0":
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    hold = length and not chunked and not bodyless
+    return ResponseHead(b"".join(parts), chunk_out, until_close, close, hold)
+
+
 class Upstream(asyncio.Protocol):
     """One connection to the app; relays one response at a time to the bound client connection."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
@@ -232,44 +307,19 @@ class Upstream(asyncio.Protocol):
         if status >= 500:  # counted before the client can see it
             conn.server.metrics.inc("http_errors")
         self.keep = self.parser.should_keep_alive()
-        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
-        chunked = length = False
         headers, self.headers = self.headers, []
-        for name, value in headers:
-            lname = name.lower()
-            if lname in _RESP_DROP:
-                if lname == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
-                elif lname == b"upgrade" and status == 101:
-                    parts += (b"Connection: Upgrade\r\nUpgrade: ", value, b"\r\n")
-                continue
-            if lname == b"content-length":
-                length = True
-            parts += (name, b": ", value, b"\r\n")
-        close = status != 101 and (
-            not ex.keep_alive or ex.upgrade is not None or conn.eof or conn.server.closing
+        head = rewrite_response_head(
+            status,
+            headers,
+            version=ex.version,
+            head_request=ex.method == b"HEAD",
+            close=not ex.keep_alive or ex.upgrade is not None or conn.eof or conn.server.closing,
         )
-        bodyless = status == 101 or status == 204 or status == 304 or ex.method == b"HEAD"
-        if chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            self.chunk_out = not bodyless
-        elif not length and not bodyless:
-            self.until_close = True  # the body ends when the app closes
-            if ex.version == "1.1":
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-                self.chunk_out = True
-            else:
-                close = True
-        if close:
-            parts.append(b"Connection: close\r\n")
-        elif ex.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
-        self.client_close = close
+        self.out.append(head.data)
+        self.chunk_out, self.until_close = head.chunk_out, head.until_close
+        self.client_close = head.close
         self.head_pending = True
-        # apps often write head and body separately: a sized body's head waits for its bytes
-        self.hold = length and not chunked and not bodyless
+        self.hold = head.hold
         if status == 101:
             self.switching = True
         elif ex.method == b"HEAD":

@@ -1,19 +1,10 @@
 """Which image the enclave runs, and what a new image measures (its PCR0).
 
-In production the image is the EIF at ``enclave.eif``; a migration copies the new EIF there. In
-development the image is an immutable snapshot of the app's folder
-(:mod:`enclave_core.image.snapshot`): ``state_dir/image.json`` =
-``{"app_dir": "<the snapshot>", "pcr0": "<hex>", "digest": "<its content digest>", "source":
-"<the folder it was taken of>"}`` names the one that runs, and :func:`apply_image_override`
-(called by ``enclave runtime``, ``enclave supervisor`` and ``enclave dev`` right after loading the
-config) points ``app.dir`` there, so the runtime runs the snapshot and the simulated NSM measures
-it. ``enclave dev`` writes it first; a
-migration to ``--app-dir DIR`` snapshots DIR and writes it at step 8.
-
-:func:`measure_new_image` gives the PCR0 a new image will have: in development the configured
-attestation backend's measurement of the folder (the core never imports plugins, so it builds
-that backend with a context whose ``app_dir`` is the new folder and reads its PCR0); in
-production ``nitro-cli describe-eif`` (``Measurements.PCR0``) or the ``--pcr0`` given.
+Production runs the EIF at ``enclave.eif``; development runs the snapshot that
+``state_dir/image.json`` names, which :func:`apply_image_override` makes ``app.dir`` right after
+the config is loaded. :func:`measure_new_image` gives a new image's PCR0: the attestation
+backend's measurement of a folder, or ``nitro-cli describe-eif``, or the ``--pcr0`` given
+(docs/architecture.md, "Images").
 """
 
 from __future__ import annotations
@@ -33,7 +24,7 @@ from loguru import logger
 from enclave_core.config import Config
 from enclave_core.errors import ConfigError, EnclaveError, ValidationError
 from enclave_core.pcrs import is_all_zero, normalise_pcr
-from enclave_core.plugin.manager import Plugins
+from enclave_core.plugin.manager import PluginManager
 
 IMAGE_FILE = "image.json"
 PCR0_RE = re.compile(r"^[0-9a-fA-F]{96}$")
@@ -133,7 +124,7 @@ def measure_new_image(
     app_dir: str | Path | None = None,
     eif: str | Path | None = None,
     pcr0: str | None = None,
-    plugins: Plugins | None = None,
+    plugins: PluginManager | None = None,
 ) -> str:
     """Return the PCR0 (lower-case hex) the new image will have.
 
@@ -176,7 +167,7 @@ def measure_new_image(
     return measured
 
 
-def _measure_app_dir(config: Config, app_dir: Path, plugins: Plugins | None) -> str:
+def _measure_app_dir(config: Config, app_dir: Path, plugins: PluginManager | None) -> str:
     # Imported here: the backends module pulls in the plugin manager.
     from enclave_core.plugin.backends import backend_context, load_options, plugins_for
 

@@ -1,20 +1,9 @@
 """Which of the app's files make its image, and the digest of that set.
 
-One rule for everything that turns ``app.dir`` into an image: the development snapshot the
-simulated NSM measures into PCR0 (:mod:`enclave_core.image.snapshot`), and ``enclave build``'s
-context. A file left out here is left out everywhere, so it never changes a PCR0 (a log the app
-writes into its folder, ``enclave dev > dev.log``, caches, version control, the state directory).
-
-Left out: every file or folder whose name matches one of :data:`DEFAULT_EXCLUDE` or of the
-config's ``app.exclude`` (shell-style patterns, ``fnmatch``; a pattern with a ``/`` matches the
-path relative to ``app.dir`` instead), anything that is not a regular file (a symlink to a file
-counts with its target's content; symlinked folders are not followed), and the private paths
-passed in (the state directory, ``artifacts/``, ``cdk.out/``).
-
-The digest (:func:`measure`) is SHA-384 over the files sorted by relative path, each contributing
-``len(name) || name || len(content) || content`` (8-byte big-endian lengths, the name its UTF-8
-relative POSIX path), so no two trees share an encoding. It is what the simulated NSM reports as
-PCR0.
+One rule for the development snapshot the simulated NSM measures and for ``enclave build``'s
+context: :func:`image_files` leaves out :data:`DEFAULT_EXCLUDE`, ``app.exclude``, whatever is not
+a regular file and the private paths passed in; :func:`measure` is the SHA-384 digest that the
+simulated NSM reports as PCR0. The rule and the encoding: docs/architecture.md, "Images".
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Development images: immutable, content-addressed snapshots of ``app.dir``, like an EIF.
 
-On a Nitro host the enclave runs an EIF: editing the sources changes nothing until a new EIF is
-built and migrated to. In development the "image" is the app's folder, so the same guarantee needs
-a copy: :func:`take_snapshot` copies the image files (:mod:`enclave_core.image.files`) of a folder
-to ``.enclave/images/<id>/``, named by the digest of its content, files read-only. The runtime
-runs the snapshot that ``.enclave/image.json`` names
-(:func:`enclave_core.image.current.apply_image_override`),
-the simulated NSM measures it into PCR0, and the watchdog and ``enclave start`` relaunch that
-same snapshot; a new one comes only from a migration (``enclave migrate --app-dir``, ``enclave dev
---watch``, or ``enclave dev`` started on changed files). :func:`prune` keeps the running snapshot
-and its predecessor.
+:func:`take_snapshot` copies a folder's image files (:mod:`enclave_core.image.files`) to
+``.enclave/images/<digest>/``, read-only; the runtime runs the one ``.enclave/image.json`` names,
+so editing the sources changes nothing until a migration makes a new one. :func:`prune` keeps the
+running snapshot and its predecessor.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The canonical key policies of an enclave's KMS keys: render one, recognise one exactly.
 
-An enclave trusts a key only when its policy is, statement for statement, one of the documents
-:func:`render_policy` makes (see docs/threat-model.md): never because an arbitrary policy *looks*
-locked. :func:`match_policy` parses a policy into the :class:`EnclaveKeyPolicy` that renders it, or
-raises :class:`PolicyMismatch` naming the first difference. Only what IAM itself treats as equal is
-normalised before comparing: a string and a one-element list, the order of list items, the case of
-action names and of hex values under ``StringEqualsIgnoreCase``.
-
-Pure functions, no I/O.
+An enclave trusts a key only when its policy is one of the documents :func:`render_policy` makes
+(docs/threat-model.md): :func:`match_policy` parses a policy into the :class:`EnclaveKeyPolicy`
+that renders it, or raises :class:`PolicyMismatch` naming the first difference, after normalising
+only what IAM treats as equal. Pure functions, no I/O.
 """
 
 from __future__ import annotations

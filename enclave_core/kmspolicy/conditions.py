@@ -1,28 +1,9 @@
-"""IAM matching for KMS key policies: actions, principals and condition tests.
+"""IAM matching for KMS key policies: actions, principals, resources and condition tests.
 
-The building blocks :mod:`enclave_core.kmspolicy.evaluation` evaluates statements with. Pure
-functions.
-
-- Actions match case-insensitively with IAM wildcards (``*``, ``?``), as a string or a list.
-- Principals: ``"*"``, ``{"AWS": "*"}``, ``{"AWS": arn | [arns]}``; the account root
-  ``arn:<partition>:iam::ACCOUNT:root`` and the bare 12-digit account id match every principal of
-  that account; an STS assumed-role session ARN matches its role's ARN. Other principal types
-  (``Service``, ``Federated``) never match a caller ARN.
-- Resources: a statement's ``Resource`` (a string or a list) matches ``"*"`` or the key's ARN,
-  with IAM wildcards, case-sensitively (:func:`resource_match`).
-- Conditions: ``StringEquals``, ``StringEqualsIgnoreCase`` and ``StringLike`` over
-  ``kms:RecipientAttestation:ImageSha384`` (= PCR0), ``kms:RecipientAttestation:PCR<n>`` (lower-case
-  hex of the attested PCR n) and ``kms:EncryptionContext:<key>``. Key names are case-insensitive, as
-  in IAM (the encryption-context key too; two request keys differing only by case make the value
-  ambiguous, hence absent). ``DateLessThan``, ``DateLessThanEquals``, ``DateGreaterThan`` and
-  ``DateGreaterThanEquals`` over ``aws:CurrentTime``, with ISO 8601 values
-  (``2026-12-06T17:40:00Z``; no zone means UTC) or epoch seconds as a string. A value in the
-  policy is a string or a list (any of).
-
-Each condition test yields ``met``, ``unmet`` (including a key absent from the request, such as
-any attestation key without a Recipient document) or ``unknown`` (an operator or key this module
-does not implement, a malformed block, or a date value that does not parse), so callers can fail
-closed in both directions.
+The pure building blocks :mod:`enclave_core.kmspolicy.evaluation` evaluates statements with.
+Each condition test yields ``met``, ``unmet`` (a key absent from the request included) or
+``unknown`` (an operator or key not implemented here, a malformed block, a date that does not
+parse), so callers can fail closed in both directions (docs/architecture.md, "IAM evaluation").
 """
 
 from __future__ import annotations

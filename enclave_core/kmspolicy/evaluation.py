@@ -1,37 +1,10 @@
 """KMS key policies as AWS evaluates them: the IAM evaluation the local KMS runs on every call.
 
-Pure functions, no I/O. The local KMS (and the test shim in front of moto) evaluate every call
-with :func:`authorize`. The enclave never trusts a key by evaluating its policy: it requires one
-of the exact canonical documents of :mod:`enclave_core.kmspolicy.canonical`.
-
-Evaluation follows IAM for the subset key policies use:
-
-- an explicit ``Deny`` that applies wins; otherwise the call is allowed iff some ``Allow``
-  statement matches the action (``kms:Decrypt``, wildcards such as ``kms:*``, ``kms:Generate*``,
-  ``*``, a string or a list; case-insensitive), the principal (``"*"``, ``{"AWS": "*"}``,
-  ``{"AWS": arn | [arns]}``; the account root ``arn:aws:iam::ACCOUNT:root`` or the bare account id
-  matches every principal of that account), the resource and **all** of its conditions;
-- the resource: a statement applies only if its ``Resource`` holds ``"*"`` or a pattern matching
-  the key's ARN (IAM wildcards, case-sensitive). A statement with neither ``Resource`` nor
-  ``NotResource`` has no effect at all, as in AWS: it neither allows nor denies;
-- conditions (:mod:`enclave_core.kmspolicy.conditions`): ``StringEquals``,
-``StringEqualsIgnoreCase``
-  and ``StringLike`` over ``kms:RecipientAttestation:ImageSha384`` (PCR0),
-  ``kms:RecipientAttestation:PCR<n>`` and ``kms:EncryptionContext:<key>``; ``DateLessThan``,
-  ``DateLessThanEquals``, ``DateGreaterThan`` and ``DateGreaterThanEquals`` over
-  ``aws:CurrentTime``;
-- **fail closed**: a condition key absent from the request (no Recipient document, no such
-  context key) is not met; an unknown operator (``...IfExists``, ``ForAnyValue:``...), an unknown
-  key, a date that does not parse, or a ``Resource`` that cannot be matched (malformed, or a
-  key ARN when the caller gave none) is not met either. Statements using ``NotAction``,
-  ``NotPrincipal`` or ``NotResource`` never allow anything. For ``Deny`` the same unknowns work
-  the other way: such a Deny applies, unless its ``Resource`` or one of its supported conditions
-  is definitely not met.
-
-Grants (:func:`authorize`): a call the policy does not allow, and does not explicitly deny, is
-allowed when a grant for the caller lists the operation and its encryption-context constraint
-holds. Key policies arrive as JSON text too (:func:`parse_policy_text`, strict: duplicate keys
-are refused, since which of two ``Effect`` values counts is exactly what an attacker picks).
+Pure functions. :func:`authorize` decides a call from the policy and the grants, failing closed
+(an unknown operator, key or date is never met); :func:`parse_policy_text` parses policy text
+strictly (duplicate keys refused). The enclave never trusts a key by evaluating its policy: it
+requires an exact canonical document (:mod:`enclave_core.kmspolicy.canonical`). The rules in
+full: docs/architecture.md, "IAM evaluation".
 """
 
 from __future__ import annotations

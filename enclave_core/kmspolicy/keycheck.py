@@ -1,17 +1,10 @@
 """The enclave's own check of a KMS key: only the attested image can ever use it, now or later.
 
 :func:`verify_enclave_key` runs at every boot (on ``KMSKeyID``), when the old enclave creates a
-migration key, and at export. In this order, each step on what KMS itself reports:
-
-1. DescribeKey: Enabled, customer managed, origin ``AWS_KMS`` (not imported material, not a custom
-   key store), single-Region, ``SYMMETRIC_DEFAULT`` / ``ENCRYPT_DECRYPT``, in the enclave's
-   account;
-2. GetKeyPolicy: exactly a canonical policy (:func:`enclave_core.kmspolicy.canonical.match_policy`)
-   for this principal and image, which gives nobody PutKeyPolicy or CreateGrant;
-3. ListGrants: empty. Read after the policy that forbids new grants, so it stays empty for ever;
-   read before it, a grant could slip in between the two reads.
-
-See docs/threat-model.md for why each step is there.
+migration key, and at export: DescribeKey (enabled, customer managed, ``AWS_KMS`` origin,
+single-Region, symmetric, own account), then GetKeyPolicy (exactly a canonical policy), then
+ListGrants (empty), in that order. docs/threat-model.md, "Keys: what the enclave accepts", says
+why each step is there.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""The plugin machinery: hook specs, capability Protocols, registries, manager, backend choice."""
+"""The plugin machinery: markers, hook specs, the capability table and Protocols, registries,
+the plugin manager and backend choice. Plugin authors import from ``enclave_core`` itself."""

@@ -1,4 +1,8 @@
-"""The only place backends are chosen: enclave.yaml + registries -> backend instances."""
+"""The only place backends are chosen: enclave.yaml + registries -> backend instances.
+
+``validate_backends`` checks every capability's ``backend`` and ``options`` against the installed
+registries; ``build_backend`` builds one capability's backend with its :class:`BackendContext`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ import marshmallow
 
 from enclave_core.config import Config, flatten_errors
 from enclave_core.errors import BackendNotFound, ConfigError
+from enclave_core.plugin.capabilities import CAPABILITIES
 from enclave_core.plugin.interfaces import BackendContext
-from enclave_core.plugin.manager import Plugins, get_plugin_manager
-from enclave_core.plugin.registry import CAPABILITIES
+from enclave_core.plugin.manager import PluginManager, get_plugin_manager
 
 
 def backend_context(config: Config, session: Any = None) -> BackendContext:
@@ -27,12 +31,12 @@ def backend_context(config: Config, session: Any = None) -> BackendContext:
     )
 
 
-def plugins_for(config: Config) -> Plugins:
+def plugins_for(config: Config) -> PluginManager:
     """Build the plugin manager honouring ``plugins.disable``."""
     return get_plugin_manager(disable=config.plugins.disable)
 
 
-def validate_backends(config: Config, plugins: Plugins) -> list[str]:
+def validate_backends(config: Config, plugins: PluginManager) -> list[str]:
     """Check every capability names an installed backend with valid options; return error lines."""
     lines: list[str] = []
     for capability in CAPABILITIES:
@@ -50,7 +54,7 @@ def validate_backends(config: Config, plugins: Plugins) -> list[str]:
 
 
 def load_options(
-    config: Config, plugins: Plugins, capability: str
+    config: Config, plugins: PluginManager, capability: str
 ) -> tuple[type[Any], dict[str, Any]]:
     """Return the backend class of a capability and its validated options."""
     settings = config.backend(capability)
@@ -63,7 +67,9 @@ def load_options(
     return cls, options
 
 
-def build_backend(config: Config, plugins: Plugins, capability: str, *, session: Any = None) -> Any:
+def build_backend(
+    config: Config, plugins: PluginManager, capability: str, *, session: Any = None
+) -> Any:
     """Build the configured backend of one capability."""
     cls, options = load_options(config, plugins, capability)
     return cls.from_options(options, backend_context(config, session))

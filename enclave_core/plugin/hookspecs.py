@@ -1,21 +1,19 @@
 """Hook specifications: the only place Simple Enclave declares hooks.
 
-Plugins implement these with ``from enclave_core import hookimpl``. Every hook takes keyword
-arguments; an implementation may accept fewer arguments than the spec names.
+One ``enclave_register_<capability>`` hook per capability
+(:mod:`enclave_core.plugin.capabilities`). Plugins implement them with ``from enclave_core import
+hookimpl``; every hook takes keyword arguments, and an implementation may accept fewer arguments
+than the spec names.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-from enclave_core import PROJECT_NAME
+from enclave_core.plugin.markers import hookspec
 
 if TYPE_CHECKING:
     from enclave_core.plugin.registry import BackendRegistry
-
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 # ---------------------------------------------------------------------------------------------
 # Registration: called once per plugin manager, before enclave.yaml selects backends.
@@ -32,7 +30,9 @@ def enclave_register_storage(registry: BackendRegistry[Any]) -> None:
     before it reaches the backend, so a storage backend never sees plaintext.
 
     :param registry: the storage registry; adding a name that is taken raises
-        :class:`~enclave_core.errors.DuplicateBackend` naming both plugins.
+        :class:`~enclave_core.errors.DuplicateBackend` naming both plugins, and adding a class
+        without a valid ``name``, ``Options``, ``from_options`` or a method of the Protocol raises
+        :class:`~enclave_core.plugin.registry.InvalidBackend` naming the plugin.
     :returns: nothing.
 
     .. versionadded:: 0.1

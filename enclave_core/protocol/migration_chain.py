@@ -1,14 +1,8 @@
 """The migration chain: attested links from the first image to the one running, checked as one.
 
-At each migration the old enclave writes a ``link`` record
-(:mod:`enclave_core.crypto.attested_record`) whose body names its own image (``from_pcr0``,
-``from_pcr8``), its successor (``to_pcr0``, ``to_pcr8``), the new key (``key_id``, ``key_arn``,
-``policy_sha256``), the SHA-256 of every ciphertext it exported (``entries``), its position
-(``index``, 1 for the first migration) and the digest of the link before it (``previous_link``,
-null for the first). The runtime keeps the links as ``Chain/<n>`` and ``/v1/enclave-info`` shows
-them; :func:`verify_links` is what both the runtime and ``enclave verify`` check them with.
-Deleting a link makes the chain unprovable; it cannot make a migrated enclave look like a first
-one (its key says it was made by a migration).
+Each migration's old enclave writes a ``link`` record naming both images, the new key and the
+ciphertexts it exported; :func:`verify_links` is what the runtime and ``enclave verify`` both
+check the chain with (docs/protocols.md, "The migration chain").
 """
 
 from __future__ import annotations

@@ -1,49 +1,10 @@
 """Signed responses: the runtime's own answers carry an Ed25519 signature bound to the request.
 
-Every response the runtime itself serves on the public listener (``/health``,
-``/v1/enclave-info``, ``/enclave/attestation``, the errors its Falcon app produces, such as a
-400 for a bad nonce or a 405, and the errors the listener writes itself: 502 and 503 for a proxied
-path, 413, 400 for a malformed request) carries two headers:
-
-- ``X-Attestation-Signature``: hex of the 64-byte Ed25519 signature over the canonical string;
-- ``X-Attestation-Pubkey``: hex of the raw 32-byte Ed25519 public key. Its SHA-256 is the second
-  half of the attestation document's ``user_data``, so a client that verified a document knows
-  the key is the enclave's.
-
-The canonical string (ASCII, each field followed by one ``\\n``)::
-
-    simple-enclave-response-v2
-    <the request method, upper-case>
-    <the request target: path and ?query exactly as the client sent them>
-    <status code, decimal>
-    <hex SHA-256 of the response body as sent>
-    <the request's X-Attestation-Nonce header, or empty>
-
-The method and the target bind the answer to the route it answers, even when the nonce is empty
-or reused: a recorded ``GET /health`` cannot pass for the answer to ``GET /v1/enclave-info``.
-The target is signed as it was sent, percent-encoding and all, not as decoded for routing
-(``/v1/enclave%2Dinfo`` is signed as that, not as ``/v1/enclave-info``); an absolute-form target
-(``http://host/path?q``) is signed as its path and query, the part the runtime answers. A bare
-``?`` with nothing after it is not part of it (the ASGI scope cannot tell it from no query). A
-method or target holding anything but visible ASCII cannot be signed (it could forge a line):
-the runtime answers such a request 400, signed with an empty method and target. So is a request
-whose request line could not be parsed at all: the listener knows neither then.
-
-The nonce, which the client chooses, binds the answer to one request: a recorded response cannot
-be replayed for another. A nonce is at most 256 characters of ``[0-9A-Za-z_-]``; anything else is
-answered 400 (signed, with an empty nonce). The body of a ``HEAD`` or 204/304 response is empty,
-and so is what gets hashed.
-
-Not signed, by design:
-
-- responses proxied from the app: they are streamed both ways (server-sent events, WebSockets,
-  large downloads), and a signature over a body must wait for its end; apps that want signed
-  answers sign them themselves;
-- responses served in the first moments of boot, before the ``attestation`` stage has made the
-  signing key; no attestation document exists then either (that route answers 503), so nothing
-  can be verified in that window and a verifier that requires signatures simply fails.
-
-:func:`verify_response_signature` is the client side (``enclave verify`` uses it).
+The signature covers ``simple-enclave-response-v2``, the request's method and target as sent, the
+status, the SHA-256 of the body and the client's nonce; the public key's SHA-256 is in the
+attestation document's ``user_data``. The exact format, what is signed and what is not, and how a
+client checks it are in docs/protocols.md ("Signed responses"). :func:`verify_response_signature`
+is the client side (``enclave verify`` uses it).
 """
 
 from __future__ import annotations
@@ -51,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote
 
 import falcon
@@ -63,8 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from enclave_core.errors import AttestationError
 
-if TYPE_CHECKING:  # the client side (enclave verify) needs none of the runtime
-    from enclave_core.runtime.state import RuntimeState
+
+class KeyHolder(Protocol):
+    """Where the signing key is once boot has made it (the runtime's state)."""
+
+    signing_key: Ed25519PrivateKey | None
+
 
 CANONICAL_VERSION = "simple-enclave-response-v2"
 SIGNATURE_HEADER = "X-Attestation-Signature"
@@ -182,7 +147,7 @@ def verify_response_signature(
 class SigningMiddleware:
     """Falcon middleware signing each response of the runtime's public app (see module doc)."""
 
-    def __init__(self, state: RuntimeState) -> None:
+    def __init__(self, state: KeyHolder) -> None:
         self._state = state
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -256,7 +221,7 @@ def _listener_target(target: bytes) -> str | None:
 
 
 def listener_error_signer(
-    state: RuntimeState,
+    state: KeyHolder,
 ) -> Callable[[bytes, bytes, int, bytes, bytes], bytes]:
     """Sign the errors the public listener writes itself (502, 503, 413, 400) like the app's.
 

@@ -1,17 +1,9 @@
 """Keep freed memory in the runtime's heap instead of handing it back to the kernel at once.
 
-glibc serves allocations above its mmap threshold (128 KiB at first, raised on the fly up to
-32 MiB) with fresh ``mmap`` pages and trims the top of the heap as soon as more than twice that
-is free. The runtime allocates and frees a few object-sized buffers per storage call (the
-ciphertext read from the backend, the plaintext returned to the app), so with the defaults a
-1 MiB get pays for 256 page faults and zeroed pages on every call: measured, that tripled the
-cost of decrypting a 1 MiB object (docs/benchmarks.md).
-
-Inside a Nitro Enclave the memory is carved out for the enclave at launch and nobody else can
-use it, so pages returned to the enclave's kernel are wasted work. :func:`tune_allocator` sets
-fixed thresholds that fit the largest object the app API accepts (10 MiB) with room to spare;
-the price is that up to :data:`TRIM_THRESHOLD` bytes of freed memory stay resident after a
-burst of large objects. The idle footprint is unchanged (nothing is allocated until it is used).
+:func:`tune_allocator` sets fixed glibc thresholds that fit the largest object the app API
+accepts (10 MiB), so a storage call does not fault in fresh pages each time; up to
+:data:`TRIM_THRESHOLD` bytes of freed memory may stay resident. Measurements and reasons:
+docs/architecture.md, "The runtime's allocator".
 """
 
 from __future__ import annotations

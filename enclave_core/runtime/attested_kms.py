@@ -1,13 +1,9 @@
 """The enclave's side of KMS ``Recipient``: plaintext keys reach the runtime only inside a CMS
 envelope that KMS made for a key pair living in this process.
 
-Per boot the runtime makes one RSA-2048 key pair and asks the attestation backend for a document
-carrying its public key (DER SubjectPublicKeyInfo) and the runtime's usual ``user_data`` binding.
-Every Decrypt and GenerateDataKey sends that document as the ``Recipient``; KMS checks it against
-the key policy's ``kms:RecipientAttestation:*`` conditions and answers with
-``CiphertextForRecipient``, which only this process can open. An answer that carries a plaintext
-anyway is refused: the plaintext must never have left KMS unencrypted. The document is requested
-again when it is older than two hours (the NSM's leaf certificate lives three).
+:class:`RecipientSession` holds one boot's RSA-2048 key pair and its attestation document (renewed
+after two hours), sends it with every Decrypt and GenerateDataKey, opens the
+``CiphertextForRecipient`` and refuses an answer that carries a plaintext (docs/protocols.md).
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
 """Boot: the stages from configuration to a running app.
 
-Each stage is visible in ``/health`` while it runs. A failure leaves the runtime degraded, with a
-reason that names the stage and never a secret; the runtime keeps serving ``/health`` instead of
-crashing. Backends are synchronous, so every call runs in a worker thread.
-
-- ``attestation``: this image's PCR0 and PCR8, the response-signing key, the management token and
-  the boot's Recipient key pair. An enclave whose PCR0 is all zero (debug mode) goes no further:
-  no key may ever admit that value.
-- ``kms_key``: the key in ``KMSKeyID`` must pass
-:func:`enclave_core.kmspolicy.keycheck.verify_enclave_key`
-  (metadata, the exact canonical policy for this image, no grants). A development key that is
-  not locked yet is locked here first; in development, a missing key is created locked.
-- ``static_secrets``: every data key (the static secrets and the storage key) is opened through
-  :func:`enclave_core.runtime.sealed.open_data_keys`, which decrypts only ciphertexts an attested
-  manifest names, generating the missing ones (first boot) through KMS Recipient, so no
-  plaintext key ever leaves KMS unencrypted;
-- ``storage``, ``dynamic_secrets``, then ``app``.
-
-Before the app starts, the runtime reads its migration chain
-(:func:`~enclave_core.runtime.chain_record. record_chain`) and, after a migration, schedules the
-deletion of the key it was migrated from (``MigrationOldKMSKeyID``); neither can fail boot, since
-every secret already opened.
+``attestation``, ``kms_key``, ``static_secrets``, ``storage``, ``dynamic_secrets``, ``app``, each
+visible in ``/health`` while it runs (docs/architecture.md, "Boot"). A failure leaves the runtime
+degraded with a reason naming the stage, never a secret, and ``/health`` still answering.
+Backends are synchronous, so every call runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -44,7 +27,7 @@ from enclave_core.errors import (
 from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, render_policy
 from enclave_core.kmspolicy.keycheck import KeyPolicyRefused, KeyVerdict, verify_enclave_key
 from enclave_core.plugin.backends import build_backend
-from enclave_core.plugin.manager import Plugins
+from enclave_core.plugin.manager import PluginManager
 from enclave_core.plugin.parameters import create_parameter
 from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.chain_record import record_chain
@@ -81,7 +64,7 @@ ZERO_PCR = "0" * 96
 StartApp = Callable[[], Awaitable[None]]
 
 
-def _build_backends(state: RuntimeState, plugins: Plugins) -> None:
+def _build_backends(state: RuntimeState, plugins: PluginManager) -> None:
     config, metrics = state.config, state.metrics
     state.attestation = build_backend(config, plugins, "attestation")
     state.kms = CountingKms(build_backend(config, plugins, "kms"), metrics)
@@ -276,7 +259,7 @@ def app_env_provider(state: RuntimeState) -> Callable[[], Awaitable[dict[str, st
     return provide
 
 
-async def run_boot(state: RuntimeState, plugins: Plugins, start_app: StartApp | None) -> bool:
+async def run_boot(state: RuntimeState, plugins: PluginManager, start_app: StartApp | None) -> bool:
     """Run every boot stage in order; return whether boot reached the ``app`` stage.
 
     :param start_app: starts the app supervisor; None stops after ``dynamic_secrets`` (tests).

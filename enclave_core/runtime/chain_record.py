@@ -16,7 +16,7 @@ from enclave_core.crypto.attested_record import AttestedRecord, read_record
 from enclave_core.errors import AttestationError, TamperingDetected
 from enclave_core.pcrs import normalise_pcr
 from enclave_core.protocol.migration_chain import GENESIS, ChainReport, check_link, verify_links
-from enclave_core.runtime.sealed import chain_param
+from enclave_core.runtime.manifest import chain_param
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.trust import root_of
 

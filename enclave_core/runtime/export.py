@@ -1,24 +1,11 @@
 """export-key: re-encrypt this enclave's data keys for its successor, and only for its successor.
 
-The supervisor names the new key (``MigrationKMSKeyID``) and the new image's PCR0
-(``MigrationTargetPCR0``), but it is not trusted to have chosen them honestly. Before anything
-leaves, :func:`export_keys` refuses (403, naming the reason) unless:
-
-- the key is the one this image created for that target (``Migration/KeyRecord``, an attested
-  record made by this same image, :mod:`enclave_core.runtime.migration_key`): a key the host made,
-  however its policy looks, never receives anything;
-- the key still passes every check (:func:`enclave_core.kmspolicy.keycheck.verify_enclave_key`:
-metadata,
-  the exact policy that was created, no grants) and its export window is open.
-
-Then every static secret and the storage data key, in memory since boot, are encrypted under the
-new key with their usual encryption contexts and written as ``Migration/{name}/Ciphertext``, with
-the chain link (``Migration/Manifest``): an attested ``link`` record naming this image and its
-PCR8, the target, the key and its policy, the SHA-256 of every ciphertext exported and the link
-before it (:mod:`enclave_core.protocol.migration_chain`). The new enclave adopts only those
-ciphertexts. ``MigrationPreviousPCR0`` and ``MigrationPreviousPCR0Attestation`` are written too, for
-people to read; no enclave trusts them. The link comes last: once it is there, the export is
-complete. Exporting again for the same migration rewrites the same parameters.
+:func:`export_keys` refuses (403, naming why) unless the key named by ``MigrationKMSKeyID`` is
+the one this image created for that target (``Migration/KeyRecord``,
+:mod:`enclave_core.runtime.migration_key`), still passes every check and its export window is
+open. It then writes ``Migration/{name}/Ciphertext`` and, last, the chain link
+``Migration/Manifest`` (docs/protocols.md, "The migration chain"). Exporting again for the same
+migration rewrites the same parameters.
 """
 
 from __future__ import annotations
@@ -38,6 +25,7 @@ from enclave_core.errors import (
 )
 from enclave_core.pcrs import normalise_pcr
 from enclave_core.runtime.datakeys import data_keys
+from enclave_core.runtime.manifest import blob_digest
 from enclave_core.runtime.migration_key import (
     MigrationRefused,
     NotReady,
@@ -46,7 +34,6 @@ from enclave_core.runtime.migration_key import (
     trusted_now,
     verify_migration_key,
 )
-from enclave_core.runtime.sealed import blob_digest
 from enclave_core.runtime.state import RuntimeState
 
 __all__ = ["ExportRefused", "ExportResult", "NotReady", "export_keys", "migration_param"]

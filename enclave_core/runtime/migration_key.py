@@ -1,21 +1,11 @@
 """The migration key: created by the old enclave itself, for its successor only.
 
-``POST /v1/migration-key`` (control listener) is step 2 of a migration. The old enclave, over its
-own TLS session to KMS, creates the new key with its final policy in the CreateKey call
-(:func:`enclave_core.kmspolicy.canonical.render_policy`):
-
-- Decrypt and GenerateDataKey only with a Recipient document of the target PCR0, and of this
-  image's PCR8 when it is signed, so only images signed with the same certificate ever decrypt;
-- Encrypt for the enclave role during the export window only (``EXPORT_WINDOW_S`` from now, by
-  the NSM's clock, enforced by KMS with ``DateLessThan aws:CurrentTime``), so no principal keeps
-  ``kms:Encrypt`` on the key once it is live;
-- nobody may change the policy or create grants.
-
-It then verifies the key like any other (:func:`enclave_core.kmspolicy.keycheck.verify_enclave_key`)
-and stores an attested ``migration-key`` record (``Migration/KeyRecord``) naming the key, the target
-and the window, so that after a restart it still knows the key as its own. Export
-(:mod:`enclave_core.runtime.export`) goes only to a key such a record names. Asking again for the
-same migration and target returns the same key: a resumed migration never makes a second one.
+``POST /v1/migration-key`` (control listener) is step 2 of a migration: over its own TLS session
+to KMS the old enclave creates the key with its final canonical policy in the CreateKey call
+(decrypt only for the target PCR0, and this image's PCR8 when signed; ``Encrypt`` only during the
+``EXPORT_WINDOW_S`` export window; no policy change, no grants), verifies it like any key and
+stores an attested ``migration-key`` record. Asked again for the same migration and target, it
+returns the same key.
 """
 
 from __future__ import annotations

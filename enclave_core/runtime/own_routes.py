@@ -1,19 +1,9 @@
 """The runtime's own routes: public ones (health, enclave-info, attestation) and the control app.
 
-Everything else on the public listener is proxied to the app by
-:class:`enclave_core.http.proxy.ProxyListener`, which asks :func:`is_own_path` first. Each
-response of the public app is signed by :class:`~enclave_core.protocol.signing.SigningMiddleware`
-(the control app's are not: it is never reachable from outside the parent instance).
-
-``POST /v1/migration-key`` (:mod:`enclave_core.runtime.migration_key`) and ``POST /v1/export-key``
-(:mod:`enclave_core.runtime.export`) exist only on the control app. The public listener keeps both
-paths for itself and answers 404, so a request from outside never reaches them, nor an app that
-happens to serve those paths.
-
-Each app serves its OpenAPI document at ``GET /openapi.json`` (:mod:`.apidoc`); on the public
-listener that path is the runtime's own too (signed like the rest), so an app's own
-``/openapi.json`` is not reachable through the public listener. Query parameters and bodies are
-loaded with the marshmallow schemas of :mod:`.schemas` that the documents are built from.
+The public listener asks :func:`is_own_path` first and proxies everything else to the app; each
+public answer is signed (:class:`~enclave_core.protocol.signing.SigningMiddleware`). The control
+app alone has ``POST /v1/migration-key`` and ``POST /v1/export-key``: the public listener keeps
+both paths and answers 404, so no request from outside (nor the app) reaches them.
 """
 
 from __future__ import annotations

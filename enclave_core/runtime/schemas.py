@@ -1,6 +1,6 @@
 """The runtime's request and response schemas (README: HTTP APIs), for validation and OpenAPI.
 
-Request schemas are loaded by the handlers of :mod:`.appapi` and :mod:`.public` through
+Request schemas are loaded by the handlers of :mod:`.appapi` and :mod:`.own_routes` through
 :func:`enclave_core.http.schemas.load_request`; response schemas describe what they answer. Both
 feed the OpenAPI documents of :mod:`enclave_core.runtime.apidoc`. The name rules themselves are
 the ``check_*`` functions of :mod:`.validate`; ``metadata["pattern"]`` states them for the

@@ -1,27 +1,16 @@
 """Open the data keys, adopting only ciphertexts an attested manifest names.
 
-The host writes every parameter, and during a migration's export window it can make ciphertexts
-under the new key; before a development key is locked, under that one too. So the runtime never
-decrypts a ciphertext because it is *there*: its SHA-256 must be in ``CiphertextManifest``, an
-attested record (:mod:`enclave_core.crypto.attested_record`) that is either
-
-- a ``manifest`` this image made: the ciphertexts it generated, or adopted after verifying them;
-- the ``link`` the previous image wrote at export, naming this image as its target, this key and
-  the ciphertexts it exported (the first boot after a migration). The runtime then stores the
-  link as ``Chain/<n>`` and replaces it with a manifest of its own.
-
-Missing data keys (a first boot, a secret the new image added) are generated under a short lock
-(``GenerationLock``), the manifest written before the ciphertexts, so a crash leaves nothing the
-next boot must trust blindly: a listed ciphertext that never arrived is generated anew, while a
-ciphertext the manifest does not name, or names with another digest, is a tampering event and the
-runtime stays degraded (docs/threat-model.md, P2).
+A ciphertext is decrypted only when its SHA-256 is in ``CiphertextManifest``: a ``manifest`` this
+image made, or the ``link`` its predecessor wrote at export naming this image (then stored as
+``Chain/<n>`` and replaced by a manifest of its own). Missing data keys are generated under
+``GenerationLock``, the manifest written before the ciphertexts; an untraceable ciphertext is a
+tampering event (docs/threat-model.md, P2; the record layouts in docs/protocols.md).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import time
 import uuid
@@ -40,44 +29,22 @@ from enclave_core.crypto.attested_record import (
 from enclave_core.errors import CryptoError, EnclaveError, TamperingDetected
 from enclave_core.plugin.parameters import create_parameter
 from enclave_core.runtime.datakeys import DATA_KEY_BYTES, DataKey, data_keys
+from enclave_core.runtime.manifest import (
+    GENESIS,
+    LOCK_PARAM,
+    MANIFEST_PARAM,
+    Manifest,
+    blob_digest,
+    chain_param,
+)
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.runtime.trust import root_of
 
-MANIFEST_PARAM = "CiphertextManifest"
-LOCK_PARAM = "GenerationLock"
-CHAIN_PREFIX = "Chain/"
-GENESIS = "genesis"
 #: A generation lock older than this (seconds) was left by a boot that died; it may be taken.
 LOCK_TTL_S = 60.0
 #: How long a boot waits, in all, for another enclave's generation to finish.
 WAIT_S = 90.0
 POLL_S = 0.25
-
-
-def chain_param(index: int) -> str:
-    """The parameter of chain link ``index`` (1 = the first migration)."""
-    return f"{CHAIN_PREFIX}{index}"
-
-
-def blob_digest(blob: bytes) -> str:
-    """What a manifest lists for a ciphertext: the SHA-256 (hex) of its bytes."""
-    return hashlib.sha256(blob).hexdigest()
-
-
-@dataclass
-class Manifest:
-    """The verified ``CiphertextManifest``: who vouches, for which ciphertexts, and the chain."""
-
-    record: AttestedRecord
-    entries: dict[str, str]
-    previous_pcr0: str  # "genesis" or the predecessor's PCR0
-    chain_length: int
-    last_link: str | None  # the digest of the newest chain link
-
-    @property
-    def is_link(self) -> bool:
-        """Whether this is the predecessor's link, not yet replaced by our own manifest."""
-        return self.record.kind == "link"
 
 
 @dataclass

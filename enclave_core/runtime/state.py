@@ -7,7 +7,6 @@ one event loop, so plain attributes suffice.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from enclave_core import __version__
 from enclave_core.config import Config
 from enclave_core.metrics import Metrics
 from enclave_core.plugin.interfaces import Attestation, Kms, Secrets, Storage
+from enclave_core.protocol.userdata import attestation_user_data
 from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.dynsecrets import DynamicSecrets
 
@@ -27,23 +27,9 @@ if TYPE_CHECKING:  # hints only: these modules import this one
 
     from enclave_core.kmspolicy.keycheck import KeyVerdict
     from enclave_core.protocol.migration_chain import ChainReport
-    from enclave_core.runtime.sealed import Manifest
+    from enclave_core.runtime.manifest import Manifest
 
 STAGES = ("config", "attestation", "kms_key", "static_secrets", "storage", "dynamic_secrets", "app")
-
-#: The multihash prefix of a SHA-256 digest (code 0x12, length 0x20), as nitriding uses.
-SHA256_MULTIHASH = b"\x12\x20"
-
-
-def attestation_user_data(tls_cert_der: bytes | None, signing_public_key: bytes) -> bytes:
-    """The 68-byte ``user_data`` binding the TLS certificate and the response-signing key.
-
-    ``multihash(sha256(cert DER)) || multihash(sha256(raw Ed25519 public key))``; without a
-    certificate the first digest is 32 zero bytes.
-    """
-    cert_digest = hashlib.sha256(tls_cert_der).digest() if tls_cert_der else bytes(32)
-    key_digest = hashlib.sha256(signing_public_key).digest()
-    return SHA256_MULTIHASH + cert_digest + SHA256_MULTIHASH + key_digest
 
 
 @dataclass(repr=False)

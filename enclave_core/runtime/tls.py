@@ -1,17 +1,9 @@
 """The public listener's TLS identity: a key pair made in memory at start-up, never stored.
 
-Each runtime process makes a fresh ECDSA P-256 key and a self-signed certificate (CN = the app's
-name, SAN ``localhost`` and ``127.0.0.1``, valid one year, random serial). Nobody is asked to
-trust that certificate through a CA: the SHA-256 of its DER encoding goes into the attestation
-document's ``user_data`` (:func:`enclave_core.runtime.state.attestation_user_data`), so a client
-that verified the document pins the certificate it then talks to (``enclave verify`` does).
-
-The private key never touches a file system that persists. The standard library's ``ssl`` only
-loads keys from paths, so the key goes, encrypted under a random one-time password, into an
-anonymous in-memory file (``memfd_create``) that is closed right after ``load_cert_chain``;
-where memfd is missing, into a 0600 file in a private 0700 temporary directory that is deleted
-at once. The certificate is made before the public listener starts, so the very first attestation
-document already binds it.
+A fresh ECDSA P-256 key and self-signed certificate per runtime process; the SHA-256 of the
+certificate's DER goes into the attestation ``user_data`` (docs/protocols.md), so a client that
+verified a document pins it. The key reaches ``ssl`` through an in-memory file, never a
+persistent one (docs/architecture.md, "The TLS identity").
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """In-enclave bridges to the host's egress proxy and IMDS forwarder, and the variables for them.
 
-An enclave has no network interface: its only way out is vsock to the parent instance (CID 3).
-Inside a Nitro Enclave the runtime therefore listens on loopback TCP ``127.0.0.1:{egress.port}``
-and ``127.0.0.1:{egress.imds_port}`` and splices every connection to ``vsock://3:{same port}``,
-where the supervisor's egress proxy and IMDS forwarder listen. The runtime then sets, for itself
-and the app (:func:`proxy_environment`):
-
-- ``HTTPS_PROXY``/``https_proxy`` = ``http://127.0.0.1:{egress.port}``: boto3 and ordinary HTTP
-  clients tunnel HTTPS through the allow-list with CONNECT;
-- ``NO_PROXY``/``no_proxy`` = ``127.0.0.1,localhost,::1``: the app API and the app stay direct;
-- ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` = ``http://127.0.0.1:{egress.imds_port}``: the SDKs
-  fetch the instance role's credentials through the IMDS forwarder.
-
-In development there are no bridges: the supervisor's proxy and forwarder listen on those loopback
-ports themselves, and the same variables point at them, so the allow-list is exercised there too.
-It covers only non-loopback destinations (``NO_PROXY``; the tests' moto server is on loopback),
-and only HTTPS: plain HTTP has no route out of an enclave, and no ``HTTP_PROXY`` is set.
-
-:func:`in_enclave` decides: ``/dev/nsm`` exists (the Nitro Secure Module is only there inside an
-enclave) or ``attestation.backend`` is ``nitro``. The fake nitro-cli of the tests runs the runtime
-with simulated attestation, as an ordinary process: no bridges there.
+An enclave's only way out is vsock to the parent (CID 3). Inside a Nitro Enclave
+(:func:`in_enclave`) the runtime splices loopback ``127.0.0.1:{egress.port}`` and
+``{egress.imds_port}`` to the same vsock ports on the host, and :func:`proxy_environment` gives
+the runtime and the app ``HTTPS_PROXY``, ``NO_PROXY`` and ``AWS_EC2_METADATA_SERVICE_ENDPOINT``.
+In development the supervisor listens on those loopback ports itself (docs/architecture.md,
+"How they talk").
 """
 
 from __future__ import annotations

@@ -1,27 +1,10 @@
 """The log channel: the runtime's and the app's log lines, streamed from the enclave to the host.
 
-Outside debug mode a Nitro enclave has no console, so the runtime sends every log record (its own
-and the app's, which the runtime re-logs with ``"source": "app"``) over vsock to the host. The
-supervisor appends them to ``state_dir/logs/runtime.log``, the file the ``process`` launcher
-writes in development, so ``enclave logs [--follow]`` reads one place in both modes, and echoes
-them on its stderr, so ``journalctl -u enclave-supervisor`` shows them too.
-
-- Port: :data:`LOG_PORT` (8003), next to the egress proxy (8001) and the IMDS forwarder (8002) on
-  the host's vsock; the environment variable ``ENCLAVE_LOG_PORT`` overrides it on both ends.
-- Enclave end (:class:`LogChannelSender`): a loguru sink that formats with
-  :func:`enclave_core.log.format_record` (so the usual redaction applies) and only appends to a
-  bounded in-memory queue (10 000 lines, 8 MiB); the oldest lines are dropped, and counted, when
-  the host does not read.
-  A daemon thread connects to ``vsock://3:8003`` (the parent instance), reconnects with backoff
-  and reports dropped lines in a ``"source": "log-channel"`` line. Logging never blocks the
-  runtime; a batch in flight when the host goes away may be lost or sent twice.
-- Host end (:mod:`enclave_core.supervisor.logreceiver`): an asyncio server on
-  ``vsock://ANY:8003``, one connection per peer, lines bounded to :data:`MAX_LINE_BYTES`, the
-  file mode 0600 and rotated past :data:`MAX_FILE_BYTES`.
-
-The sender runs only in a Nitro enclave (:func:`~enclave_core.streams.host_bridges.in_enclave`, as
-the egress bridges) and the receiver only with the ``nitro-cli`` launcher: in development the
-``process`` launcher pipes the runtime's stderr to the same file instead.
+Outside debug mode a Nitro enclave has no console. :class:`LogChannelSender` is a loguru sink
+that queues every formatted line in memory and a thread sends them to ``vsock://3:8003``
+(:data:`LOG_PORT`; ``ENCLAVE_LOG_PORT`` overrides it on both ends); the host's end is
+:mod:`enclave_core.supervisor.logreceiver`. Bounds and delivery: docs/architecture.md,
+"The log channel".
 """
 
 from __future__ import annotations

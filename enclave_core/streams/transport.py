@@ -1,13 +1,9 @@
 """Addresses and byte streams: ``vsock://CID:PORT``, ``tcp://HOST:PORT`` and ``unix:///path``.
 
-This is the only module that touches ``AF_VSOCK``. Inside an enclave the public and control
-listeners are vsock ports; in development every vsock address becomes a loopback TCP address, and
-the same pumps move the bytes.
-
-Processes that use vsock run on the standard asyncio loop, not uvloop (see
-:func:`event_loop_factory`): uvloop's TCP transport sets ``TCP_NODELAY`` on every stream socket it
-adopts, which fails with ``ENOPROTOOPT`` on an ``AF_VSOCK`` socket, so every vsock connection,
-accepted or opened, would fail there.
+The only module that touches ``AF_VSOCK``. Inside an enclave the public and control listeners are
+vsock ports; in development every vsock address becomes loopback TCP and the same pumps move the
+bytes. :func:`event_loop_factory` keeps vsock processes on asyncio's own loop (uvloop sets
+``TCP_NODELAY``, which vsock refuses).
 """
 
 from __future__ import annotations

@@ -1,25 +1,9 @@
 """The supervisor's management API (README: Supervisor management API), a Falcon ASGI app.
 
-| method, path             | answer                                                             |
-|--------------------------|--------------------------------------------------------------------|
-| GET  /health             | the watchdog's view; 200 when ``running``, else 503                |
-| GET  /v1/enclave-info    | the runtime's enclave-info plus ``host``; 503 if it cannot answer  |
-| GET  /metrics            | Prometheus text (see :mod:`.promexport`)                           |
-| POST /v1/start, /v1/stop | start or stop the enclave; 409 when already so; Bearer token       |
-| POST /v1/migrate         | start or resume a migration (202), or 200 when already complete    |
-| GET  /v1/migrate         | the migration's progress ``{"id","step","total","status","msg"}``  |
-| POST /v1/schedule-key-deletion | schedule deletion of ``MigrationOldKMSKeyID``; Bearer token  |
-| GET  /openapi.json       | this API's OpenAPI document (:mod:`.apidoc`)                       |
-
-``/health`` status: ``running`` = launched AND the runtime's control ``/health`` answers ready
-(probed on each request); ``starting`` = launched but not ready yet, or a restart is pending;
-``stopped`` = after ``POST /v1/stop``; ``error`` = the launcher cannot start it, or the runtime,
-once ready, reports degraded or stops answering. Besides the documented fields the body carries
-``error`` (the launcher's failure) and ``runtime`` (the last probe).
-
-Request bodies are loaded with the marshmallow schemas of :mod:`.schemas`, the ones the OpenAPI
-document is built from. Every error is JSON ``{"title", "description"}`` (a bad field named by
-its dotted path). Every request is logged (method, path, status, duration_ms) and counted.
+Routes: ``/health``, ``/v1/enclave-info``, ``/metrics``, ``/v1/start``, ``/v1/stop``,
+``/v1/migrate``, ``/v1/schedule-key-deletion`` and ``/openapi.json``; the README and
+``docs/api/supervisor.json`` describe each. Bodies load through the schemas of :mod:`.schemas`;
+every error is JSON ``{"title","description"}``; every request is logged and counted.
 """
 
 from __future__ import annotations
@@ -39,8 +23,9 @@ from loguru import logger
 from enclave_core import __version__
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError, ValidationError
+from enclave_core.http.errors import install_error_handlers
 from enclave_core.http.openapi import OPENAPI_PATH, OpenApiResource
-from enclave_core.http.schemas import describe_errors, load_request
+from enclave_core.http.schemas import load_request
 from enclave_core.supervisor import schemas
 from enclave_core.supervisor.apidoc import supervisor_document
 from enclave_core.supervisor.migration.service import MigrationService
@@ -237,33 +222,6 @@ class RequestLog:
         self._metrics.observe_request(req.method, req.uri_template or "unmatched", status, seconds)
 
 
-def _serialize_error(req: Any, resp: Any, exc: falcon.HTTPError) -> None:
-    resp.content_type = falcon.MEDIA_JSON
-    title = exc.title or "Error"
-    resp.data = json.dumps({"title": title, "description": exc.description or title}).encode()
-
-
-async def _enclave_error(req: Any, resp: Any, exc: EnclaveError, params: Any) -> None:
-    resp.status = exc.http_status
-    resp.media = {"title": exc.title, "description": str(exc)}
-
-
-async def _invalid(req: Any, resp: Any, exc: marshmallow.ValidationError, params: Any) -> None:
-    resp.status = ValidationError.http_status
-    resp.media = {
-        "title": ValidationError.title,
-        "description": "; ".join(describe_errors(exc.messages)),
-    }
-
-
-async def _unexpected_error(req: Any, resp: Any, exc: Exception, params: Any) -> None:
-    logger.bind(method=req.method, path=req.path, error=type(exc).__name__).exception(
-        "management API request failed"
-    )
-    resp.status = 500
-    resp.media = {"title": "Internal error", "description": "see the supervisor's log"}
-
-
 def create_app(
     *,
     watchdog: Watchdog,
@@ -285,8 +243,5 @@ def create_app(
         app.add_route("/v1/migrate", MigrateResource(migration, token))
         app.add_route("/v1/schedule-key-deletion", ScheduleKeyDeletionResource(migration, token))
     app.add_route(OPENAPI_PATH, OpenApiResource(lambda: supervisor_document(migration is not None)))
-    app.add_error_handler(Exception, _unexpected_error)
-    app.add_error_handler(EnclaveError, _enclave_error)
-    app.add_error_handler(marshmallow.ValidationError, _invalid)
-    app.set_error_serializer(_serialize_error)
+    install_error_handlers(app, log_name="the supervisor's log", traceback=True)
     return app

@@ -1,18 +1,9 @@
 """The egress proxy: HTTP CONNECT to the ``egress.allow`` entries only, everything else 403.
 
-The enclave has no network of its own. Its runtime and app reach AWS through ``HTTPS_PROXY``,
-which points at an in-enclave bridge to this proxy on the host's vsock port ``egress.port``; in
-development the proxy listens on that loopback TCP port instead, so the same policy applies.
-
-Only ``CONNECT host:port HTTP/1.x`` is served. ``host:port`` must match an allow-list entry after
-``{region}`` is expanded from ``config.region``: exact, case-insensitive host, exact port; an
-entry ``*.example.com:443`` matches any name below ``example.com`` (one or more labels), not
-``example.com`` itself. Anything else is answered 403 and logged (``egress refused`` with host,
-port and reason). The host is resolved at every CONNECT, never pinned to a first address (the
-vsock-proxy bug behind load balancers, prior art §2.4), and every address it resolves to is
-tried. Plain HTTP requests get 405, a malformed or oversized (8 KiB) head 400, a head that takes
-longer than 10 s 408, an upstream that cannot be reached 502, and more than 256 simultaneous
-tunnels 503.
+The enclave reaches AWS through ``HTTPS_PROXY``, an in-enclave bridge to this proxy on the host's
+vsock port ``egress.port`` (loopback TCP in development, with the same policy). The host is
+resolved at every CONNECT and every address is tried; refusals are logged. Matching rules and
+error answers: docs/architecture.md, "The egress proxy and the IMDS forwarder".
 """
 
 from __future__ import annotations

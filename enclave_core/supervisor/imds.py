@@ -1,20 +1,10 @@
 """The IMDS forwarder: the enclave's way to the instance role's credentials, IMDSv2 only.
 
 It listens on the host's vsock port ``egress.imds_port`` (loopback TCP in development) and
-forwards to the instance metadata service at ``169.254.169.254:80``. It reads each request's head
-and forwards only what the AWS SDKs need for the role's credentials and the region:
-
-- ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds`` (the IMDSv2 session);
-- ``GET`` with ``X-aws-ec2-metadata-token`` of ``/latest/meta-data/iam/security-credentials/``
-  and ``.../<role>``, ``/latest/meta-data/placement/availability-zone`` and ``.../region``
-  (botocore's region lookup) and ``/latest/dynamic/instance-identity/document``.
-
-A GET without a token is answered 401 here and never reaches IMDS (no IMDSv1); other paths get
-403, other methods 405, a request with a body 400. One request per connection: the forwarder
-sends ``Connection: close`` both ways. Tokens are passed through, never logged.
-
-The target is ``$AWS_EC2_METADATA_SERVICE_ENDPOINT`` of the supervisor when set (a development
-machine may point it at a fake IMDS), else ``http://169.254.169.254``.
+forwards to the instance metadata service only the token request and the token-carrying GETs
+the SDKs need for the role's credentials and the region, one request per connection; tokens are
+never logged. Which paths, and what everything else is answered: docs/architecture.md, "The egress
+proxy and the IMDS forwarder".
 """
 
 from __future__ import annotations

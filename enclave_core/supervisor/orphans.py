@@ -1,12 +1,8 @@
 """Runtimes left behind by a supervisor that died abruptly, and how the next one ends them.
 
-A supervisor killed with SIGKILL (or crashing) leaves a locally launched runtime running in its
-own process group, holding the runtime's and the app's ports, so the next supervisor's runtime
-could not start. :class:`PidRecordingLauncher` wraps the configured launcher and records each
-runtime it starts in ``state_dir/supervisor/runtime.pid`` (its pid and start time, and only for a
-process group this process spawned itself; a nitro-cli enclave is not our child and nitro-cli
-finds its own leftovers). :func:`stop_stale_runtime`, called when a supervisor starts, ends the
-recorded group if a process with that pid AND start time still leads it.
+:class:`PidRecordingLauncher` records each runtime process group it spawns in
+``state_dir/supervisor/runtime.pid`` (pid and start time); :func:`stop_stale_runtime`, called
+when a supervisor starts, ends the recorded group if the same process still leads it.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Prometheus exposition of the supervisor's ``GET /metrics`` (its own CollectorRegistry).
 
-Families:
-
-- ``enclave_<counter>_total`` (counter): the runtime's eleven counters (README: HTTP APIs), read
-  from its enclave-info at scrape time and exposed as COUNTERS mirroring the runtime's values.
-  They reset when the runtime restarts, which Prometheus' ``rate()`` handles as a counter reset.
-  Absent while the runtime is unreachable.
-- ``enclave_up`` (gauge): 1 when the supervisor's ``/health`` status is ``running``, else 0.
-- ``enclave_restarts_total`` (counter): restarts performed by the watchdog.
-- ``enclave_supervisor_requests_total{method,path,status}`` (counter) and
-  ``enclave_supervisor_request_duration_seconds{method,path}`` (histogram): the management API's
-  own requests; ``path`` is the route template, so unknown paths cannot explode the label set.
+``enclave_<counter>_total``: the runtime's counters (README: HTTP APIs), read from its
+enclave-info at scrape time (absent while it is unreachable; reset when it restarts);
+``enclave_up``; ``enclave_restarts_total``; and the management API's own
+``enclave_supervisor_requests_total`` and ``enclave_supervisor_request_duration_seconds``, whose
+``path`` label is the route template.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The supervisor's view of the runtime: its control ``/health`` and its public enclave-info.
 
-Requests go through :mod:`enclave_core.streams.transport`, so the same code reaches ``vsock://CID:PORT``
-on a Nitro host and ``tcp://127.0.0.1:PORT`` in development. With ``runtime.tls`` the public
-listener speaks HTTPS, and the supervisor reads it with :func:`public_tls_context`, which does
-**not** verify the certificate. That is deliberate: the supervisor runs on the untrusted parent
-instance, only reads public information (enclave-info and its counters), and sends no secret; a
-host able to intercept it could as well rewrite what the supervisor reports. Clients that must
-trust the enclave verify it themselves (``enclave verify`` pins the attested certificate).
+Requests go through :mod:`enclave_core.streams.transport` (vsock on a Nitro host, loopback TCP in
+development). :func:`public_tls_context` deliberately does not verify the public listener's
+certificate: the supervisor only reads public information (docs/architecture.md, "The
+supervisor's reads of the runtime").
 """
 
 from __future__ import annotations

@@ -1,6 +1,4 @@
-"""The management API's request and response schemas, for validation and OpenAPI.
-
-The API is the README's "Supervisor management API".
+"""The management API's request and response schemas (README: Supervisor management API).
 
 :mod:`.api` loads the request bodies with them (:func:`enclave_core.http.schemas.load_request`);
 :mod:`.apidoc` builds the supervisor's OpenAPI document from the same classes.

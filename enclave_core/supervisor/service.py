@@ -1,26 +1,15 @@
 """``enclave supervisor``: management API, one watchdog and the ingress forwarders in one loop.
 
-:func:`run_supervisor` binds every listener first (a taken address fails fast, naming it), starts
-the enclave, serves until SIGINT or SIGTERM, then stops the watchdog, the forwarders, the enclave
-and the API within 10 seconds. The Falcon app is served by the runtime's own HTTP/1.1 server
-(:class:`~enclave_core.http.proxy.AsgiListener`) on a socket we bound ourselves, with the limits
-of ``supervisor.limits``; each ingress forwarder refuses connections beyond its
-``max_connections``, cuts a connection that takes nothing for ``send_timeout_s``, and one
-the enclave has closed once it has been quiet for ``idle_timeout_s``.
-
-The egress proxy and the IMDS forwarder (:mod:`.egress`, :mod:`.imds`) listen on the host's
-vsock ports ``egress.port`` and ``egress.imds_port`` when the launcher reaches the enclave over
-vsock, else on those loopback TCP ports. With vsock the loop is asyncio's own, not uvloop.
-
-A supervisor that died abruptly (kill -9, a crash) leaves a locally launched runtime running in its
-own process group, holding the runtime's ports: the supervisor records the runtime it launches
-and, when it starts, ends such a leftover (:mod:`.leftover`). Migrations (``/v1/migrate``) run
-through :mod:`.migration`.
+:func:`run_supervisor` binds every listener first (a taken address fails fast, naming it), ends a
+runtime a dead supervisor left behind (:mod:`.orphans`), starts the enclave, serves until SIGINT
+or SIGTERM, then stops the watchdog, the forwarders, the enclave and the API within 10 seconds.
+The egress proxy and the IMDS forwarder listen on vsock on a Nitro host, else on loopback TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
 import threading
@@ -32,10 +21,10 @@ from loguru import logger
 
 from enclave_core.config import CONFIG_FILENAME, Config
 from enclave_core.errors import EnclaveError
-from enclave_core.http.proxy import AsgiListener, raise_file_limit
+from enclave_core.http.listener import AsgiListener, raise_file_limit
 from enclave_core.plugin.backends import build_backend
 from enclave_core.plugin.interfaces import Kms, Launcher, LaunchSpec, Secrets
-from enclave_core.plugin.manager import Plugins
+from enclave_core.plugin.manager import PluginManager
 from enclave_core.streams import transport
 from enclave_core.supervisor.api import create_app
 from enclave_core.supervisor.egress import (
@@ -44,7 +33,7 @@ from enclave_core.supervisor.egress import (
     stop_host_services,
 )
 from enclave_core.supervisor.forwarders import IngressForwarder
-from enclave_core.supervisor.httpio import ConnectionServer
+from enclave_core.supervisor.logreceiver import start_supervisor_channel
 from enclave_core.supervisor.migration.service import MigrationService, SupervisorEnclave
 from enclave_core.supervisor.orphans import PidRecordingLauncher, stop_stale_runtime
 from enclave_core.supervisor.prometheus import SupervisorMetrics
@@ -79,7 +68,9 @@ def launch_spec(config: Config) -> LaunchSpec:
     )
 
 
-def run_supervisor(config: Config, plugins: Plugins, *, announce: Announce | None = None) -> int:
+def run_supervisor(
+    config: Config, plugins: PluginManager, *, announce: Announce | None = None
+) -> int:
     """Run the supervisor until SIGINT/SIGTERM; return the exit code (0 on a clean stop).
 
     :param announce: called once everything listens, with the URLs of the supervisor, the
@@ -108,44 +99,92 @@ def _run(coro: Coroutine[Any, Any, int], *, vsock: bool = False) -> int:
 
 
 async def _serve(
-    config: Config, plugins: Plugins, launcher: Launcher, token: str, announce: Announce | None
+    config: Config,
+    plugins: PluginManager,
+    launcher: Launcher,
+    token: str,
+    announce: Announce | None,
 ) -> int:
-    api_socket = _bind(config.supervisor.listen)
-    forwarders: list[IngressForwarder] = []
-    egress: list[ConnectionServer] = []  # the egress proxy and the IMDS forwarder
-    try:
-        for entry in config.supervisor.ingress:
-            target = partial(launcher.enclave_address, entry.port)
-            forwarder = IngressForwarder(
-                entry.listen,
-                target,
-                max_connections=config.supervisor.limits.max_connections,
-                send_timeout_s=config.supervisor.limits.send_timeout_s,
-                half_closed_idle_s=config.supervisor.limits.idle_timeout_s,
-            )
-            await forwarder.start()
-            forwarders.append(forwarder)
+    # Teardown runs in reverse: the running phase's shutdown, the API, the egress services, the
+    # forwarders, the log channel (after the enclave stopped: its last lines are kept), the socket.
+    async with contextlib.AsyncExitStack() as stack:
+        api_socket = _bind(config.supervisor.listen)
+        stack.callback(api_socket.close)
+        # The enclave's log lines over vsock (nitro-cli only; never fails the supervisor).
+        log_channel = await start_supervisor_channel(config, launcher)
+        if log_channel is not None:
+            stack.push_async_callback(log_channel.close)
+        forwarders = await _start_forwarders(config, launcher, stack)
         # vsock on a Nitro host; loopback TCP in development, so the policy applies there too.
         egress = await start_host_services(config, vsock=host_uses_vsock(launcher))
-    except BaseException:
-        api_socket.close()
-        for forwarder in forwarders:
-            await forwarder.close()
-        raise
-    stop = asyncio.Event()
-    _handle_signals(stop)  # only once every listener is bound: a bind failure leaves none behind
+        stack.push_async_callback(stop_host_services, egress)
+        stop = asyncio.Event()
+        _handle_signals(stop)  # only once every listener is bound: a bind failure leaves none
 
-    # The runtime's public listener speaks TLS when runtime.tls; read unverified (see
-    # runtime_client: the supervisor is on the untrusted host and reads only public data).
-    tls = public_tls_context() if config.runtime.tls else None
-    runtime = RuntimeClient(launcher, config, ssl_context=tls)
-    watchdog = Watchdog(
-        launcher,
-        launch_spec(config),
-        runtime.health,
-        config.supervisor.watchdog,
-        stop_timeout_s=STOP_TIMEOUT_S,
-    )
+        # The runtime's public listener speaks TLS when runtime.tls; read unverified (see
+        # runtime_client: the supervisor is on the untrusted host and reads only public data).
+        tls = public_tls_context() if config.runtime.tls else None
+        runtime = RuntimeClient(launcher, config, ssl_context=tls)
+        watchdog = Watchdog(
+            launcher,
+            launch_spec(config),
+            runtime.health,
+            config.supervisor.watchdog,
+            stop_timeout_s=STOP_TIMEOUT_S,
+        )
+        migration = _migration_service(config, plugins, launcher, watchdog, runtime)
+        app = create_app(
+            watchdog=watchdog,
+            runtime_info=runtime.enclave_info,
+            config=config,
+            token=token,
+            metrics=SupervisorMetrics(),
+            migration=migration,
+        )
+        server = AsgiListener(app, name="management API", limits=config.supervisor.limits)
+        await server.start(api_socket)
+        stack.push_async_callback(_close_api, server)
+        stack.push_async_callback(_stop_running, migration, watchdog, forwarders)
+        await watchdog.boot()
+        watchdog_task = asyncio.create_task(watchdog.run())  # exactly one watchdog
+        stack.push_async_callback(_cancel, watchdog_task)
+        urls = _urls(config, launcher, runtime, forwarders)
+        logger.bind(**urls).info("supervisor ready")
+        if announce is not None:
+            announce(urls)
+        await stop.wait()
+        logger.info("supervisor stopping")
+    logger.info("supervisor stopped")
+    return 0
+
+
+async def _start_forwarders(
+    config: Config, launcher: Launcher, stack: contextlib.AsyncExitStack
+) -> list[IngressForwarder]:
+    """One ingress forwarder per ``supervisor.ingress`` entry, each closed by ``stack``."""
+    limits = config.supervisor.limits
+    forwarders = []
+    for entry in config.supervisor.ingress:
+        forwarder = IngressForwarder(
+            entry.listen,
+            partial(launcher.enclave_address, entry.port),
+            max_connections=limits.max_connections,
+            send_timeout_s=limits.send_timeout_s,
+            half_closed_idle_s=limits.idle_timeout_s,
+        )
+        await forwarder.start()
+        stack.push_async_callback(forwarder.close)
+        forwarders.append(forwarder)
+    return forwarders
+
+
+def _migration_service(
+    config: Config,
+    plugins: PluginManager,
+    launcher: Launcher,
+    watchdog: Watchdog,
+    runtime: RuntimeClient,
+) -> MigrationService:
     loop = asyncio.get_running_loop()
     migration = MigrationService(
         config,
@@ -154,61 +193,32 @@ async def _serve(
             config, launcher, watchdog, runtime.health, loop, stopping=migration.stopping
         ),
     )
-    app = create_app(
-        watchdog=watchdog,
-        runtime_info=runtime.enclave_info,
-        config=config,
-        token=token,
-        metrics=SupervisorMetrics(),
-        migration=migration,
-    )
-    server = AsgiListener(app, name="management API", limits=config.supervisor.limits)
-    await server.start(api_socket)
-    watchdog_task: asyncio.Task[None] | None = None
-    from enclave_core.supervisor.logreceiver import start_supervisor_channel
-
-    # The enclave's log lines over vsock (nitro-cli only; never fails the supervisor).
-    log_channel = await start_supervisor_channel(config, launcher)
-    try:
-        await watchdog.boot()
-        watchdog_task = asyncio.create_task(watchdog.run())  # exactly one watchdog
-        urls = _urls(config, launcher, runtime, forwarders)
-        logger.bind(**urls).info("supervisor ready")
-        if announce is not None:
-            announce(urls)
-        await stop.wait()
-    finally:
-        await migration.close()
-        await _shutdown(watchdog, watchdog_task, forwarders, server)
-        await stop_host_services(egress)
-        if log_channel is not None:
-            await log_channel.close()  # after the enclave stopped: its last lines are kept
-        api_socket.close()
-    return 0
+    return migration
 
 
-async def _shutdown(
-    watchdog: Watchdog,
-    watchdog_task: asyncio.Task[None] | None,
-    forwarders: list[IngressForwarder],
-    server: AsgiListener,
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _stop_running(
+    migration: MigrationService, watchdog: Watchdog, forwarders: list[IngressForwarder]
 ) -> None:
-    """Stop the watchdog, the forwarders, the enclave, then the API (within 10 s in all)."""
-    logger.info("supervisor stopping")
-    if watchdog_task is not None:
-        watchdog_task.cancel()
-        await asyncio.gather(watchdog_task, return_exceptions=True)
+    """Stop the migration, the forwarders, then the enclave (the watchdog task is gone)."""
+    await migration.close()
     for forwarder in forwarders:
         await forwarder.close()
     try:
         await watchdog.shutdown()
     except EnclaveError as exc:
         logger.bind(error=str(exc)).error("stopping the enclave failed")
+
+
+async def _close_api(server: AsgiListener) -> None:
     try:
         await server.close(grace_s=API_SHUTDOWN_S)
     except Exception as exc:  # noqa: BLE001 - shutting down regardless
         logger.bind(error=type(exc).__name__).warning("management API did not stop cleanly")
-    logger.info("supervisor stopped")
 
 
 def _handle_signals(stop: asyncio.Event) -> None:
@@ -259,7 +269,7 @@ def _urls(
     }
 
 
-def _lazy_backends(config: Config, plugins: Plugins) -> Callable[[], tuple[Kms, Secrets]]:
+def _lazy_backends(config: Config, plugins: PluginManager) -> Callable[[], tuple[Kms, Secrets]]:
     """The migration's KMS and Secrets backends, built once, on first use (the host principal)."""
     built: list[tuple[Kms, Secrets]] = []
     lock = threading.Lock()

@@ -1,15 +1,9 @@
 """The watchdog: keeps the enclave alive and owns its lifecycle state.
 
 Every ``interval_s`` it asks the launcher whether the enclave exists and probes the runtime's
-control ``/health``. When the enclave is gone, or ``unhealthy_after`` probes fail in a row
-(unreachable, timeout, ``degraded``; while it boots, unreachable and ``initializing`` count only
-after a grace period), it records why in ``last_exit``, stops what is left and restarts it after
-a delay doubling from ``backoff_initial_s`` to ``backoff_max_s``. The delay resets once the
-enclave has been ready for ``stable_s`` (a minute). ``POST /v1/stop`` suspends it;
-``POST /v1/start`` resumes it.
-
-Launcher and probe calls block, so they run in worker threads. The clock and the sleep are
-injected so tests drive the backoff with a fake clock instead of real time.
+control ``/health``; when the enclave is gone or fails ``unhealthy_after`` probes in a row it
+records why in ``last_exit`` and restarts it with doubling backoff (docs/architecture.md, "The
+watchdog"). Launcher and probe calls run in worker threads; the clock and sleep are injected.
 """
 
 from __future__ import annotations

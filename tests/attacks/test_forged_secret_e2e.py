@@ -16,7 +16,8 @@ from enclave_plugins.local_kms import LocalKms
 from enclave_plugins.local_secrets import LocalSecrets
 
 from enclave_core.runtime.datakeys import static_secret_context
-from tests.e2e.stack import http, make_stack, processes_mentioning, wait_for
+from tests.e2e.stack import http, make_stack, processes_mentioning
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

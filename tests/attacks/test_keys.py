@@ -20,7 +20,6 @@ from enclave_core.kmspolicy.keycheck import verify_enclave_key
 from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.runtime.state import RuntimeState
 from tests.attacks.host import Host
-from tests.contexts import backend_context
 from tests.enclave_core.runtime.migration_fixtures import (
     STATIC,
     Migration,
@@ -28,12 +27,13 @@ from tests.enclave_core.runtime.migration_fixtures import (
     make_migration,
     write_image,
 )
+from tests.helpers import backend_context
 
 SECRET_PARAMS = ("signing_key/Ciphertext", "api_key/Ciphertext", "StorageDEK/Ciphertext")
 
 
 @pytest.fixture
-def config(make_config: Callable[..., Config]) -> Config:
+def static_config(make_config: Callable[..., Config]) -> Config:
     config = make_config(secrets=STATIC)
     write_image(config, "version 1")
     return config
@@ -55,23 +55,25 @@ def refused_at_boot(state: RuntimeState, config: Config, *words: str) -> str:
     return state.boot_error
 
 
-def test_a_grant_made_before_the_lock_is_refused_at_boot(config: Config) -> None:
-    host = Host(config)
-    pcr0 = write_image(config, "version 1")
+def test_a_grant_made_before_the_lock_is_refused_at_boot(static_config: Config) -> None:
+    host = Host(static_config)
+    pcr0 = write_image(static_config, "version 1")
     key = host.backdoored_key(pcr0)
     # The policy alone looks perfect: exactly what the enclave would have put itself.
     assert host.kms.get_key_policy(key) == host.exact_policy(pcr0)
-    state = first_boot_with(config, key)
-    refused_at_boot(state, config, "grant", "Decrypt")
+    state = first_boot_with(static_config, key)
+    refused_at_boot(state, static_config, "grant", "Decrypt")
 
 
-def test_a_grant_made_before_the_enclave_locks_an_open_key_is_refused(config: Config) -> None:
+def test_a_grant_made_before_the_enclave_locks_an_open_key_is_refused(
+    static_config: Config,
+) -> None:
     """The enclave locks an open key itself on first boot; a grant made before still counts."""
-    host = Host(config)
+    host = Host(static_config)
     key = host.open_key()
     host.kms.create_grant(key, grantee_principal=host.principal, operations=["Decrypt"])
-    state = first_boot_with(config, key)
-    refused_at_boot(state, config, "grant")
+    state = first_boot_with(static_config, key)
+    refused_at_boot(state, static_config, "grant")
 
 
 def test_the_old_enclave_exports_only_to_a_key_it_created(
@@ -114,16 +116,16 @@ def test_a_key_record_for_another_key_does_not_open_the_export(
     ],
 )
 def test_key_origin_and_scope_are_checked(
-    config: Config, create: dict[str, Any], words: tuple[str, ...]
+    static_config: Config, create: dict[str, Any], words: tuple[str, ...]
 ) -> None:
-    host = Host(config)
-    pcr0 = write_image(config, "version 1")
+    host = Host(static_config)
+    pcr0 = write_image(static_config, "version 1")
     key = host.open_key(**create)
     if create.get("origin") == "EXTERNAL":
         # The host imported the key material: it can decrypt anything under it, offline.
         host.kms.import_key_material(key, bytes(range(32)))
     host.kms.put_key_policy(key, host.exact_policy(pcr0), bypass_lockout_safety_check=True)
-    refused_at_boot(first_boot_with(config, key), config, *words)
+    refused_at_boot(first_boot_with(static_config, key), static_config, *words)
 
 
 @pytest.mark.parametrize(
@@ -131,10 +133,10 @@ def test_key_origin_and_scope_are_checked(
     [None, "arn:aws:kms:us-east-1:000000000000:key/00000000-0000-0000-0000-000000000000"],
 )
 def test_a_deny_aws_ignores_does_not_hide_a_backdoor(
-    config: Config, deny_resource: str | None
+    static_config: Config, deny_resource: str | None
 ) -> None:
-    host = Host(config)
-    pcr0 = write_image(config, "version 1")
+    host = Host(static_config)
+    pcr0 = write_image(static_config, "version 1")
     policy = host.exact_policy(pcr0)
     policy["Statement"].append(
         {
@@ -156,14 +158,14 @@ def test_a_deny_aws_ignores_does_not_hide_a_backdoor(
     policy["Statement"].append(deny)
     key = host.kms.create_key(policy=policy, bypass_lockout_safety_check=True).key_id
     # AWS ignores that Deny (no Resource, or another key's): the backdoor works.
-    blob = host.kms.encrypt(key, b"anything", {"app": config.name})
-    assert host.kms.decrypt(key, blob, {"app": config.name}).plaintext == b"anything"
-    refused_at_boot(first_boot_with(config, key), config, "Backdoor")
+    blob = host.kms.encrypt(key, b"anything", {"app": static_config.name})
+    assert host.kms.decrypt(key, blob, {"app": static_config.name}).plaintext == b"anything"
+    refused_at_boot(first_boot_with(static_config, key), static_config, "Backdoor")
 
 
-def test_duplicate_json_keys_are_refused_by_the_local_kms(config: Config) -> None:
-    host = Host(config)
-    pcr0 = write_image(config, "version 1")
+def test_duplicate_json_keys_are_refused_by_the_local_kms(static_config: Config) -> None:
+    host = Host(static_config)
+    pcr0 = write_image(static_config, "version 1")
     text = json.dumps(host.exact_policy(pcr0))
     # A second "Effect" in the first statement: read last-wins it would be a Deny.
     text = text.replace('"Effect": "Allow"', '"Effect": "Allow", "Effect": "Deny"', 1)
@@ -171,30 +173,30 @@ def test_duplicate_json_keys_are_refused_by_the_local_kms(config: Config) -> Non
         host.kms.create_key(policy=text, bypass_lockout_safety_check=True)
 
 
-def test_the_live_key_is_never_scheduled_for_deletion(config: Config) -> None:
+def test_the_live_key_is_never_scheduled_for_deletion(static_config: Config) -> None:
     plugins = get_plugin_manager()
-    first = boot(config, plugins)
+    first = boot(static_config, plugins)
     assert first.boot_error is None, first.boot_error
-    host = Host(config)
+    host = Host(static_config)
     live = host.kms.describe_key(str(first.kms_key_id))
     host.secrets.put("MigrationOldKMSKeyID", live.arn)  # the live key, by another name
-    again = boot(config, plugins)
+    again = boot(static_config, plugins)
     assert again.boot_error is None, again.boot_error
     assert host.kms.describe_key(live.key_id).state == "Enabled"
 
 
-def test_the_host_cannot_decrypt_under_the_enclaves_key(config: Config) -> None:
+def test_the_host_cannot_decrypt_under_the_enclaves_key(static_config: Config) -> None:
     """The baseline every attack above tries to get around."""
-    state = boot(config, get_plugin_manager())
+    state = boot(static_config, get_plugin_manager())
     assert state.boot_error is None, state.boot_error
-    host = Host(config)
+    host = Host(static_config)
     blob = host.secrets.get("signing_key/Ciphertext")
     assert blob is not None
     with pytest.raises(AccessDenied):
         host.kms.decrypt(
             str(state.kms_key_id),
             base64.b64decode(blob),
-            {"app": config.name, "purpose": "static-secret", "secret": "signing_key"},
+            {"app": static_config.name, "purpose": "static-secret", "secret": "signing_key"},
         )
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,25 +20,9 @@ from typing import Any
 import yaml
 
 from enclave_core.testing import dev_config_document
+from tests.helpers import REPO_ROOT, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "hello"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it returns a truthy value; raise with the last error on timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-            last = value
-        except Exception as exc:  # noqa: BLE001 - report the last failure on timeout
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
+EXAMPLE = REPO_ROOT / "examples" / "hello"
 
 
 _UNVERIFIED_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

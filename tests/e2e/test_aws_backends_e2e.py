@@ -1,11 +1,11 @@
 """End to end on the AWS backends: `enclave dev` with `s3` storage, `ssm` secrets and `aws` KMS.
 
 The foundation scenario (tests/e2e/test_dev_stack.py) a second time, against this session's moto
-server over HTTP. KMS and STS go through the KMS Recipient shim (tests/kms_shim_server.py), which
-gives moto's KMS the Recipient flow, key policies and key states; it trusts the stack's
-``.enclave/dev-root.pem``, written by the simulated NSM on its first use and read lazily. S3 and
-SSM talk to moto directly. The runtime is a separate process: it inherits the fake credentials
-and region the autouse ``_no_real_aws`` fixture puts in ``os.environ``.
+server over HTTP. KMS and STS go through the KMS Recipient shim (tests/services/kms_shim_server.py),
+which gives moto's KMS the Recipient flow, key policies and key states; it trusts the stack's
+``.enclave/dev-root.pem``, written by the simulated NSM on its first use and read lazily. S3 and SSM
+talk to moto directly. The runtime is a separate process: it inherits the fake credentials and
+region the autouse ``_no_real_aws`` fixture puts in ``os.environ``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import boto3
 import pytest
 
 from enclave_core.kmspolicy.canonical import match_policy
-from tests.e2e.stack import DevStack, http, make_stack, read_environ, wait_for
-from tests.kms_recipient_shim import RECIPIENT_OPS
-from tests.kms_shim_server import KmsShimServer
+from tests.e2e.stack import DevStack, http, make_stack, read_environ
+from tests.helpers import wait_for
+from tests.services.kms_recipient_shim import RECIPIENT_OPS
+from tests.services.kms_shim_server import KmsShimServer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.stack import DevStack, http, make_stack, processes_mentioning, wait_for
+from tests.e2e.stack import DevStack, http, make_stack, processes_mentioning
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import DevStack, http, make_stack, wait_for
+from tests.e2e.stack import DevStack, http, make_stack
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

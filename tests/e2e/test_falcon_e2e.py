@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from enclave_core.testing import dev_config_document
-from tests.e2e.stack import DevStack, http, proc_children, read_environ, wait_for
+from tests.e2e.stack import DevStack, http, proc_children, read_environ
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,9 @@ import boto3
 import pytest
 from enclave_plugins.local_kms import LocalKms
 
-from tests.e2e.stack import DevStack, http, make_stack, wait_for
-from tests.moto_server import reset_moto
+from tests.e2e.stack import DevStack, http, make_stack
+from tests.helpers import wait_for
+from tests.services.moto_server import reset_moto
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +59,7 @@ def enclave_info(stack: DevStack) -> dict[str, Any]:
     return info
 
 
-def kms(stack: DevStack) -> LocalKms:
+def stack_kms(stack: DevStack) -> LocalKms:
     return LocalKms(stack.folder / ".enclave" / "kms")
 
 
@@ -88,7 +89,7 @@ def test_migrate_app_dir_keeps_the_secret_and_the_visit_count(base: Path) -> Non
         secret = stack.app_env()[SECRET]
         visits = stack.app_json()["visits"]
         old_pcr0 = enclave_info(stack)["pcr0"]
-        (old_key,) = kms(stack).key_ids()
+        (old_key,) = stack_kms(stack).key_ids()
         folder = new_image(base, stack)
 
         done = stack.cli("migrate", "--app-dir", str(folder), timeout=300)
@@ -108,7 +109,7 @@ def test_migrate_app_dir_keeps_the_secret_and_the_visit_count(base: Path) -> Non
         assert stack.app_json()["visits"] == visits + 2  # greeting() counted one too
         info = wait_for(lambda: (i := enclave_info(stack))["previous_pcr0"] == old_pcr0 and i)
         assert info["pcr0"] != old_pcr0 and info["previous_pcr0_attestation"]
-        (new_key,) = set(kms(stack).key_ids()) - {old_key}
+        (new_key,) = set(stack_kms(stack).key_ids()) - {old_key}
         wait_for(lambda: key_state(stack, old_key) == "PendingDeletion")
         assert key_state(stack, new_key) == "Enabled"
 
@@ -140,7 +141,7 @@ class LocalWorld:
 
     def key_ids(self) -> set[str]:
         assert self.stack is not None
-        return set(kms(self.stack).key_ids())
+        return set(stack_kms(self.stack).key_ids())
 
     def key_state(self, key_id: str) -> str:
         assert self.stack is not None

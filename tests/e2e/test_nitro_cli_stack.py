@@ -17,8 +17,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.stack import DevStack, http, make_stack, processes_mentioning, wait_for
-from tests.fakes import describe_enclaves, fake_nitro_env, fake_state, kill_fake_enclaves
+from tests.doubles.host_tools import (
+    describe_enclaves,
+    fake_nitro_env,
+    fake_state,
+    kill_fake_enclaves,
+)
+from tests.e2e.stack import DevStack, http, make_stack, processes_mentioning
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 
-from enclave_core.http.openapi import REGENERATE
+from enclave_core.cli.apidocs import REGENERATE
 from enclave_core.protocol.signing import (
     NONCE_HEADER,
     PUBKEY_HEADER,
     SIGNATURE_HEADER,
     verify_response_signature,
 )
-from tests.e2e.stack import DevStack, http, make_stack, wait_for
-from tests.enclave_core.openapi_conformance import check_answer
+from tests.e2e.stack import DevStack, http, make_stack
+from tests.enclave_core.http.openapi_conformance import check_answer
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """enclave_core.appclient against the runtime's real app API, served over loopback HTTP.
 
 The app API runs in the runtime's own HTTP server with in-memory backends
-(tests/enclave_core/appapi_server.py); the client talks to it over real sockets, so every error
+(tests/doubles/appapi_server.py); the client talks to it over real sockets, so every error
 class below comes from a real answer.
 """
 
@@ -34,8 +34,8 @@ from enclave_core.appclient import (
 from enclave_core.config import Config
 from enclave_core.runtime.appapi import MAX_JSON_BODY, MAX_STORAGE_BODY
 from enclave_core.testing import free_port
-from tests.enclave_core.appapi_server import TOKEN, AppApi, app_api_servers
-from tests.enclave_core.runtime.doubles import MemoryNsm
+from tests.doubles.appapi_server import TOKEN, AppApi, app_api_servers
+from tests.doubles.memory_backends import MemoryNsm
 
 WRONG = "ba" * 32
 

@@ -1,4 +1,8 @@
-"""enclave_core.testing: helpers the project's tests and plugin authors build stacks with."""
+"""enclave_core.testing: helpers the project's tests and plugin authors build stacks with.
+
+The helpers live in :mod:`enclave_core.testing.helpers` (patched here, where their globals are) and
+are re-exported by the package.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from enclave_core import testing
+import enclave_core.testing
+from enclave_core.testing import helpers as testing
 
 
 class RepeatingSocket:
@@ -37,3 +42,8 @@ def test_free_port_never_hands_out_one_port_twice(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(testing.socket, "socket", RepeatingSocket)
     RepeatingSocket.script = [40001, 40001, 40001, 40002, 40001, 40003]
     assert [testing.free_port() for _ in range(3)] == [40001, 40002, 40003]
+
+
+def test_the_package_re_exports_the_helpers() -> None:
+    for name in ("free_port", "dev_config_document", "write_config", "deep_merge"):
+        assert getattr(enclave_core.testing, name) is getattr(testing, name)

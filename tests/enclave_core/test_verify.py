@@ -23,7 +23,7 @@ from enclave_core.crypto.attestation import VerifiedDocument
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.errors import AttestationError
 from enclave_core.protocol.signing import public_key_hex, sign_response
-from enclave_core.runtime.state import attestation_user_data
+from enclave_core.protocol.userdata import attestation_user_data
 from enclave_core.runtime.tls import make_tls_identity
 from enclave_core.testing import dev_config_document, write_config
 from enclave_core.verify import (
@@ -35,7 +35,7 @@ from enclave_core.verify import (
     parse_expected_pcr0,
     verify_enclave,
 )
-from tests.enclave_core.fake_enclave import FakeEnclave
+from tests.doubles.fake_enclave import FakeEnclave
 from tests.vectors import NITRO as TESTDATA
 
 PCR0 = bytes(range(48))

@@ -18,7 +18,7 @@ from enclave_core.crypto.attested_record import make_record, record_digest
 from enclave_core.crypto.aws_root import load_root_pem
 from enclave_core.errors import AttestationError
 from enclave_core.verify import EnclaveVerification, verify_enclave
-from tests.enclave_core.fake_enclave import FakeEnclave
+from tests.doubles.fake_enclave import FakeEnclave
 
 FIRST = "a1" * 48
 SECOND = "b2" * 48

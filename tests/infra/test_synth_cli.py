@@ -10,19 +10,13 @@ from typing import Any
 import pytest
 from enclave_infra.synth import synthesize
 
-from enclave_core.cli.main import main
 from enclave_core.cli.synth import INFRA_MISSING
 from enclave_core.config import load_config
 from enclave_core.errors import ConfigError
+from tests.helpers import cli
 from tests.infra.synthesis import PCR0, write_production_config
 
 OTHER_PCR0 = "0a" * 48
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _key_policy(template: Path) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Tests for the ``aws`` KMS backend, over HTTP against this session's moto server.
 
 moto ignores Recipient, key policies and key states, so most tests install the test-only
-:class:`~tests.kms_recipient_shim.KmsRecipientShim` on the session, which makes moto answer as KMS
-does there (requests still go to moto over HTTP); ``raw_kms`` talks to moto without it. Error
+:class:`~tests.services.kms_recipient_shim.KmsRecipientShim` on the session, which makes moto answer
+as KMS does there (requests still go to moto over HTTP); ``raw_kms`` talks to moto without it. Error
 codes moto never sends come from a small canned HTTP server on loopback.
 """
 
@@ -46,8 +46,8 @@ from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, locked_policy, re
 from enclave_core.plugin.backends import build_backend, plugins_for, validate_backends
 from enclave_core.plugin.interfaces import BackendContext, GrantInfo, Kms, Recipient
 from enclave_core.plugin.manager import get_plugin_manager
-from tests.contexts import backend_context
-from tests.kms_recipient_shim import MOTO_PRINCIPAL, KmsRecipientShim
+from tests.helpers import backend_context
+from tests.services.kms_recipient_shim import MOTO_PRINCIPAL, KmsRecipientShim
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}
 SECRET = b"the static secret value 0123456789"
@@ -87,7 +87,7 @@ def shim(nsm_root: tuple[SimulatedNsm, Any], moto_reset: str) -> KmsRecipientShi
 
 
 @pytest.fixture
-def kms(tmp_path: Path, moto_reset: str, shim: KmsRecipientShim) -> AwsKms:
+def moto_kms(tmp_path: Path, moto_reset: str, shim: KmsRecipientShim) -> AwsKms:
     """The backend on moto, with KMS's Recipient and key-state behaviour supplied by the shim."""
     session = shim.install(boto3.session.Session(region_name="us-east-1"))
     return _build(tmp_path, session, endpoint_url=moto_reset, sts_endpoint_url=moto_reset)
@@ -239,31 +239,31 @@ def test_refreshing_credentials_keep_refreshing(tmp_path: Path, moto_reset: str)
 # --------------------------------------------------------------------------- keys and policies
 
 
-def test_create_describe_and_key_policies(kms: AwsKms) -> None:
+def test_create_describe_and_key_policies(moto_kms: AwsKms) -> None:
     sent: list[bool] = []
-    kms.client.meta.events.register(
+    moto_kms.client.meta.events.register(
         "before-parameter-build.kms.PutKeyPolicy",
         lambda params, **_: sent.append(params["BypassPolicyLockoutSafetyCheck"]),
     )
-    info = kms.create_key(description="hello key", policy=POLICY)
+    info = moto_kms.create_key(description="hello key", policy=POLICY)
     assert info.state == "Enabled" and info.description == "hello key"
     assert info.arn == f"arn:aws:kms:us-east-1:123456789012:key/{info.key_id}"
-    assert kms.describe_key(info.key_id) == kms.describe_key(info.arn) == info
-    assert kms.get_key_policy(info.key_id) == POLICY
+    assert moto_kms.describe_key(info.key_id) == moto_kms.describe_key(info.arn) == info
+    assert moto_kms.get_key_policy(info.key_id) == POLICY
     locked = json.loads(json.dumps(POLICY))
     locked["Statement"][0]["Sid"] = "locked"
-    kms.put_key_policy(info.key_id, locked)
-    assert kms.get_key_policy(info.key_id) == locked
-    kms.put_key_policy(info.arn, POLICY, bypass_lockout_safety_check=True)
-    assert kms.get_key_policy(info.key_id) == POLICY
+    moto_kms.put_key_policy(info.key_id, locked)
+    assert moto_kms.get_key_policy(info.key_id) == locked
+    moto_kms.put_key_policy(info.arn, POLICY, bypass_lockout_safety_check=True)
+    assert moto_kms.get_key_policy(info.key_id) == POLICY
     assert sent == [False, True]
-    default = kms.create_key()
+    default = moto_kms.create_key()
     assert default.description == ""
-    assert kms.get_key_policy(default.key_id)["Statement"]
+    assert moto_kms.get_key_policy(default.key_id)["Statement"]
 
 
 def test_create_key_sends_the_policy_and_the_bypass_in_the_one_call(
-    raw_kms: AwsKms, kms: AwsKms
+    raw_kms: AwsKms, moto_kms: AwsKms
 ) -> None:
     """What migration step 2 relies on: moto (without the shim) takes ``Policy`` and
     ``BypassPolicyLockoutSafetyCheck`` on CreateKey and GetKeyPolicy returns that policy; no
@@ -272,7 +272,7 @@ def test_create_key_sends_the_policy_and_the_bypass_in_the_one_call(
     locked = render_policy(
         EnclaveKeyPolicy(principal=MOTO_PRINCIPAL, pcr0="5e" * 48, app="hello", export_until=until)
     )
-    for backend in (raw_kms, kms):
+    for backend in (raw_kms, moto_kms):
         sent: list[tuple[str, dict[str, Any]]] = []
         for operation in ("CreateKey", "PutKeyPolicy"):
             backend.client.meta.events.register(
@@ -296,16 +296,16 @@ def test_create_key_sends_the_policy_and_the_bypass_in_the_one_call(
         assert json.loads(stored["Policy"]) == locked
     # With the shim (KMS's lockout safety check), the same policy without the bypass is refused.
     with pytest.raises(ValidationError, match="MalformedPolicyDocumentException"):
-        kms.create_key(policy=locked)
+        moto_kms.create_key(policy=locked)
 
 
-def test_unknown_key_is_not_found(kms: AwsKms) -> None:
+def test_unknown_key_is_not_found(moto_kms: AwsKms) -> None:
     missing = str(uuid.uuid4())
     for call in (
-        lambda: kms.describe_key(missing),
-        lambda: kms.get_key_policy(missing),
-        lambda: kms.encrypt(missing, SECRET, CONTEXT),
-        lambda: kms.generate_data_key(missing, CONTEXT),
+        lambda: moto_kms.describe_key(missing),
+        lambda: moto_kms.get_key_policy(missing),
+        lambda: moto_kms.encrypt(missing, SECRET, CONTEXT),
+        lambda: moto_kms.generate_data_key(missing, CONTEXT),
     ):
         with pytest.raises(NotFound) as info:
             call()
@@ -313,22 +313,22 @@ def test_unknown_key_is_not_found(kms: AwsKms) -> None:
         assert not _leaks(info.value, SECRET)
 
 
-def test_schedule_key_deletion(kms: AwsKms) -> None:
-    key = kms.create_key().key_id
-    blob = kms.encrypt(key, SECRET, CONTEXT)
+def test_schedule_key_deletion(moto_kms: AwsKms) -> None:
+    key = moto_kms.create_key().key_id
+    blob = moto_kms.encrypt(key, SECRET, CONTEXT)
     for days in (6, 31):
         with pytest.raises(ValidationError):
-            kms.schedule_key_deletion(key, days)
-    assert kms.describe_key(key).state == "Enabled"
-    info = kms.schedule_key_deletion(key, 7)
+            moto_kms.schedule_key_deletion(key, days)
+    assert moto_kms.describe_key(key).state == "Enabled"
+    info = moto_kms.schedule_key_deletion(key, 7)
     assert info.state == "PendingDeletion" and info.deletion_date is not None
     when = datetime.fromisoformat(info.deletion_date)
     assert abs(when - (datetime.now(UTC) + timedelta(days=7))) < timedelta(minutes=5)
     for call in (
-        lambda: kms.decrypt(key, blob, CONTEXT),
-        lambda: kms.decrypt("", blob, CONTEXT),
-        lambda: kms.encrypt(key, SECRET, CONTEXT),
-        lambda: kms.generate_data_key(key, CONTEXT),
+        lambda: moto_kms.decrypt(key, blob, CONTEXT),
+        lambda: moto_kms.decrypt("", blob, CONTEXT),
+        lambda: moto_kms.encrypt(key, SECRET, CONTEXT),
+        lambda: moto_kms.generate_data_key(key, CONTEXT),
     ):
         with pytest.raises(InvalidKeyState) as error:
             call()
@@ -336,19 +336,19 @@ def test_schedule_key_deletion(kms: AwsKms) -> None:
         assert key in str(error.value) and not _leaks(error.value, SECRET, blob)
 
 
-def test_disabled_key_is_invalid_state_until_enabled(kms: AwsKms, moto_reset: str) -> None:
-    key = kms.create_key().key_id
-    blob = kms.encrypt(key, SECRET, CONTEXT)
+def test_disabled_key_is_invalid_state_until_enabled(moto_kms: AwsKms, moto_reset: str) -> None:
+    key = moto_kms.create_key().key_id
+    blob = moto_kms.encrypt(key, SECRET, CONTEXT)
     _admin(moto_reset).disable_key(KeyId=key)
-    assert kms.describe_key(key).state == "Disabled"
+    assert moto_kms.describe_key(key).state == "Disabled"
     with pytest.raises(InvalidKeyState) as error:
-        kms.decrypt(key, blob, CONTEXT)
+        moto_kms.decrypt(key, blob, CONTEXT)
     assert f"KMS Decrypt of key {key} failed: DisabledException" in str(error.value)
     assert not _leaks(error.value, SECRET, blob)
     with pytest.raises(InvalidKeyState):
-        kms.encrypt(key, SECRET, CONTEXT)
+        moto_kms.encrypt(key, SECRET, CONTEXT)
     _admin(moto_reset).enable_key(KeyId=key)
-    assert kms.decrypt(key, blob, CONTEXT).plaintext == SECRET
+    assert moto_kms.decrypt(key, blob, CONTEXT).plaintext == SECRET
 
 
 # --------------------------------------------------------------------------- key kinds and grants
@@ -379,8 +379,8 @@ def _sent(backend: AwsKms, operation: str) -> list[dict[str, Any]]:
     return sent
 
 
-def test_describe_reports_the_kind_of_key(kms: AwsKms, raw_kms: AwsKms) -> None:
-    info = kms.describe_key(kms.create_key().key_id)
+def test_describe_reports_the_kind_of_key(moto_kms: AwsKms, raw_kms: AwsKms) -> None:
+    info = moto_kms.describe_key(moto_kms.create_key().key_id)
     assert (info.origin, info.multi_region, info.custom_key_store_id) == ("AWS_KMS", False, None)
     assert (info.key_spec, info.key_usage, info.key_manager) == (
         "SYMMETRIC_DEFAULT",
@@ -389,17 +389,17 @@ def test_describe_reports_the_kind_of_key(kms: AwsKms, raw_kms: AwsKms) -> None:
     )
     # moto alone leaves MultiRegion out: the backend then says None ("not said"), never False.
     assert raw_kms.describe_key(raw_kms.create_key().key_id).multi_region is None
-    multi = kms.create_key(multi_region=True)
-    assert multi.key_id.startswith("mrk-") and kms.describe_key(multi.arn).multi_region is True
-    external = kms.create_key(origin="EXTERNAL")
-    assert (external.origin, kms.describe_key(external.key_id).state) == (
+    multi = moto_kms.create_key(multi_region=True)
+    assert multi.key_id.startswith("mrk-") and moto_kms.describe_key(multi.arn).multi_region is True
+    external = moto_kms.create_key(origin="EXTERNAL")
+    assert (external.origin, moto_kms.describe_key(external.key_id).state) == (
         "EXTERNAL",
         "PendingImport",
     )
-    sent = _sent(kms, "CreateKey")
-    stored = kms.create_key(custom_key_store_id=STORE)
+    sent = _sent(moto_kms, "CreateKey")
+    stored = moto_kms.create_key(custom_key_store_id=STORE)
     assert sent[0]["CustomKeyStoreId"] == STORE and "Origin" not in sent[0]
-    described = kms.describe_key(stored.key_id)
+    described = moto_kms.describe_key(stored.key_id)
     assert (described.origin, described.custom_key_store_id) == ("AWS_CLOUDHSM", STORE)
 
 
@@ -430,8 +430,8 @@ def test_describe_fills_every_field_from_key_metadata(raw_kms: AwsKms) -> None:
     )
 
 
-def test_create_list_retire_and_revoke_grants(kms: AwsKms, raw_kms: AwsKms) -> None:
-    for backend in (kms, raw_kms):
+def test_create_list_retire_and_revoke_grants(moto_kms: AwsKms, raw_kms: AwsKms) -> None:
+    for backend in (moto_kms, raw_kms):
         info = backend.create_key()
         assert backend.list_grants(info.key_id) == []
         grant_id = backend.create_grant(
@@ -493,18 +493,20 @@ def test_list_grants_follows_every_page(raw_kms: AwsKms) -> None:
     assert [g.grant_id for g in grants] == ["g1", "g2", "g3"]
 
 
-def test_a_grant_outlives_a_policy_change_through_the_shim(kms: AwsKms, moto_reset: str) -> None:
+def test_a_grant_outlives_a_policy_change_through_the_shim(
+    moto_kms: AwsKms, moto_reset: str
+) -> None:
     """With moto's grants honoured as KMS honours them (the shim), a grant made while the policy
     was open survives a PutKeyPolicy that names the caller nowhere; an explicit Deny beats it."""
-    info = kms.create_key()
-    blob = kms.encrypt(info.key_id, SECRET, CONTEXT)
-    kms.create_grant(info.key_id, grantee_principal=MOTO_PRINCIPAL, operations=["Decrypt"])
-    kms.put_key_policy(info.key_id, NOBODY, bypass_lockout_safety_check=True)
-    assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == SECRET
+    info = moto_kms.create_key()
+    blob = moto_kms.encrypt(info.key_id, SECRET, CONTEXT)
+    moto_kms.create_grant(info.key_id, grantee_principal=MOTO_PRINCIPAL, operations=["Decrypt"])
+    moto_kms.put_key_policy(info.key_id, NOBODY, bypass_lockout_safety_check=True)
+    assert moto_kms.decrypt(info.key_id, blob, CONTEXT).plaintext == SECRET
     for call in (
-        lambda: kms.encrypt(info.key_id, SECRET, CONTEXT),
-        lambda: kms.list_grants(info.key_id),
-        lambda: kms.describe_key(info.key_id),
+        lambda: moto_kms.encrypt(info.key_id, SECRET, CONTEXT),
+        lambda: moto_kms.list_grants(info.key_id),
+        lambda: moto_kms.describe_key(info.key_id),
     ):
         with pytest.raises(AccessDenied):
             call()
@@ -523,22 +525,22 @@ def test_a_grant_outlives_a_policy_change_through_the_shim(kms: AwsKms, moto_res
         KeyId=info.key_id, PolicyName="default", Policy=json.dumps(denying)
     )
     with pytest.raises(AccessDenied) as denied:
-        kms.decrypt(info.key_id, blob, CONTEXT)
+        moto_kms.decrypt(info.key_id, blob, CONTEXT)
     assert "explicitly denied by statement 'NoDecrypt'" in str(denied.value)
 
 
 def test_policy_text_goes_out_as_given_and_duplicates_are_refused(
-    kms: AwsKms, raw_kms: AwsKms, moto_reset: str
+    moto_kms: AwsKms, raw_kms: AwsKms, moto_reset: str
 ) -> None:
     text = json.dumps(POLICY, indent=1)
-    created = _sent(kms, "CreateKey")
-    put = _sent(kms, "PutKeyPolicy")
-    info = kms.create_key(policy=text)
-    kms.put_key_policy(info.key_id, text)
-    kms.put_key_policy(info.key_id, POLICY)
+    created = _sent(moto_kms, "CreateKey")
+    put = _sent(moto_kms, "PutKeyPolicy")
+    info = moto_kms.create_key(policy=text)
+    moto_kms.put_key_policy(info.key_id, text)
+    moto_kms.put_key_policy(info.key_id, POLICY)
     assert created[0]["Policy"] == text and put[0]["Policy"] == text
     assert put[1]["Policy"] == json.dumps(POLICY)
-    assert kms.get_key_policy(info.key_id) == POLICY
+    assert moto_kms.get_key_policy(info.key_id) == POLICY
     # moto stores a policy with a duplicate key as given; reading it back is an error, not
     # whichever "Effect" came last.
     duplicated = text.replace('"Effect": "Allow"', '"Effect": "Deny", "Effect": "Allow"')
@@ -551,69 +553,71 @@ def test_policy_text_goes_out_as_given_and_duplicates_are_refused(
     )
     # Sent through KMS (here the shim), such a document is a MalformedPolicyDocumentException.
     with pytest.raises(ValidationError, match="MalformedPolicyDocumentException"):
-        kms.create_key(policy=duplicated)
+        moto_kms.create_key(policy=duplicated)
     with pytest.raises(ValidationError, match="MalformedPolicyDocumentException"):
-        kms.put_key_policy(kms.create_key().key_id, duplicated)
+        moto_kms.put_key_policy(moto_kms.create_key().key_id, duplicated)
 
 
 # --------------------------------------------------------------------------- cryptography
 
 
-def test_encrypt_decrypt_with_encryption_context(kms: AwsKms) -> None:
-    info = kms.create_key()
-    blob = kms.encrypt(info.key_id, SECRET, CONTEXT)
+def test_encrypt_decrypt_with_encryption_context(moto_kms: AwsKms) -> None:
+    info = moto_kms.create_key()
+    blob = moto_kms.encrypt(info.key_id, SECRET, CONTEXT)
     assert SECRET not in blob
-    result = kms.decrypt(info.key_id, blob, CONTEXT)
+    result = moto_kms.decrypt(info.key_id, blob, CONTEXT)
     assert (result.plaintext, result.key_id, result.ciphertext_for_recipient) == (
         SECRET,
         info.arn,
         None,
     )
-    assert kms.decrypt("", blob, CONTEXT).plaintext == SECRET  # the key comes from the blob
+    assert moto_kms.decrypt("", blob, CONTEXT).plaintext == SECRET  # the key comes from the blob
     for wrong in ({**CONTEXT, "purpose": "static-secret"}, {}):
         with pytest.raises(CryptoError) as error:
-            kms.decrypt(info.key_id, blob, wrong)
+            moto_kms.decrypt(info.key_id, blob, wrong)
         assert info.key_id in str(error.value) and not _leaks(error.value, SECRET, blob)
     with pytest.raises(CryptoError):
-        kms.decrypt(info.key_id, blob[:-1] + bytes([blob[-1] ^ 1]), CONTEXT)
+        moto_kms.decrypt(info.key_id, blob[:-1] + bytes([blob[-1] ^ 1]), CONTEXT)
     for size in (0, 4097):
         with pytest.raises(ValidationError):
-            kms.encrypt(info.key_id, b"x" * size, CONTEXT)
+            moto_kms.encrypt(info.key_id, b"x" * size, CONTEXT)
 
 
 @pytest.mark.parametrize("size", [1, 32, 1024])
-def test_generate_data_key_sizes(kms: AwsKms, size: int) -> None:
-    info = kms.create_key()
-    result = kms.generate_data_key(info.key_id, CONTEXT, number_of_bytes=size)
+def test_generate_data_key_sizes(moto_kms: AwsKms, size: int) -> None:
+    info = moto_kms.create_key()
+    result = moto_kms.generate_data_key(info.key_id, CONTEXT, number_of_bytes=size)
     assert result.plaintext is not None and len(result.plaintext) == size
     assert result.key_id == info.arn and result.ciphertext_blob
-    assert kms.decrypt(info.key_id, result.ciphertext_blob, CONTEXT).plaintext == result.plaintext
+    assert (
+        moto_kms.decrypt(info.key_id, result.ciphertext_blob, CONTEXT).plaintext == result.plaintext
+    )
 
 
-def test_generate_data_key_size_limits(kms: AwsKms) -> None:
-    key = kms.create_key().key_id
+def test_generate_data_key_size_limits(moto_kms: AwsKms) -> None:
+    key = moto_kms.create_key().key_id
     for size in (0, 1025):
         with pytest.raises(ValidationError):
-            kms.generate_data_key(key, CONTEXT, number_of_bytes=size)
+            moto_kms.generate_data_key(key, CONTEXT, number_of_bytes=size)
 
 
 def test_recipient_round_trip_through_the_shim(
-    kms: AwsKms, shim: KmsRecipientShim, nsm_root: tuple[SimulatedNsm, Any]
+    moto_kms: AwsKms, shim: KmsRecipientShim, nsm_root: tuple[SimulatedNsm, Any]
 ) -> None:
     nsm = nsm_root[0]
-    key = kms.create_key().key_id
-    blob = kms.encrypt(key, SECRET, CONTEXT)
+    key = moto_kms.create_key().key_id
+    blob = moto_kms.encrypt(key, SECRET, CONTEXT)
     recipient, private = _enclave_recipient(nsm)
-    result = kms.decrypt(key, blob, CONTEXT, recipient)
+    result = moto_kms.decrypt(key, blob, CONTEXT, recipient)
     assert result.plaintext is None and result.ciphertext_for_recipient
     assert SECRET not in result.ciphertext_for_recipient
     assert open_ciphertext_for_recipient(result.ciphertext_for_recipient, private) == SECRET
-    generated = kms.generate_data_key(key, CONTEXT, number_of_bytes=32, recipient=recipient)
+    generated = moto_kms.generate_data_key(key, CONTEXT, number_of_bytes=32, recipient=recipient)
     assert generated.plaintext is None and generated.ciphertext_blob
     assert generated.ciphertext_for_recipient is not None
     data_key = open_ciphertext_for_recipient(generated.ciphertext_for_recipient, private)
     assert len(data_key) == 32
-    assert kms.decrypt(key, generated.ciphertext_blob, CONTEXT).plaintext == data_key
+    assert moto_kms.decrypt(key, generated.ciphertext_blob, CONTEXT).plaintext == data_key
     assert [d.module_id for d in shim.verified] == [nsm.module_id, nsm.module_id]
     assert shim.verified[0].pcrs[0] == b"\x07" * 48
     # another enclave's key cannot open it
@@ -623,59 +627,59 @@ def test_recipient_round_trip_through_the_shim(
 
 
 def test_recipient_documents_the_shim_refuses(
-    kms: AwsKms, tmp_path: Path, nsm_root: tuple[SimulatedNsm, Any]
+    moto_kms: AwsKms, tmp_path: Path, nsm_root: tuple[SimulatedNsm, Any]
 ) -> None:
-    key = kms.create_key().key_id
-    blob = kms.encrypt(key, SECRET, CONTEXT)
+    key = moto_kms.create_key().key_id
+    blob = moto_kms.encrypt(key, SECRET, CONTEXT)
     (tmp_path / "other-app").mkdir()
     stranger = SimulatedNsm(state_dir=tmp_path / "other", app_dir=tmp_path / "other-app")
     foreign, _ = _enclave_recipient(stranger)  # signed under another dev root
     keyless = Recipient(attestation_document=nsm_root[0].attestation())
     wrong_alg = Recipient(foreign.attestation_document, key_encryption_algorithm="RSAES_PKCS1")
     with pytest.raises(AccessDenied) as denied:
-        kms.decrypt(key, blob, CONTEXT, foreign)
+        moto_kms.decrypt(key, blob, CONTEXT, foreign)
     assert "attestation document is invalid" in str(denied.value)
     for recipient in (keyless, wrong_alg):
         with pytest.raises(ValidationError) as error:
-            kms.decrypt(key, blob, CONTEXT, recipient)
+            moto_kms.decrypt(key, blob, CONTEXT, recipient)
         assert "ValidationException" in str(error.value) and not _leaks(error.value, SECRET)
 
 
 def test_key_locked_to_pcr0_decrypts_only_for_that_image(
-    kms: AwsKms, tmp_path: Path, nsm_root: tuple[SimulatedNsm, Any]
+    moto_kms: AwsKms, tmp_path: Path, nsm_root: tuple[SimulatedNsm, Any]
 ) -> None:
-    assert kms.caller_arn() == MOTO_PRINCIPAL
-    policy = locked_policy(pcr0_hex=(b"\x07" * 48).hex(), principal_arn=kms.caller_arn())
+    assert moto_kms.caller_arn() == MOTO_PRINCIPAL
+    policy = locked_policy(pcr0_hex=(b"\x07" * 48).hex(), principal_arn=moto_kms.caller_arn())
     with pytest.raises(ValidationError) as lockout:
-        kms.create_key(policy=policy)
+        moto_kms.create_key(policy=policy)
     assert "MalformedPolicyDocumentException" in str(lockout.value)
-    key = kms.create_key().key_id
-    blob = kms.encrypt(key, SECRET, CONTEXT)
+    key = moto_kms.create_key().key_id
+    blob = moto_kms.encrypt(key, SECRET, CONTEXT)
     with pytest.raises(ValidationError):
-        kms.put_key_policy(key, policy)  # the lockout safety check
-    assert kms.get_key_policy(key)["Statement"][0]["Principal"] != {"AWS": MOTO_PRINCIPAL}
-    kms.put_key_policy(key, policy, bypass_lockout_safety_check=True)
-    assert kms.get_key_policy(key) == policy
+        moto_kms.put_key_policy(key, policy)  # the lockout safety check
+    assert moto_kms.get_key_policy(key)["Statement"][0]["Principal"] != {"AWS": MOTO_PRINCIPAL}
+    moto_kms.put_key_policy(key, policy, bypass_lockout_safety_check=True)
+    assert moto_kms.get_key_policy(key) == policy
     recipient, private = _enclave_recipient(nsm_root[0])
-    result = kms.decrypt(key, blob, CONTEXT, recipient)
+    result = moto_kms.decrypt(key, blob, CONTEXT, recipient)
     assert result.ciphertext_for_recipient is not None
     assert open_ciphertext_for_recipient(result.ciphertext_for_recipient, private) == SECRET
     other_image = SimulatedNsm(
         state_dir=tmp_path / ".enclave", app_dir=tmp_path / "app", pcr0=b"\x08" * 48
     )
     for call in (
-        lambda: kms.decrypt(key, blob, CONTEXT),  # no attestation at all
-        lambda: kms.decrypt(key, blob, CONTEXT, _enclave_recipient(other_image)[0]),
-        lambda: kms.generate_data_key(key, CONTEXT),
-        lambda: kms.encrypt(key, SECRET, CONTEXT),  # the locked policy has no Encrypt
-        lambda: kms.put_key_policy(key, POLICY, bypass_lockout_safety_check=True),
+        lambda: moto_kms.decrypt(key, blob, CONTEXT),  # no attestation at all
+        lambda: moto_kms.decrypt(key, blob, CONTEXT, _enclave_recipient(other_image)[0]),
+        lambda: moto_kms.generate_data_key(key, CONTEXT),
+        lambda: moto_kms.encrypt(key, SECRET, CONTEXT),  # the locked policy has no Encrypt
+        lambda: moto_kms.put_key_policy(key, POLICY, bypass_lockout_safety_check=True),
     ):
         with pytest.raises(AccessDenied) as denied:
             call()
         assert type(denied.value) is AccessDenied and key in str(denied.value)
         assert not _leaks(denied.value, SECRET, blob)
-    bypassed = kms.create_key(policy=policy, bypass_lockout_safety_check=True)
-    assert kms.get_key_policy(bypassed.key_id) == policy
+    bypassed = moto_kms.create_key(policy=policy, bypass_lockout_safety_check=True)
+    assert moto_kms.get_key_policy(bypassed.key_id) == policy
 
 
 def test_an_endpoint_ignoring_recipient_is_refused(

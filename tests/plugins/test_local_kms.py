@@ -28,13 +28,13 @@ from enclave_core.kmspolicy.canonical import locked_policy
 from enclave_core.kmspolicy.evaluation import default_policy
 from enclave_core.plugin.interfaces import BackendContext, Kms
 from enclave_core.plugin.manager import get_plugin_manager
-from tests.contexts import backend_context
+from tests.helpers import backend_context
 
 CONTEXT = {"app": "hello", "purpose": "storage-dek"}
 
 
 @pytest.fixture
-def kms(tmp_path: Path) -> LocalKms:
+def regional_kms(tmp_path: Path) -> LocalKms:
     return LocalKms(tmp_path / "kms", region="eu-west-1")
 
 
@@ -46,8 +46,8 @@ def _material(kms: LocalKms, key_id: str) -> bytes:
     return master.decrypt(sealed[:12], sealed[12:], MATERIAL_AAD + key_id.encode())
 
 
-def test_create_key_metadata_and_files(kms: LocalKms) -> None:
-    info = kms.create_key(description="hello enclave key")
+def test_create_key_metadata_and_files(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key(description="hello enclave key")
     assert str(uuid.UUID(info.key_id, version=4)) == info.key_id
     assert info.arn == f"arn:aws:kms:eu-west-1:000000000000:key/{info.key_id}"
     assert (info.state, info.description, info.deletion_date) == (
@@ -55,24 +55,24 @@ def test_create_key_metadata_and_files(kms: LocalKms) -> None:
         "hello enclave key",
         None,
     )
-    assert kms.describe_key(info.key_id) == info
-    assert kms.describe_key(info.arn) == info
-    assert kms.key_ids() == [info.key_id]
+    assert regional_kms.describe_key(info.key_id) == info
+    assert regional_kms.describe_key(info.arn) == info
+    assert regional_kms.key_ids() == [info.key_id]
     for name in ("master.key", f"{info.key_id}.json"):
-        assert stat.S_IMODE((kms.directory / name).stat().st_mode) == 0o600
-    assert len((kms.directory / "master.key").read_bytes()) == 32
-    assert isinstance(kms, Kms)
+        assert stat.S_IMODE((regional_kms.directory / name).stat().st_mode) == 0o600
+    assert len((regional_kms.directory / "master.key").read_bytes()) == 32
+    assert isinstance(regional_kms, Kms)
 
 
-def test_key_material_is_not_stored_raw(kms: LocalKms) -> None:
-    info = kms.create_key()
-    material = _material(kms, info.key_id)
+def test_key_material_is_not_stored_raw(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    material = _material(regional_kms, info.key_id)
     assert len(material) == 32
-    stored = (kms.directory / f"{info.key_id}.json").read_bytes()
+    stored = (regional_kms.directory / f"{info.key_id}.json").read_bytes()
     for form in (material, material.hex().encode(), base64.b64encode(material)):
         assert form not in stored
     # ...and that material really is the key: it opens the blobs KMS makes.
-    blob = kms.encrypt(info.key_id, b"secret", CONTEXT)
+    blob = regional_kms.encrypt(info.key_id, b"secret", CONTEXT)
     header_len = 2 + blob[1]
     aad = blob[:header_len] + json.dumps(CONTEXT, sort_keys=True, separators=(",", ":")).encode()
     opened = AESGCM(material).decrypt(
@@ -81,155 +81,160 @@ def test_key_material_is_not_stored_raw(kms: LocalKms) -> None:
     assert opened == b"secret"
 
 
-def test_key_material_cannot_move_between_key_files(kms: LocalKms) -> None:
-    a, b = kms.create_key(), kms.create_key()
-    record_a = json.loads((kms.directory / f"{a.key_id}.json").read_text())
-    record_b = json.loads((kms.directory / f"{b.key_id}.json").read_text())
+def test_key_material_cannot_move_between_key_files(regional_kms: LocalKms) -> None:
+    a, b = regional_kms.create_key(), regional_kms.create_key()
+    record_a = json.loads((regional_kms.directory / f"{a.key_id}.json").read_text())
+    record_b = json.loads((regional_kms.directory / f"{b.key_id}.json").read_text())
     record_b["material"] = record_a["material"]
-    (kms.directory / f"{b.key_id}.json").write_text(json.dumps(record_b))
+    (regional_kms.directory / f"{b.key_id}.json").write_text(json.dumps(record_b))
     with pytest.raises(BackendError, match="does not open with master.key"):
-        kms.encrypt(b.key_id, b"x", CONTEXT)
+        regional_kms.encrypt(b.key_id, b"x", CONTEXT)
 
 
-def test_encrypt_decrypt_roundtrip_and_persistence(kms: LocalKms) -> None:
-    info = kms.create_key()
-    blob = kms.encrypt(info.key_id, b"thirty-two bytes of secret data!", CONTEXT)
+def test_encrypt_decrypt_roundtrip_and_persistence(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    blob = regional_kms.encrypt(info.key_id, b"thirty-two bytes of secret data!", CONTEXT)
     assert b"thirty-two" not in blob
-    result = kms.decrypt(info.key_id, blob, dict(reversed(list(CONTEXT.items()))))
+    result = regional_kms.decrypt(info.key_id, blob, dict(reversed(list(CONTEXT.items()))))
     assert result.plaintext == b"thirty-two bytes of secret data!"
     assert result.key_id == info.arn
     # a fresh backend on the same directory (a restart) decrypts too, key found from the blob
-    assert LocalKms(kms.directory).decrypt("", blob, CONTEXT).plaintext == result.plaintext
-    assert kms.decrypt(info.arn, blob, CONTEXT).plaintext == result.plaintext
+    assert LocalKms(regional_kms.directory).decrypt("", blob, CONTEXT).plaintext == result.plaintext
+    assert regional_kms.decrypt(info.arn, blob, CONTEXT).plaintext == result.plaintext
 
 
 @pytest.mark.parametrize(
     "other_context",
     [{}, {"app": "hello"}, {"app": "hello", "purpose": "static-secret"}, {**CONTEXT, "x": "y"}],
 )
-def test_decrypt_with_another_context_fails(kms: LocalKms, other_context: dict[str, str]) -> None:
-    info = kms.create_key()
-    blob = kms.encrypt(info.key_id, b"data", CONTEXT)
+def test_decrypt_with_another_context_fails(
+    regional_kms: LocalKms, other_context: dict[str, str]
+) -> None:
+    info = regional_kms.create_key()
+    blob = regional_kms.encrypt(info.key_id, b"data", CONTEXT)
     with pytest.raises(CryptoError, match="encryption context does not match"):
-        kms.decrypt(info.key_id, blob, other_context)
+        regional_kms.decrypt(info.key_id, blob, other_context)
 
 
-def test_tampered_ciphertext_fails(kms: LocalKms) -> None:
-    info = kms.create_key()
-    blob = bytearray(kms.encrypt(info.key_id, b"data", CONTEXT))
+def test_tampered_ciphertext_fails(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    blob = bytearray(regional_kms.encrypt(info.key_id, b"data", CONTEXT))
     for index in (len(blob) - 1, len(blob) - 20, 2 + blob[1] + 1):  # tag, ciphertext, nonce
         tampered = bytearray(blob)
         tampered[index] ^= 0x01
         with pytest.raises(CryptoError, match="altered"):
-            kms.decrypt(info.key_id, bytes(tampered), CONTEXT)
+            regional_kms.decrypt(info.key_id, bytes(tampered), CONTEXT)
     for broken in (b"", b"\x02" + bytes(blob[1:]), bytes(blob[:30])):
         with pytest.raises(CryptoError, match="malformed"):
-            kms.decrypt(info.key_id, broken, CONTEXT)
+            regional_kms.decrypt(info.key_id, broken, CONTEXT)
 
 
-def test_decrypt_refuses_a_blob_of_another_key(kms: LocalKms) -> None:
-    a, b = kms.create_key(), kms.create_key()
-    blob = kms.encrypt(a.key_id, b"data", CONTEXT)
+def test_decrypt_refuses_a_blob_of_another_key(regional_kms: LocalKms) -> None:
+    a, b = regional_kms.create_key(), regional_kms.create_key()
+    blob = regional_kms.encrypt(a.key_id, b"data", CONTEXT)
     with pytest.raises(CryptoError, match=f"under key {a.key_id}"):
-        kms.decrypt(b.key_id, blob, CONTEXT)
+        regional_kms.decrypt(b.key_id, blob, CONTEXT)
 
 
-def test_generate_data_key(kms: LocalKms) -> None:
-    info = kms.create_key()
-    result = kms.generate_data_key(info.key_id, CONTEXT, number_of_bytes=48)
+def test_generate_data_key(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    result = regional_kms.generate_data_key(info.key_id, CONTEXT, number_of_bytes=48)
     assert result.plaintext is not None and len(result.plaintext) == 48
     assert result.ciphertext_blob is not None
-    assert kms.decrypt(info.key_id, result.ciphertext_blob, CONTEXT).plaintext == result.plaintext
-    assert kms.generate_data_key(info.key_id, CONTEXT).plaintext != result.plaintext
+    assert (
+        regional_kms.decrypt(info.key_id, result.ciphertext_blob, CONTEXT).plaintext
+        == result.plaintext
+    )
+    assert regional_kms.generate_data_key(info.key_id, CONTEXT).plaintext != result.plaintext
     for bad in (0, 1025):
         with pytest.raises(ValidationError):
-            kms.generate_data_key(info.key_id, CONTEXT, number_of_bytes=bad)
+            regional_kms.generate_data_key(info.key_id, CONTEXT, number_of_bytes=bad)
 
 
-def test_input_validation(kms: LocalKms) -> None:
-    info = kms.create_key()
+def test_input_validation(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
     with pytest.raises(ValidationError):
-        kms.encrypt(info.key_id, b"", CONTEXT)
+        regional_kms.encrypt(info.key_id, b"", CONTEXT)
     with pytest.raises(ValidationError):
-        kms.encrypt(info.key_id, bytes(4097), CONTEXT)
+        regional_kms.encrypt(info.key_id, bytes(4097), CONTEXT)
     with pytest.raises(ValidationError, match="encryption context"):
-        kms.encrypt(info.key_id, b"x", {"n": 1})
+        regional_kms.encrypt(info.key_id, b"x", {"n": 1})
 
 
-def test_unknown_keys_are_not_found(kms: LocalKms) -> None:
+def test_unknown_keys_are_not_found(regional_kms: LocalKms) -> None:
     with pytest.raises(NotFound, match="does not exist"):
-        kms.describe_key(str(uuid.uuid4()))
+        regional_kms.describe_key(str(uuid.uuid4()))
     for bogus in ("../../etc/passwd", "alias/x", "arn:aws:kms:us-east-1:1:key/../x"):
         with pytest.raises(NotFound):
-            kms.describe_key(bogus)
+            regional_kms.describe_key(bogus)
 
 
-def test_disabled_key_is_unusable_until_enabled(kms: LocalKms) -> None:
-    info = kms.create_key()
-    blob = kms.encrypt(info.key_id, b"data", CONTEXT)
-    assert kms.disable_key(info.key_id).state == "Disabled"
+def test_disabled_key_is_unusable_until_enabled(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    blob = regional_kms.encrypt(info.key_id, b"data", CONTEXT)
+    assert regional_kms.disable_key(info.key_id).state == "Disabled"
     for call in (
-        lambda: kms.encrypt(info.key_id, b"x", CONTEXT),
-        lambda: kms.decrypt(info.key_id, blob, CONTEXT),
-        lambda: kms.generate_data_key(info.key_id, CONTEXT),
+        lambda: regional_kms.encrypt(info.key_id, b"x", CONTEXT),
+        lambda: regional_kms.decrypt(info.key_id, blob, CONTEXT),
+        lambda: regional_kms.generate_data_key(info.key_id, CONTEXT),
     ):
         with pytest.raises(InvalidKeyState, match=f"{info.key_id} is Disabled"):
             call()
-    assert kms.enable_key(info.key_id).state == "Enabled"
-    assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"data"
+    assert regional_kms.enable_key(info.key_id).state == "Enabled"
+    assert regional_kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"data"
 
 
-def test_schedule_key_deletion(kms: LocalKms) -> None:
-    info = kms.create_key()
+def test_schedule_key_deletion(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
     for days in (6, 31, 0):
         with pytest.raises(ValidationError, match="7..30"):
-            kms.schedule_key_deletion(info.key_id, days)
-    assert kms.describe_key(info.key_id).state == "Enabled"
+            regional_kms.schedule_key_deletion(info.key_id, days)
+    assert regional_kms.describe_key(info.key_id).state == "Enabled"
     before = datetime.now(UTC)
-    pending = kms.schedule_key_deletion(info.key_id, 7)
+    pending = regional_kms.schedule_key_deletion(info.key_id, 7)
     assert pending.state == "PendingDeletion"
     assert pending.deletion_date is not None
     when = datetime.fromisoformat(pending.deletion_date)
     assert before + timedelta(days=7, seconds=-2) <= when <= before + timedelta(days=7, minutes=1)
     with pytest.raises(InvalidKeyState, match=f"{info.key_id} is PendingDeletion"):
-        kms.schedule_key_deletion(info.key_id, 7)
+        regional_kms.schedule_key_deletion(info.key_id, 7)
     with pytest.raises(InvalidKeyState, match="PendingDeletion"):
-        kms.encrypt(info.key_id, b"x", CONTEXT)
-    restored = kms.cancel_key_deletion(info.key_id)
+        regional_kms.encrypt(info.key_id, b"x", CONTEXT)
+    restored = regional_kms.cancel_key_deletion(info.key_id)
     assert (restored.state, restored.deletion_date) == ("Disabled", None)
 
 
-def test_key_past_its_deletion_date_is_gone(kms: LocalKms) -> None:
-    info = kms.create_key()
-    kms.schedule_key_deletion(info.key_id, 30)
-    path = kms.directory / f"{info.key_id}.json"
+def test_key_past_its_deletion_date_is_gone(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    regional_kms.schedule_key_deletion(info.key_id, 30)
+    path = regional_kms.directory / f"{info.key_id}.json"
     record = json.loads(path.read_text())
     record["deletion_date"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat(
         timespec="seconds"
     )
     path.write_text(json.dumps(record))
     with pytest.raises(NotFound, match="was deleted"):
-        kms.describe_key(info.key_id)
-    assert kms.key_ids() == []
+        regional_kms.describe_key(info.key_id)
+    assert regional_kms.key_ids() == []
 
 
-def test_default_and_replaced_key_policy(kms: LocalKms) -> None:
-    info = kms.create_key()
-    policy = kms.get_key_policy(info.key_id)
+def test_default_and_replaced_key_policy(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    policy = regional_kms.get_key_policy(info.key_id)
     assert policy["Version"] == "2012-10-17"
     [statement] = policy["Statement"]
     assert statement["Principal"] == {"AWS": "arn:aws:iam::000000000000:root"}
     assert (statement["Effect"], statement["Action"]) == ("Allow", "kms:*")
-    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
-    kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
-    assert kms.get_key_policy(info.key_id) == locked
-    assert LocalKms(kms.directory).get_key_policy(info.arn) == locked
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=regional_kms.caller_arn())
+    regional_kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
+    assert regional_kms.get_key_policy(info.key_id) == locked
+    assert LocalKms(regional_kms.directory).get_key_policy(info.arn) == locked
 
 
-def test_create_key_with_policy_and_invalid_policies(kms: LocalKms) -> None:
+def test_create_key_with_policy_and_invalid_policies(regional_kms: LocalKms) -> None:
     custom = {**default_policy("000000000000"), "Id": "custom"}
-    info = kms.create_key(policy=custom)
-    assert kms.get_key_policy(info.key_id) == custom
+    info = regional_kms.create_key(policy=custom)
+    assert regional_kms.get_key_policy(info.key_id) == custom
     bad: dict[str, Any]
     for bad in (
         {},
@@ -238,34 +243,34 @@ def test_create_key_with_policy_and_invalid_policies(kms: LocalKms) -> None:
         {"Statement": []},
     ):
         with pytest.raises(ValidationError):
-            kms.put_key_policy(info.key_id, bad)
-    assert kms.get_key_policy(info.key_id) == custom
+            regional_kms.put_key_policy(info.key_id, bad)
+    assert regional_kms.get_key_policy(info.key_id) == custom
     with pytest.raises(ValidationError):
-        kms.create_key(policy={"Statement": "nope"})
-    assert kms.key_ids() == [info.key_id]
+        regional_kms.create_key(policy={"Statement": "nope"})
+    assert regional_kms.key_ids() == [info.key_id]
     # A key whose policy allows nothing: refused by the lockout safety check, as AWS does...
     nothing: dict[str, Any] = {"Version": "2012-10-17", "Statement": []}
     with pytest.raises(ValidationError, match="MalformedPolicyDocumentException: CreateKey"):
-        kms.create_key(policy=nothing)
-    assert kms.key_ids() == [info.key_id]  # and no key was made
+        regional_kms.create_key(policy=nothing)
+    assert regional_kms.key_ids() == [info.key_id]  # and no key was made
     # ... unless bypassed: it exists, but nobody can use or even describe it.
-    sealed = kms.create_key(policy=nothing, bypass_lockout_safety_check=True)
+    sealed = regional_kms.create_key(policy=nothing, bypass_lockout_safety_check=True)
     with pytest.raises(AccessDenied, match=f"kms:DescribeKey on key {sealed.key_id} denied"):
-        kms.describe_key(sealed.key_id)
+        regional_kms.describe_key(sealed.key_id)
 
 
-def test_logs_never_carry_key_material_or_plaintext(kms: LocalKms) -> None:
+def test_logs_never_carry_key_material_or_plaintext(regional_kms: LocalKms) -> None:
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG", serialize=True)
     try:
-        info = kms.create_key()
-        result = kms.generate_data_key(info.key_id, CONTEXT)
-        kms.schedule_key_deletion(info.key_id, 7)
+        info = regional_kms.create_key()
+        result = regional_kms.generate_data_key(info.key_id, CONTEXT)
+        regional_kms.schedule_key_deletion(info.key_id, 7)
     finally:
         logger.remove(sink)
     text = "\n".join(lines)
     assert info.key_id in text  # the key is named...
-    material = _material(kms, info.key_id)
+    material = _material(regional_kms, info.key_id)
     assert result.plaintext is not None
     for secret in (material, result.plaintext):  # ...its secrets are not
         for form in (secret.hex(), base64.b64encode(secret).decode()):
@@ -314,73 +319,79 @@ def test_hook_enclave_register_kms() -> None:
 # ------------------------------------------------------------------ key policies enforced
 
 
-def test_put_key_policy_lockout_safety_check(kms: LocalKms) -> None:
-    info = kms.create_key()
-    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
+def test_put_key_policy_lockout_safety_check(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=regional_kms.caller_arn())
     with pytest.raises(ValidationError, match="MalformedPolicyDocumentException") as raised:
-        kms.put_key_policy(info.key_id, locked)
+        regional_kms.put_key_policy(info.key_id, locked)
     assert "will not allow you to update the key policy in the future" in str(raised.value)
-    assert kms.get_key_policy(info.key_id) == default_policy("000000000000")  # unchanged
+    assert regional_kms.get_key_policy(info.key_id) == default_policy("000000000000")  # unchanged
     # A new policy that still lets the caller put policies passes without the bypass.
     keeps_admin = {**default_policy("000000000000"), "Id": "v2"}
-    kms.put_key_policy(info.key_id, keeps_admin)
-    assert kms.get_key_policy(info.key_id)["Id"] == "v2"
-    kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
+    regional_kms.put_key_policy(info.key_id, keeps_admin)
+    assert regional_kms.get_key_policy(info.key_id)["Id"] == "v2"
+    regional_kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
     # Locked: nobody, the account root included, can change it again, with or without bypass.
     for bypass in (False, True):
         with pytest.raises(AccessDenied, match="kms:PutKeyPolicy on key .* denied"):
-            kms.put_key_policy(info.key_id, keeps_admin, bypass_lockout_safety_check=bypass)
-    assert kms.get_key_policy(info.key_id) == locked
+            regional_kms.put_key_policy(
+                info.key_id, keeps_admin, bypass_lockout_safety_check=bypass
+            )
+    assert regional_kms.get_key_policy(info.key_id) == locked
 
 
-def test_create_key_with_a_locking_policy_is_locked_from_its_first_moment(kms: LocalKms) -> None:
-    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
+def test_create_key_with_a_locking_policy_is_locked_from_its_first_moment(
+    regional_kms: LocalKms,
+) -> None:
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=regional_kms.caller_arn())
     # The lockout safety check applies to CreateKey as to PutKeyPolicy; a refusal makes no key.
     with pytest.raises(ValidationError, match="MalformedPolicyDocumentException") as raised:
-        kms.create_key(description="locked", policy=locked)
+        regional_kms.create_key(description="locked", policy=locked)
     assert "will not allow you to update the key policy in the future" in str(raised.value)
-    assert kms.key_ids() == []
-    info = kms.create_key(description="locked", policy=locked, bypass_lockout_safety_check=True)
-    assert kms.key_ids() == [info.key_id]
+    assert regional_kms.key_ids() == []
+    info = regional_kms.create_key(
+        description="locked", policy=locked, bypass_lockout_safety_check=True
+    )
+    assert regional_kms.key_ids() == [info.key_id]
     # The stored record holds the given policy, never the default one, and it is enforced.
-    record = json.loads((kms.directory / f"{info.key_id}.json").read_text())
+    record = json.loads((regional_kms.directory / f"{info.key_id}.json").read_text())
     assert record["policy"] == locked
-    assert LocalKms(kms.directory).get_key_policy(info.key_id) == locked
-    assert kms.describe_key(info.key_id).description == "locked"
+    assert LocalKms(regional_kms.directory).get_key_policy(info.key_id) == locked
+    assert regional_kms.describe_key(info.key_id).description == "locked"
     with pytest.raises(AccessDenied, match=f"kms:Encrypt on key {info.key_id} denied"):
-        kms.encrypt(info.key_id, b"forged", CONTEXT)
+        regional_kms.encrypt(info.key_id, b"forged", CONTEXT)
     with pytest.raises(AccessDenied, match="the request has no attestation document"):
-        kms.generate_data_key(info.key_id, CONTEXT)
+        regional_kms.generate_data_key(info.key_id, CONTEXT)
     for bypass in (False, True):
         with pytest.raises(AccessDenied, match=f"kms:PutKeyPolicy on key {info.key_id} denied"):
-            kms.put_key_policy(
+            regional_kms.put_key_policy(
                 info.key_id, default_policy("000000000000"), bypass_lockout_safety_check=bypass
             )
-    assert kms.get_key_policy(info.key_id) == locked
+    assert regional_kms.get_key_policy(info.key_id) == locked
     # Without a policy the bypass flag changes nothing: the default policy.
-    plain = kms.create_key(bypass_lockout_safety_check=True)
-    assert kms.get_key_policy(plain.key_id) == default_policy("000000000000")
+    plain = regional_kms.create_key(bypass_lockout_safety_check=True)
+    assert regional_kms.get_key_policy(plain.key_id) == default_policy("000000000000")
 
 
-def test_a_locked_key_refuses_what_its_policy_does_not_grant(kms: LocalKms) -> None:
-    info = kms.create_key()
-    blob = kms.encrypt(info.key_id, b"made before the lock", CONTEXT)
-    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=kms.caller_arn())
-    kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
-    assert kms.describe_key(info.key_id).state == "Enabled"  # DescribeKey stays allowed
+def test_a_locked_key_refuses_what_its_policy_does_not_grant(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
+    blob = regional_kms.encrypt(info.key_id, b"made before the lock", CONTEXT)
+    locked = locked_policy(pcr0_hex="ab" * 48, principal_arn=regional_kms.caller_arn())
+    regional_kms.put_key_policy(info.key_id, locked, bypass_lockout_safety_check=True)
+    assert regional_kms.describe_key(info.key_id).state == "Enabled"  # DescribeKey stays allowed
     denied = {
-        "kms:Encrypt": lambda: kms.encrypt(info.key_id, b"forged", CONTEXT),
-        "kms:DisableKey": lambda: kms.disable_key(info.key_id),
-        "kms:EnableKey": lambda: kms.enable_key(info.key_id),
-        "kms:CancelKeyDeletion": lambda: kms.cancel_key_deletion(info.key_id),
+        "kms:Encrypt": lambda: regional_kms.encrypt(info.key_id, b"forged", CONTEXT),
+        "kms:DisableKey": lambda: regional_kms.disable_key(info.key_id),
+        "kms:EnableKey": lambda: regional_kms.enable_key(info.key_id),
+        "kms:CancelKeyDeletion": lambda: regional_kms.cancel_key_deletion(info.key_id),
     }
     for action, call in denied.items():
         with pytest.raises(AccessDenied, match=f"{action} on key {info.key_id} denied"):
             call()
     # Recipient-less Decrypt and GenerateDataKey: the attestation condition is not met.
     for call in (
-        lambda: kms.decrypt(info.key_id, blob, CONTEXT),
-        lambda: kms.generate_data_key(info.key_id, CONTEXT),
+        lambda: regional_kms.decrypt(info.key_id, blob, CONTEXT),
+        lambda: regional_kms.generate_data_key(info.key_id, CONTEXT),
     ):
         with pytest.raises(AccessDenied) as raised:
             call()
@@ -388,11 +399,11 @@ def test_a_locked_key_refuses_what_its_policy_does_not_grant(kms: LocalKms) -> N
         assert info.key_id in message and "kms:RecipientAttestation:PCR0" in message
         assert "the request has no attestation document" in message
         assert "made before the lock" not in message
-    assert kms.schedule_key_deletion(info.key_id, 7).state == "PendingDeletion"  # allowed
+    assert regional_kms.schedule_key_deletion(info.key_id, 7).state == "PendingDeletion"  # allowed
 
 
-def test_another_principal_is_denied(kms: LocalKms) -> None:
-    info = kms.create_key()
+def test_another_principal_is_denied(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
     role_only = {
         "Version": "2012-10-17",
         "Statement": [
@@ -404,27 +415,27 @@ def test_another_principal_is_denied(kms: LocalKms) -> None:
             }
         ],
     }
-    kms.put_key_policy(info.key_id, role_only, bypass_lockout_safety_check=True)
+    regional_kms.put_key_policy(info.key_id, role_only, bypass_lockout_safety_check=True)
     with pytest.raises(
         AccessDenied,
         match="no statement allows kms:DescribeKey for arn:aws:iam::000000000000:role/enclave",
     ):
-        kms.describe_key(info.key_id)
-    other = LocalKms(kms.directory, principal="arn:aws:iam::000000000000:role/other")
+        regional_kms.describe_key(info.key_id)
+    other = LocalKms(regional_kms.directory, principal="arn:aws:iam::000000000000:role/other")
     assert other.describe_key(info.key_id).key_id == info.key_id
 
 
-def test_encryption_context_conditions_are_enforced(kms: LocalKms) -> None:
+def test_encryption_context_conditions_are_enforced(regional_kms: LocalKms) -> None:
     policy = default_policy("000000000000")
     policy["Statement"][0]["Condition"] = {"StringEquals": {"kms:EncryptionContext:app": "hello"}}
     # PutKeyPolicy carries no encryption context, so this policy locks the caller out.
     with pytest.raises(ValidationError, match="will not allow you to update the key policy"):
-        kms.create_key(policy=policy)
-    info = kms.create_key(policy=policy, bypass_lockout_safety_check=True)
-    blob = kms.encrypt(info.key_id, b"data", CONTEXT)
-    assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"data"
+        regional_kms.create_key(policy=policy)
+    info = regional_kms.create_key(policy=policy, bypass_lockout_safety_check=True)
+    blob = regional_kms.encrypt(info.key_id, b"data", CONTEXT)
+    assert regional_kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"data"
     with pytest.raises(AccessDenied, match="kms:EncryptionContext:app"):
-        kms.encrypt(info.key_id, b"data", {"app": "other"})
+        regional_kms.encrypt(info.key_id, b"data", {"app": "other"})
 
 
 # ------------------------------------------------------------------ key kinds
@@ -445,8 +456,8 @@ ENCLAVE_ONLY: dict[str, Any] = {
 }
 
 
-def test_describe_reports_what_kind_of_key_it_is(kms: LocalKms) -> None:
-    info = kms.describe_key(kms.create_key().key_id)
+def test_describe_reports_what_kind_of_key_it_is(regional_kms: LocalKms) -> None:
+    info = regional_kms.describe_key(regional_kms.create_key().key_id)
     assert (info.origin, info.multi_region, info.custom_key_store_id) == ("AWS_KMS", False, None)
     assert (info.key_spec, info.key_usage, info.key_manager) == (
         "SYMMETRIC_DEFAULT",
@@ -455,26 +466,28 @@ def test_describe_reports_what_kind_of_key_it_is(kms: LocalKms) -> None:
     )
 
 
-def test_an_external_key_waits_for_its_material_then_uses_exactly_it(kms: LocalKms) -> None:
-    info = kms.create_key(description="imported", origin="EXTERNAL")
+def test_an_external_key_waits_for_its_material_then_uses_exactly_it(
+    regional_kms: LocalKms,
+) -> None:
+    info = regional_kms.create_key(description="imported", origin="EXTERNAL")
     assert (info.state, info.origin) == ("PendingImport", "EXTERNAL")
-    assert kms.describe_key(info.key_id) == info
-    record = json.loads((kms.directory / f"{info.key_id}.json").read_text())
+    assert regional_kms.describe_key(info.key_id) == info
+    record = json.loads((regional_kms.directory / f"{info.key_id}.json").read_text())
     assert record["material"] is None
     with pytest.raises(InvalidKeyState, match=f"{info.key_id} is PendingImport"):
-        kms.encrypt(info.key_id, b"x", CONTEXT)
+        regional_kms.encrypt(info.key_id, b"x", CONTEXT)
     with pytest.raises(InvalidKeyState):
-        kms.enable_key(info.key_id)
+        regional_kms.enable_key(info.key_id)
     for bad in (b"", bytes(31), bytes(33)):
         with pytest.raises(ValidationError, match="32 bytes"):
-            kms.import_key_material(info.key_id, bad)
+            regional_kms.import_key_material(info.key_id, bad)
     material = bytes(range(32))  # the owner knows it: that is the point of EXTERNAL
-    imported = kms.import_key_material(info.key_id, material)
+    imported = regional_kms.import_key_material(info.key_id, material)
     assert (imported.state, imported.origin) == ("Enabled", "EXTERNAL")
-    assert kms.describe_key(info.key_id).state == "Enabled"
-    assert _material(kms, info.key_id) == material
-    blob = kms.encrypt(info.key_id, b"secret", CONTEXT)
-    assert kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"secret"
+    assert regional_kms.describe_key(info.key_id).state == "Enabled"
+    assert _material(regional_kms, info.key_id) == material
+    blob = regional_kms.encrypt(info.key_id, b"secret", CONTEXT)
+    assert regional_kms.decrypt(info.key_id, blob, CONTEXT).plaintext == b"secret"
     # Whoever imported the material opens every blob without KMS, policy or not.
     header = 2 + blob[1]
     aad = blob[:header] + json.dumps(CONTEXT, sort_keys=True, separators=(",", ":")).encode()
@@ -482,44 +495,44 @@ def test_an_external_key_waits_for_its_material_then_uses_exactly_it(kms: LocalK
         b"secret"
     )
     # Re-importing: the same material is accepted, other material never.
-    assert kms.import_key_material(info.key_id, material).state == "Enabled"
+    assert regional_kms.import_key_material(info.key_id, material).state == "Enabled"
     with pytest.raises(CryptoError, match="IncorrectKeyMaterialException"):
-        kms.import_key_material(info.key_id, bytes(32))
+        regional_kms.import_key_material(info.key_id, bytes(32))
     with pytest.raises(ValidationError, match="UnsupportedOperationException"):
-        kms.import_key_material(kms.create_key().key_id, material)
+        regional_kms.import_key_material(regional_kms.create_key().key_id, material)
     # A deletion scheduled before the import returns the key to PendingImport when cancelled.
-    pending = kms.create_key(origin="EXTERNAL")
-    assert kms.schedule_key_deletion(pending.key_id, 7).state == "PendingDeletion"
-    assert kms.cancel_key_deletion(pending.key_id).state == "PendingImport"
+    pending = regional_kms.create_key(origin="EXTERNAL")
+    assert regional_kms.schedule_key_deletion(pending.key_id, 7).state == "PendingDeletion"
+    assert regional_kms.cancel_key_deletion(pending.key_id).state == "PendingImport"
 
 
-def test_import_key_material_needs_its_permission(kms: LocalKms) -> None:
+def test_import_key_material_needs_its_permission(regional_kms: LocalKms) -> None:
     policy = json.loads(json.dumps(ENCLAVE_ONLY))
     policy["Statement"].append(
         {**policy["Statement"][0], "Sid": "NoImport", "Effect": "Deny", "Action": "kms:Import*"}
     )
-    info = kms.create_key(origin="EXTERNAL", policy=policy)
+    info = regional_kms.create_key(origin="EXTERNAL", policy=policy)
     with pytest.raises(AccessDenied, match=f"kms:ImportKeyMaterial on key {info.key_id} denied"):
-        kms.import_key_material(info.key_id, bytes(32))
-    assert kms.describe_key(info.key_id).state == "PendingImport"
+        regional_kms.import_key_material(info.key_id, bytes(32))
+    assert regional_kms.describe_key(info.key_id).state == "PendingImport"
 
 
-def test_custom_key_store_and_multi_region_keys(kms: LocalKms) -> None:
-    stored = kms.create_key(custom_key_store_id=STORE)
+def test_custom_key_store_and_multi_region_keys(regional_kms: LocalKms) -> None:
+    stored = regional_kms.create_key(custom_key_store_id=STORE)
     assert (stored.origin, stored.custom_key_store_id, stored.multi_region) == (
         "AWS_CLOUDHSM",
         STORE,
         False,
     )
-    assert kms.describe_key(stored.key_id) == stored
-    xks = kms.create_key(custom_key_store_id=STORE, origin="EXTERNAL_KEY_STORE")
-    assert kms.describe_key(xks.key_id).origin == "EXTERNAL_KEY_STORE"
-    multi = kms.create_key(multi_region=True)
+    assert regional_kms.describe_key(stored.key_id) == stored
+    xks = regional_kms.create_key(custom_key_store_id=STORE, origin="EXTERNAL_KEY_STORE")
+    assert regional_kms.describe_key(xks.key_id).origin == "EXTERNAL_KEY_STORE"
+    multi = regional_kms.create_key(multi_region=True)
     assert multi.multi_region is True and multi.origin == "AWS_KMS"
     assert multi.key_id.startswith("mrk-") and len(multi.key_id) == 36
-    assert kms.describe_key(multi.arn) == multi
-    blob = kms.encrypt(multi.key_id, b"x", CONTEXT)
-    assert LocalKms(kms.directory).decrypt("", blob, CONTEXT).plaintext == b"x"
+    assert regional_kms.describe_key(multi.arn) == multi
+    blob = regional_kms.encrypt(multi.key_id, b"x", CONTEXT)
+    assert LocalKms(regional_kms.directory).decrypt("", blob, CONTEXT).plaintext == b"x"
     for bad in (
         {"custom_key_store_id": STORE, "multi_region": True},
         {"custom_key_store_id": STORE, "origin": "EXTERNAL"},
@@ -527,46 +540,48 @@ def test_custom_key_store_and_multi_region_keys(kms: LocalKms) -> None:
         {"origin": "SOMEWHERE"},
     ):
         with pytest.raises(ValidationError):
-            kms.create_key(**bad)
+            regional_kms.create_key(**bad)
 
 
-def test_records_written_before_key_kinds_and_grants_read_as_plain_keys(kms: LocalKms) -> None:
-    info = kms.create_key()
-    path = kms.directory / f"{info.key_id}.json"
+def test_records_written_before_key_kinds_and_grants_read_as_plain_keys(
+    regional_kms: LocalKms,
+) -> None:
+    info = regional_kms.create_key()
+    path = regional_kms.directory / f"{info.key_id}.json"
     record = json.loads(path.read_text())
     for field in ("origin", "multi_region", "custom_key_store_id", "grants"):
         del record[field]
     path.write_text(json.dumps(record))
-    described = kms.describe_key(info.key_id)
+    described = regional_kms.describe_key(info.key_id)
     assert (described.origin, described.multi_region, described.custom_key_store_id) == (
         "AWS_KMS",
         False,
         None,
     )
-    assert kms.list_grants(info.key_id) == []
-    kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"])
-    assert len(kms.list_grants(info.key_id)) == 1
+    assert regional_kms.list_grants(info.key_id) == []
+    regional_kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"])
+    assert len(regional_kms.list_grants(info.key_id)) == 1
 
 
 # ------------------------------------------------------------------ grants
 
 
-def test_a_grant_survives_a_policy_change_and_is_honoured(kms: LocalKms) -> None:
-    attacker = LocalKms(kms.directory, principal=ATTACKER)
-    info = kms.create_key()  # default policy: the whole account, attacker included
-    blob = kms.encrypt(info.key_id, b"the secret", CONTEXT)
-    grant_id = kms.create_grant(
+def test_a_grant_survives_a_policy_change_and_is_honoured(regional_kms: LocalKms) -> None:
+    attacker = LocalKms(regional_kms.directory, principal=ATTACKER)
+    info = regional_kms.create_key()  # default policy: the whole account, attacker included
+    blob = regional_kms.encrypt(info.key_id, b"the secret", CONTEXT)
+    grant_id = regional_kms.create_grant(
         info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"], name="backdoor"
     )
     assert len(grant_id) == 64
-    kms.put_key_policy(info.key_id, ENCLAVE_ONLY)  # the attacker is no longer named
+    regional_kms.put_key_policy(info.key_id, ENCLAVE_ONLY)  # the attacker is no longer named
     with pytest.raises(AccessDenied, match=f"no statement allows kms:DescribeKey for {ATTACKER}"):
         attacker.describe_key(info.key_id)
     with pytest.raises(AccessDenied, match="kms:Encrypt"):
         attacker.encrypt(info.key_id, b"x", CONTEXT)
     # ...yet the grant made while the policy was open still decrypts.
     assert attacker.decrypt(info.key_id, blob, CONTEXT).plaintext == b"the secret"
-    [grant] = kms.list_grants(info.key_id)
+    [grant] = regional_kms.list_grants(info.key_id)
     assert (grant.grant_id, grant.key_id, grant.grantee_principal, grant.operations) == (
         grant_id,
         info.arn,
@@ -581,10 +596,10 @@ def test_a_grant_survives_a_policy_change_and_is_honoured(kms: LocalKms) -> None
     with pytest.raises(AccessDenied, match="kms:ListGrants"):
         attacker.list_grants(info.key_id)
     # An identical named grant is the same grant.
-    again = kms.create_grant(
+    again = regional_kms.create_grant(
         info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"], name="backdoor"
     )
-    assert again == grant_id and len(kms.list_grants(info.key_id)) == 1
+    assert again == grant_id and len(regional_kms.list_grants(info.key_id)) == 1
     # An explicit Deny beats the grant.
     denying = json.loads(json.dumps(ENCLAVE_ONLY))
     denying["Statement"].append(
@@ -596,32 +611,32 @@ def test_a_grant_survives_a_policy_change_and_is_honoured(kms: LocalKms) -> None
             "Resource": "*",
         }
     )
-    kms.put_key_policy(info.key_id, denying)
+    regional_kms.put_key_policy(info.key_id, denying)
     with pytest.raises(AccessDenied, match="explicitly denied by statement 'NoAttacker'"):
         attacker.decrypt(info.key_id, blob, CONTEXT)
-    kms.put_key_policy(info.key_id, ENCLAVE_ONLY)
+    regional_kms.put_key_policy(info.key_id, ENCLAVE_ONLY)
     assert attacker.decrypt("", blob, CONTEXT).plaintext == b"the secret"
     # Retiring removes it: the grantee cannot (no RetireGrant in it), the key's admin can.
     with pytest.raises(AccessDenied, match="kms:RetireGrant"):
         attacker.retire_grant(info.key_id, grant_id)
-    kms.retire_grant(info.key_id, grant_id)
-    assert kms.list_grants(info.key_id) == []
+    regional_kms.retire_grant(info.key_id, grant_id)
+    assert regional_kms.list_grants(info.key_id) == []
     with pytest.raises(AccessDenied, match="kms:Decrypt"):
         attacker.decrypt(info.key_id, blob, CONTEXT)
     with pytest.raises(NotFound, match="has no grant"):
-        kms.retire_grant(info.key_id, grant_id)
+        regional_kms.retire_grant(info.key_id, grant_id)
 
 
-def test_grants_give_only_their_operations_within_their_constraint(kms: LocalKms) -> None:
-    attacker = LocalKms(kms.directory, principal=ATTACKER)
-    info = kms.create_key(policy=ENCLAVE_ONLY)
-    kms.create_grant(
+def test_grants_give_only_their_operations_within_their_constraint(regional_kms: LocalKms) -> None:
+    attacker = LocalKms(regional_kms.directory, principal=ATTACKER)
+    info = regional_kms.create_key(policy=ENCLAVE_ONLY)
+    regional_kms.create_grant(
         info.key_id,
         grantee_principal=ATTACKER,
         operations=["Encrypt", "Decrypt", "GenerateDataKey"],
         constraints={"EncryptionContextSubset": {"app": "hello"}},
     )
-    kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["DescribeKey"])
+    regional_kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["DescribeKey"])
     assert attacker.describe_key(info.key_id).key_id == info.key_id
     blob = attacker.encrypt(info.key_id, b"forged", CONTEXT)  # app=hello: in the constraint
     assert attacker.decrypt(info.key_id, blob, CONTEXT).plaintext == b"forged"
@@ -640,47 +655,51 @@ def test_grants_give_only_their_operations_within_their_constraint(kms: LocalKms
         with pytest.raises(AccessDenied, match=action):
             call()
     # A fresh backend on the directory honours the stored grants too.
-    assert LocalKms(kms.directory, principal=ATTACKER).decrypt("", blob, CONTEXT).plaintext
+    assert LocalKms(regional_kms.directory, principal=ATTACKER).decrypt("", blob, CONTEXT).plaintext
 
 
-def test_a_grant_of_create_grant_passes_on_no_more_than_it_holds(kms: LocalKms) -> None:
-    attacker = LocalKms(kms.directory, principal=ATTACKER)
+def test_a_grant_of_create_grant_passes_on_no_more_than_it_holds(regional_kms: LocalKms) -> None:
+    attacker = LocalKms(regional_kms.directory, principal=ATTACKER)
     helper = "arn:aws:iam::000000000000:role/helper"
-    info = kms.create_key(policy=ENCLAVE_ONLY)
-    blob = kms.encrypt(info.key_id, b"secret", CONTEXT)
-    kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt", "CreateGrant"])
-    attacker.create_grant(info.key_id, grantee_principal=helper, operations=["Decrypt"])
-    assert LocalKms(kms.directory, principal=helper).decrypt("", blob, CONTEXT).plaintext == (
-        b"secret"
+    info = regional_kms.create_key(policy=ENCLAVE_ONLY)
+    blob = regional_kms.encrypt(info.key_id, b"secret", CONTEXT)
+    regional_kms.create_grant(
+        info.key_id, grantee_principal=ATTACKER, operations=["Decrypt", "CreateGrant"]
     )
+    attacker.create_grant(info.key_id, grantee_principal=helper, operations=["Decrypt"])
+    assert LocalKms(regional_kms.directory, principal=helper).decrypt(
+        "", blob, CONTEXT
+    ).plaintext == (b"secret")
     with pytest.raises(AccessDenied, match="kms:CreateGrant"):
         attacker.create_grant(info.key_id, grantee_principal=helper, operations=["Encrypt"])
-    assert len(kms.list_grants(info.key_id)) == 2
+    assert len(regional_kms.list_grants(info.key_id)) == 2
 
 
-def test_retiring_and_revoking_grants(kms: LocalKms) -> None:
-    attacker = LocalKms(kms.directory, principal=ATTACKER)
+def test_retiring_and_revoking_grants(regional_kms: LocalKms) -> None:
+    attacker = LocalKms(regional_kms.directory, principal=ATTACKER)
     retirer = "arn:aws:iam::000000000000:role/retirer"
-    info = kms.create_key(policy=ENCLAVE_ONLY)
-    by_retirer = kms.create_grant(
+    info = regional_kms.create_key(policy=ENCLAVE_ONLY)
+    by_retirer = regional_kms.create_grant(
         info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"], retiring_principal=retirer
     )
-    self_retiring = kms.create_grant(
+    self_retiring = regional_kms.create_grant(
         info.key_id, grantee_principal=ATTACKER, operations=["Decrypt", "RetireGrant"]
     )
-    revocable = kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Encrypt"])
-    LocalKms(kms.directory, principal=retirer).retire_grant(info.arn, by_retirer)
+    revocable = regional_kms.create_grant(
+        info.key_id, grantee_principal=ATTACKER, operations=["Encrypt"]
+    )
+    LocalKms(regional_kms.directory, principal=retirer).retire_grant(info.arn, by_retirer)
     attacker.retire_grant(info.key_id, self_retiring)
     with pytest.raises(AccessDenied, match="kms:RevokeGrant"):
         attacker.revoke_grant(info.key_id, revocable)
-    kms.revoke_grant(info.key_id, revocable)
-    assert kms.list_grants(info.key_id) == []
+    regional_kms.revoke_grant(info.key_id, revocable)
+    assert regional_kms.list_grants(info.key_id) == []
     with pytest.raises(NotFound):
-        kms.revoke_grant(info.key_id, revocable)
+        regional_kms.revoke_grant(info.key_id, revocable)
 
 
-def test_create_grant_refuses_what_kms_refuses(kms: LocalKms) -> None:
-    info = kms.create_key()
+def test_create_grant_refuses_what_kms_refuses(regional_kms: LocalKms) -> None:
+    info = regional_kms.create_key()
     bad: dict[str, Any]
     for bad in (
         {"operations": []},
@@ -695,36 +714,38 @@ def test_create_grant_refuses_what_kms_refuses(kms: LocalKms) -> None:
         {"operations": ["Decrypt"], "name": "not a name!"},
     ):
         with pytest.raises(ValidationError):
-            kms.create_grant(info.key_id, **{"grantee_principal": ATTACKER, **bad})
-    assert kms.list_grants(info.key_id) == []
-    kms.schedule_key_deletion(info.key_id, 7)
+            regional_kms.create_grant(info.key_id, **{"grantee_principal": ATTACKER, **bad})
+    assert regional_kms.list_grants(info.key_id) == []
+    regional_kms.schedule_key_deletion(info.key_id, 7)
     with pytest.raises(InvalidKeyState, match="PendingDeletion"):
-        kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"])
+        regional_kms.create_grant(info.key_id, grantee_principal=ATTACKER, operations=["Decrypt"])
 
 
 # ------------------------------------------------------------------ policy text, Resource, time
 
 
-def test_policy_text_with_a_duplicate_key_is_a_malformed_policy_document(kms: LocalKms) -> None:
-    info = kms.create_key()
+def test_policy_text_with_a_duplicate_key_is_a_malformed_policy_document(
+    regional_kms: LocalKms,
+) -> None:
+    info = regional_kms.create_key()
     text = json.dumps(ENCLAVE_ONLY)
     duplicated = text.replace('"Effect": "Allow"', '"Effect": "Deny", "Effect": "Allow"')
     assert duplicated != text
     with pytest.raises(ValidationError) as raised:
-        kms.put_key_policy(info.key_id, duplicated)
+        regional_kms.put_key_policy(info.key_id, duplicated)
     assert str(raised.value).startswith("MalformedPolicyDocumentException:")
     assert "duplicate key 'Effect' in one object" in str(raised.value)
-    assert kms.get_key_policy(info.key_id) == default_policy("000000000000")
+    assert regional_kms.get_key_policy(info.key_id) == default_policy("000000000000")
     with pytest.raises(ValidationError, match="^MalformedPolicyDocumentException: CreateKey"):
-        kms.create_key(policy=duplicated)
-    assert kms.key_ids() == [info.key_id]
+        regional_kms.create_key(policy=duplicated)
+    assert regional_kms.key_ids() == [info.key_id]
     with pytest.raises(ValidationError, match="^MalformedPolicyDocumentException:"):
-        kms.put_key_policy(info.key_id, {"Version": "2012-10-17"})
+        regional_kms.put_key_policy(info.key_id, {"Version": "2012-10-17"})
     # Clean text is taken, and stored as the document it encodes.
-    kms.put_key_policy(info.key_id, text)
-    assert kms.get_key_policy(info.key_id) == ENCLAVE_ONLY
-    created = kms.create_key(policy=text)
-    record = json.loads((kms.directory / f"{created.key_id}.json").read_text())
+    regional_kms.put_key_policy(info.key_id, text)
+    assert regional_kms.get_key_policy(info.key_id) == ENCLAVE_ONLY
+    created = regional_kms.create_key(policy=text)
+    record = json.loads((regional_kms.directory / f"{created.key_id}.json").read_text())
     assert record["policy"] == ENCLAVE_ONLY
 
 
@@ -735,35 +756,39 @@ def _one_statement(kms: LocalKms, statement: dict[str, Any], *extra: dict[str, A
     return info.key_id
 
 
-def test_the_resource_element_is_enforced(kms: LocalKms) -> None:
+def test_the_resource_element_is_enforced(regional_kms: LocalKms) -> None:
     everything = ENCLAVE_ONLY["Statement"][0]
     no_resource = {k: v for k, v in everything.items() if k != "Resource"}
-    key = _one_statement(kms, no_resource)
+    key = _one_statement(regional_kms, no_resource)
     with pytest.raises(AccessDenied, match="has no Resource element"):
-        kms.describe_key(key)  # an Allow without Resource allows nothing
+        regional_kms.describe_key(key)  # an Allow without Resource allows nothing
     other_arn = f"arn:aws:kms:eu-west-1:000000000000:key/{uuid.uuid4()}"
-    key = _one_statement(kms, {**everything, "Resource": other_arn})
+    key = _one_statement(regional_kms, {**everything, "Resource": other_arn})
     with pytest.raises(AccessDenied, match="does not name this key"):
-        kms.describe_key(key)
-    info = kms.create_key()
-    kms.put_key_policy(
+        regional_kms.describe_key(key)
+    info = regional_kms.create_key()
+    regional_kms.put_key_policy(
         info.key_id, {**ENCLAVE_ONLY, "Statement": [{**everything, "Resource": info.arn}]}
     )
-    assert kms.describe_key(info.key_id).key_id == info.key_id  # this key's ARN applies
+    assert regional_kms.describe_key(info.key_id).key_id == info.key_id  # this key's ARN applies
     deny = {**everything, "Effect": "Deny", "Action": "kms:Encrypt"}
-    key = _one_statement(kms, everything, {k: v for k, v in deny.items() if k != "Resource"})
-    kms.encrypt(key, b"x", CONTEXT)  # a Deny without Resource denies nothing
-    key = _one_statement(kms, everything, {**deny, "Resource": other_arn})
-    kms.encrypt(key, b"x", CONTEXT)  # nor does a Deny naming another key
-    info = kms.create_key()
+    key = _one_statement(
+        regional_kms, everything, {k: v for k, v in deny.items() if k != "Resource"}
+    )
+    regional_kms.encrypt(key, b"x", CONTEXT)  # a Deny without Resource denies nothing
+    key = _one_statement(regional_kms, everything, {**deny, "Resource": other_arn})
+    regional_kms.encrypt(key, b"x", CONTEXT)  # nor does a Deny naming another key
+    info = regional_kms.create_key()
     policy = {**ENCLAVE_ONLY, "Statement": [everything, {**deny, "Resource": info.arn}]}
-    kms.put_key_policy(info.key_id, policy)
+    regional_kms.put_key_policy(info.key_id, policy)
     with pytest.raises(AccessDenied, match="explicitly denied"):
-        kms.encrypt(info.key_id, b"x", CONTEXT)
+        regional_kms.encrypt(info.key_id, b"x", CONTEXT)
 
 
 @pytest.mark.parametrize(("days", "allowed"), [(-1, False), (1, True)])
-def test_an_encrypt_allowed_until_a_deadline(kms: LocalKms, days: int, allowed: bool) -> None:
+def test_an_encrypt_allowed_until_a_deadline(
+    regional_kms: LocalKms, days: int, allowed: bool
+) -> None:
     deadline = (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
     until = {
         **ENCLAVE_ONLY["Statement"][0],
@@ -771,9 +796,9 @@ def test_an_encrypt_allowed_until_a_deadline(kms: LocalKms, days: int, allowed: 
         "Action": "kms:Encrypt",
         "Condition": {"DateLessThan": {"aws:CurrentTime": deadline}},
     }
-    key = _one_statement(kms, until)
+    key = _one_statement(regional_kms, until)
     if allowed:
-        assert kms.encrypt(key, b"x", CONTEXT)
+        assert regional_kms.encrypt(key, b"x", CONTEXT)
     else:
         with pytest.raises(AccessDenied, match="DateLessThan aws:CurrentTime"):
-            kms.encrypt(key, b"x", CONTEXT)
+            regional_kms.encrypt(key, b"x", CONTEXT)

@@ -39,23 +39,6 @@ def spki(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    (tmp_path / "app").mkdir()
-    (tmp_path / "app" / "app.py").write_text("print('hello')\n")
-    return tmp_path / ".enclave"
-
-
-@pytest.fixture
-def nsm(tmp_path: Path, state_dir: Path) -> SimulatedNsm:
-    return SimulatedNsm(state_dir=state_dir, app_dir=tmp_path / "app")
-
-
-@pytest.fixture
-def kms(state_dir: Path) -> LocalKms:
-    return LocalKms(state_dir / "kms", root_pem=state_dir / "dev-root.pem")
-
-
 def recipient_for(nsm: SimulatedNsm, key: rsa.RSAPrivateKey) -> Recipient:
     return Recipient(attestation_document=nsm.attestation(public_key=spki(key)))
 

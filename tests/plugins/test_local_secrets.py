@@ -16,7 +16,7 @@ from enclave_plugins.local_secrets import LocalSecrets
 from enclave_core.errors import BackendError, ValidationError
 from enclave_core.plugin.interfaces import Secrets
 from enclave_core.plugin.manager import get_plugin_manager
-from tests.contexts import backend_context
+from tests.helpers import backend_context
 
 CHILD = """
 import sys, time

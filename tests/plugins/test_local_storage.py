@@ -17,7 +17,7 @@ from enclave_plugins.local_storage import LocalStorage, etag_of
 from enclave_core.errors import NotFound, PreconditionFailed, ValidationError
 from enclave_core.plugin.interfaces import Storage
 from enclave_core.plugin.manager import get_plugin_manager
-from tests.contexts import backend_context
+from tests.helpers import backend_context
 
 # A child process: wait for the go file, then try one conditional write (or a counter loop).
 CHILD = """

@@ -27,8 +27,8 @@ from enclave_core.crypto import cose, nsm_protocol
 from enclave_core.errors import AttestationError, NsmError
 from enclave_core.plugin.interfaces import Attestation
 from enclave_core.plugin.manager import get_plugin_manager
-from tests.contexts import backend_context
-from tests.plugins.nsm_device import FakeNsmDevice
+from tests.doubles.nsm_device import FakeNsmDevice
+from tests.helpers import backend_context
 
 MODULE_ID = "i-0a22e5c5f24d22174-enc0191cceb4289903f"
 
@@ -65,7 +65,7 @@ def nitro(device: FakeNsmDevice, device_path: str) -> Iterator[NitroNsm]:
 
 
 @pytest.fixture(params=["simulated", "nitro"])
-def nsm(request: pytest.FixtureRequest) -> Attestation:
+def either_nsm(request: pytest.FixtureRequest) -> Attestation:
     backend: Attestation = request.getfixturevalue(request.param)
     return backend
 
@@ -73,73 +73,76 @@ def nsm(request: pytest.FixtureRequest) -> Attestation:
 # ------------------------------------------------------------------ same behaviour, both backends
 
 
-def test_describe_and_extend_math(nsm: Attestation) -> None:
-    assert isinstance(nsm, Attestation)
-    assert nsm.describe_pcr(4).data == _sha384(bytes(48) + b"i-0a22e5c5f24d22174")
-    assert nsm.describe_pcr(4).locked is True
-    first = nsm.extend_pcr(16, b"hello")
+def test_describe_and_extend_math(either_nsm: Attestation) -> None:
+    assert isinstance(either_nsm, Attestation)
+    assert either_nsm.describe_pcr(4).data == _sha384(bytes(48) + b"i-0a22e5c5f24d22174")
+    assert either_nsm.describe_pcr(4).locked is True
+    first = either_nsm.extend_pcr(16, b"hello")
     assert first == _sha384(bytes(48) + b"hello")
-    second = nsm.extend_pcr(16, b"")
+    second = either_nsm.extend_pcr(16, b"")
     assert second == _sha384(first)
-    state = nsm.describe_pcr(16)
+    state = either_nsm.describe_pcr(16)
     assert (state.index, state.data, state.locked) == (16, second, False)
-    assert nsm.describe_pcr(31).data == bytes(48)
+    assert either_nsm.describe_pcr(31).data == bytes(48)
 
 
 @pytest.mark.parametrize("index", [0, 5, 15])
-def test_boot_locked_pcrs_are_read_only(nsm: Attestation, index: int) -> None:
-    before = nsm.describe_pcr(index).data
-    for operation in (lambda: nsm.extend_pcr(index, b"x"), lambda: nsm.lock_pcr(index)):
+def test_boot_locked_pcrs_are_read_only(either_nsm: Attestation, index: int) -> None:
+    before = either_nsm.describe_pcr(index).data
+    for operation in (
+        lambda: either_nsm.extend_pcr(index, b"x"),
+        lambda: either_nsm.lock_pcr(index),
+    ):
         with pytest.raises(NsmError) as caught:
             operation()
         assert caught.value.code == "ReadOnlyIndex"
-    assert nsm.describe_pcr(index).data == before
+    assert either_nsm.describe_pcr(index).data == before
 
 
-def test_lock_pcr_makes_it_read_only(nsm: Attestation) -> None:
-    value = nsm.extend_pcr(17, b"measured")
-    nsm.lock_pcr(17)
-    assert nsm.describe_pcr(17).locked is True
-    for operation in (lambda: nsm.extend_pcr(17, b"x"), lambda: nsm.lock_pcr(17)):
+def test_lock_pcr_makes_it_read_only(either_nsm: Attestation) -> None:
+    value = either_nsm.extend_pcr(17, b"measured")
+    either_nsm.lock_pcr(17)
+    assert either_nsm.describe_pcr(17).locked is True
+    for operation in (lambda: either_nsm.extend_pcr(17, b"x"), lambda: either_nsm.lock_pcr(17)):
         with pytest.raises(NsmError) as caught:
             operation()
         assert caught.value.code == "ReadOnlyIndex"
-    assert nsm.describe_pcr(17).data == value
-    assert nsm.describe_nsm()["locked_pcrs"] == [*range(16), 17]
+    assert either_nsm.describe_pcr(17).data == value
+    assert either_nsm.describe_nsm()["locked_pcrs"] == [*range(16), 17]
 
 
 @pytest.mark.parametrize("index", [32, 100, 65535, 65536, -1, True])
-def test_index_out_of_range_is_invalid_index(nsm: Attestation, index: int) -> None:
+def test_index_out_of_range_is_invalid_index(either_nsm: Attestation, index: int) -> None:
     for operation in (
-        lambda: nsm.describe_pcr(index),
-        lambda: nsm.extend_pcr(index, b"x"),
-        lambda: nsm.lock_pcr(index),
+        lambda: either_nsm.describe_pcr(index),
+        lambda: either_nsm.extend_pcr(index, b"x"),
+        lambda: either_nsm.lock_pcr(index),
     ):
         with pytest.raises(NsmError) as caught:
             operation()
         assert caught.value.code == "InvalidIndex"
 
 
-def test_lock_pcrs_range(nsm: Attestation) -> None:
-    nsm.lock_pcrs(20)
-    assert nsm.describe_nsm()["locked_pcrs"] == list(range(20))
-    assert [nsm.describe_pcr(i).locked for i in (19, 20)] == [True, False]
+def test_lock_pcrs_range(either_nsm: Attestation) -> None:
+    either_nsm.lock_pcrs(20)
+    assert either_nsm.describe_nsm()["locked_pcrs"] == list(range(20))
+    assert [either_nsm.describe_pcr(i).locked for i in (19, 20)] == [True, False]
     with pytest.raises(NsmError) as caught:
-        nsm.extend_pcr(19, b"x")
+        either_nsm.extend_pcr(19, b"x")
     assert caught.value.code == "ReadOnlyIndex"
-    nsm.extend_pcr(20, b"x")
+    either_nsm.extend_pcr(20, b"x")
     for bad, code in ((33, "InvalidIndex"), (70000, "InvalidIndex"), (-1, "InvalidArgument")):
         with pytest.raises(NsmError) as caught:
-            nsm.lock_pcrs(bad)
+            either_nsm.lock_pcrs(bad)
         assert caught.value.code == code
-    nsm.lock_pcrs(32)
-    assert nsm.describe_nsm()["locked_pcrs"] == list(range(32))
+    either_nsm.lock_pcrs(32)
+    assert either_nsm.describe_nsm()["locked_pcrs"] == list(range(32))
     with pytest.raises(NsmError, match="PCR31"):
-        nsm.extend_pcr(31, b"x")
+        either_nsm.extend_pcr(31, b"x")
 
 
-def test_describe_nsm_fields(nsm: Attestation) -> None:
-    described = nsm.describe_nsm()
+def test_describe_nsm_fields(either_nsm: Attestation) -> None:
+    described = either_nsm.describe_nsm()
     assert set(described) == {
         "version_major",
         "version_minor",
@@ -156,17 +159,17 @@ def test_describe_nsm_fields(nsm: Attestation) -> None:
 
 
 @pytest.mark.parametrize("length", [0, 1, 32, 256])
-def test_get_random_lengths(nsm: Attestation, length: int) -> None:
-    values = {nsm.get_random(length) for _ in range(3)}
+def test_get_random_lengths(either_nsm: Attestation, length: int) -> None:
+    values = {either_nsm.get_random(length) for _ in range(3)}
     assert {len(v) for v in values} == {length}
     # Three draws of 32 bytes or more never repeat (2^-256); one-byte draws may, 1 time in 85.
     if length == 0 or length >= 32:
         assert len(values) == (1 if length == 0 else 3)
 
 
-def test_get_random_negative_length_is_invalid_argument(nsm: Attestation) -> None:
+def test_get_random_negative_length_is_invalid_argument(either_nsm: Attestation) -> None:
     with pytest.raises(NsmError) as caught:
-        nsm.get_random(-1)
+        either_nsm.get_random(-1)
     assert caught.value.code == "InvalidArgument"
 
 
@@ -174,28 +177,30 @@ def _decoded(document: bytes) -> dict[str, Any]:
     return cose.decode_document(cose.decode_sign1(document).payload)
 
 
-def test_attestation_documents_carry_the_fields(nsm: Attestation) -> None:
-    document = _decoded(nsm.attestation(user_data=b"u" * 1024, nonce=b"n", public_key=b"k" * 3))
+def test_attestation_documents_carry_the_fields(either_nsm: Attestation) -> None:
+    document = _decoded(
+        either_nsm.attestation(user_data=b"u" * 1024, nonce=b"n", public_key=b"k" * 3)
+    )
     assert (document["user_data"], document["nonce"]) == (b"u" * 1024, b"n")
     assert document["public_key"] == b"kkk"
     assert document["module_id"] == MODULE_ID
-    assert document["pcrs"][4] == nsm.describe_pcr(4).data
-    empty = _decoded(nsm.attestation())
+    assert document["pcrs"][4] == either_nsm.describe_pcr(4).data
+    empty = _decoded(either_nsm.attestation())
     assert (empty["user_data"], empty["nonce"], empty["public_key"]) == (None, None, None)
 
 
 @pytest.mark.parametrize("field", ["user_data", "nonce", "public_key"])
-def test_attestation_field_over_1024_bytes(nsm: Attestation, field: str) -> None:
+def test_attestation_field_over_1024_bytes(either_nsm: Attestation, field: str) -> None:
     with pytest.raises(NsmError) as caught:
-        nsm.attestation(**{field: bytes(1025)})
+        either_nsm.attestation(**{field: bytes(1025)})
     assert caught.value.code == "InputTooLarge"
 
 
-def test_extend_data_too_large(nsm: Attestation) -> None:
+def test_extend_data_too_large(either_nsm: Attestation) -> None:
     with pytest.raises(NsmError) as caught:
-        nsm.extend_pcr(16, bytes(5000))
+        either_nsm.extend_pcr(16, bytes(5000))
     assert caught.value.code == "InputTooLarge"
-    assert nsm.describe_pcr(16).data == bytes(48)
+    assert either_nsm.describe_pcr(16).data == bytes(48)
 
 
 # ------------------------------------------------------------------ nitro only: the wire

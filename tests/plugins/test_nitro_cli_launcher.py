@@ -1,4 +1,4 @@
-"""The nitro-cli launcher against the fake ``nitro-cli`` on PATH (tests/fakes/nitro-cli).
+"""The nitro-cli launcher against the fake ``nitro-cli`` on PATH (tests/doubles/tools/nitro-cli).
 
 The fake keeps its own state file, prints nitro-cli's JSON and ``[ Exx ]`` errors, and starts a
 small script (FAKE_NITRO_CLI_COMMAND) as the "enclave" process.
@@ -31,8 +31,15 @@ from enclave_core.errors import LauncherError
 from enclave_core.plugin.backends import build_backend
 from enclave_core.plugin.interfaces import EnclaveDescription, Launcher, LaunchSpec
 from enclave_core.plugin.manager import get_plugin_manager
+from tests.doubles.host_tools import (
+    NITRO_CLI,
+    describe_enclaves,
+    fake_nitro_env,
+    fake_state,
+    kill_fake_enclaves,
+)
 from tests.e2e.stack import processes_mentioning
-from tests.fakes import NITRO_CLI, describe_enclaves, fake_nitro_env, fake_state, kill_fake_enclaves
+from tests.helpers import alive, wait_for
 
 # The "enclave": numbered lines, then "ready", then sleep until killed.
 ENCLAVE_SCRIPT = textwrap.dedent(
@@ -44,26 +51,6 @@ ENCLAVE_SCRIPT = textwrap.dedent(
     time.sleep(600)
     """
 )
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll ``check`` until truthy; fail with its last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = check()
-    assert value, f"condition not met within {timeout}s (last: {value!r})"
-    return value
 
 
 class Fake:

@@ -9,7 +9,6 @@ import signal
 import stat
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from enclave_core.errors import LauncherError
 from enclave_core.plugin.backends import build_backend
 from enclave_core.plugin.interfaces import Launcher, LaunchSpec
 from enclave_core.plugin.manager import get_plugin_manager
+from tests.helpers import alive, wait_for
 
 # Prints numbered lines, starts a child in its process group (like the app), records both pids,
 # then sleeps. With IGNORE_TERM it survives SIGTERM, so only SIGKILL ends it.
@@ -39,26 +39,6 @@ FAKE_RUNTIME = textwrap.dedent(
     time.sleep(600)
     """
 )
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll ``check`` until truthy; fail with its last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    value = check()
-    while not value and time.monotonic() < deadline:
-        time.sleep(0.02)
-        value = check()
-    assert value, f"condition not met within {timeout}s"
-    return value
 
 
 def make_spec(tmp_path: Path, **env: str) -> LaunchSpec:

@@ -31,7 +31,7 @@ from enclave_core.plugin.backends import build_backend, plugins_for, validate_ba
 from enclave_core.plugin.interfaces import BackendContext, Storage
 from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.runtime.instrumented import CountingStorage
-from tests.contexts import backend_context
+from tests.helpers import backend_context
 
 BUCKET = "enclave-data"
 DEK = bytes(range(32))

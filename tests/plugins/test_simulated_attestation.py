@@ -25,7 +25,7 @@ from enclave_core.crypto.devca import DevCa
 from enclave_core.errors import AttestationError, ConfigError, NsmError
 from enclave_core.plugin.interfaces import Attestation, BackendContext
 from enclave_core.plugin.manager import get_plugin_manager
-from tests.contexts import backend_context
+from tests.helpers import backend_context
 from tests.vectors import NITRO as TESTDATA
 
 MODULE_ID = "i-0a22e5c5f24d22174-enc0191cceb4289903f"
@@ -60,7 +60,7 @@ def app_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def nsm(tmp_path: Path, app_dir: Path) -> SimulatedNsm:
+def measured_nsm(tmp_path: Path, app_dir: Path) -> SimulatedNsm:
     return SimulatedNsm(state_dir=tmp_path / "state", app_dir=app_dir, module_id=MODULE_ID)
 
 
@@ -72,9 +72,9 @@ def _chain(document: dict[str, object]) -> list[x509.Certificate]:
 # ------------------------------------------------------------------ PCRs
 
 
-def test_initial_pcrs(nsm: SimulatedNsm) -> None:
-    assert isinstance(nsm, Attestation)
-    pcr = {i: nsm.describe_pcr(i) for i in range(32)}
+def test_initial_pcrs(measured_nsm: SimulatedNsm) -> None:
+    assert isinstance(measured_nsm, Attestation)
+    pcr = {i: measured_nsm.describe_pcr(i) for i in range(32)}
     assert pcr[1].data == _sha384(f"simple-enclave simulated kernel {__version__}".encode())
     assert pcr[2].data == _sha384(f"simple-enclave simulated runtime {__version__}".encode())
     assert pcr[4].data == _sha384(bytes(48) + b"i-0a22e5c5f24d22174")
@@ -83,10 +83,10 @@ def test_initial_pcrs(nsm: SimulatedNsm) -> None:
 
 
 def test_pcr0_measures_app_files_and_excludes_state_and_caches(
-    nsm: SimulatedNsm, app_dir: Path
+    measured_nsm: SimulatedNsm, app_dir: Path
 ) -> None:
     files = {"app.py": b"print('hello')\n", "lib/util.py": b"X = 1\n"}
-    assert nsm.describe_pcr(0).data == _reference_pcr0(files)
+    assert measured_nsm.describe_pcr(0).data == _reference_pcr0(files)
     assert measure_app_dir(app_dir) == _reference_pcr0(files)
 
 
@@ -152,65 +152,69 @@ def test_without_pcr8_the_image_is_unsigned(tmp_path: Path, app_dir: Path) -> No
     assert document["pcrs"][8] == bytes(48)
 
 
-def test_extend_pcr_matches_hashlib(nsm: SimulatedNsm) -> None:
-    first = nsm.extend_pcr(16, b"hello")
+def test_extend_pcr_matches_hashlib(measured_nsm: SimulatedNsm) -> None:
+    first = measured_nsm.extend_pcr(16, b"hello")
     assert first == _sha384(bytes(48) + b"hello")
-    second = nsm.extend_pcr(16, b"world")
+    second = measured_nsm.extend_pcr(16, b"world")
     assert second == _sha384(first + b"world")
-    assert nsm.describe_pcr(16).data == second
-    assert nsm.describe_pcr(17).data == bytes(48)
+    assert measured_nsm.describe_pcr(16).data == second
+    assert measured_nsm.describe_pcr(17).data == bytes(48)
 
 
-def test_locked_and_invalid_pcr_errors(nsm: SimulatedNsm) -> None:
+def test_locked_and_invalid_pcr_errors(measured_nsm: SimulatedNsm) -> None:
     for index in (0, 4, 15):
         with pytest.raises(NsmError) as err:
-            nsm.extend_pcr(index, b"x")
+            measured_nsm.extend_pcr(index, b"x")
         assert err.value.code == "ReadOnlyIndex"
         with pytest.raises(NsmError) as err:
-            nsm.lock_pcr(index)
+            measured_nsm.lock_pcr(index)
         assert err.value.code == "ReadOnlyIndex"
     for index in (32, 100, -1):
-        for call in (nsm.describe_pcr, nsm.lock_pcr, lambda i: nsm.extend_pcr(i, b"x")):
+        for call in (
+            measured_nsm.describe_pcr,
+            measured_nsm.lock_pcr,
+            lambda i: measured_nsm.extend_pcr(i, b"x"),
+        ):
             with pytest.raises(NsmError) as err:
                 call(index)
             assert err.value.code == "InvalidIndex"
-    nsm.extend_pcr(20, b"x")
-    value = nsm.describe_pcr(20).data
-    nsm.lock_pcr(20)
-    assert nsm.describe_pcr(20).locked
+    measured_nsm.extend_pcr(20, b"x")
+    value = measured_nsm.describe_pcr(20).data
+    measured_nsm.lock_pcr(20)
+    assert measured_nsm.describe_pcr(20).locked
     with pytest.raises(NsmError) as err:
-        nsm.extend_pcr(20, b"y")
+        measured_nsm.extend_pcr(20, b"y")
     assert err.value.code == "ReadOnlyIndex"
     with pytest.raises(NsmError) as err:
-        nsm.lock_pcr(20)
+        measured_nsm.lock_pcr(20)
     assert err.value.code == "ReadOnlyIndex"
-    assert nsm.describe_pcr(20).data == value
+    assert measured_nsm.describe_pcr(20).data == value
 
 
-def test_extend_data_over_the_request_limit(nsm: SimulatedNsm) -> None:
-    nsm.extend_pcr(16, bytes(4000))
+def test_extend_data_over_the_request_limit(measured_nsm: SimulatedNsm) -> None:
+    measured_nsm.extend_pcr(16, bytes(4000))
     with pytest.raises(NsmError) as err:
-        nsm.extend_pcr(16, bytes(4096))
+        measured_nsm.extend_pcr(16, bytes(4096))
     assert err.value.code == "InputTooLarge"
 
 
-def test_lock_pcrs_range(nsm: SimulatedNsm) -> None:
+def test_lock_pcrs_range(measured_nsm: SimulatedNsm) -> None:
     with pytest.raises(NsmError) as err:
-        nsm.lock_pcrs(33)
+        measured_nsm.lock_pcrs(33)
     assert err.value.code == "InvalidIndex"
-    nsm.lock_pcrs(20)
-    assert nsm.describe_nsm()["locked_pcrs"] == list(range(20))
-    nsm.extend_pcr(20, b"still open")
-    nsm.lock_pcrs(32)
-    assert nsm.describe_nsm()["locked_pcrs"] == list(range(32))
+    measured_nsm.lock_pcrs(20)
+    assert measured_nsm.describe_nsm()["locked_pcrs"] == list(range(20))
+    measured_nsm.extend_pcr(20, b"still open")
+    measured_nsm.lock_pcrs(32)
+    assert measured_nsm.describe_nsm()["locked_pcrs"] == list(range(32))
     with pytest.raises(NsmError) as err:
-        nsm.extend_pcr(31, b"x")
+        measured_nsm.extend_pcr(31, b"x")
     assert err.value.code == "ReadOnlyIndex"
 
 
-def test_describe_nsm(nsm: SimulatedNsm) -> None:
+def test_describe_nsm(measured_nsm: SimulatedNsm) -> None:
     major, minor, patch = (int(p) for p in __version__.split("."))
-    assert nsm.describe_nsm() == {
+    assert measured_nsm.describe_nsm() == {
         "version_major": major,
         "version_minor": minor,
         "version_patch": patch,
@@ -221,12 +225,12 @@ def test_describe_nsm(nsm: SimulatedNsm) -> None:
     }
 
 
-def test_get_random(nsm: SimulatedNsm) -> None:
-    assert len(nsm.get_random()) == 32
-    assert len(nsm.get_random(256)) == 256
-    assert nsm.get_random(64) != nsm.get_random(64)
+def test_get_random(measured_nsm: SimulatedNsm) -> None:
+    assert len(measured_nsm.get_random()) == 32
+    assert len(measured_nsm.get_random(256)) == 256
+    assert measured_nsm.get_random(64) != measured_nsm.get_random(64)
     with pytest.raises(NsmError) as err:
-        nsm.get_random(257)
+        measured_nsm.get_random(257)
     assert err.value.code == "InputTooLarge"
 
 
@@ -234,9 +238,9 @@ def test_get_random(nsm: SimulatedNsm) -> None:
 
 
 def test_document_verifies_with_the_leaf_key_and_fails_after_a_flipped_byte(
-    nsm: SimulatedNsm,
+    measured_nsm: SimulatedNsm,
 ) -> None:
-    signed = nsm.attestation(user_data=b"tls-hash", nonce=b"n" * 32, public_key=b"pk")
+    signed = measured_nsm.attestation(user_data=b"tls-hash", nonce=b"n" * 32, public_key=b"pk")
     document = cose.decode_document(cose.decode_sign1(signed).payload)
     leaf_key = _chain(document)[-1].public_key()
     assert isinstance(leaf_key, ec.EllipticCurvePublicKey)
@@ -248,12 +252,12 @@ def test_document_verifies_with_the_leaf_key_and_fails_after_a_flipped_byte(
             cose.verify_signature(bytes(tampered), leaf_key)
 
 
-def test_document_fields(nsm: SimulatedNsm) -> None:
+def test_document_fields(measured_nsm: SimulatedNsm) -> None:
     before = time.time_ns() // 1_000_000
-    nsm.extend_pcr(16, b"a")
-    nsm.lock_pcr(16)
-    nsm.extend_pcr(17, b"b")  # extended but not locked: not in the document
-    signed = nsm.attestation(
+    measured_nsm.extend_pcr(16, b"a")
+    measured_nsm.lock_pcr(16)
+    measured_nsm.extend_pcr(17, b"b")  # extended but not locked: not in the document
+    signed = measured_nsm.attestation(
         nonce=b"\x01" * 1024, user_data=b"\x02" * 1024, public_key=b"\x03" * 1024
     )
     after = time.time_ns() // 1_000_000
@@ -262,27 +266,27 @@ def test_document_fields(nsm: SimulatedNsm) -> None:
     assert document["module_id"] == MODULE_ID
     assert before <= document["timestamp"] <= after
     assert sorted(document["pcrs"]) == [*range(16), 16]
-    assert document["pcrs"][0] == nsm.describe_pcr(0).data
-    assert document["pcrs"][16] == nsm.describe_pcr(16).data
+    assert document["pcrs"][0] == measured_nsm.describe_pcr(0).data
+    assert document["pcrs"][16] == measured_nsm.describe_pcr(16).data
     assert (document["nonce"], document["user_data"], document["public_key"]) == (
         b"\x01" * 1024,
         b"\x02" * 1024,
         b"\x03" * 1024,
     )
-    empty = cose.decode_document(cose.decode_sign1(nsm.attestation()).payload)
+    empty = cose.decode_document(cose.decode_sign1(measured_nsm.attestation()).payload)
     assert (empty["nonce"], empty["user_data"], empty["public_key"]) == (None, None, None)
 
 
 @pytest.mark.parametrize("field", ["user_data", "nonce", "public_key"])
-def test_attestation_inputs_over_1024_bytes(nsm: SimulatedNsm, field: str) -> None:
+def test_attestation_inputs_over_1024_bytes(measured_nsm: SimulatedNsm, field: str) -> None:
     with pytest.raises(NsmError) as err:
-        nsm.attestation(**{field: bytes(1025)})
+        measured_nsm.attestation(**{field: bytes(1025)})
     assert err.value.code == "InputTooLarge"
 
 
-def test_document_has_the_hardware_structure(nsm: SimulatedNsm) -> None:
+def test_document_has_the_hardware_structure(measured_nsm: SimulatedNsm) -> None:
     real = (TESTDATA / "nitrite-2024-09-07.cbor").read_bytes()
-    ours = nsm.attestation(nonce=b"n")
+    ours = measured_nsm.attestation(nonce=b"n")
     assert ours[:7] == real[:7] == b"\x84\x44\xa1\x01\x38\x22\xa0"  # untagged, ES384, {}
     real_doc = cbor2.loads(cbor2.loads(real)[2])
     our_doc = cbor2.loads(cbor2.loads(ours)[2])
@@ -291,8 +295,8 @@ def test_document_has_the_hardware_structure(nsm: SimulatedNsm) -> None:
     assert len(our_doc["cabundle"]) == len(real_doc["cabundle"]) == 4
 
 
-def test_dev_ca_chain(nsm: SimulatedNsm, tmp_path: Path) -> None:
-    document = cose.decode_document(cose.decode_sign1(nsm.attestation()).payload)
+def test_dev_ca_chain(measured_nsm: SimulatedNsm, tmp_path: Path) -> None:
+    document = cose.decode_document(cose.decode_sign1(measured_nsm.attestation()).payload)
     root, regional, zonal, instance, leaf = _chain(document)
     for parent, child in [
         (root, root),

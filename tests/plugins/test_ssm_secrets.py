@@ -25,7 +25,7 @@ from enclave_core.plugin.backends import build_backend, plugins_for, validate_ba
 from enclave_core.plugin.interfaces import BackendContext, Secrets
 from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.runtime.instrumented import CountingSecrets
-from tests.contexts import backend_context
+from tests.helpers import backend_context
 
 BASE = "/dev/hello/"
 ATTESTATION_SIZE = 5 * 1024  # an attestation document is about 5 KB

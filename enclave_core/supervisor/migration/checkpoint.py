@@ -1,14 +1,9 @@
 """``Migration/Checkpoint``: what a migration has done so far, and the parameter names it uses.
 
-The checkpoint is JSON in the Secrets backend: ``{"id", "step" (last completed, 0..9), "total",
-"status" (running, done, failed), "old_key_id", "new_key_id", "target_pcr0", "previous_pcr0",
-"app_dir" (and "app_source") or "eif", "principal", "target_pcr8", "export_until",
-"key_description", "started_at", "updated_at", "error"?}``.
-
-Test hook: with ``ENCLAVE_MIGRATION_CRASH_AFTER_STEP=k`` in the supervisor's environment,
-:func:`crash_hook_from_env` ends the process with ``os._exit(70)`` right after step k's
-checkpoint is written, so tests can kill the supervisor at every step. Nobody sets it in
-production, where it is harmless.
+The checkpoint is JSON in the Secrets backend (``id``, ``step``, ``total``, ``status``, the keys,
+the target and its source, timestamps, ``error``). With ``ENCLAVE_MIGRATION_CRASH_AFTER_STEP=k``
+in the supervisor's environment, :func:`crash_hook_from_env` ends the process right after step
+k's checkpoint, so tests can kill the supervisor at every step.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """What the migration steps drive in the real supervisor: the old enclave and the watchdog.
 
-:class:`SupervisorEnclave` implements :class:`~.migration_steps.EnclaveControl`: step 5 posts
-``/v1/export-key`` to the old enclave's control listener (plain HTTP over the launcher's
-transport, never through ingress) once the enclave is ready; step 8 stops the old enclave and
-starts the new one through the watchdog, then waits until the new one is ready. Both waits are
+:class:`SupervisorEnclave` implements :class:`~.steps.EnclaveControl`: step 5 posts
+``/v1/export-key`` to the old enclave's control listener once it is ready; step 8 stops the old
+enclave and starts the new one through the watchdog, then waits until it is ready. Both waits are
 bounded and end early when the supervisor stops.
 """
 

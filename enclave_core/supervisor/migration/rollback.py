@@ -1,21 +1,9 @@
 """Put the old version back when the new image fails at step 8.
 
-Until the new enclave is ready the old key is alive (the new runtime retires it only once its app
-serves) and the old enclave's parameters can be put back, so a new image that never becomes
-ready does not leave the app down:
-
-- step 4 saves ``MigrationPreviousPCR0`` and its attestation (the export at step 5 overwrites
-  them) and step 7 saves what it overwrites, under ``Migration/Rollback/`` (each copy written
-  once, all of them before the first overwrite, so a resumed step never saves the new values);
-- step 8 keeps the image it replaces (``image.json`` or the EIF) beside it, named after the
-  migration;
-- when the new enclave fails, :func:`roll_back` restores the parameters, ``KMSKeyID`` and the
-  image, schedules the unused new key's deletion, forgets the migration's parameters and restarts
-  the old enclave.
-
-Nothing here is trusted for the secrets: the old enclave opens only ciphertexts its own attested
-manifest names, under the key whose policy names its own PCR0 (docs/threat-model.md). A rollback
-only puts back what the host could put back anyway.
+Steps 4 and 7 save what they overwrite under ``Migration/Rollback/`` and step 8 keeps the image
+it replaces; :func:`roll_back` restores the parameters, ``KMSKeyID`` and the image, schedules the
+unused new key's deletion and restarts the old enclave. It gives the host nothing it could not do
+itself (docs/threat-model.md, P6).
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """The supervisor's side of a migration (README: Migration): one at a time, resumable, observable.
 
-:class:`MigrationService` answers the management API: ``POST /v1/migrate`` measures the new
-image, decides whether this is a new migration, a resumption of an unfinished one (same target)
-or a no-op (the last one finished with this target), then runs the nine steps of
-:mod:`.migration_steps` in a worker thread; ``GET /v1/migrate`` reports progress;
-``POST /v1/schedule-key-deletion`` retires the key named in ``MigrationOldKMSKeyID``.
-
-Refusals, each with its reason: a second migration while one runs (409); a ``--pcr0`` that
-differs from the new image's measurement (400); an unfinished migration to another image (409);
-a checkpoint naming a new key that no longer exists or is pending deletion (409).
-
-What the steps drive in the real supervisor (export-key on the old enclave's control listener, a
-restart through the watchdog) is :class:`~.migration_enclave.SupervisorEnclave`.
+:class:`MigrationService` answers ``POST /v1/migrate`` (a new migration, the resumption of an
+unfinished one with the same target, or a no-op), ``GET /v1/migrate`` and
+``POST /v1/schedule-key-deletion``, and runs the steps of :mod:`.steps` in a worker thread. It
+refuses, with the reason, a second migration (409), a ``--pcr0`` the new image does not measure
+(400), an unfinished migration to another image (409) and a checkpoint whose new key is gone (409).
 """
 
 from __future__ import annotations
@@ -91,9 +84,9 @@ class MigrationService:
         export_timeout_s: float = 60.0,
     ) -> None:
         """:param backends: returns the (KMS, Secrets) backends, built on first use.
-        :param enclave_factory: returns the steps' :class:`~.migration_steps.EnclaveControl`.
+        :param enclave_factory: returns the steps' :class:`~.steps.EnclaveControl`.
         :param measure: :func:`~enclave_core.image.current.measure_new_image` (tests may pass
-        another). :param after_step: the crash test hook (see :mod:`.migration_steps`)."""
+        another). :param after_step: the crash test hook (see :mod:`.steps`)."""
         self._config = config
         self._backends = backends
         self._enclave_factory = enclave_factory

@@ -1,30 +1,11 @@
 """The nine migration steps, resumable from ``Migration/Checkpoint``.
 
-:class:`MigrationRunner` runs the steps after the last one the checkpoint records. Each step is
-idempotent (a crash may happen after its work and before its checkpoint) and writes the
-checkpoint before it returns, then logs ``step``, ``total``, ``status`` and ``msg``:
-
-1. read ``KMSKeyID`` (the old key) and the old PCR0 from its policy;
-2. create the new key: the **old enclave** does it (``POST /v1/migration-key`` on its control
-   listener), with the final policy in the CreateKey call, and records it in an attested
-   ``Migration/KeyRecord``; asked again for the same migration it returns the same key;
-3. check the new key's policy: exactly the canonical migration policy for the target PCR0
-   (:func:`enclave_core.kmspolicy.canonical.match_policy`). The old enclave checks it again itself;
-4. store ``MigrationKMSKeyID``, ``MigrationOldKMSKeyID``, ``MigrationTargetPCR0``;
-5. ask the old enclave to export (``POST /v1/export-key``);
-6. wait for every ``Migration/{name}/Ciphertext`` and the chain link ``Migration/Manifest``;
-7. copy the ciphertexts over the live ones, the link over ``CiphertextManifest`` (the new enclave
-   adopts only what the link names), and switch ``KMSKeyID`` to the new key;
-8. put the new image in place, stop the old enclave, start the new one, wait until it is ready;
-   if the new one fails, put the old version back and start it (:mod:`.migration_rollback`:
-   the checkpoint says ``rolled_back``, and the next migration starts afresh);
-9. delete ``MigrationKMSKeyID``, ``MigrationTargetPCR0`` and the ``Migration/`` parameters but the
-   checkpoint (the new enclave consumes ``MigrationOldKMSKeyID`` itself).
-
-The supervisor is the host's agent and is trusted with nothing: every step that matters for the
-secrets is checked by an enclave (docs/threat-model.md). After each step's checkpoint the
-``after_step`` hook runs: by default the crash test hook of :mod:`.migration_checkpoint`
-(``ENCLAVE_MIGRATION_CRASH_AFTER_STEP``).
+:class:`MigrationRunner` runs the steps after the last one the checkpoint records; each is
+idempotent and writes the checkpoint before it returns, then runs the ``after_step`` hook (by
+default the crash test hook of :mod:`.checkpoint`). The steps are listed in
+docs/architecture.md, "A migration"; a new image that fails at step 8 is rolled back
+(:mod:`.rollback`). The supervisor is trusted with nothing: every step that matters for the
+secrets is checked by an enclave (docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -302,7 +283,7 @@ class MigrationRunner:
         """Step 8: the new image in place, the old enclave stopped, the new one ready.
 
         When the new enclave fails (a boot stage, an app that keeps failing, or no readiness in
-        time) the old version is put back and started (:mod:`.migration_rollback`) and the step
+        time) the old version is put back and started (:mod:`.rollback`) and the step
         raises :class:`RolledBack`; when even that fails, the error says what is left to do.
         """
         backup = ImageBackup(self.config, cp)

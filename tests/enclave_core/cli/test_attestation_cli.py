@@ -15,8 +15,11 @@ import pytest
 from enclave_plugins.simulated_attestation import SimulatedNsm
 
 from enclave_core.cli.attestation import VerifyAttestation
-from enclave_core.cli.main import EnclaveApp
+from tests.helpers import cli
 from tests.vectors import NITRO as TESTDATA
+
+#: Only `enclave attestation verify`, registered without the entry points.
+ONLY_ATTESTATION_VERIFY = {"attestation verify": VerifyAttestation}
 
 NITRITE = TESTDATA / "nitrite-2024-09-07.cbor"
 NITRITE_PCR0 = (
@@ -27,20 +30,10 @@ ZERO = "00" * 48
 ERROR_PREFIX = "ERROR: "
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `enclave attestation verify ARGS` as the `enclave` App does; return (code, out, err)."""
-    app = EnclaveApp()
-    app.command_manager.add_command("attestation verify", VerifyAttestation)
-    try:
-        code = int(app.run(["attestation", "verify", *args]) or 0)
-    except SystemExit as exc:  # argparse usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def verified(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
-    code, out, err = cli(capsys, *args, "-f", "json")
+    code, out, err = cli(
+        capsys, "attestation", "verify", *args, "-f", "json", commands=ONLY_ATTESTATION_VERIFY
+    )
     assert (code, err) == (0, "")
     result: dict[str, object] = json.loads(out)
     return result
@@ -48,7 +41,7 @@ def verified(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object
 
 def failed(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """Run a failing verification: exit 1, nothing on stdout, exactly one ERROR line."""
-    code, out, err = cli(capsys, *args)
+    code, out, err = cli(capsys, "attestation", "verify", *args, commands=ONLY_ATTESTATION_VERIFY)
     assert (code, out) == (1, "")
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), err
@@ -201,12 +194,24 @@ def test_tampered_unreadable_and_foreign_files_fail_with_one_line(
 
 
 def test_table_and_value_output(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(capsys, str(NITRITE))
+    code, out, err = cli(
+        capsys, "attestation", "verify", str(NITRITE), commands=ONLY_ATTESTATION_VERIFY
+    )
     assert (code, err) == (0, "")
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()]
     rows = [row for row in cells if row]
     assert rows[0] == ["Field", "Value"]
     assert rows[1] == ["module_id", "i-0a22e5c5f24d22174-enc0191cceb4289903f"]
     assert rows[-1] == ["verified", "True"]
-    code, out, _ = cli(capsys, str(NITRITE), "-f", "value", "--column", "PCR0")
+    code, out, _ = cli(
+        capsys,
+        "attestation",
+        "verify",
+        str(NITRITE),
+        "-f",
+        "value",
+        "--column",
+        "PCR0",
+        commands=ONLY_ATTESTATION_VERIFY,
+    )
     assert (code, out) == (0, NITRITE_PCR0 + "\n")

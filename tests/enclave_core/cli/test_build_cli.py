@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from enclave_core import __version__
-from enclave_core.cli.main import main
 from enclave_core.config import Config
 from enclave_core.testing import dev_config_document, write_config
-from tests.fakes import FAKES
+from tests.doubles.host_tools import FAKES
+from tests.helpers import cli
 
 TAG = f"dev-hello:{__version__}"
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    state = tmp_path / "state"
-    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state / "docker.json"))
-    monkeypatch.setenv("FAKE_NITRO_CLI_STATE", str(state / "nitro-cli.json"))
-    monkeypatch.setenv("NITRO_CLI_LOGS_PATH", str(state / "logs"))
-    return state
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    config = write_config(tmp_path / "app", dev_config_document())
-    (tmp_path / "app" / "app.py").write_text("print('hi')\n")
-    return config
 
 
 DEV_WARNING = (
@@ -47,12 +23,12 @@ DEV_WARNING = (
 
 
 def test_build_prints_numbered_progress_and_the_pcrs(
-    capsys: pytest.CaptureFixture[str], config: Config, fakes: Path
+    capsys: pytest.CaptureFixture[str], app_config: Config, fakes: Path
 ) -> None:
-    code, out, err = cli(capsys, "build", "-c", str(config.path))
+    code, out, err = cli(capsys, "build", "-c", str(app_config.path))
     assert (code, err) == (0, DEV_WARNING)
     lines = out.splitlines()
-    pcrs = json.loads((config.base_dir / "artifacts" / "pcr.json").read_text())
+    pcrs = json.loads((app_config.base_dir / "artifacts" / "pcr.json").read_text())
     assert [line for line in lines if line.startswith("[")] == [
         "[1/4] writing artifacts/Dockerfile and the build context",
         f"[2/4] docker build -t {TAG} -f artifacts/Dockerfile artifacts/context",
@@ -62,7 +38,7 @@ def test_build_prints_numbered_progress_and_the_pcrs(
     # docker's own output, indented under its step
     assert any(line.endswith(f"naming to docker.io/library/{TAG} done") for line in lines)
     assert all(line.startswith(("[", "    ", "PCR", "wrote ")) for line in lines)
-    artifacts = config.base_dir / "artifacts"
+    artifacts = app_config.base_dir / "artifacts"
     assert lines[-4:] == [
         f"PCR0: {pcrs['PCR0']}",
         f"PCR1: {pcrs['PCR1']}",
@@ -72,21 +48,24 @@ def test_build_prints_numbered_progress_and_the_pcrs(
 
 
 def test_build_json_is_one_object_on_stdout(
-    capsys: pytest.CaptureFixture[str], config: Config, fakes: Path
+    capsys: pytest.CaptureFixture[str], app_config: Config, fakes: Path
 ) -> None:
-    code, out, err = cli(capsys, "build", "-f", "json", "-c", str(config.path))
+    code, out, err = cli(capsys, "build", "-f", "json", "-c", str(app_config.path))
     assert code == 0
     doc = json.loads(out)
-    assert doc["image"] == TAG and doc["eif"] == str(config.base_dir / "artifacts" / "image.eif")
+    assert doc["image"] == TAG and doc["eif"] == str(
+        app_config.base_dir / "artifacts" / "image.eif"
+    )
     assert (
-        doc["PCR0"] == json.loads((config.base_dir / "artifacts" / "pcr.json").read_text())["PCR0"]
+        doc["PCR0"]
+        == json.loads((app_config.base_dir / "artifacts" / "pcr.json").read_text())["PCR0"]
     )
     assert "[2/4] docker build" in err  # progress goes to stderr with -f json
 
 
 def test_without_docker_one_line_says_so(
     capsys: pytest.CaptureFixture[str],
-    config: Config,
+    app_config: Config,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -94,7 +73,7 @@ def test_without_docker_one_line_says_so(
     only.mkdir()
     (only / "nitro-cli").symlink_to(FAKES / "nitro-cli")
     monkeypatch.setenv("PATH", str(only))
-    code, out, err = cli(capsys, "build", "-c", str(config.path))
+    code, out, err = cli(capsys, "build", "-c", str(app_config.path))
     assert (code, out) == (1, "")
     assert err.splitlines()[-1] == (
         "ERROR: enclave build needs docker: not found on PATH (install Docker and start its daemon)"
@@ -102,7 +81,7 @@ def test_without_docker_one_line_says_so(
     (only / "nitro-cli").unlink()
     (only / "docker").symlink_to(FAKES / "docker")
     monkeypatch.setenv("PATH", str(only))
-    code, _, err = cli(capsys, "build", "-c", str(config.path))
+    code, _, err = cli(capsys, "build", "-c", str(app_config.path))
     assert code == 1
     assert err.splitlines()[-1].startswith(
         "ERROR: enclave build needs nitro-cli: not found on PATH"
@@ -111,12 +90,12 @@ def test_without_docker_one_line_says_so(
 
 def test_a_failed_docker_build_shows_its_last_lines(
     capsys: pytest.CaptureFixture[str],
-    config: Config,
+    app_config: Config,
     fakes: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("FAKE_DOCKER_FAIL", "ERROR: No matching distribution found")
-    code, _, err = cli(capsys, "build", "-c", str(config.path))
+    code, _, err = cli(capsys, "build", "-c", str(app_config.path))
     assert code == 1
     lines = err.splitlines()
     start = lines.index(
@@ -130,15 +109,17 @@ def test_a_failed_docker_build_shows_its_last_lines(
 
 
 def test_signing_needs_both_files_and_a_wheel_goes_into_the_image_and_the_wheelhouse(
-    capsys: pytest.CaptureFixture[str], config: Config, fakes: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], app_config: Config, fakes: Path, tmp_path: Path
 ) -> None:
-    code, _, err = cli(capsys, "build", "--signing-certificate", "cert.pem", "-c", str(config.path))
+    code, _, err = cli(
+        capsys, "build", "--signing-certificate", "cert.pem", "-c", str(app_config.path)
+    )
     assert (code, err) == (1, "ERROR: --signing-certificate and --private-key go together\n")
     wheel = tmp_path / "simple_enclave-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"PK wheel")
-    code, _, _ = cli(capsys, "build", "--wheel", str(wheel), "-c", str(config.path))
+    code, _, _ = cli(capsys, "build", "--wheel", str(wheel), "-c", str(app_config.path))
     assert code == 0
-    artifacts = config.base_dir / "artifacts"
+    artifacts = app_config.base_dir / "artifacts"
     assert (artifacts / "wheels" / wheel.name).read_bytes() == b"PK wheel"
     dockerfile = (artifacts / "Dockerfile").read_text()
     assert f"RUN pip install /tmp/{wheel.name} && rm /tmp/{wheel.name}" in dockerfile

@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enclave_core.cli.main import main
 from enclave_core.plugin.manager import get_plugin_manager
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.helpers import cli
 
 
 def write(folder: Path, text: str) -> Path:

@@ -6,18 +6,16 @@ AWS is botocore's Stubber (S3 is moto), the cdk CLI is the fake on PATH, the CDK
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from enclave_core.cli.main import main
 from enclave_core.config import Config
-from tests.enclave_core.deploy_fixtures import (
+from tests.doubles.host_tools import cdk_calls
+from tests.doubles.stubbed_aws import (
     ACCOUNT,
     EIF_BUCKET,
     INSTANCE,
@@ -30,18 +28,9 @@ from tests.enclave_core.deploy_fixtures import (
     deploy_config,
     health,
 )
-from tests.fakes import FAKES
+from tests.helpers import cli
 
 SINGLE = {"InstanceIds": [INSTANCE]}
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The fake cdk on PATH; returns its state file."""
-    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_CDK_STATE", str(tmp_path / "cdk.json"))
-    monkeypatch.setenv("FAKE_CDK_OUTPUTS", json.dumps(OUTPUTS))
-    return tmp_path / "cdk.json"
 
 
 def inject(monkeypatch: pytest.MonkeyPatch, aws: StubbedAws, synth: FakeSynth) -> None:
@@ -52,32 +41,16 @@ def inject(monkeypatch: pytest.MonkeyPatch, aws: StubbedAws, synth: FakeSynth) -
     )
 
 
-def cli(
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    *args: str,
-    answer: str = "",
-) -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.stdin", io.StringIO(answer))
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def cdk_calls(state: Path) -> list[list[str]]:
-    return [c["argv"] for c in json.loads(state.read_text())["calls"]] if state.exists() else []
-
-
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def production_config(tmp_path: Path) -> Config:
     return deploy_config(tmp_path / "app")
 
 
 def test_deploy_prints_six_steps_and_where_the_app_answers(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    env: Path,
-    config: Config,
+    fake_cdk: Path,
+    production_config: Config,
     moto_reset: str,
     boto3_session: boto3.session.Session,
 ) -> None:
@@ -91,7 +64,7 @@ def test_deploy_prints_six_steps_and_where_the_app_answers(
     aws.run([INSTANCE], stdout=health(), command_id="cmd-2")
     aws.instances(SINGLE, [{"id": INSTANCE}])
     inject(monkeypatch, aws, FakeSynth())
-    code, out, err = cli(capsys, monkeypatch, "deploy", "--yes", "-c", str(config.path))
+    code, out, err = cli(capsys, "deploy", "--yes", "-c", str(production_config.path))
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert [line[:5] for line in lines if line.startswith("[")] == [f"[{k}/6]" for k in range(1, 7)]
@@ -110,14 +83,14 @@ def test_deploy_prints_six_steps_and_where_the_app_answers(
 def test_deploy_asks_before_creating_anything_and_no_means_nothing(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    env: Path,
-    config: Config,
+    fake_cdk: Path,
+    production_config: Config,
 ) -> None:
     aws, synth = StubbedAws(), FakeSynth()
     aws.caller()
     aws.no_stack()
     inject(monkeypatch, aws, synth)
-    code, out, err = cli(capsys, monkeypatch, "deploy", "-c", str(config.path), answer="n\n")
+    code, out, err = cli(capsys, "deploy", "-c", str(production_config.path), stdin="n\n")
     assert code == 1
     assert err == "ERROR: deploy cancelled: nothing was created or changed\n"
     assert (
@@ -126,13 +99,13 @@ def test_deploy_asks_before_creating_anything_and_no_means_nothing(
         "billed by AWS for as long as they exist (enclave destroy removes them)."
     ) in out
     assert out.endswith("Continue? [y/N] ")
-    assert (synth.calls, cdk_calls(env)) == ([], [])
+    assert (synth.calls, cdk_calls(fake_cdk)) == ([], [])
 
 
 def test_deploy_lists_every_problem_of_the_file_in_one_error(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    env: Path,
+    fake_cdk: Path,
     tmp_path: Path,
 ) -> None:
     config = deploy_config(
@@ -141,7 +114,7 @@ def test_deploy_lists_every_problem_of_the_file_in_one_error(
         storage={"backend": "s3", "options": {"bukcet": "x"}},
     )
     inject(monkeypatch, StubbedAws(), FakeSynth())
-    code, out, err = cli(capsys, monkeypatch, "deploy", "--yes", "-c", str(config.path))
+    code, out, err = cli(capsys, "deploy", "--yes", "-c", str(config.path))
     assert code == 1
     errors = err.splitlines()
     assert errors[0] == "ERROR: enclave deploy cannot start:"
@@ -175,14 +148,14 @@ def queue_destroy_plan(aws: StubbedAws) -> None:
 def test_destroy_warns_asks_for_the_stack_name_and_destroys(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    env: Path,
-    config: Config,
+    fake_cdk: Path,
+    production_config: Config,
 ) -> None:
     aws = StubbedAws()
     queue_destroy_plan(aws)
     aws.run([INSTANCE], stdout="enclave stopped\n")
     inject(monkeypatch, aws, FakeSynth())
-    code, out, err = cli(capsys, monkeypatch, "destroy", "-c", str(config.path), answer=STACK)
+    code, out, err = cli(capsys, "destroy", "-c", str(production_config.path), stdin=STACK)
     assert (code, err) == (0, "")
     aws.assert_done()
     assert out.startswith(
@@ -197,39 +170,39 @@ def test_destroy_warns_asks_for_the_stack_name_and_destroys(
         f"destroyed stack {STACK}\nstill there, until you delete it:\n  - S3 bucket Storage "
         "(retained, with its objects; remove it with aws s3 rb s3://Storage --force)\n"
     )
-    assert cdk_calls(env)[0][:1] == ["destroy"]
+    assert cdk_calls(fake_cdk)[0][:1] == ["destroy"]
 
 
 def test_destroy_with_the_wrong_name_changes_nothing(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    env: Path,
-    config: Config,
+    fake_cdk: Path,
+    production_config: Config,
 ) -> None:
     aws = StubbedAws()
     queue_destroy_plan(aws)
     inject(monkeypatch, aws, FakeSynth())
-    code, _, err = cli(capsys, monkeypatch, "destroy", "-c", str(config.path), answer="yes\n")
+    code, _, err = cli(capsys, "destroy", "-c", str(production_config.path), stdin="yes\n")
     assert (code, err) == (1, "ERROR: destroy cancelled: 'yes' is not the stack name; nothing "
                                 "was changed\n")  # fmt: skip
-    assert (aws.sent, cdk_calls(env)) == ([], [])
+    assert (aws.sent, cdk_calls(fake_cdk)) == ([], [])
 
 
 def test_destroy_force_does_not_ask_and_a_missing_stack_is_nothing_to_do(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    env: Path,
-    config: Config,
+    fake_cdk: Path,
+    production_config: Config,
 ) -> None:
     aws = StubbedAws()
     queue_destroy_plan(aws)
     aws.run([INSTANCE], stdout="enclave stopped\n")
     inject(monkeypatch, aws, FakeSynth())
-    code, out, _ = cli(capsys, monkeypatch, "destroy", "--force", "-c", str(config.path))
+    code, out, _ = cli(capsys, "destroy", "--force", "-c", str(production_config.path))
     assert code == 0 and "Type the stack name" not in out
     aws.caller()
     aws.no_stack()
-    code, out, _ = cli(capsys, monkeypatch, "destroy", "--force", "-c", str(config.path))
+    code, out, _ = cli(capsys, "destroy", "--force", "-c", str(production_config.path))
     assert (code, out) == (
         0,
         f"stack {STACK} does not exist in account {ACCOUNT}, us-east-1: nothing to destroy\n",
@@ -239,7 +212,7 @@ def test_destroy_force_does_not_ask_and_a_missing_stack_is_nothing_to_do(
 def test_status_cloud_json_is_the_stack_instances_and_health(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    config: Config,
+    production_config: Config,
 ) -> None:
     aws = StubbedAws()
     aws.caller()
@@ -248,7 +221,7 @@ def test_status_cloud_json_is_the_stack_instances_and_health(
     aws.run([INSTANCE], stdout=health())
     inject(monkeypatch, aws, FakeSynth())
     code, out, err = cli(
-        capsys, monkeypatch, "status", "--cloud", "-f", "json", "-c", str(config.path)
+        capsys, "status", "--cloud", "-f", "json", "-c", str(production_config.path)
     )
     assert (code, err) == (0, "")
     doc: dict[str, Any] = json.loads(out)

@@ -6,11 +6,7 @@ for each outcome (the real path runs in tests/e2e/test_edit_loop_e2e.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from enclave_core.cli.devwatch import DevWatcher
 from enclave_core.config import Config
@@ -48,12 +44,6 @@ def run(config: Config, supervisor: Supervisor) -> tuple[bool, list[str]]:
         client_factory=lambda: supervisor,
     )
     return watcher.migrate(0.0), lines
-
-
-@pytest.fixture
-def config(make_config: Callable[..., Config], tmp_path: Path) -> Config:
-    (tmp_path / "app.py").write_text("print('v1')\n")
-    return make_config()
 
 
 def steps(*numbers: int) -> list[dict[str, Any]]:

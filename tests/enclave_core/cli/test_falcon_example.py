@@ -1,8 +1,8 @@
 """The Falcon template (`enclave init --template falcon`): its app and its gunicorn settings.
 
-The app runs in falcon.testing against the runtime's real app API (tests/enclave_core/
-appapi_server.py); gunicorn.conf.py is read as gunicorn reads it. tests/e2e/test_falcon_e2e.py
-runs the whole of it under `enclave dev`.
+The app runs in falcon.testing against the runtime's real app API (tests/doubles/appapi_server.py);
+gunicorn.conf.py is read as gunicorn reads it. tests/e2e/test_falcon_e2e.py runs the whole of it
+under `enclave dev`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from enclave_core.config import Config, load_config
 from enclave_core.deploy.build import dockerfile_text, stage_context
 from enclave_core.runtime.child import AppSupervisor
 from enclave_core.supervisor.service import STOP_TIMEOUT_S
-from tests.enclave_core.appapi_server import TOKEN, AppApi, app_api_servers
+from tests.doubles.appapi_server import TOKEN, AppApi, app_api_servers
 
 FALCON = Path(__file__).resolve().parents[3] / "enclave_core" / "templates" / "falcon"
 SECRET = "0123456789abcdef" * 4

@@ -21,8 +21,8 @@ from enclave_core.cli.host import (
     systemd_quote,
     unit_text,
 )
-from enclave_core.cli.main import main
 from enclave_core.config import Config
+from tests.helpers import cli
 
 #: The keys (section, key) -> value the brief and the operations guide rely on.
 REQUIRED = {
@@ -52,12 +52,6 @@ REQUIRED = {
     ("Service", "TimeoutStopSec"): "20",
     ("Install", "WantedBy"): "multi-user.target",
 }
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def parse_unit(text: str) -> configparser.ConfigParser:

@@ -10,16 +10,11 @@ import yaml
 from enclave_core.cli.init import template_text
 from enclave_core.cli.main import main
 from enclave_core.config import ConfigSchema, load_config
+from tests.helpers import cli
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATES = REPO / "enclave_core" / "templates"
 EXAMPLE = REPO / "examples" / "hello"
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_init_writes_the_config_and_the_app(

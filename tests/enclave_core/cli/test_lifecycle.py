@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -18,29 +18,11 @@ import pytest
 
 from enclave_core.cli import lifecycle
 from enclave_core.cli.lifecycle import tail_lines
-from enclave_core.cli.main import main
 from enclave_core.config import Config
-from tests.enclave_core.cli.fake_supervisor import FakeSupervisor, config_for, running_supervisor
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from tests.doubles.fake_supervisor import TOKEN, FakeSupervisor
+from tests.helpers import cli
 
 # --------------------------------------------------------------------------- status, start, stop
-
-
-@pytest.fixture
-def supervisor() -> Iterator[FakeSupervisor]:
-    with running_supervisor() as fake:
-        yield fake
-
-
-@pytest.fixture
-def config(make_config: Callable[..., Config], supervisor: FakeSupervisor) -> Config:
-    return config_for(make_config, supervisor, TOKEN)
 
 
 HEALTH = {
@@ -53,7 +35,6 @@ HEALTH = {
     "timestamp": "2026-01-01T00:00:00Z",
 }
 PCR0 = "ab12" * 24
-TOKEN = "ab" * 32
 
 
 def entry_line(msg: str, level: str = "INFO", **fields: object) -> str:
@@ -88,22 +69,22 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_status_shows_the_supervisors_health(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
-    supervisor.answers[("GET", "/health")] = (200, HEALTH)
-    code, out, err = cli(capsys, "status", "-c", str(config.path), "-f", "json")
+    fake_supervisor.answers[("GET", "/health")] = (200, HEALTH)
+    code, out, err = cli(capsys, "status", "-c", str(supervised_config.path), "-f", "json")
     assert (code, err) == (0, "")
     assert json.loads(out) == HEALTH
     # A stopped enclave answers 503; status still shows why.
-    supervisor.answers[("GET", "/health")] = (503, {**HEALTH, "status": "stopped"})
+    fake_supervisor.answers[("GET", "/health")] = (503, {**HEALTH, "status": "stopped"})
     code, out, _ = cli(
-        capsys, "status", "-c", str(config.path), "-f", "value", "--column", "status"
+        capsys, "status", "-c", str(supervised_config.path), "-f", "value", "--column", "status"
     )
     assert (code, out) == (0, "stopped\n")
 
 
 def test_status_table_reads_last_exit_as_its_reason_and_last_log_lines(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     tail = [entry_line(f"step {i}", step=i) for i in range(5)] + [
         "Traceback (most recent call last):",
@@ -116,8 +97,8 @@ def test_status_table_reads_last_exit_as_its_reason_and_last_log_lines(
         "log_tail": tail,
         "timestamp": "2026-01-01T10:00:01Z",
     }
-    supervisor.answers[("GET", "/health")] = (503, health("starting", last_exit=last_exit))
-    code, out, err = cli(capsys, "status", "-c", str(config.path))
+    fake_supervisor.answers[("GET", "/health")] = (503, health("starting", last_exit=last_exit))
+    code, out, err = cli(capsys, "status", "-c", str(supervised_config.path))
     assert (code, err) == (0, "")
     assert "runtime exited with code 1 (exit code 1, at 2026-01-01T10:00:01Z)" in out
     stamp = clock_of(tail[0])
@@ -131,7 +112,7 @@ def test_status_table_reads_last_exit_as_its_reason_and_last_log_lines(
     assert "step 1" not in out  # only the last five lines
     assert '{"time"' not in out and "c2Vj" not in out and "dek" not in out
     # -f json keeps the whole document.
-    code, out, _ = cli(capsys, "status", "-c", str(config.path), "-f", "json")
+    code, out, _ = cli(capsys, "status", "-c", str(supervised_config.path), "-f", "json")
     assert json.loads(out)["last_exit"] == last_exit
 
 
@@ -149,16 +130,16 @@ def test_status_against_a_dead_supervisor_is_one_error_line(
 
 
 def test_start_waits_until_running_and_prints_one_line(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     booting = health("starting", runtime={"status": "initializing", "detail": "kms"})
-    supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
-    supervisor.queued[("GET", "/health")] = [(503, booting), (503, booting)]
-    supervisor.answers[("GET", "/health")] = (200, health("running"))
-    supervisor.answers[("GET", "/v1/enclave-info")] = (200, {"name": "hello", "pcr0": PCR0})
-    code, out, err = cli(capsys, "start", "-c", str(config.path))
+    fake_supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
+    fake_supervisor.queued[("GET", "/health")] = [(503, booting), (503, booting)]
+    fake_supervisor.answers[("GET", "/health")] = (200, health("running"))
+    fake_supervisor.answers[("GET", "/v1/enclave-info")] = (200, {"name": "hello", "pcr0": PCR0})
+    code, out, err = cli(capsys, "start", "-c", str(supervised_config.path))
     assert (code, out, err) == (0, f"started: enclave i-0-enc-1 running (PCR0 {PCR0[:16]}…)\n", "")
-    assert [request[:3] for request in supervisor.requests] == [
+    assert [request[:3] for request in fake_supervisor.requests] == [
         ("POST", "/v1/start", "Bearer " + TOKEN),
         ("GET", "/health", None),
         ("GET", "/health", None),
@@ -166,32 +147,32 @@ def test_start_waits_until_running_and_prints_one_line(
         ("GET", "/v1/enclave-info", None),
     ]
     # For scripts: the structured answer, its outcome first.
-    code, out, _ = cli(capsys, "start", "-c", str(config.path), "-f", "json")
+    code, out, _ = cli(capsys, "start", "-c", str(supervised_config.path), "-f", "json")
     assert code == 0
     assert json.loads(out) == {"outcome": "started", **health("running"), "pcr0": PCR0}
     assert list(json.loads(out))[0] == "outcome"
 
 
 def test_start_without_waiting_or_without_enclave_info(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
-    supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
-    code, out, _ = cli(capsys, "start", "-c", str(config.path), "--timeout", "0")
+    fake_supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
+    code, out, _ = cli(capsys, "start", "-c", str(supervised_config.path), "--timeout", "0")
     assert (code, out) == (0, "starting: enclave i-0-enc-1\n")
-    assert [request[1] for request in supervisor.requests] == ["/v1/start"]
+    assert [request[1] for request in fake_supervisor.requests] == ["/v1/start"]
     # Running at once, but the enclave-info cannot be read: no PCR0 rather than a failure.
-    supervisor.answers[("POST", "/v1/start")] = (200, health("running"))
-    code, out, _ = cli(capsys, "start", "-c", str(config.path))
+    fake_supervisor.answers[("POST", "/v1/start")] = (200, health("running"))
+    code, out, _ = cli(capsys, "start", "-c", str(supervised_config.path))
     assert (code, out) == (0, "started: enclave i-0-enc-1 running\n")
 
 
 def test_start_reports_the_runtimes_boot_error(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
-    supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
+    fake_supervisor.answers[("POST", "/v1/start")] = (200, health("starting"))
     degraded = {"status": "degraded", "detail": "KMS key k-1 is locked to another PCR0"}
-    supervisor.answers[("GET", "/health")] = (503, health("error", runtime=degraded))
-    assert cli(capsys, "start", "-c", str(config.path)) == (
+    fake_supervisor.answers[("GET", "/health")] = (503, health("error", runtime=degraded))
+    assert cli(capsys, "start", "-c", str(supervised_config.path)) == (
         1,
         "",
         "ERROR: enclave failed to start: runtime degraded: KMS key k-1 is locked to another PCR0\n",
@@ -199,7 +180,7 @@ def test_start_reports_the_runtimes_boot_error(
 
 
 def test_start_reports_a_runtime_that_exited_while_booting(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     before = {
         "exit_code": None,
@@ -218,9 +199,9 @@ def test_start_reports_a_runtime_that_exited_while_booting(
         ],
         "timestamp": "2026-01-01T10:00:02Z",
     }
-    supervisor.answers[("POST", "/v1/start")] = (200, health("starting", last_exit=before))
-    supervisor.answers[("GET", "/health")] = (503, health("starting", last_exit=ended))
-    code, out, err = cli(capsys, "start", "-c", str(config.path))
+    fake_supervisor.answers[("POST", "/v1/start")] = (200, health("starting", last_exit=before))
+    fake_supervisor.answers[("GET", "/health")] = (503, health("starting", last_exit=ended))
+    code, out, err = cli(capsys, "start", "-c", str(supervised_config.path))
     assert (code, out) == (1, "")
     assert err == (
         "ERROR: enclave failed to start: runtime exited with code 3 (exit code 3, at "
@@ -229,38 +210,38 @@ def test_start_reports_a_runtime_that_exited_while_booting(
 
 
 def test_start_reports_the_launchers_error(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     why = "cannot start enclave 'hello': nitro-cli: No such file or directory"
-    supervisor.answers[("POST", "/v1/start")] = (
+    fake_supervisor.answers[("POST", "/v1/start")] = (
         500,
         {"title": "Launcher error", "description": why},
     )
-    supervisor.answers[("GET", "/health")] = (503, health("error", error=why))
-    assert cli(capsys, "start", "-c", str(config.path)) == (
+    fake_supervisor.answers[("GET", "/health")] = (503, health("error", error=why))
+    assert cli(capsys, "start", "-c", str(supervised_config.path)) == (
         1,
         "",
         f"ERROR: enclave failed to start: {why}\n",
     )
     # Another failure (here a refused token) is reported as the API answered it.
-    supervisor.answers[("POST", "/v1/start")] = (
+    fake_supervisor.answers[("POST", "/v1/start")] = (
         403,
         {"title": "Forbidden", "description": "the supervisor token is wrong"},
     )
-    supervisor.answers[("GET", "/health")] = (503, health("stopped"))
-    assert cli(capsys, "start", "-c", str(config.path))[1:] == (
+    fake_supervisor.answers[("GET", "/health")] = (503, health("stopped"))
+    assert cli(capsys, "start", "-c", str(supervised_config.path))[1:] == (
         "",
         "ERROR: supervisor POST /v1/start failed (403): the supervisor token is wrong\n",
     )
 
 
 def test_start_gives_up_after_its_timeout(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     booting = health("starting", runtime={"status": "initializing", "detail": "kms"})
-    supervisor.answers[("POST", "/v1/start")] = (200, booting)
-    supervisor.answers[("GET", "/health")] = (503, booting)
-    assert cli(capsys, "start", "-c", str(config.path), "--timeout", "0.2") == (
+    fake_supervisor.answers[("POST", "/v1/start")] = (200, booting)
+    fake_supervisor.answers[("GET", "/health")] = (503, booting)
+    assert cli(capsys, "start", "-c", str(supervised_config.path), "--timeout", "0.2") == (
         1,
         "",
         "ERROR: enclave not running after 0.2 s: status starting, runtime initializing (kms)\n",
@@ -268,31 +249,33 @@ def test_start_gives_up_after_its_timeout(
 
 
 def test_stop_prints_one_line(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     stopped = health("stopped", enclave_id=None, enclave_cid=None, state=None)
-    supervisor.answers[("POST", "/v1/stop")] = (200, stopped)
-    assert cli(capsys, "stop", "-c", str(config.path)) == (0, "stopped\n", "")
-    code, out, _ = cli(capsys, "stop", "-c", str(config.path), "-f", "json")
+    fake_supervisor.answers[("POST", "/v1/stop")] = (200, stopped)
+    assert cli(capsys, "stop", "-c", str(supervised_config.path)) == (0, "stopped\n", "")
+    code, out, _ = cli(capsys, "stop", "-c", str(supervised_config.path), "-f", "json")
     assert (code, json.loads(out)) == (0, {"outcome": "stopped", **stopped})
-    code, out, _ = cli(capsys, "stop", "-c", str(config.path), "-f", "value", "--column", "outcome")
+    code, out, _ = cli(
+        capsys, "stop", "-c", str(supervised_config.path), "-f", "value", "--column", "outcome"
+    )
     assert (code, out) == (0, "stopped\n")
-    assert [request[:3] for request in supervisor.requests] == [
+    assert [request[:3] for request in fake_supervisor.requests] == [
         ("POST", "/v1/stop", "Bearer " + TOKEN)
     ] * 3
 
 
 def test_conflicts_say_already_running_or_stopped(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     conflict = (409, {"title": "Conflict", "description": "the enclave is in that state"})
-    supervisor.answers[("POST", "/v1/start")] = conflict
-    supervisor.answers[("POST", "/v1/stop")] = conflict
-    supervisor.answers[("GET", "/health")] = (200, health("running"))
-    assert cli(capsys, "start", "-c", str(config.path)) == (0, "already running\n", "")
-    supervisor.answers[("GET", "/health")] = (503, health("stopped"))
-    assert cli(capsys, "stop", "-c", str(config.path)) == (0, "already stopped\n", "")
-    code, out, _ = cli(capsys, "stop", "-c", str(config.path), "-f", "json")
+    fake_supervisor.answers[("POST", "/v1/start")] = conflict
+    fake_supervisor.answers[("POST", "/v1/stop")] = conflict
+    fake_supervisor.answers[("GET", "/health")] = (200, health("running"))
+    assert cli(capsys, "start", "-c", str(supervised_config.path)) == (0, "already running\n", "")
+    fake_supervisor.answers[("GET", "/health")] = (503, health("stopped"))
+    assert cli(capsys, "stop", "-c", str(supervised_config.path)) == (0, "already stopped\n", "")
+    code, out, _ = cli(capsys, "stop", "-c", str(supervised_config.path), "-f", "json")
     assert json.loads(out) == {"outcome": "already stopped", **health("stopped")}
 
 

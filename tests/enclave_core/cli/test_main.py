@@ -11,14 +11,8 @@ import pytest
 
 import enclave_core
 from enclave_core.cli.common import error_lines
-from enclave_core.cli.main import main
 from enclave_core.errors import BackendNotFound, ConfigError, EnclaveError, StateConflict
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.helpers import cli
 
 
 def test_an_enclave_error_is_one_error_line_and_exit_1(

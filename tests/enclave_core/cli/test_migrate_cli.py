@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from enclave_core.cli.main import main
 from enclave_core.config import Config
-from tests.enclave_core.cli.fake_supervisor import FakeSupervisor, config_for, running_supervisor
-
-TOKEN = "cd" * 32
+from tests.doubles.fake_supervisor import TOKEN, FakeSupervisor
+from tests.helpers import cli
 
 
 def step(k: int) -> dict[str, Any]:
     return {"step": k, "msg": f"step {k} message"}
-
-
-@pytest.fixture
-def supervisor() -> Iterator[FakeSupervisor]:
-    with running_supervisor() as fake:
-        yield fake
-
-
-@pytest.fixture
-def config(make_config: Callable[..., Config], supervisor: FakeSupervisor) -> Config:
-    return config_for(make_config, supervisor, TOKEN)
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(autouse=True)
@@ -47,78 +27,80 @@ START = {"id": "m-1", "step": 0, "total": 9, "status": "running", "msg": "migrat
 
 def test_migrate_prints_each_step_once_until_done(
     capsys: pytest.CaptureFixture[str],
-    config: Config,
-    supervisor: FakeSupervisor,
+    supervised_config: Config,
+    fake_supervisor: FakeSupervisor,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    supervisor.answers[("POST", "/v1/migrate")] = (202, {**START, "steps": []})
-    supervisor.progress = [
+    fake_supervisor.answers[("POST", "/v1/migrate")] = (202, {**START, "steps": []})
+    fake_supervisor.progress = [
         {**START, "step": 3, "steps": [step(1), step(2), step(3)]},
         {**START, "step": 3, "steps": [step(1), step(2), step(3)]},
         {**START, "step": 9, "status": "done", "steps": [step(k) for k in range(1, 10)]},
     ]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "v2").mkdir()
-    code, out, err = cli(capsys, "migrate", "--app-dir", "v2", "-c", str(config.path))
+    code, out, err = cli(capsys, "migrate", "--app-dir", "v2", "-c", str(supervised_config.path))
     assert (code, err) == (0, "")
     assert out.splitlines() == ["migration m-1 started"] + [
         f"[{k}/9] step {k} message" for k in range(1, 10)
     ]
-    method, path, authorization, body = supervisor.requests[0]
+    method, path, authorization, body = fake_supervisor.requests[0]
     assert (method, path, authorization) == ("POST", "/v1/migrate", f"Bearer {TOKEN}")
     assert body == {"app_dir": str(tmp_path / "v2")}  # made absolute for the supervisor
 
 
 def test_migrate_json_prints_the_final_progress(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     final = {**START, "step": 9, "status": "done", "msg": "done", "steps": [step(9)]}
-    supervisor.answers[("POST", "/v1/migrate")] = (202, {**START, "steps": []})
-    supervisor.progress = [final]
+    fake_supervisor.answers[("POST", "/v1/migrate")] = (202, {**START, "steps": []})
+    fake_supervisor.progress = [final]
     pcr0 = "ab" * 48
     code, out, _ = cli(
         capsys, "migrate", "--eif", "/images/new.eif", "--pcr0", pcr0, "-f", "json",
-        "-c", str(config.path),
+        "-c", str(supervised_config.path),
     )  # fmt: skip
     assert code == 0 and json.loads(out) == final
-    assert supervisor.requests[0][3] == {"eif": "/images/new.eif", "pcr0": pcr0}
+    assert fake_supervisor.requests[0][3] == {"eif": "/images/new.eif", "pcr0": pcr0}
 
 
 def test_a_failed_migration_exits_1_with_its_reason(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
-    supervisor.answers[("POST", "/v1/migrate")] = (202, {**START, "steps": []})
+    fake_supervisor.answers[("POST", "/v1/migrate")] = (202, {**START, "steps": []})
     reason = "step 5 failed: the old enclave refused export-key (403): policy can change"
-    supervisor.progress = [
+    fake_supervisor.progress = [
         {**START, "step": 4, "status": "failed", "msg": reason, "steps": [step(4)]}
     ]
-    code, out, err = cli(capsys, "migrate", "--app-dir", "/new", "-c", str(config.path))
+    code, out, err = cli(capsys, "migrate", "--app-dir", "/new", "-c", str(supervised_config.path))
     assert code == 1
     assert out.splitlines()[-1] == "[4/9] step 4 message"
     assert err == f"ERROR: migration failed: {reason}\n"
 
 
 def test_a_finished_migration_says_so(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     done = {**START, "step": 9, "status": "done", "msg": "migration already complete"}
-    supervisor.answers[("POST", "/v1/migrate")] = (200, done)
-    code, out, _ = cli(capsys, "migrate", "--app-dir", "/new", "-c", str(config.path))
+    fake_supervisor.answers[("POST", "/v1/migrate")] = (200, done)
+    code, out, _ = cli(capsys, "migrate", "--app-dir", "/new", "-c", str(supervised_config.path))
     assert (code, out) == (0, "migration already complete\n")
-    assert [r[1] for r in supervisor.requests] == ["/v1/migrate"]  # nothing to follow
+    assert [r[1] for r in fake_supervisor.requests] == ["/v1/migrate"]  # nothing to follow
 
 
 def test_refusals_are_one_error_line(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     for status, description in [
         (409, "a migration is already running (step 3/9)"),
         (400, "the target PCR0 abab… given with --pcr0 differs from the new image's measurement"),
     ]:
         body = {"title": "x", "description": description}
-        supervisor.answers[("POST", "/v1/migrate")] = (status, body)
-        code, out, err = cli(capsys, "migrate", "--app-dir", "/new", "-c", str(config.path))
+        fake_supervisor.answers[("POST", "/v1/migrate")] = (status, body)
+        code, out, err = cli(
+            capsys, "migrate", "--app-dir", "/new", "-c", str(supervised_config.path)
+        )
         assert (code, out) == (1, "")
         assert description in err and err.startswith("ERROR: ") and len(err.splitlines()) == 1
 
@@ -133,42 +115,52 @@ def test_refusals_are_one_error_line(
 )
 def test_a_debug_mode_or_malformed_target_pcr0_is_refused_before_asking(
     capsys: pytest.CaptureFixture[str],
-    config: Config,
-    supervisor: FakeSupervisor,
+    supervised_config: Config,
+    fake_supervisor: FakeSupervisor,
     pcr0: str,
     fragment: str,
 ) -> None:
     code, out, err = cli(
-        capsys, "migrate", "--app-dir", "/new", "--pcr0", pcr0, "-c", str(config.path)
+        capsys, "migrate", "--app-dir", "/new", "--pcr0", pcr0, "-c", str(supervised_config.path)
     )
     assert (code, out) == (1, "")
     assert err.startswith(f"ERROR: {fragment}") and len(err.splitlines()) == 1
-    assert supervisor.requests == []  # refused here, nothing sent
+    assert fake_supervisor.requests == []  # refused here, nothing sent
 
 
 def test_migrate_needs_exactly_one_image(
-    capsys: pytest.CaptureFixture[str], config: Config
+    capsys: pytest.CaptureFixture[str], supervised_config: Config
 ) -> None:
-    code, out, err = cli(capsys, "migrate", "-c", str(config.path))
+    code, out, err = cli(capsys, "migrate", "-c", str(supervised_config.path))
     assert (code, out) == (2, "")
     assert "one of the arguments --eif --app-dir is required" in err
 
 
 def test_schedule_key_deletion(
-    capsys: pytest.CaptureFixture[str], config: Config, supervisor: FakeSupervisor
+    capsys: pytest.CaptureFixture[str], supervised_config: Config, fake_supervisor: FakeSupervisor
 ) -> None:
     answer = {"key_id": "k-old", "state": "PendingDeletion", "deletion_date": "2030-01-11"}
-    supervisor.answers[("POST", "/v1/schedule-key-deletion")] = (200, answer)
+    fake_supervisor.answers[("POST", "/v1/schedule-key-deletion")] = (200, answer)
     code, out, _ = cli(
-        capsys, "key", "schedule-deletion", "--days", "10", "-f", "json", "-c", str(config.path)
+        capsys,
+        "key",
+        "schedule-deletion",
+        "--days",
+        "10",
+        "-f",
+        "json",
+        "-c",
+        str(supervised_config.path),
     )
     assert code == 0 and json.loads(out) == answer
-    assert supervisor.requests[-1][2:] == (f"Bearer {TOKEN}", {"days": 10})
-    code, _, err = cli(capsys, "key", "schedule-deletion", "--days", "3", "-c", str(config.path))
+    assert fake_supervisor.requests[-1][2:] == (f"Bearer {TOKEN}", {"days": 10})
+    code, _, err = cli(
+        capsys, "key", "schedule-deletion", "--days", "3", "-c", str(supervised_config.path)
+    )
     assert (code, err) == (1, "ERROR: --days must be from 7 to 30, not 3\n")
-    assert len(supervisor.requests) == 1
+    assert len(fake_supervisor.requests) == 1
     in_use = "key k-1 is the key in use (KMSKeyID); not deleting it"
-    supervisor.answers[("POST", "/v1/schedule-key-deletion")] = (409, {"description": in_use})
-    code, _, err = cli(capsys, "key", "schedule-deletion", "-c", str(config.path))
+    fake_supervisor.answers[("POST", "/v1/schedule-key-deletion")] = (409, {"description": in_use})
+    code, _, err = cli(capsys, "key", "schedule-deletion", "-c", str(supervised_config.path))
     assert (code, err) == (1, f"ERROR: {in_use}\n")
-    assert supervisor.requests[-1][3] == {"days": 7}
+    assert fake_supervisor.requests[-1][3] == {"days": 7}

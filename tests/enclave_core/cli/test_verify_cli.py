@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from enclave_core.cli.main import EnclaveApp
 from enclave_core.cli.verify import Verify
 from enclave_core.verify import HTTPS_REQUIRED
-from tests.enclave_core.fake_enclave import FakeEnclave
+from tests.doubles.fake_enclave import FakeEnclave
+from tests.helpers import cli
+
+#: Only `enclave verify`, registered without the entry points.
+ONLY_VERIFY = {"verify": Verify}
 
 ERROR_PREFIX = "ERROR: "
 
@@ -23,21 +26,9 @@ def fake(tmp_path: Path) -> Iterator[FakeEnclave]:
     server.close()
 
 
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run `enclave verify ARGS` as the `enclave` App does; return (code, out, err)."""
-    app = EnclaveApp()
-    app.command_manager.add_command("verify", Verify)
-    try:
-        code = int(app.run(["verify", *args]) or 0)
-    except SystemExit as exc:  # argparse usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def failed(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     """A failing run: exit 1, nothing on stdout, exactly one ERROR line; return its text."""
-    code, out, err = cli(capsys, *args)
+    code, out, err = cli(capsys, "verify", *args, commands=ONLY_VERIFY)
     assert (code, out) == (1, ""), err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), err
@@ -48,13 +39,14 @@ def test_verify_prints_the_verified_facts(
     capsys: pytest.CaptureFixture[str], fake: FakeEnclave
 ) -> None:
     args = ["--url", fake.url, "--expected-pcr0", fake.pcr0.hex(), "--root", str(fake.root_pem)]
-    code, out, err = cli(capsys, *args, "-f", "json")
+    code, out, err = cli(capsys, "verify", *args, "-f", "json", commands=ONLY_VERIFY)
     assert (code, err) == (0, "")
     result = json.loads(out)
     assert result["verified"] is True and result["url"] == fake.url
     assert result["pcr0"] == fake.pcr0.hex() and result["tls_cert_sha256"] == fake.tls.sha256
     assert result["previous_pcr0"] == "genesis" and len(result["nonce"]) == 40
-    code, out, _ = cli(capsys, *args)  # the default table works as well
+    # The default table works as well.
+    code, out, _ = cli(capsys, "verify", *args, commands=ONLY_VERIFY)
     assert code == 0 and "verified" in out and fake.tls.sha256 in out
 
 
@@ -88,5 +80,6 @@ def test_arguments_are_checked(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         capsys, "--url", "https://127.0.0.1:1", "--expected-pcr0", pcr0, "--root", missing
     )
     assert "cannot read" in message
-    code, _, err = cli(capsys, "--url", "https://127.0.0.1:1")  # --expected-pcr0 is mandatory
+    # --expected-pcr0 is mandatory.
+    code, _, err = cli(capsys, "verify", "--url", "https://127.0.0.1:1", commands=ONLY_VERIFY)
     assert code == 2 and "--expected-pcr0" in err

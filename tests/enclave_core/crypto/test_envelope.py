@@ -15,7 +15,7 @@ from enclave_core.crypto.envelope import (
     storage_aad,
 )
 from enclave_core.errors import CryptoError, NotFound, PreconditionFailed
-from tests.enclave_core.runtime.doubles import MemoryStorage
+from tests.doubles.memory_backends import MemoryStorage
 
 DEK = bytes(range(32))
 PLAINTEXT = b"the quick brown fox: a plaintext that must never reach the backend"

@@ -25,7 +25,7 @@ from loguru import logger
 from enclave_core.config import Config
 from enclave_core.plugin.backends import build_backend
 from enclave_core.plugin.interfaces import Secrets
-from enclave_core.plugin.manager import Plugins, get_plugin_manager
+from enclave_core.plugin.manager import PluginManager, get_plugin_manager
 from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.boot import retire_when_serving, run_boot
 from enclave_core.runtime.migration_key import MigrationKey, create_migration_key
@@ -44,7 +44,7 @@ OTHER_PCR0 = "0f" * 48
 MIGRATION_ID = "m-1"
 
 
-def boot(config: Config, plugins: Plugins, *, serving: bool = True) -> RuntimeState:
+def boot(config: Config, plugins: PluginManager, *, serving: bool = True) -> RuntimeState:
     """Run every boot stage (no app) and return the state.
 
     :param serving: then do what the runtime does when its app first becomes ready (retire the
@@ -62,7 +62,7 @@ def local_kms(config: Config) -> LocalKms:
     return LocalKms(config.state_dir / "kms", root_pem=config.state_dir / "dev-root.pem")
 
 
-def params(config: Config, plugins: Plugins) -> Secrets:
+def params(config: Config, plugins: PluginManager) -> Secrets:
     """The secrets backend the runtime uses."""
     secrets: Secrets = build_backend(config, plugins, "secrets")
     return secrets
@@ -92,7 +92,7 @@ class Migration:
     """An old enclave booted on image v1, and the new image v2 the migration targets."""
 
     config: Config
-    plugins: Plugins
+    plugins: PluginManager
     old: RuntimeState
     old_pcr0: str
     target_pcr0: str

@@ -19,7 +19,7 @@ from enclave_core.runtime.appapi import MAX_JSON_BODY, MAX_STORAGE_BODY, create_
 from enclave_core.runtime.dynsecrets import DynamicSecrets
 from enclave_core.runtime.instrumented import CountingStorage
 from enclave_core.runtime.state import RuntimeState
-from tests.enclave_core.runtime.doubles import DOUBLES_CONFIG, MemoryNsm, MemoryStorage
+from tests.doubles.memory_backends import DOUBLES_CONFIG, MemoryNsm, MemoryStorage
 
 TOKEN = "ab" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,18 +31,18 @@ def backend() -> MemoryStorage:
 
 
 @pytest.fixture
-def nsm() -> MemoryNsm:
+def memory_nsm() -> MemoryNsm:
     return MemoryNsm()
 
 
 @pytest.fixture
 def state(
-    make_config: Callable[..., Config], backend: MemoryStorage, nsm: MemoryNsm
+    make_config: Callable[..., Config], backend: MemoryStorage, memory_nsm: MemoryNsm
 ) -> RuntimeState:
     config = make_config(**DOUBLES_CONFIG)
     state = RuntimeState(config)
     storage = CountingStorage(EncryptedStorage(backend, bytes(32)), state.metrics)
-    state.attestation = nsm
+    state.attestation = memory_nsm
     state.storage = storage
     state.dynamic = DynamicSecrets(storage, state.metrics, frozenset({"APP_SIGNING_KEY"}))
     state.dynamic_secrets = 0
@@ -308,29 +308,29 @@ def test_env_var_used_by_another_dynamic_secret_is_400(client: falcon.testing.Te
 
 
 def test_extend_pcr_value_is_sha384_of_old_and_data(
-    client: falcon.testing.TestClient, nsm: MemoryNsm
+    client: falcon.testing.TestClient, memory_nsm: MemoryNsm
 ) -> None:
-    old = nsm.pcrs[16]
+    old = memory_nsm.pcrs[16]
     result = client.simulate_post(
         "/v1/extend-pcr", json={"pcr": 16, "data": base64.b64encode(b"measurement").decode()}
     )
     assert result.status_code == 200
     expected = hashlib.sha384(old + b"measurement").hexdigest()
     assert result.json == {"pcr": 16, "status": "extended", "value": expected}
-    assert nsm.pcrs[16].hex() == expected
+    assert memory_nsm.pcrs[16].hex() == expected
 
 
 def test_lock_pcr_then_extend_is_409_with_nsm_code(
-    client: falcon.testing.TestClient, nsm: MemoryNsm
+    client: falcon.testing.TestClient, memory_nsm: MemoryNsm
 ) -> None:
     assert client.simulate_post("/v1/lock-pcr", json={"pcr": 31}).json == {
         "pcr": 31,
         "status": "locked",
     }
-    before = nsm.pcrs[31]
+    before = memory_nsm.pcrs[31]
     result = client.simulate_post("/v1/extend-pcr", json={"pcr": 31, "data": "AAAA"})
     assert_error(result, 409, "ReadOnlyIndex")
-    assert nsm.pcrs[31] == before
+    assert memory_nsm.pcrs[31] == before
     assert_error(client.simulate_post("/v1/lock-pcr", json={"pcr": 31}), 409, "ReadOnlyIndex")
 
 
@@ -347,11 +347,11 @@ def test_lock_pcr_then_extend_is_409_with_nsm_code(
     ],
 )
 def test_bad_pcr_requests_are_400(
-    client: falcon.testing.TestClient, nsm: MemoryNsm, body: dict[str, Any]
+    client: falcon.testing.TestClient, memory_nsm: MemoryNsm, body: dict[str, Any]
 ) -> None:
-    before = list(nsm.pcrs)
+    before = list(memory_nsm.pcrs)
     assert_error(client.simulate_post("/v1/extend-pcr", json=body), 400)
-    assert nsm.pcrs == before
+    assert memory_nsm.pcrs == before
     assert_error(client.simulate_post("/v1/lock-pcr", json={"pcr": 0}), 400, "16 to 31")
 
 

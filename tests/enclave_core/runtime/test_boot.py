@@ -31,8 +31,9 @@ from enclave_core.errors import AccessDenied
 from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, render_policy
 from enclave_core.plugin.backends import build_backend
 from enclave_core.plugin.interfaces import BackendContext, KmsResult, Recipient
-from enclave_core.plugin.manager import Plugins, get_plugin_manager
+from enclave_core.plugin.manager import PluginManager, get_plugin_manager
 from enclave_core.plugin.registry import BackendRegistry
+from enclave_core.protocol.userdata import attestation_user_data
 from enclave_core.runtime.attested_kms import RecipientSession
 from enclave_core.runtime.boot import (
     STORAGE_DEK_PARAM,
@@ -41,8 +42,8 @@ from enclave_core.runtime.boot import (
     static_secret_context,
     storage_dek_context,
 )
-from enclave_core.runtime.state import STAGES, RuntimeState, attestation_user_data
-from tests.enclave_core.runtime.doubles import (
+from enclave_core.runtime.state import STAGES, RuntimeState
+from tests.doubles.memory_backends import (
     DOUBLES_CONFIG,
     DoublesPlugin,
     MemoryKms,
@@ -120,7 +121,7 @@ class SpyPlugin:
 
 
 @pytest.fixture
-def local_plugins() -> Plugins:
+def local_plugins() -> PluginManager:
     return get_plugin_manager(extra_plugins=[("test-spy", SpyPlugin())])
 
 
@@ -139,11 +140,11 @@ def local_kms(config: Config) -> LocalKms:
     return LocalKms(config.state_dir / "kms", root_pem=config.state_dir / "dev-root.pem")
 
 
-def params(config: Config, plugins: Plugins) -> Any:
+def params(config: Config, plugins: PluginManager) -> Any:
     return build_backend(config, plugins, "secrets")
 
 
-def boot(config: Config, plugins: Plugins, start_app: Any = None) -> RuntimeState:
+def boot(config: Config, plugins: PluginManager, start_app: Any = None) -> RuntimeState:
     state = RuntimeState(config)
     asyncio.run(run_boot(state, plugins, start_app))
     return state
@@ -160,7 +161,7 @@ def open_stored(config: Config, key_id: str, stored: str, context: dict[str, str
 
 
 def test_stages_run_in_order_and_start_the_app_last(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     seen: list[tuple[str, bool]] = []
     state = RuntimeState(local_config)
@@ -177,7 +178,7 @@ def test_stages_run_in_order_and_start_the_app_last(
 
 
 def test_each_stage_is_visible_in_health_while_it_runs(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     gate = SpyKms.gates[str(local_config.state_dir)] = threading.Event()
     state = RuntimeState(local_config)
@@ -202,7 +203,7 @@ def locked(pcr0: str, principal: str) -> dict[str, Any]:
 
 
 def test_first_boot_locks_the_key_and_generates_through_recipient(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     state = boot(local_config, local_plugins)
     assert state.boot_error is None
@@ -259,7 +260,9 @@ def test_first_boot_locks_the_key_and_generates_through_recipient(
     )
 
 
-def test_second_boot_decrypts_the_same_values(local_config: Config, local_plugins: Plugins) -> None:
+def test_second_boot_decrypts_the_same_values(
+    local_config: Config, local_plugins: PluginManager
+) -> None:
     first = boot(local_config, local_plugins)
     assert first.storage is not None
     first.storage.put("notes/a", b"kept")
@@ -280,7 +283,7 @@ def test_second_boot_decrypts_the_same_values(local_config: Config, local_plugin
 
 
 def test_a_changed_app_is_degraded_and_never_sees_the_secrets(
-    local_config: Config, local_plugins: Plugins, tmp_path: Path
+    local_config: Config, local_plugins: PluginManager, tmp_path: Path
 ) -> None:
     first = boot(local_config, local_plugins)
     assert first.pcr0 is not None
@@ -303,7 +306,9 @@ def test_a_changed_app_is_degraded_and_never_sees_the_secrets(
         open_stored(local_config, first.kms_key_id or "", stored, context)
 
 
-def prepared_key(config: Config, plugins: Plugins, policy: Callable[[str], dict[str, Any]]) -> str:
+def prepared_key(
+    config: Config, plugins: PluginManager, policy: Callable[[str], dict[str, Any]]
+) -> str:
     """A key named in KMSKeyID whose policy is ``policy(this image's PCR0)``."""
     kms = local_kms(config)
     key_id = kms.create_key().key_id
@@ -316,7 +321,7 @@ def prepared_key(config: Config, plugins: Plugins, policy: Callable[[str], dict[
 
 
 def test_a_key_other_images_can_decrypt_is_degraded(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     other = "0f" * 48
 
@@ -336,7 +341,7 @@ def test_a_key_other_images_can_decrypt_is_degraded(
 
 
 def test_a_locked_key_no_image_can_use_is_degraded(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     def read_only(own: str) -> dict[str, Any]:
         policy = locked(own, local_kms(local_config).caller_arn())
@@ -352,7 +357,7 @@ def test_a_locked_key_no_image_can_use_is_degraded(
 
 
 def test_a_key_with_unconditioned_decrypt_is_degraded(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     def open_decrypt(own: str) -> dict[str, Any]:
         policy = locked(own, local_kms(local_config).caller_arn())
@@ -376,7 +381,7 @@ def test_a_key_with_unconditioned_decrypt_is_degraded(
 
 
 def test_disabled_key_is_degraded_naming_key_and_state(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     first = boot(local_config, local_plugins)
     # The locked policy lets nobody disable the key through KMS; the key file stands for
@@ -393,7 +398,7 @@ def test_disabled_key_is_degraded_naming_key_and_state(
 
 
 def test_undecryptable_static_secret_is_degraded_without_the_value(
-    local_config: Config, local_plugins: Plugins
+    local_config: Config, local_plugins: PluginManager
 ) -> None:
     first = boot(local_config, local_plugins)
     secrets = params(local_config, local_plugins)
@@ -423,27 +428,29 @@ def test_undecryptable_static_secret_is_degraded_without_the_value(
 
 
 @pytest.fixture
-def plugins() -> Plugins:
+def plugins() -> PluginManager:
     return get_plugin_manager(extra_plugins=[("test-doubles", DoublesPlugin())])
 
 
 @pytest.fixture
-def config(make_config: Callable[..., Config]) -> Config:
+def doubles_config(make_config: Callable[..., Config]) -> Config:
     return make_config(**DOUBLES_CONFIG)
 
 
-def test_doubles_boot_locks_and_uses_recipient_too(config: Config, plugins: Plugins) -> None:
-    state = boot(config, plugins)
+def test_doubles_boot_locks_and_uses_recipient_too(
+    doubles_config: Config, plugins: PluginManager
+) -> None:
+    state = boot(doubles_config, plugins)
     assert state.boot_error is None
-    kms = shared(MemoryKms, config.state_dir)
+    kms = shared(MemoryKms, doubles_config.state_dir)
     assert kms.policies[state.kms_key_id] == locked(MemoryNsm.PCR0.hex(), MemoryKms.PRINCIPAL)
-    documents = shared(MemoryNsm, config.state_dir).documents
+    documents = shared(MemoryNsm, doubles_config.state_dir).documents
     # The Recipient document, and the one binding the manifest (no public key there).
     assert [d["public_key"] is not None for d in documents] == [True, False]
 
 
 def test_production_without_kms_key_is_degraded(
-    make_config: Callable[..., Config], plugins: Plugins
+    make_config: Callable[..., Config], plugins: PluginManager
 ) -> None:
     config = make_config(mode="production", **DOUBLES_CONFIG, launcher={"backend": "testmem"})
     started: list[bool] = []
@@ -459,14 +466,16 @@ def test_production_without_kms_key_is_degraded(
     assert shared(MemoryKms, config.state_dir).keys == {}
 
 
-def test_unexpected_backend_exception_is_degraded(config: Config, plugins: Plugins) -> None:
-    nsm = shared(MemoryNsm, config.state_dir)
+def test_unexpected_backend_exception_is_degraded(
+    doubles_config: Config, plugins: PluginManager
+) -> None:
+    nsm = shared(MemoryNsm, doubles_config.state_dir)
 
     def broken(index: int) -> Any:
         raise RuntimeError("device gone")
 
     nsm.describe_pcr = broken
-    state = boot(config, plugins)
+    state = boot(doubles_config, plugins)
     assert state.health() == (
         503,
         {"status": "degraded", "error": "boot stage attestation failed: RuntimeError: device gone"},
@@ -477,14 +486,16 @@ async def first_start(state: RuntimeState) -> dict[str, str]:
     return await app_env_provider(state)()
 
 
-def test_dynamic_secrets_reach_the_environment(config: Config, plugins: Plugins) -> None:
-    first = boot(config, plugins)
+def test_dynamic_secrets_reach_the_environment(
+    doubles_config: Config, plugins: PluginManager
+) -> None:
+    first = boot(doubles_config, plugins)
     assert first.dynamic is not None
     first.dynamic.put("api_token", "tok-123", "API_TOKEN")
     first.dynamic.put("no_env", "quiet")
     # An unreadable record (not an envelope) is skipped, not fatal.
-    shared(MemoryStorage, config.state_dir).objects["secrets/broken"] = b"garbage"
-    state = boot(config, plugins)
+    shared(MemoryStorage, doubles_config.state_dir).objects["secrets/broken"] = b"garbage"
+    state = boot(doubles_config, plugins)
     assert state.boot_error is None
     assert state.dynamic_env == {"API_TOKEN": "tok-123"}
     assert state.dynamic_secrets == 2
@@ -493,8 +504,10 @@ def test_dynamic_secrets_reach_the_environment(config: Config, plugins: Plugins)
     assert env["APP_SIGNING_KEY"] == first.static_env["APP_SIGNING_KEY"]
 
 
-def test_env_provider_rereads_dynamic_secrets_on_restart(config: Config, plugins: Plugins) -> None:
-    state = boot(config, plugins)
+def test_env_provider_rereads_dynamic_secrets_on_restart(
+    doubles_config: Config, plugins: PluginManager
+) -> None:
+    state = boot(doubles_config, plugins)
     provide = app_env_provider(state)
 
     async def two_starts() -> tuple[dict[str, str], dict[str, str]]:

@@ -21,6 +21,7 @@ from enclave_core.runtime.child import AppSupervisor, app_environment
 from enclave_core.runtime.childio import probe
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.testing import free_port
+from tests.helpers import alive
 
 TOKEN = "5a" * 32
 SECRET = "ab" * 32
@@ -146,14 +147,6 @@ def supervise(
             await supervisor.stop()
 
     return asyncio.run(main())
-
-
-def alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 def test_app_gets_its_environment_and_its_lines_are_relogged(

@@ -28,12 +28,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from enclave_core.config import Config
 from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.protocol.signing import verify_response_signature
+from enclave_core.protocol.userdata import attestation_user_data
 from enclave_core.runtime import tls
 from enclave_core.runtime.server import serve_runtime
-from enclave_core.runtime.state import attestation_user_data
 from enclave_core.runtime.tls import TlsIdentity, make_tls_identity
 from enclave_core.testing import free_port
-from tests.enclave_core.runtime.doubles import DOUBLES_CONFIG, DoublesPlugin, MemoryNsm, shared
+from tests.doubles.memory_backends import DOUBLES_CONFIG, DoublesPlugin, MemoryNsm, shared
 
 
 def client_context() -> ssl.SSLContext:

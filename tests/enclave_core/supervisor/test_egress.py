@@ -32,21 +32,12 @@ from enclave_core.supervisor.imds import ImdsForwarder
 from enclave_core.testing import free_port
 from tests.enclave_core.supervisor.egress_helpers import (
     LogRecords,
-    LoopThread,
     echo_digest,
     send_and_half_close,
     start_tls_server,
     stop_tls_server,
 )
-
-
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    runner = LoopThread()
-    try:
-        yield runner
-    finally:
-        runner.close()
+from tests.helpers import LoopThread
 
 
 @pytest.fixture

@@ -13,26 +13,14 @@ import pytest
 from enclave_core.errors import EnclaveError
 from enclave_core.supervisor.forwarders import IngressForwarder
 from enclave_core.testing import free_port
-
-
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Echo every chunk; after the client's EOF, report a digest of what came, then close."""
-    digest = hashlib.sha256()
-    while chunk := await reader.read(65536):
-        digest.update(chunk)
-        writer.write(chunk)
-        await writer.drain()
-    writer.write(b"EOF " + digest.hexdigest().encode())
-    await writer.drain()
-    writer.close()
-    await writer.wait_closed()
+from tests.enclave_core.supervisor.egress_helpers import echo_digest
 
 
 def run_with_forwarder(
     body: Callable[[IngressForwarder, int], Awaitable[None]], *, target_port: int | None = None
 ) -> None:
     async def main() -> None:
-        echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        echo = await asyncio.start_server(echo_digest, "127.0.0.1", 0)
         port = echo.sockets[0].getsockname()[1]
         forwarder = IngressForwarder(
             f"127.0.0.1:{free_port()}", lambda: f"tcp://127.0.0.1:{target_port or port}"

@@ -15,7 +15,8 @@ from botocore.utils import InstanceMetadataFetcher
 
 from enclave_core.supervisor.imds import DEFAULT_TARGET, ImdsForwarder, imds_target
 from enclave_core.testing import free_port
-from tests.enclave_core.supervisor.egress_helpers import LogRecords, LoopThread
+from tests.enclave_core.supervisor.egress_helpers import LogRecords
+from tests.helpers import LoopThread
 
 ROLE = "enclave-role"
 TOKEN = "fake-imds-session-token"  # noqa: S105 - a test value

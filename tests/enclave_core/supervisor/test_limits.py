@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.stack import DevStack, make_stack
-from tests.enclave_core.runtime.test_limits import (
+from tests.enclave_core.http.test_limits import (
     TIGHT,
     Listener,
     assert_refused_with,

@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from enclave_core.plugin.manager import get_plugin_manager
 from enclave_core.supervisor.service import run_supervisor
 from enclave_core.supervisor.token import read_token
 from enclave_core.testing import dev_config_document, write_config
+from tests.helpers import alive, wait_for
 
 # Serves GET /health (control port) and GET /v1/enclave-info (public port); starts a child like
 # the app, in its process group; appends "runtime_pid child_pid" to a file on every boot.
@@ -78,30 +78,6 @@ SUPERVISOR = textwrap.dedent(
     sys.exit(run_supervisor(config, plugins_for(config), announce=announce))
     """
 )
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``check`` until truthy (exceptions count as not yet); fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last failure
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s; last: {last!r}")
 
 
 def post(url: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
