@@ -1,7 +1,9 @@
 """``local`` storage: objects as files under a directory.
 
 Options (``storage.options``): ``path``, the directory, relative to enclave.yaml's folder
-(default ``.enclave/storage``). A key ``a/b/c`` is the percent-encoded file ``a%2F/b%2F/c``;
+(default ``.enclave/storage``). A key ``a/b/c`` is the percent-encoded file ``a%2F/b%2F/c`` (a
+segment too long for one file name continues in ``%+`` folders; a key whose whole path passes
+the system's limit, 4,096 bytes on Linux, is refused);
 writes are atomic and hold a ``flock``, so conditional writes are race-free between processes;
 the ETag is the quoted first 32 hex characters of the SHA-256 of the stored bytes. The layout in
 full: docs/architecture.md, "Storage and secrets backends".
@@ -29,6 +31,11 @@ from enclave_core.plugin.interfaces import BackendContext, StoredObject
 from enclave_core.plugin.registry import BackendRegistry
 
 DIR_SUFFIX = "%2F"
+#: Ends a folder holding one piece of a segment too long for one file name; the segment goes on
+#: in the next path part. ``quote`` never writes ``%+``, so no segment's own name ends so.
+CONTINUED = "%+"
+NAME_MAX = 255  # bytes in a file name (ext4, xfs, tmpfs...)
+PIECE = 240  # the pieces a longer segment is cut into
 RESERVED = "#"
 LOCK_NAME = "#lock"
 
@@ -72,8 +79,10 @@ class LocalStorage:
         segments = key.split("/")
         if any(seg in ("", ".", "..") for seg in segments):
             raise ValidationError(f"local storage: invalid key {key!r}")
-        parts = [quote(seg, safe="") + DIR_SUFFIX for seg in segments[:-1]]
-        parts.append(quote(segments[-1], safe=""))
+        parts = [
+            piece for seg in segments[:-1] for piece in _pieces(quote(seg, safe=""), DIR_SUFFIX)
+        ]
+        parts += _pieces(quote(segments[-1], safe=""), "")
         path = self.root.joinpath(*parts)
         root = os.path.abspath(self.root)
         if os.path.commonpath([root, os.path.abspath(path)]) != root:
@@ -208,15 +217,30 @@ class LocalStorage:
             return keys
         for folder, dirs, files in os.walk(self.root):
             rel = Path(folder).relative_to(self.root).parts
-            base = "".join(unquote(part) for part in rel)
-            dirs[:] = [d for d in dirs if d.endswith(DIR_SUFFIX) and not d.startswith(RESERVED)]
+            base = "".join(part.removesuffix(CONTINUED) for part in rel)
+            dirs[:] = [
+                d
+                for d in dirs
+                if d.endswith((DIR_SUFFIX, CONTINUED)) and not d.startswith(RESERVED)
+            ]
             for name in files:
                 if name.startswith(RESERVED):
                     continue
-                key = base + unquote(name)
+                key = unquote(base + name)
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+
+def _pieces(encoded: str, suffix: str) -> list[str]:
+    """The path parts of one percent-encoded key segment: itself when it fits one file name,
+    else pieces of :data:`PIECE` characters, each but the last in a ``%+`` folder."""
+    if len(encoded) + len(suffix) <= NAME_MAX:
+        return [encoded + suffix]
+    cuts = range(0, len(encoded), PIECE)
+    return [
+        encoded[i : i + PIECE] + (suffix if i + PIECE >= len(encoded) else CONTINUED) for i in cuts
+    ]
 
 
 @hookimpl

@@ -10,7 +10,6 @@ import pytest
 from enclave_plugins.local_storage import LocalStorage
 from enclave_plugins.s3_storage import S3Storage
 
-from enclave_core.errors import ValidationError
 from enclave_core.testing.contracts import StorageContract
 
 BUCKET = "enclave-contract"
@@ -18,15 +17,6 @@ BUCKET = "enclave-contract"
 
 class TestLocalStorage(StorageContract):
     backend_class = LocalStorage
-
-    @pytest.mark.xfail(
-        raises=ValidationError,
-        strict=True,
-        reason="deviation: a key segment is one file name, and a segment over 255 bytes once "
-        "percent-encoded (the core accepts 512 characters) cannot be stored",
-    )
-    def test_the_longest_key_the_core_accepts_round_trips(self, backend: LocalStorage) -> None:
-        super().test_the_longest_key_the_core_accepts_round_trips(backend)
 
 
 class TestS3Storage(StorageContract):

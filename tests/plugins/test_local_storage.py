@@ -143,14 +143,14 @@ def test_unsafe_keys_are_refused_and_nothing_is_written(store: LocalStorage, key
     assert store.list() == []
 
 
-def test_segment_too_long_for_the_filesystem_is_refused(store: LocalStorage) -> None:
-    key = "dir/" + "x" * 300
+def test_a_key_longer_than_the_filesystem_allows_is_refused(store: LocalStorage) -> None:
+    key = "dir/" + "\U0001f600" * 500  # 6,000 bytes percent-encoded: past PATH_MAX (4,096)
     with pytest.raises(ValidationError, match="cannot be stored"):
         store.put(key, b"x")
     with pytest.raises(NotFound):
         store.get(key)
     assert store.delete(key) is False
-    assert store.delete("y" * 300) is False
+    assert store.delete("\U0001f600" * 500) is False
     assert store.list() == []
 
 
@@ -249,3 +249,26 @@ def test_hook_enclave_register_storage() -> None:
     assert {"capability": "storage", "name": "local"}.items() <= next(
         row for row in plugins.backends() if row["plugin"] == "local-storage"
     ).items()
+
+
+def test_segments_longer_than_a_file_name_round_trip_and_list(store: LocalStorage) -> None:
+    long_dir = "é" * 200  # 1,200 bytes percent-encoded: five pieces
+    long_name = "x" * 300
+    keys = [f"{long_dir}/{long_name}", f"{long_dir}/short", f"a/{long_name}", "a/b"]
+    for key in keys:
+        store.put(key, key.encode())
+    assert [store.get(key).data for key in keys] == [key.encode() for key in keys]
+    assert store.list() == sorted(keys)
+    assert store.list(long_dir) == sorted(keys[:2])
+    assert all(len(part.encode()) <= 255 for path in store.root.rglob("*") for part in path.parts)
+    assert store.delete(keys[0]) is True
+    assert store.list() == sorted(keys[1:])
+
+
+def test_a_segment_that_fits_one_name_keeps_the_layout_it_always_had(store: LocalStorage) -> None:
+    fits = "d" * 252  # 252 + the 3 of "%2F" = 255: one folder, as before pieces existed
+    store.put(f"{fits}/k", b"v")
+    assert (store.root / f"{fits}%2F" / "k").read_bytes() == b"v"
+    longest_file = "f" * 255
+    store.put(longest_file, b"w")
+    assert (store.root / longest_file).read_bytes() == b"w"

@@ -35,6 +35,8 @@ only decides, as KMS would, whether they may, and rewrites the answer:
   applies the lockout safety check to CreateKey and PutKeyPolicy; refuses disabled or
   pending-deletion keys for Encrypt, Decrypt and GenerateDataKey. The same order and outcomes as
   the ``local`` KMS;
+- a Decrypt whose ``KeyId`` is not the ciphertext's key is refused with ``IncorrectKeyException``,
+  as KMS does (moto answers ``AccessDeniedException``);
 - ``before-call.kms.<op>``: short-circuits a refused call with the error code KMS would send, so
   the client raises its own modelled exception (``DisabledException``...);
 - ``after-call.kms.{Decrypt,GenerateDataKey}``: replaces ``Plaintext`` with a
@@ -344,6 +346,16 @@ class KmsRecipientShim:
             return self._denied(action, key.arn, decision.reason)
         if operation == "PutKeyPolicy" and (refusal := self._lockout(params, key.arn)):
             return refusal
+        blob = params.get("CiphertextBlob")
+        if operation == "Decrypt" and params.get("KeyId") and isinstance(blob, bytes | bytearray):
+            # moto answers AccessDeniedException when KeyId is not the blob's key; KMS answers
+            # IncorrectKeyException.
+            blob_key = bytes(blob[:MOTO_KEY_ID_LEN]).decode("ascii", "replace")
+            if key.arn.rpartition("/")[2] != blob_key:
+                return "IncorrectKeyException", (
+                    "The key ID in the request does not identify a KMS key that can perform "
+                    "this operation."
+                )
         if operation in NEEDS_ENABLED and key.state == "Disabled":
             return "DisabledException", f"{key.arn} is disabled."
         if operation in NEEDS_ENABLED and key.state != "Enabled":
