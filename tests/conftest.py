@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from enclave_plugins.local_kms import LocalKms
 from enclave_plugins.simulated_attestation import SimulatedNsm
 
@@ -79,3 +80,9 @@ def nsm(tmp_path: Path, state_dir: Path) -> SimulatedNsm:
 def kms(state_dir: Path) -> LocalKms:
     """The local KMS in ``state_dir/kms``, trusting the simulated NSM's root (``dev-root.pem``)."""
     return LocalKms(state_dir / "kms", root_pem=state_dir / "dev-root.pem")
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    """An RSA-2048 private key, as the runtime makes one per boot for KMS ``Recipient``."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)

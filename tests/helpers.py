@@ -6,6 +6,7 @@
 - :func:`cli`: run ``enclave ARGS`` in-process and return (exit code, stdout, stderr).
 - :func:`wait_for`: poll a check until it holds, fail at a deadline.
 - :func:`alive`: whether a process exists and is not a zombie.
+- :func:`until`: :func:`wait_for` for a coroutine, polling on the running loop.
 - :class:`LoopThread`: an event loop in a thread, for servers the test talks to synchronously.
 
 Shared fixtures are not here: they live in the ``conftest.py`` of the narrowest folder that covers
@@ -26,7 +27,7 @@ from unittest import mock
 import pytest
 import uvloop
 
-from enclave_core.plugin.interfaces import BackendContext
+from enclave_core.testing.pytest_plugin import make_context
 
 if TYPE_CHECKING:
     from cliff.command import Command
@@ -37,19 +38,10 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def backend_context(base_dir: Path, **fields: Any) -> BackendContext:
-    """App ``hello`` in development (prefix ``dev``, us-east-1) with its folder, app and state in
-    ``base_dir`` (state in ``base_dir/.enclave``); keyword arguments replace any field."""
-    defaults: dict[str, Any] = {
-        "name": "hello",
-        "prefix": "dev",
-        "region": "us-east-1",
-        "mode": "development",
-        "base_dir": base_dir,
-        "state_dir": base_dir / ".enclave",
-        "app_dir": base_dir,
-    }
-    return BackendContext(**{**defaults, **fields})
+#: App ``hello`` in development (prefix ``dev``, us-east-1) with its folder, app and state in
+#: ``base_dir`` (state in ``base_dir/.enclave``); keyword arguments replace any field. The same
+#: context the contract suite's ``enclave_context_factory`` builds.
+backend_context = make_context
 
 
 def cli(
@@ -131,3 +123,14 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+async def until(
+    check: Callable[[], bool], what: str = "the condition", timeout: float = 30.0
+) -> None:
+    """Poll ``check`` on the running loop until it holds; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -151,25 +151,10 @@ class StorageContract(BackendContract):
         assert backend.get("contract/k").data == b"v2"
 
     def test_concurrent_if_none_match_writes_exactly_one_wins(self, backend: Storage) -> None:
-        results = race(
-            RACERS, lambda i: backend.put("contract/race", b"writer %d" % i, if_none_match=True)
-        )
-        won = [i for i, r in enumerate(results) if isinstance(r, str)]
-        lost = [r for r in results if isinstance(r, PreconditionFailed)]
-        assert len(won) == 1 and len(lost) == RACERS - 1, results
-        stored = backend.get("contract/race")
-        assert (stored.data, stored.etag) == (b"writer %d" % won[0], results[won[0]])
+        _exactly_one_wins(backend, if_none_match=True)
 
     def test_concurrent_if_match_writes_exactly_one_wins(self, backend: Storage) -> None:
-        base = backend.put("contract/race", b"base")
-        results = race(
-            RACERS, lambda i: backend.put("contract/race", b"writer %d" % i, if_match=base)
-        )
-        won = [i for i, r in enumerate(results) if isinstance(r, str)]
-        lost = [r for r in results if isinstance(r, PreconditionFailed)]
-        assert len(won) == 1 and len(lost) == RACERS - 1, results
-        stored = backend.get("contract/race")
-        assert (stored.data, stored.etag) == (b"writer %d" % won[0], results[won[0]])
+        _exactly_one_wins(backend, if_match=backend.put("contract/race", b"base"))
 
     # ------------------------------------------------------------------ delete / list
 
@@ -209,3 +194,14 @@ class StorageContract(BackendContract):
         backend.delete("d/1")
         backend.delete("d/3")
         assert backend.list() == []
+
+
+def _exactly_one_wins(backend: Storage, **condition: Any) -> None:
+    """:data:`RACERS` threads put ``contract/race`` under one condition: one wins, the rest get
+    PreconditionFailed, and the winner's bytes and ETag are what is stored."""
+    results = race(RACERS, lambda i: backend.put("contract/race", b"writer %d" % i, **condition))
+    won = [i for i, r in enumerate(results) if isinstance(r, str)]
+    lost = [r for r in results if isinstance(r, PreconditionFailed)]
+    assert len(won) == 1 and len(lost) == RACERS - 1, results
+    stored = backend.get("contract/race")
+    assert (stored.data, stored.etag) == (b"writer %d" % won[0], results[won[0]])

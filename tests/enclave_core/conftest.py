@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
+from enclave_core import log
 from enclave_core.config import Config
 from tests.doubles.host_tools import FAKES
 from tests.doubles.stubbed_aws import OUTPUTS
@@ -55,3 +57,13 @@ def loop() -> Iterator[LoopThread]:
         yield runner
     finally:
         runner.close()
+
+
+@pytest.fixture
+def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test installs its own sinks; none outlives it, nor its view of echoed lines."""
+    monkeypatch.setattr(log, "_echo_view", log._echo_view)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.delenv("TERM", raising=False)
+    yield
+    logger.remove()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 from loguru import logger
 
-from enclave_core import log
 from enclave_core.log import configure_logging, human_for, render_echoed
 from enclave_core.logview import component_of, render_line, shorten
 
@@ -26,14 +24,7 @@ class Terminal(io.StringIO):
         return True
 
 
-@pytest.fixture(autouse=True)
-def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test installs its own sinks; none outlives it, nor its view of echoed lines."""
-    monkeypatch.setattr(log, "_echo_view", log._echo_view)
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    monkeypatch.delenv("TERM", raising=False)
-    yield
-    logger.remove()
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def clock(iso: str = TIME) -> str:

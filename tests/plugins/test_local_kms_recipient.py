@@ -28,11 +28,6 @@ from tests.vectors import NITRO as TESTDATA
 CONTEXT = {"app": "hello", "purpose": "static-secret", "secret": "signing_key"}
 
 
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 def spki(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

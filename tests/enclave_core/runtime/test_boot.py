@@ -51,6 +51,7 @@ from tests.doubles.memory_backends import (
     MemoryStorage,
     shared,
 )
+from tests.enclave_core.runtime.migration_fixtures import local_kms, params
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 STATIC = {"static": [{"name": "signing_key", "env_var": "APP_SIGNING_KEY"}]}
@@ -134,14 +135,6 @@ def local_config(make_config: Callable[..., Config], tmp_path: Path) -> Config:
 def calls(config: Config, method: str | None = None) -> list[KmsCall]:
     recorded = SpyKms.calls.get(str(config.state_dir), [])
     return [c for c in recorded if method is None or c.method == method]
-
-
-def local_kms(config: Config) -> LocalKms:
-    return LocalKms(config.state_dir / "kms", root_pem=config.state_dir / "dev-root.pem")
-
-
-def params(config: Config, plugins: PluginManager) -> Any:
-    return build_backend(config, plugins, "secrets")
 
 
 def boot(config: Config, plugins: PluginManager, start_app: Any = None) -> RuntimeState:

@@ -21,7 +21,7 @@ from enclave_core.runtime.child import AppSupervisor, app_environment
 from enclave_core.runtime.childio import probe
 from enclave_core.runtime.state import RuntimeState
 from enclave_core.testing import free_port
-from tests.helpers import alive
+from tests.helpers import alive, until
 
 TOKEN = "5a" * 32
 SECRET = "ab" * 32
@@ -118,14 +118,6 @@ def new_state(config: Config) -> RuntimeState:
     state.mgmt_token = TOKEN
     state.stage = "app"
     return state
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def supervise(

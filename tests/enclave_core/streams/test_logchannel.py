@@ -11,7 +11,6 @@ import io
 import json
 import socket
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from enclave_core.supervisor.logreceiver import (
     start_supervisor_channel,
 )
 from enclave_core.testing import free_port
+from tests.helpers import until
 
 DEADLINE_S = 10.0
 
@@ -51,15 +51,6 @@ def entries(path: Path) -> list[dict[str, Any]]:
 def not_the_receiver(record: Any) -> bool:
     """Sender and receiver share this process: the receiver's own records stay out."""
     return record["name"] != "enclave_core.supervisor.logreceiver"
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    """Poll ``check`` on the loop until it holds; fail naming ``what`` after the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def msgs(path: Path) -> list[str]:
