@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import socket
 import struct
 import termios
@@ -108,13 +109,20 @@ def _bind_vsock(addr: Address, backlog: int) -> socket.socket:
     return sock
 
 
+#: ``asyncio`` forces the standard event loop (see :func:`event_loop_factory`).
+LOOP_ENV = "ENCLAVE_EVENT_LOOP"
+
+
 def event_loop_factory(*, vsock: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The loop factory for ``asyncio.Runner``: uvloop, or None (the standard loop) with vsock.
 
     :param vsock: whether the process listens on or connects to ``vsock://`` addresses; uvloop
         cannot carry vsock streams (see the module docstring).
+
+    ``ENCLAVE_EVENT_LOOP=asyncio`` picks the standard loop everywhere, so a development stack runs
+    on the loop a Nitro Enclave uses (benchmarks compare the two this way).
     """
-    if vsock:
+    if vsock or os.environ.get(LOOP_ENV, "").strip().lower() == "asyncio":
         return None
     try:
         import uvloop

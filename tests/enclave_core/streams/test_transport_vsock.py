@@ -124,7 +124,18 @@ def test_splice_carries_a_half_close_each_way_while_the_other_flows(
     run(loop_name, scenario())
 
 
-def test_the_loop_factory_avoids_uvloop_for_vsock() -> None:
+def test_the_loop_factory_avoids_uvloop_for_vsock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(transport.LOOP_ENV, raising=False)
+    assert transport.event_loop_factory(vsock=True) is None
+    assert transport.event_loop_factory(vsock=False) is uvloop.new_event_loop
+
+
+def test_enclave_event_loop_asyncio_picks_the_standard_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(transport.LOOP_ENV, "asyncio")
+    assert transport.event_loop_factory(vsock=False) is None
+    monkeypatch.setenv(transport.LOOP_ENV, "uvloop")  # never over vsock
     assert transport.event_loop_factory(vsock=True) is None
     assert transport.event_loop_factory(vsock=False) is uvloop.new_event_loop
 
