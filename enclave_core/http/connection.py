@@ -139,6 +139,9 @@ class ClientConnection(asyncio.Protocol):
         for ex in self.pipeline:
             self._stop(ex)
         self.pipeline.clear()
+        # The parser calls back into this object: drop it, so refcounting frees the connection
+        # (and whatever its transport holds) now rather than at the next full collection.
+        self.parser = self.parsing = self.raw = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser; after an upgrade, pass bytes through."""

@@ -24,6 +24,7 @@ from enclave_core.config import LimitsSettings
 from enclave_core.http.asgi import ASGIApp, OwnRequest, make_scope
 from enclave_core.http.connection import ClientConnection
 from enclave_core.http.exchange import ErrorSigner, Exchange
+from enclave_core.http.tls import TlsTransport, accept_tls
 from enclave_core.log import BurstCounter
 from enclave_core.metrics import Metrics
 from enclave_core.streams import transport
@@ -195,15 +196,12 @@ class HttpListener:
         try:
             if self.ssl_context is None:
                 await self.loop.connect_accepted_socket(lambda: ClientConnection(self), sock)
-            else:
-                await self.loop.connect_accepted_socket(
-                    lambda: ClientConnection(self),
-                    sock,
-                    ssl=self.ssl_context,
-                    ssl_handshake_timeout=self.limits.header_timeout_s,
-                )
-        except (OSError, TimeoutError, ssl.SSLError):
-            pass  # a failed or slow handshake: the transport has closed the socket
+                return
+            tls = await accept_tls(self.loop, sock, self.ssl_context, self.limits.header_timeout_s)
+        except (OSError, TimeoutError):
+            sock.close()  # a failed or slow handshake
+            return
+        TlsTransport(self.loop, tls, ClientConnection(self)).start()
 
     def _refuse_warning(self) -> None:
         refused = self.refused.hit()

@@ -259,6 +259,7 @@ class Upstream(asyncio.Protocol):
         """Settle the exchange: retry, 502, end of a close-delimited body, or cut the client."""
         self.closed = True
         self.pool.forget(self)
+        self.parser = None  # type: ignore[assignment]  # it calls back into this object: no cycle
         conn, ex = self.conn, self.ex
         if conn is None or ex is None:
             if conn is not None:  # a splice ended
