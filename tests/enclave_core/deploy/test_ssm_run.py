@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +18,8 @@ from enclave_core.deploy.ssm_run import (
     supervisor_url,
 )
 from enclave_core.errors import AccessDenied, EnclaveError
-from enclave_core.testing import dev_config_document, free_port, write_config
+from enclave_core.testing import dev_config_document, write_config
+from tests.doubles.fake_supervisor import FakeSupervisor, running_supervisor
 from tests.doubles.stubbed_aws import INSTANCE, FakeClock, StubbedAws, command_uuid
 
 TOKEN = "ef" * 32
@@ -40,49 +38,25 @@ cp "$FAKE_S3/$(basename "$6")" "$7"
 """
 
 
-class Supervisor:
-    """The management API's answers for /health, /v1/start and /v1/stop; records requests."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, int] = {"/v1/start": 202, "/v1/stop": 200}
-        self.requests: list[tuple[str, str, str | None]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                fake.requests.append((self.command, self.path, self.headers["Authorization"]))
-                status = 200 if self.path == "/health" else fake.answers.get(self.path, 404)
-                body = json.dumps({"status": "running", "restarts": 0}).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-
 @pytest.fixture
-def supervisor() -> Iterator[Supervisor]:
-    fake = Supervisor()
-    fake.thread.start()
-    try:
+def supervisor() -> Iterator[FakeSupervisor]:
+    """The host's supervisor, answering as a running one does."""
+    with running_supervisor() as fake:
+        state = {"status": "running", "restarts": 0}
+        fake.answers.update(
+            {
+                ("GET", "/health"): (200, state),
+                ("POST", "/v1/start"): (202, state),
+                ("POST", "/v1/stop"): (200, state),
+            }
+        )
         yield fake
-    finally:
-        fake.server.shutdown()
-        fake.server.server_close()
-        fake.thread.join(5)
 
 
 class Host:
     """A folder standing for the host: the app folder, fake systemctl and aws, a fake S3."""
 
-    def __init__(self, root: Path, supervisor: Supervisor) -> None:
+    def __init__(self, root: Path, supervisor: FakeSupervisor) -> None:
         self.root = root
         self.workdir = root / "opt" / "app"
         port = supervisor.server.server_address[1]
@@ -124,12 +98,12 @@ class Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path, supervisor: Supervisor) -> Host:
+def host(tmp_path: Path, supervisor: FakeSupervisor) -> Host:
     return Host(tmp_path, supervisor)
 
 
 def test_start_fetches_the_eif_restarts_an_inactive_supervisor_and_starts(
-    host: Host, supervisor: Supervisor
+    host: Host, supervisor: FakeSupervisor
 ) -> None:
     done = host.run(start_script(host.config, bucket="eif-bucket", key="image.eif"))
     assert (done.returncode, done.stderr) == (0, "")
@@ -141,27 +115,27 @@ def test_start_fetches_the_eif_restarts_an_inactive_supervisor_and_starts(
         in (host.log())
     )
     assert "systemctl restart enclave-supervisor" in host.log()
-    assert supervisor.requests[-1] == ("POST", "/v1/start", f"Bearer {TOKEN}")
+    assert supervisor.requests[-1][:3] == ("POST", "/v1/start", f"Bearer {TOKEN}")
 
 
 def test_start_of_a_running_enclave_is_fine_and_a_refusal_fails(
-    host: Host, supervisor: Supervisor
+    host: Host, supervisor: FakeSupervisor
 ) -> None:
     (host.root / "active").touch()
-    supervisor.answers["/v1/start"] = 409
+    supervisor.answers[("POST", "/v1/start")] = (409, {})
     done = host.run(start_script(host.config, bucket="b", key="image.eif"))
     assert (done.returncode, done.stdout.splitlines()[-1]) == (0, "enclave already running")
     assert not any("restart" in line for line in host.log())
-    supervisor.answers["/v1/start"] = 500
+    supervisor.answers[("POST", "/v1/start")] = (500, {})
     done = host.run(start_script(host.config, bucket="b", key="image.eif"))
     assert done.returncode == 1
     assert done.stderr == f"POST {supervisor_url(host.config)}/v1/start answered HTTP 500\n"
 
 
-def test_stop_says_what_happened_and_never_fails(host: Host, supervisor: Supervisor) -> None:
+def test_stop_says_what_happened_and_never_fails(host: Host, supervisor: FakeSupervisor) -> None:
     done = host.run(stop_script(host.config))
     assert (done.returncode, done.stdout) == (0, "enclave stopped\n")
-    assert supervisor.requests[-1] == ("POST", "/v1/stop", f"Bearer {TOKEN}")
+    assert supervisor.requests[-1][:3] == ("POST", "/v1/stop", f"Bearer {TOKEN}")
     supervisor.server.shutdown()  # nobody answers any more
     supervisor.server.server_close()
     done = host.run(stop_script(host.config))
