@@ -68,7 +68,8 @@ SMALL_PAGE = (
     b"<p>A small page, served by nginx for the TLS path bench.</p>\n"
 )
 BIG_FILE = 1024 * 1024
-#: load name -> (label, wrk connections, path, extra wrk arguments, pair of targets)
+#: load name -> (label, wrk connections, path, extra wrk arguments, targets: the project's
+#: first, nginx's last; ``--ceiling`` adds "bare" before nginx's on the TLS loads)
 LOADS: dict[str, tuple[str, int, str, tuple[str, ...], tuple[str, str]]] = {
     "keepalive": ("small, keep-alive, -c32", 32, "/", (), ("ingress", "stream")),
     "newconn": (
@@ -92,6 +93,15 @@ TARGETS = {
     "stream": "nginx stream -> nginx TLS proxy -> app",
     "relay": "IngressForwarder -> app",
     "stream_plain": "nginx stream -> app",
+    "bare": "IngressForwarder -> bare Python TLS relay (no HTTP) -> app",
+}
+#: The processes each target's CPU time is counted on (the app's nginx worker is shared).
+HOPS = {
+    "ingress": ("supervisor (ingress)", "runtime"),
+    "stream": ("nginx stream", "nginx TLS proxy"),
+    "relay": ("IngressForwarder",),
+    "stream_plain": ("nginx stream",),
+    "bare": ("bare: IngressForwarder", "bare TLS relay"),
 }
 LOOP_NAMES = {"asyncio": "standard asyncio loop (Nitro)", "uvloop": "uvloop (development)"}
 
@@ -268,9 +278,10 @@ class TlsPathStack:
     """`enclave dev` running nginx as its app, on one loop; with ``nginx_path``, nginx's path and
     the ingress-alone reference (an IngressForwarder straight to the app) beside it."""
 
-    def __init__(self, loop: str, *, nginx_path: bool = True) -> None:
+    def __init__(self, loop: str, *, nginx_path: bool = True, ceiling: bool = False) -> None:
         self.loop = loop
         self.nginx_path = nginx_path
+        self.ceiling = ceiling
         self.tmp = Path(tempfile.mkdtemp(prefix="enclave-bench-tls-"))
         self.tmp.chmod(0o755)  # nginx's workers run as an unprivileged user when started as root
         self.dir = self.tmp / "app"
@@ -282,7 +293,7 @@ class TlsPathStack:
         (self.nginx_dir / "www" / "index.html").write_bytes(SMALL_PAGE)
         (self.nginx_dir / "www" / "1m").write_bytes(os.urandom(BIG_FILE))
         names = ("app", "runtime", "ingress", "relay", "tls", "tls_check", "tls_status")
-        names += ("stream", "stream_check", "stream_plain")
+        names += ("stream", "stream_check", "stream_plain", "bare", "bare_tls")
         self.ports = {name: free_port() for name in names}
         self.nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         (self.nginx_dir / "app.conf").write_text(app_conf(self.nginx_dir, self.ports["app"]))
@@ -309,10 +320,12 @@ class TlsPathStack:
         self.procs = Processes()
         self.dev: subprocess.Popen[bytes] | None = None
         self.runtime_pid = 0
+        self.hop_pids: dict[str, list[int]] = {}  # hop name -> its processes, for CPU time
 
     def url(self, target: str, path: str = "/") -> str:
         """The URL of ``path`` on ``target``."""
-        scheme = "http" if target in ("relay", "stream_plain", "app", "tls_status") else "https"
+        plain = ("relay", "stream_plain", "app", "tls_status")
+        scheme = "http" if target in plain else "https"
         return f"{scheme}://127.0.0.1:{self.ports[target]}{path}"
 
     @property
@@ -334,8 +347,19 @@ class TlsPathStack:
         relay = [sys.executable, __file__, "_ingress", str(self.ports["relay"])]
         relay += [str(self.ports["app"]), self.loop, str(limits["max_connections"])]
         relay += [str(limits["send_timeout_s"]), str(limits["idle_timeout_s"])]
+        started: dict[str, subprocess.Popen[bytes]] = {}
         if self.nginx_path:  # the ingress-alone reference, compared with nginx's stream relay
-            self.procs.start(relay, self.tmp / "relay.log", cwd=self.tmp, env=env)
+            started["IngressForwarder"] = self.procs.start(
+                relay, self.tmp / "relay.log", cwd=self.tmp, env=env
+            )
+        if self.ceiling:  # an IngressForwarder -> the bare TLS relay -> the app
+            bare = [sys.executable, __file__, "_bare", str(self.ports["bare_tls"])]
+            bare += [str(self.ports["app"]), self.loop]
+            started["bare TLS relay"] = self.procs.start(bare, self.tmp / "bare.log", env=env)
+            front = [*relay[:3], str(self.ports["bare"]), str(self.ports["bare_tls"]), *relay[5:]]
+            started["bare: IngressForwarder"] = self.procs.start(
+                front, self.tmp / "bare-relay.log", env=env
+            )
         try:
             wait_200(self.url("ingress"), 90)
         except RuntimeError:
@@ -354,12 +378,19 @@ class TlsPathStack:
                 argv = [self.nginx, "-p", str(self.nginx_dir), "-c", str(conf)]
                 argv += ["-e", str(self.nginx_dir / f"{name}-error.log"), "-g", "daemon off;"]
                 proc = self.procs.start(argv, self.tmp / f"nginx-{name}.log")
+                started["nginx stream" if name == "stream" else "nginx TLS proxy"] = proc
                 time.sleep(0.2)
                 if proc.poll() is not None:
                     log = (self.tmp / f"nginx-{name}.log").read_text(errors="replace")
                     raise RuntimeError(f"nginx ({name}) did not start: {log}")
         for target in ("relay", "stream", "stream_plain") if self.nginx_path else ():
             wait_200(self.url(target), 20)
+        if self.ceiling:
+            wait_200(self.url("bare"), 20)
+        app = [p for p in children(self.runtime_pid) if "nginx" in " ".join(cmdline(p))]
+        self.hop_pids = {name: process_tree(proc.pid) for name, proc in started.items()}
+        self.hop_pids |= {"supervisor (ingress)": [self.dev.pid], "runtime": [self.runtime_pid]}
+        self.hop_pids["app"] = [pid for master in app for pid in process_tree(master)]
 
     def pids(self) -> dict[str, int]:
         """The runtime and the supervisor (the `enclave dev` process)."""
@@ -400,6 +431,117 @@ def serve_ingress(
 
     with asyncio.Runner(loop_factory=event_loop_factory(vsock=False)) as runner:
         runner.run(main())
+
+
+def serve_bare_tls(port: int, app_port: int, loop_name: str) -> None:
+    """The least a TLS hop in Python can do: the runtime's TLS (its certificate maker, its
+    handshake and :class:`~enclave_core.http.tls.TlsTransport`, its allocator settings), then
+    bytes relayed to the app over one connection per client, with no HTTP at all."""
+    import asyncio
+    import socket
+
+    from enclave_core.http.tls import TlsTransport, accept_tls
+    from enclave_core.runtime.allocator import tune_allocator
+    from enclave_core.runtime.tls import make_tls_identity
+    from enclave_core.streams.transport import event_loop_factory
+
+    os.environ["ENCLAVE_EVENT_LOOP"] = loop_name
+    tune_allocator()
+    context = make_tls_identity("bare").context
+
+    class Side(asyncio.Protocol):
+        """One end of the relay; writes what it reads to its peer, closes it when it ends."""
+
+        def __init__(self) -> None:
+            self.transport: Any = None
+            self.peer: Side | None = None
+            self.held: list[bytes] = []  # client bytes read before the app connection is up
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            if self.peer is None or self.peer.transport is None:
+                self.held.append(data)
+            else:
+                self.peer.transport.write(data)
+
+        def eof_received(self) -> bool:
+            return False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.close()
+
+    async def adopt(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            tls = await accept_tls(loop, sock, context, 10.0)
+        except (OSError, TimeoutError):
+            sock.close()
+            return
+        client = Side()
+        TlsTransport(loop, tls, client).start()
+        try:
+            _, app = await loop.create_connection(Side, "127.0.0.1", app_port)
+        except OSError:
+            client.transport.close()
+            return
+        client.peer, app.peer = app, client
+        for data in client.held:
+            app.transport.write(data)
+        client.held.clear()
+        if client.transport.is_closing():
+            app.transport.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", port), backlog=4096)
+        listener.setblocking(False)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def accept() -> None:
+            for _ in range(64):
+                try:
+                    sock, _addr = listener.accept()
+                except BlockingIOError:
+                    return
+                task = loop.create_task(adopt(loop, sock))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        loop.add_reader(listener.fileno(), accept)
+        await asyncio.Event().wait()
+
+    with asyncio.Runner(loop_factory=event_loop_factory(vsock=False)) as runner:
+        runner.run(main())
+
+
+# -- CPU time -------------------------------------------------------------------------------
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    """User plus system CPU time of ``pid`` so far, in clock ticks (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """The machine's idle (with I/O wait) and total CPU ticks so far (/proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return values[3] + values[4], sum(values)
+
+
+def hop_ticks(stack: TlsPathStack, target: str) -> dict[str, int]:
+    """The CPU ticks so far of each process ``target``'s requests go through."""
+    return {
+        hop: sum(cpu_ticks(pid) for pid in stack.hop_pids.get(hop, []))
+        for hop in (*HOPS[target], "app")
+    }
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -569,18 +711,41 @@ def short_file(path: str) -> str:
 
 
 # -- orchestration ----------------------------------------------------------------------------
+def targets_of(load: str, ceiling: bool) -> tuple[str, ...]:
+    """The targets measured under ``load``: the project's first, nginx's last."""
+    pair = LOADS[load][4]
+    if ceiling and pair[0] == "ingress":
+        return (pair[0], "bare", pair[1])
+    return pair
+
+
+def measure_target(
+    stack: TlsPathStack, target: str, load: str, duration: float
+) -> dict[str, float]:
+    """One wrk run of ``load`` on ``target``, with the CPU time each hop spent per request."""
+    _, conns, path, extra, _ = LOADS[load]
+    before, (idle0, total0) = hop_ticks(stack, target), machine_ticks()
+    result = run_wrk(stack.url(target, path), conns, duration, extra)
+    after, (idle1, total1) = hop_ticks(stack, target), machine_ticks()
+    done = max(result["requests"], 1.0)
+    for hop, ticks in after.items():  # microseconds of CPU per request
+        result[f"cpu:{hop}"] = (ticks - before[hop]) / CLOCK_TICKS * 1e6 / done
+    result["busy"] = 100.0 * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+    return result
+
+
 def measure_loop(loop: str, opts: argparse.Namespace) -> dict[str, Any]:
     """Start the stacks on ``loop``, check, measure in rounds, profile; everything stopped after."""
-    stack = TlsPathStack(loop)
+    stack = TlsPathStack(loop, ceiling=opts.ceiling)
     out: dict[str, Any] = {"loop": loop, "results": {}, "profiles": []}
     results: dict[str, dict[str, list[dict[str, float]]]] = {
-        load: {t: [] for t in spec[4]} for load, spec in LOADS.items()
+        load: {t: [] for t in targets_of(load, opts.ceiling)} for load in LOADS
     }
     try:
         stack.start()
         print(f"[{loop}] stack up: runtime pid {stack.runtime_pid}", flush=True)
-        for _, conns, path, extra, pair in LOADS.values():  # warm up
-            for target in pair:
+        for load, (_, conns, path, extra, _) in LOADS.items():  # warm up
+            for target in results[load]:
                 run_wrk(stack.url(target, path), conns, 1.0, extra)
         out["checks"] = check_new_connections(stack)
         for line in out["checks"]:
@@ -588,17 +753,21 @@ def measure_loop(loop: str, opts: argparse.Namespace) -> dict[str, Any]:
         logs = (stack.runtime_log, stack.tmp / "dev.log")
         log_before = [path.stat().st_size if path.exists() else 0 for path in logs]
         for rnd in range(opts.rounds):
-            for load, (_, conns, path, extra, pair) in LOADS.items():
-                order = pair if rnd % 2 == 0 else pair[::-1]
-                for target in order:
-                    result = run_wrk(stack.url(target, path), conns, opts.duration, extra)
-                    results[load][target].append(result)
+            for load, runs in results.items():
+                targets = tuple(runs)
+                for target in targets if rnd % 2 == 0 else targets[::-1]:
+                    result = measure_target(stack, target, load, opts.duration)
+                    runs[target].append(result)
                     if result["errors"]:
                         print(f"  warning: {target} {load}: {result['errors']:.0f} errors")
-                a, b = (results[load][t][-1]["rps"] for t in pair)
+                nginx = runs[targets[-1]][-1]["rps"]
                 print(
-                    f"[{loop}] round {rnd + 1} {load}: {TARGETS[pair[0]]} {a:.0f} req/s,"
-                    f" {TARGETS[pair[1]]} {b:.0f} req/s, ratio {a / b:.2f}",
+                    f"[{loop}] round {rnd + 1} {load}: "
+                    + ", ".join(
+                        f"{TARGETS[t]} {runs[t][-1]['rps']:.0f} req/s"
+                        f" ({runs[t][-1]['rps'] / nginx:.2f}x)"
+                        for t in targets
+                    ),
                     flush=True,
                 )
         log_after = [path.stat().st_size if path.exists() else 0 for path in logs]
@@ -620,30 +789,61 @@ def measure_loop(loop: str, opts: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def ratios_to_nginx(runs: dict[str, list[dict[str, float]]], target: str) -> list[float]:
+    """``target``'s requests/s over nginx's (the last target), round by round."""
+    nginx = list(runs)[-1]
+    return [a["rps"] / b["rps"] for a, b in zip(runs[target], runs[nginx], strict=True)]
+
+
 def tabulate(run: dict[str, Any]) -> list[str]:
-    """One loop's table: medians per target, ratio project/nginx per round and its median."""
+    """One loop's table: medians per target, ratio to nginx per round and its median."""
     table = [
-        "| load | path | requests/s (median) | p50 ms | p99 ms | project/nginx (median of"
+        "| load | path | requests/s (median) | p50 ms | p99 ms | x nginx (median of"
         " rounds) | per round |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    for load, (label, *_, pair) in LOADS.items():
+    for load, (label, *_) in LOADS.items():
         runs = run["results"][load]
-        ratios = [a["rps"] / b["rps"] for a, b in zip(runs[pair[0]], runs[pair[1]], strict=True)]
-        for i, target in enumerate(pair):
+        for i, target in enumerate(runs):
             med = {k: statistics.median(r[k] for r in runs[target]) for k in ("rps", "p50", "p99")}
             rate = f"{med['rps']:.0f}"
             if load == "big":
                 rate += f" ({med['rps'] * BIG_FILE / 1e6:.0f} MB/s)"
             cells = [label if i == 0 else "", TARGETS[target], rate]
             cells += [f"{med['p50']:.2f}", f"{med['p99']:.2f}"]
-            if i == 0:
-                cells += [f"**{statistics.median(ratios):.2f}x**"]
+            if i < len(runs) - 1:
+                ratios = ratios_to_nginx(runs, target)
+                bold = "**" if i == 0 else ""
+                cells += [f"{bold}{statistics.median(ratios):.2f}x{bold}"]
                 cells += [", ".join(f"{r:.2f}" for r in ratios)]
             else:
                 cells += ["1.00x", ""]
             table.append("| " + " | ".join(cells) + " |")
     return table
+
+
+def cpu_table(run: dict[str, Any]) -> list[str]:
+    """CPU time per request on each hop (median of rounds), and how busy the machine was."""
+    table = [
+        "CPU time per request, by process (µs, median of rounds; user + system time from"
+        " /proc/<pid>/stat, so the kernel's socket and loopback work counts on the process that"
+        " made the call; wrk's share is in the machine's busy time):",
+        "",
+        "| load | path | per hop (µs/request) | hops total | app | machine busy |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for load, (label, *_) in LOADS.items():
+        runs = run["results"][load]
+        for i, target in enumerate(runs):
+            rounds = runs[target]
+            per_hop = {h: statistics.median(r[f"cpu:{h}"] for r in rounds) for h in HOPS[target]}
+            hops = ", ".join(f"{hop} {us:.0f}" for hop, us in per_hop.items())
+            app = statistics.median(r["cpu:app"] for r in rounds)
+            busy = statistics.median(r["busy"] for r in rounds)
+            cells = [label if i == 0 else "", TARGETS[target], hops]
+            cells += [f"{sum(per_hop.values()):.0f}", f"{app:.0f}", f"{busy:.0f} %"]
+            table.append("| " + " | ".join(cells) + " |")
+    return [*table, ""]
 
 
 def profile_tables(run: dict[str, Any]) -> list[str]:
@@ -680,6 +880,11 @@ def main() -> int:
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--no-docs", action="store_true", help="do not append to the docs")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also measure the least a Python TLS hop can do (a bare TLS relay, no HTTP)",
+    )
     opts = parser.parse_args()
     missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
     if missing or not STREAM_MODULE.exists():
@@ -711,12 +916,14 @@ def main() -> int:
             " level users run: no logging on the request path)",
             "",
         ]
+        table += cpu_table(run)
         table += profile_tables(run)
         ratios = []
-        for load, (_, *_, pair) in LOADS.items():
+        for load in LOADS:
             res = run["results"][load]
-            rr = [a["rps"] / b["rps"] for a, b in zip(res[pair[0]], res[pair[1]], strict=True)]
-            ratios.append(f"{load} {statistics.median(rr):.2f}x")
+            for target in list(res)[:-1]:
+                name = load if target == list(res)[0] else f"{load} ({target})"
+                ratios.append(f"{name} {statistics.median(ratios_to_nginx(res, target)):.2f}x")
         summary.append(f"{run['loop']}: " + ", ".join(ratios))
     report(
         "TLS path: ingress -> runtime (TLS) -> app, against nginx",
@@ -728,7 +935,15 @@ def main() -> int:
             " the runtime's, upstream keep-alive, HTTP/1.1, access_log off,"
             " `proxy_max_temp_file_size 0`, `keepalive_requests 1000000`). Ingress alone: an"
             " IngressForwarder process with the supervisor's limits on the same loop vs nginx"
-            f" `stream` -> the app. wrk -t2, {opts.rounds} alternating rounds of"
+            " `stream` -> the app."
+            + (
+                " Ceiling (`--ceiling`): an IngressForwarder -> a bare Python TLS relay (the"
+                " runtime's certificate, handshake, TlsTransport and allocator settings, bytes"
+                " relayed to the app over one connection per client, no HTTP parsing) -> the app."
+                if opts.ceiling
+                else ""
+            )
+            + f" wrk -t2, {opts.rounds} alternating rounds of"
             f" {opts.duration:g} s per target and load, medians; the ratio is project/nginx per"
             " round and its median. Everything shares the machine's CPUs"
         ),
@@ -744,5 +959,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_ingress":
         a = sys.argv[2:]
         serve_ingress(int(a[0]), int(a[1]), a[2], int(a[3]), float(a[4]), float(a[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_bare":
+        serve_bare_tls(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         sys.exit(main())
