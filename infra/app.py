@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from aws_cdk import App, Validations
-from enclave_infra.naming import read_pcr0
+from enclave_infra.naming import Adopted, read_pcr0
 from enclave_infra.stack import EnclaveStack
 
 from enclave_core.config import Config, load_config
@@ -21,16 +21,22 @@ __all__ = ["build_app", "main"]
 
 
 def build_app(
-    config: Config, *, pcr0: str, outdir: Path | None = None, checks: bool = False
+    config: Config,
+    *,
+    pcr0: str,
+    outdir: Path | None = None,
+    checks: bool = False,
+    adopted: Adopted | None = None,
 ) -> tuple[App, EnclaveStack]:
     """A CDK app holding the stack of ``config``.
 
+    :param adopted: what an earlier deployment retained (``enclave deploy`` finds it).
     :param outdir: where ``app.synth()`` writes the cloud assembly (default: CDK's).
     :param checks: apply cdk-nag's AwsSolutions pack (synthesis then fails on any violation that
         is not acknowledged in code; needs cdk-nag).
     """
     app = App(outdir=str(outdir) if outdir is not None else None)
-    stack = EnclaveStack(app, config=config, pcr0=pcr0)
+    stack = EnclaveStack(app, config=config, pcr0=pcr0, adopted=adopted)
     if checks:
         from cdk_nag import AwsSolutionsChecks
 

@@ -7,11 +7,12 @@ docs/architecture.md, "The CDK stack".
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-__all__ = ["hardened_bucket", "logs_bucket"]
+__all__ = ["adopted_bucket", "hardened_bucket", "logs_bucket"]
 
 
 def _bucket(
@@ -71,3 +72,42 @@ def hardened_bucket(
     :param bucket_name: a fixed name (see :mod:`enclave_infra.naming`) or None for a generated one.
     """
     return _bucket(scope, construct_id, bucket_name=bucket_name, logs=logs, logs_prefix=logs_prefix)
+
+
+def adopted_bucket(
+    scope: Construct, construct_id: str, *, bucket_name: str, logs: s3.Bucket, logs_prefix: str
+) -> s3.IBucket:
+    """A bucket an earlier deployment retained, used again (see ``naming.Adopted``).
+
+    It keeps the versioning, encryption, public access block and ownership it was made with; its
+    TLS-only bucket policy went with the old stack, so the stack gives it one again. Its access
+    logging still names the old (retained) log bucket, whose delivery policy went with the old
+    stack too: ``logs`` lets S3 deliver this bucket's logs under ``logs_prefix``, and
+    ``enclave deploy`` points the bucket's logging there (CloudFormation can set it only on a
+    bucket it owns).
+    """
+    bucket = s3.Bucket.from_bucket_name(scope, construct_id, bucket_name)
+    logs.add_to_resource_policy(
+        iam.PolicyStatement(
+            sid=f"{construct_id}AccessLogs",
+            principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+            actions=["s3:PutObject"],
+            resources=[logs.arn_for_objects(f"{logs_prefix}*")],
+            conditions={
+                "ArnLike": {"aws:SourceArn": bucket.bucket_arn},
+                "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+            },
+        )
+    )
+    policy = s3.BucketPolicy(scope, f"{construct_id}Policy", bucket=bucket)
+    policy.document.add_statements(
+        iam.PolicyStatement(
+            sid="DenyInsecureTransport",
+            effect=iam.Effect.DENY,
+            principals=[iam.AnyPrincipal()],
+            actions=["s3:*"],
+            resources=[bucket.bucket_arn, bucket.arn_for_objects("*")],
+            conditions={"Bool": {"aws:SecureTransport": "false"}},
+        )
+    )
+    return bucket

@@ -16,17 +16,20 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 from enclave_infra import naming
-from enclave_infra.buckets import hardened_bucket, logs_bucket
+from enclave_infra.buckets import adopted_bucket, hardened_bucket, logs_bucket
 from enclave_infra.compute import HostSettings, scaled_hosts, single_host
 from enclave_infra.key import enclave_key_policy, normalize_pcr0
+from enclave_infra.nag import acknowledge
 from enclave_infra.network import VPC_CIDR, build_vpc
 from enclave_infra.role import instance_role
 from enclave_infra.user_data import host_script
 
 from enclave_core.config import Config, effective_config
+from enclave_core.errors import ConfigError
 
 __all__ = ["KMS_KEY_PARAMETER", "EnclaveService", "config_text"]
 
@@ -60,11 +63,15 @@ class EnclaveService(Construct):
         config: Config,
         pcr0: str,
         vpc: ec2.IVpc | None = None,
+        adopted: naming.Adopted | None = None,
     ) -> None:
         """Build the deployment of ``config`` for the image whose PCR0 is ``pcr0``.
 
         :param vpc: an existing VPC with isolated subnets and the endpoints of
             :mod:`enclave_infra.network`; default: a new one.
+        :param adopted: the buckets, role and key an earlier deployment retained, used instead
+            of new ones (``enclave deploy`` finds them); with a key, ``pcr0`` must be the PCR0
+            it is locked to.
         :raises ConfigError: for an instance type without Nitro Enclaves or an invalid PCR0.
         """
         super().__init__(scope, construct_id)
@@ -77,34 +84,48 @@ class EnclaveService(Construct):
             self, "Network", max_azs=1 if config.instances == 1 else 2, logs=self.logs_bucket
         )
         vpc_cidr = self.vpc.vpc_cidr_block if vpc is not None else VPC_CIDR
-        self.storage_bucket = hardened_bucket(
-            self,
-            "Storage",
-            bucket_name=naming.storage_bucket_name(config),
-            logs=self.logs_bucket,
-            logs_prefix="storage/",
+        self.adopted = adopted or naming.Adopted()
+        self.storage_bucket = self._bucket(
+            "Storage", naming.storage_bucket_name(config), self.adopted.storage_bucket
         )
-        self.eif_bucket = hardened_bucket(
-            self,
-            "Eif",
-            bucket_name=naming.eif_bucket_name(config),
-            logs=self.logs_bucket,
-            logs_prefix="eif/",
+        self.eif_bucket = self._bucket(
+            "Eif", naming.eif_bucket_name(config), self.adopted.eif_bucket
         )
-        self.role: iam.Role = instance_role(
+        if self.adopted.storage_bucket and self.adopted.eif_bucket:
+            # cdk-nag exempts a bucket other buckets' LoggingConfiguration names; the adopted
+            # buckets name it only once enclave deploy sets their logging (step 4).
+            acknowledge(
+                self.logs_bucket,
+                "S1",
+                "The access-log bucket: its own access is not logged (S3 would log its own log "
+                "deliveries forever). It receives the adopted buckets' access logs, whose "
+                "logging enclave deploy points here after cdk deploy.",
+            )
+        self.role: iam.IRole = instance_role(
             self,
             "HostRole",
             parameter_path=naming.parameter_path(config),
             storage=self.storage_bucket,
             storage_prefix=naming.storage_prefix(config),
             eif=self.eif_bucket,
+            adopted_arn=self.adopted.role_arn,
         )
-        self.key = self._key()
+        self.key: kms.CfnKey | None = None
+        if self.adopted.key_id is None:
+            self.key = self._key()
+            self.key_id: str = self.key.ref
+        else:
+            if normalize_pcr0(self.adopted.key_pcr0 or "") != self.pcr0:
+                raise ConfigError(
+                    f"the adopted key {self.adopted.key_id} is locked to PCR0 "
+                    f"{self.adopted.key_pcr0}, not {self.pcr0}"
+                )
+            self.key_id = self.adopted.key_id
         self.key_parameter = ssm.StringParameter(
             self,
             "KmsKeyIdParameter",
             parameter_name=f"{naming.parameter_path(config)}/{KMS_KEY_PARAMETER}",
-            string_value=self.key.ref,
+            string_value=self.key_id,
             description="The enclave's KMS key (README: Migration); enclave migrate switches it",
         )
         script = host_script(
@@ -123,6 +144,21 @@ class EnclaveService(Construct):
             self.instance = single_host(self, settings, vpc=self.vpc)
         else:
             self.group, self.load_balancer = scaled_hosts(self, config, settings, vpc=self.vpc)
+
+    def _bucket(self, construct_id: str, name: str | None, adopted: str | None) -> s3.IBucket:
+        """A new hardened bucket, or the retained one an earlier deployment left."""
+        prefix = f"{construct_id.lower()}/"
+        if adopted is not None:
+            return adopted_bucket(
+                self, construct_id, bucket_name=adopted, logs=self.logs_bucket, logs_prefix=prefix
+            )
+        return hardened_bucket(
+            self,
+            construct_id,
+            bucket_name=name,
+            logs=self.logs_bucket,
+            logs_prefix=prefix,
+        )
 
     def _key(self) -> kms.CfnKey:
         policy = enclave_key_policy(

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from enclave_core.config import Config
 from enclave_core.errors import ConfigError
 
 __all__ = [
+    "ADOPTED_OUTPUT",
     "EIF_OBJECT_KEY",
     "HOST_APP_DIR",
     "HOST_ROOT",
     "PCR_FILE",
     "WHEELS_PREFIX",
+    "Adopted",
     "eif_bucket_name",
     "host_eif_path",
     "parameter_path",
@@ -41,6 +45,53 @@ HOST_APP_DIR = HOST_ROOT / "app"
 
 #: Where ``enclave build`` writes the image's measurements, relative to enclave.yaml's folder.
 PCR_FILE = "artifacts/pcr.json"
+#: The stack output recording what the stack uses without owning it (JSON of :class:`Adopted`).
+ADOPTED_OUTPUT = "AdoptedResources"
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """Resources an earlier deployment left behind that a new stack uses instead of creating.
+
+    ``enclave destroy`` retains the buckets, the instance role and the key (the key's policy
+    names that role, so a new role could never use it); ``enclave deploy`` adopts them, and the
+    data of the destroyed deployment is readable again. Each field is None when that resource
+    is created afresh.
+    """
+
+    storage_bucket: str | None = None
+    eif_bucket: str | None = None
+    role_arn: str | None = None
+    key_id: str | None = None
+    #: The PCR0 the adopted key is locked to (set with ``key_id``).
+    key_pcr0: str | None = None
+
+    def __bool__(self) -> bool:
+        return any(value is not None for value in asdict(self).values())
+
+    def to_json(self) -> str:
+        """Compact JSON, the value of the :data:`ADOPTED_OUTPUT` output."""
+        return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Adopted:
+        """Parse :meth:`to_json`'s output.
+
+        :raises ValueError: not a JSON object of known string fields.
+        """
+        doc: Any = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}")
+        if not all(isinstance(v, str) and v for v in doc.values()):
+            raise ValueError("every field must be a non-empty string")
+        if ("key_id" in doc) != ("key_pcr0" in doc):
+            raise ValueError("key_id and key_pcr0 go together")
+        return cls(**doc)
+
 
 _STACK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

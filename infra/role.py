@@ -9,10 +9,10 @@ other KMS right comes from the key policies. Why CreateKey is safe and why
 
 from __future__ import annotations
 
-from aws_cdk import Aws
+from aws_cdk import Aws, RemovalPolicy
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
-from constructs import Construct
+from constructs import Construct, IConstruct
 from enclave_infra.nag import acknowledge
 from enclave_infra.naming import EIF_OBJECT_KEY, WHEELS_PREFIX
 
@@ -59,14 +59,51 @@ def instance_role(
     storage: s3.IBucket,
     storage_prefix: str,
     eif: s3.IBucket,
-) -> iam.Role:
+    adopted_arn: str | None = None,
+) -> iam.IRole:
     """The role of the enclave hosts, with its one inline policy.
+
+    The role outlives the stack (``enclave destroy`` keeps it: the retained key's policy names
+    it, and a role made anew, even under the same name, is another principal). With
+    ``adopted_arn``, that retained role is used again, its policy attached anew.
 
     :param parameter_path: ``/{prefix}/{name}`` (no trailing slash).
     :param storage_prefix: the s3 backend's key prefix (``""`` or ending in ``/``).
     """
+    statements = _statements(parameter_path, storage, storage_prefix, eif)
+    role: iam.IRole
+    checked: IConstruct
+    if adopted_arn is None:
+        made = iam.Role(
+            scope,
+            construct_id,
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=(
+                "Simple Enclave host and enclave: its parameters, its buckets, Run Command, "
+                "creating migration keys"
+            ),
+            inline_policies={"EnclaveHost": iam.PolicyDocument(statements=statements)},
+        )
+        # Kept when the stack is deleted, not after a failed first create (nothing used it).
+        made.apply_removal_policy(RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE)
+        role = checked = made
+    else:
+        role = iam.Role.from_role_arn(scope, construct_id, adopted_arn, mutable=True)
+        # The same name as the inline policy the role was made with: it replaces it.
+        checked = iam.Policy(
+            scope, f"{construct_id}Policy", policy_name="EnclaveHost", statements=statements
+        )
+        checked.attach_to_role(role)
+    _acknowledge_wildcards(checked, parameter_path, storage, storage_prefix, eif)
+    return role
+
+
+def _statements(
+    parameter_path: str, storage: s3.IBucket, storage_prefix: str, eif: s3.IBucket
+) -> list[iam.PolicyStatement]:
+    """The statements of the role's one policy."""
     parameter_arn = f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}:{Aws.ACCOUNT_ID}:parameter"
-    statements = [
+    return [
         iam.PolicyStatement(
             sid="AppParameters",
             actions=PARAMETER_ACTIONS,
@@ -109,16 +146,12 @@ def instance_role(
             conditions=CREATE_KEY_CONDITIONS,
         ),
     ]
-    role = iam.Role(
-        scope,
-        construct_id,
-        assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-        description=(
-            "Simple Enclave host and enclave: its parameters, its buckets, Run Command, "
-            "creating migration keys"
-        ),
-        inline_policies={"EnclaveHost": iam.PolicyDocument(statements=statements)},
-    )
+
+
+def _acknowledge_wildcards(
+    role: IConstruct, parameter_path: str, storage: s3.IBucket, storage_prefix: str, eif: s3.IBucket
+) -> None:
+    """The policy's wildcard resources, each with its reason (cdk-nag IAM5)."""
     _wildcard(
         role,
         f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{parameter_path}/*",
@@ -143,22 +176,21 @@ def instance_role(
     )
     _wildcard(
         role,
-        f"<{_logical(storage)}.Arn>/{storage_prefix}*",
+        f"{_arn(storage)}/{storage_prefix}*",
         "The enclave stores objects under keys it chooses at run time, in its own bucket "
         "(under the storage prefix); the objects are AES-256-GCM encrypted by the enclave.",
     )
     _wildcard(
         role,
-        f"<{_logical(eif)}.Arn>/{WHEELS_PREFIX}*",
+        f"{_arn(eif)}/{WHEELS_PREFIX}*",
         "The host installs simple-enclave from the wheels `enclave deploy` uploads; their "
         "file names carry versions decided at upload time. Read only.",
     )
-    return role
 
 
-def _wildcard(role: iam.Role, resource: str, reason: str) -> None:
-    """Acknowledge cdk-nag's IAM5 finding for one wildcard resource of the role."""
-    acknowledge(role, f"IAM5[Resource::{resource}]", reason)
+def _wildcard(scope: IConstruct, resource: str, reason: str) -> None:
+    """Acknowledge cdk-nag's IAM5 finding for one wildcard resource of the role's policy."""
+    acknowledge(scope, f"IAM5[Resource::{resource}]", reason)
 
 
 def _list(bucket: s3.IBucket, sid: str, prefix: str | None) -> iam.PolicyStatement:
@@ -168,10 +200,12 @@ def _list(bucket: s3.IBucket, sid: str, prefix: str | None) -> iam.PolicyStateme
     )
 
 
-def _logical(bucket: s3.IBucket) -> str:
-    """The logical id cdk-nag prints for a bucket's ``Fn::GetAtt`` (its CfnBucket's)."""
+def _arn(bucket: s3.IBucket) -> str:
+    """A bucket's ARN as cdk-nag prints it: its CfnBucket's ``Fn::GetAtt``, or an adopted
+    bucket's literal ARN."""
     from aws_cdk import Stack
 
     child = bucket.node.default_child
-    assert child is not None
-    return str(Stack.of(bucket).get_logical_id(child))  # type: ignore[arg-type]
+    if child is None:  # adopted: s3.Bucket.from_bucket_name
+        return f"arn:<AWS::Partition>:s3:::{bucket.bucket_name}"
+    return f"<{Stack.of(bucket).get_logical_id(child)}.Arn>"  # type: ignore[arg-type]

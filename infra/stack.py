@@ -3,8 +3,9 @@
 One :class:`~enclave_infra.construct.EnclaveService` plus the outputs ``enclave deploy``,
 ``status`` and ``destroy`` read: ``InstanceID`` (or ``AutoScalingGroupName`` and
 ``LoadBalancerDNS``), ``EC2InstanceRoleARN``, ``KMSKeyID``, ``KMSKeyParameter``,
-``StorageBucketName``, ``EifBucketName``, ``LogsBucketName``, ``VpcID`` and ``LockedPCR0`` (the
-PCR0 a redeploy must synthesize with). Bound to enclave.yaml's region; synthesis stays offline.
+``StorageBucketName``, ``EifBucketName``, ``LogsBucketName``, ``VpcID``, ``LockedPCR0`` (the
+PCR0 a redeploy must synthesize with) and, when it uses what an earlier deployment retained,
+``AdoptedResources``. Bound to enclave.yaml's region; synthesis stays offline.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from aws_cdk import CfnOutput, Environment, Stack
 from constructs import Construct
 from enclave_infra.construct import EnclaveService
-from enclave_infra.naming import stack_name
+from enclave_infra.naming import ADOPTED_OUTPUT, Adopted, stack_name
 
 from enclave_core.config import Config
 
@@ -24,8 +25,18 @@ __all__ = ["EnclaveStack"]
 class EnclaveStack(Stack):
     """The deployment stack of one enclave.yaml; ``service`` is its :class:`EnclaveService`."""
 
-    def __init__(self, scope: Construct, *, config: Config, pcr0: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        *,
+        config: Config,
+        pcr0: str,
+        adopted: Adopted | None = None,
+        **kwargs: Any,
+    ) -> None:
         """Build ``{prefix}Nitro{name}`` for ``config`` and the image measured ``pcr0``.
+
+        :param adopted: what an earlier deployment retained and this stack uses again.
 
         :param kwargs: passed to :class:`aws_cdk.Stack` (``synthesizer``, ``tags``...).
         """
@@ -39,11 +50,11 @@ class EnclaveStack(Stack):
             "attested KMS key, parameters and buckets",
             **kwargs,
         )
-        service = EnclaveService(self, "Enclave", config=config, pcr0=pcr0)
+        service = EnclaveService(self, "Enclave", config=config, pcr0=pcr0, adopted=adopted)
         self.service = service
         outputs: dict[str, tuple[str, str]] = {
             "EC2InstanceRoleARN": (service.role.role_arn, "the hosts' (and enclave's) IAM role"),
-            "KMSKeyID": (service.key.ref, "the KMS key created with the stack"),
+            "KMSKeyID": (service.key_id, "the KMS key the stack created (or adopted)"),
             "KMSKeyParameter": (
                 service.key_parameter.parameter_name,
                 "the parameter naming the key in use",
@@ -64,6 +75,11 @@ class EnclaveStack(Stack):
             outputs["LoadBalancerDNS"] = (
                 service.load_balancer.load_balancer_dns_name,
                 "the internal network load balancer",
+            )
+        if service.adopted:
+            outputs[ADOPTED_OUTPUT] = (
+                service.adopted.to_json(),
+                "what an earlier deployment retained and this stack uses without owning it",
             )
         for key, (value, description) in outputs.items():
             CfnOutput(self, key, value=value, description=description)

@@ -16,6 +16,7 @@ from enclave_core.config import Config
 from enclave_core.deploy.deployer import DeployResult, Preflight, deploy
 from enclave_core.deploy.destroyer import DestroyPlan, destroy, plan_destroy
 from enclave_core.deploy.stack import Deps, cloud_status, default_deps, find_output
+from enclave_core.deploy.stack_state import StuckStack
 from enclave_core.errors import EnclaveError
 from enclave_core.plugin.backends import validate_backends
 
@@ -47,7 +48,8 @@ class Deploy(EnclaveCommand):
 
     Six numbered steps: checks (nothing is created before they pass), synthesize, cdk deploy,
     upload the EIF and the hosts' wheels, start the enclave (SSM Run Command), wait for it to be
-    running. Run it again after changing instance_type or instances to scale.
+    running. Run it again after changing instance_type or instances to scale. After enclave
+    destroy, it adopts the retained buckets, role and key, and the data is readable again.
     """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
@@ -61,6 +63,12 @@ class Deploy(EnclaveCommand):
         parser.add_argument(
             "--yes", action="store_true", help="do not ask before creating billable resources"
         )
+        parser.add_argument(
+            "--delete-failed-stack",
+            action="store_true",
+            help="when the stack is stuck after a failed create (ROLLBACK_COMPLETE, "
+            "REVIEW_IN_PROGRESS...), delete it and deploy afresh without asking",
+        )
         return parser
 
     def take_action(self, parsed_args: argparse.Namespace) -> int:
@@ -69,9 +77,26 @@ class Deploy(EnclaveCommand):
         problems = validate_backends(config, self.plugins(config))
         deps = deps_factory(config, progress=self.write, echo=_indented(self.write))
         confirm = None if parsed_args.yes else (lambda checked: self._confirm(config, checked))
-        result = deploy(config, deps, pcr0=parsed_args.pcr0, problems=problems, confirm=confirm)
+        delete_failed: Callable[[StuckStack], bool] | None = None
+        if parsed_args.delete_failed_stack:
+            delete_failed = lambda stuck: True  # noqa: E731 - the option is the answer
+        elif not parsed_args.yes:
+            delete_failed = self._ask_delete
+        result = deploy(
+            config,
+            deps,
+            pcr0=parsed_args.pcr0,
+            problems=problems,
+            confirm=confirm,
+            delete_failed=delete_failed,
+        )
         self._report(result)
         return 0
+
+    def _ask_delete(self, stuck: StuckStack) -> bool:
+        self.write(str(stuck))
+        answer = _ask(self, f"Delete stack {stuck.stack} now and deploy afresh? [y/N] ")
+        return answer.lower() in ("y", "yes")
 
     def _confirm(self, config: Config, checked: Preflight) -> bool:
         verb = "update" if checked.existing else "create"
@@ -101,12 +126,12 @@ class Deploy(EnclaveCommand):
 
 
 class Destroy(EnclaveCommand):
-    """Delete the deployed stack: the instances, the network and the key.
+    """Delete the deployed stack: the instances, the network, the load balancer.
 
-    Shows what is lost for good (the KMS key is scheduled for deletion: the secrets and the
-    stored data can never be decrypted afterwards) and what remains (the retained buckets, the
-    parameters the enclave wrote), asks you to type the stack name unless --force, stops the
-    enclave and runs cdk destroy.
+    Shows what is lost for good and what remains (the retained buckets, role and key, the
+    parameters the enclave wrote), asks you to type the stack name unless --force, records
+    what remains for the next enclave deploy (which adopts it), stops the enclave and runs
+    cdk destroy.
     """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:

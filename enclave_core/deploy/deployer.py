@@ -19,12 +19,13 @@ from typing import Any
 
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
+from enclave_infra.naming import Adopted
 
-from enclave_core.aws.clients import map_client_error
+from enclave_core.aws.clients import aws_errors, map_client_error
 from enclave_core.config import Config
 from enclave_core.deploy.cdk import DEPLOY_TIMEOUT_S, deploy_argv, run_cdk
 from enclave_core.deploy.preflight import Preflight, preflight
-from enclave_core.deploy.ssm_run import start_script
+from enclave_core.deploy.ssm_run import Invocation, start_script
 from enclave_core.deploy.stack import (
     EIF_OBJECT_KEY,
     WHEELS_PREFIX,
@@ -38,6 +39,7 @@ from enclave_core.deploy.stack import (
     record_file,
     stack_name,
 )
+from enclave_core.deploy.stack_state import StuckStack
 from enclave_core.errors import BackendError, EnclaveError
 
 STEPS = 6
@@ -82,6 +84,23 @@ def upload(config: Config, deps: Deps, bucket: str, wheels: Sequence[Path]) -> N
             ) from None
 
 
+def point_access_logs(deps: Deps, adopted: Adopted, outputs: dict[str, str]) -> None:
+    """Step 4: adopted buckets log their access to this stack's log bucket.
+
+    Their logging still names the destroyed deployment's log bucket, and CloudFormation sets
+    logging only on buckets it owns; the stack's log bucket already lets S3 deliver them.
+    """
+    logs = find_output(outputs, "LogsBucketName")
+    targets = ((adopted.storage_bucket, "storage/"), (adopted.eif_bucket, "eif/"))
+    for bucket, prefix in targets:
+        if not (bucket and logs):
+            continue
+        status = {"LoggingEnabled": {"TargetBucket": logs, "TargetPrefix": prefix}}
+        with aws_errors("S3", "PutBucketLogging", bucket):
+            deps.clients("s3").put_bucket_logging(Bucket=bucket, BucketLoggingStatus=status)
+        deps.progress(f"    access logs of the adopted bucket {bucket} go to s3://{logs}/{prefix}")
+
+
 def wait_instances(config: Config, deps: Deps, outputs: dict[str, str]) -> list[str]:
     """The ids of the stack's ``instances`` hosts, once that many are pending or running.
 
@@ -121,8 +140,24 @@ def start_enclaves(config: Config, deps: Deps, ids: list[str], bucket: str) -> N
         )
         raise EnclaveError(f"starting the enclave failed on {len(failed)} instance(s): {detail}")
     for result in results:
-        last = (result.stdout.strip().splitlines() or ["started"])[-1]
-        deps.echo(f"{result.instance_id}: {last}")
+        deps.echo(f"{result.instance_id}: {start_outcome(result)}")
+
+
+def start_outcome(result: Invocation) -> str:
+    """What step 5 says for one host: the start script's last line, or what came back instead.
+
+    The script prints where it fetched the EIF and how the supervisor answered; a Run Command
+    that succeeded with no output at all is reported as such (step 6 then checks /health),
+    never as "started".
+    """
+    lines = result.stdout.strip().splitlines()
+    if lines:
+        return lines[-1]
+    came_back = f"SSM Run Command {result.status} (exit {result.response_code}) with no output"
+    errors = result.stderr.strip().splitlines()
+    if errors:
+        return f"{came_back} on stdout; stderr: {errors[-1][-300:]}"
+    return f"{came_back}: the start script's lines did not come back (step 6 checks /health)"
 
 
 def wait_running(config: Config, deps: Deps, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -187,15 +222,18 @@ def deploy(
     pcr0: str | None = None,
     problems: Sequence[str] = (),
     confirm: Callable[[Preflight], bool] | None = None,
+    delete_failed: Callable[[StuckStack], bool] | None = None,
 ) -> DeployResult:
     """Run the six steps of the module docstring; return what was deployed and where.
 
     :param confirm: asked after step 1, before anything is created; False cancels.
+    :param delete_failed: asked in step 1 when the stack is stuck after a failed create;
+        True deletes it first (see :func:`~enclave_core.deploy.preflight.preflight`).
     :raises EnclaveError: a step failed (the earlier steps' work stays: run deploy again).
     """
     stack = stack_name(config)
     _step(deps, 1, "checking enclave.yaml, sizing, the EIF, the tools and the AWS account")
-    checked = preflight(config, deps, pcr0=pcr0, problems=problems)
+    checked = preflight(config, deps, pcr0=pcr0, problems=problems, delete_failed=delete_failed)
     chosen = checked.pcr0
     verb = "updating" if checked.existing else "creating"
     if confirm is not None and not confirm(checked):
@@ -205,7 +243,8 @@ def deploy(
     assembly = cdk_out(config)
     assembly.parent.mkdir(parents=True, exist_ok=True)
     try:
-        deps.synthesizer()(config, assembly, pcr0=checked.synth_pcr0)
+        adopted = {"adopted": checked.adopted} if checked.adopted else {}
+        deps.synthesizer()(config, assembly, pcr0=checked.synth_pcr0, **adopted)
     except EnclaveError:
         raise
     except Exception as exc:  # jsii and CDK errors: name them, the traceback is for --debug
@@ -227,6 +266,7 @@ def deploy(
         f"uploading {Path(config.enclave.eif).name} and {len(checked.wheels)} wheels to "
         f"s3://{bucket}/",
     )
+    point_access_logs(deps, checked.adopted, outputs)
     upload(config, deps, bucket, checked.wheels)
 
     ids = wait_instances(config, deps, outputs)

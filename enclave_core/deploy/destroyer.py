@@ -1,8 +1,9 @@
 """``enclave destroy``: say exactly what is lost and what remains, then delete the stack.
 
 :func:`plan_destroy` reads the plan from AWS (retained resources, the key's deletion window, the
-parameters the enclave wrote itself); :func:`destroy` stops the enclave through Run Command,
-synthesizes the stack again and runs ``cdk destroy``.
+parameters the enclave wrote itself); :func:`destroy` records the retained buckets, role and key
+for the next ``enclave deploy`` (:mod:`enclave_core.deploy.retained`), stops the enclave through
+Run Command, synthesizes the stack again and runs ``cdk destroy``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from enclave_core.aws.clients import aws_errors, map_client_error
 from enclave_core.config import Config
 from enclave_core.deploy.cdk import DESTROY_TIMEOUT_S, cdk_command, destroy_argv, run_cdk
+from enclave_core.deploy.retained import parameter_name, record, retained_from_stack
 from enclave_core.deploy.ssm_run import stop_script
 from enclave_core.deploy.stack import (
     Deps,
@@ -32,7 +34,7 @@ from enclave_core.deploy.stack import (
 )
 from enclave_core.errors import EnclaveError
 
-STEPS = 3
+STEPS = 4
 STOP_TIMEOUT_S = 120.0
 RETAINED = frozenset({"Retain", "RetainExceptOnCreate", "Snapshot"})
 KMS_DEFAULT_WINDOW_DAYS = 30
@@ -51,6 +53,10 @@ class DestroyPlan:
     instance_ids: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     remains: list[str] = field(default_factory=list)
+    #: The stack's outputs (buckets, role, key), for the record of what remains.
+    outputs: dict[str, str] = field(default_factory=dict)
+    #: The key ``KMSKeyID`` names when ``enclave migrate`` switched it, else None (the stack's).
+    key_in_use: str | None = None
 
 
 def _stack_resources(cloudformation: Any, stack: str) -> dict[str, tuple[str, str]]:
@@ -95,6 +101,11 @@ def _template_lines(
                 f"S3 bucket {physical} (retained, with its objects; remove it with "
                 f"aws s3 rb s3://{physical} --force)"
             )
+        elif kind == "AWS::IAM::Role" and policy in RETAINED:
+            remains.append(
+                f"IAM role {physical} (retained: the key's policy names this role, and a role "
+                "made anew would be another principal)"
+            )
         elif policy in RETAINED:
             remains.append(f"{kind} {physical} (DeletionPolicy {policy})")
     return lost, remains
@@ -102,7 +113,8 @@ def _template_lines(
 
 def _parameter_lines(
     config: Config, deps: Deps, resources: dict[str, tuple[str, str]]
-) -> list[str]:
+) -> tuple[list[str], str | None]:
+    """Lines for the parameters the enclave wrote and the migrated key; the key in use."""
     path = config.secrets_path.rstrip("/")
     ours = {physical for kind, physical in resources.values() if kind == "AWS::SSM::Parameter"}
     stack_keys = {physical for kind, physical in resources.values() if kind == "AWS::KMS::Key"}
@@ -110,9 +122,12 @@ def _parameter_lines(
         params = list(_parameters(deps.clients("ssm"), path))
     except (ClientError, BotoCoreError) as exc:
         error = map_client_error(exc, service="SSM", operation="GetParametersByPath", resource=path)
-        return [f"parameters under {path}/ could not be listed ({error}): check them yourself"]
+        return [
+            f"parameters under {path}/ could not be listed ({error}): check them yourself"
+        ], None
     lines = []
-    left = sorted(str(p["Name"]) for p in params if p["Name"] not in ours)
+    recorded = parameter_name(config)
+    left = sorted(str(p["Name"]) for p in params if p["Name"] not in ours | {recorded})
     if left:
         shown = ", ".join(left[:SHOWN_PARAMETERS])
         more = f" and {len(left) - SHOWN_PARAMETERS} more" if len(left) > SHOWN_PARAMETERS else ""
@@ -120,6 +135,11 @@ def _parameter_lines(
             f"{len(left)} SSM parameter(s) the enclave wrote under {path}/, not part of the "
             f"stack: {shown}{more}"
         )
+    in_use = {
+        str(p.get("Value"))
+        for p in params
+        if str(p["Name"]) == f"{path}/KMSKeyID" and p.get("Value") not in (None, "", "UNSET")
+    }
     keys = {
         str(p.get("Value"))
         for p in params
@@ -130,7 +150,8 @@ def _parameter_lines(
             f"KMS key {key} (made by enclave migrate, not part of the stack), still enabled: "
             f"aws kms schedule-key-deletion --key-id {key} --pending-window-in-days 7"
         )
-    return lines
+    migrated = sorted(in_use - stack_keys)
+    return lines, (migrated[0] if migrated else None)
 
 
 def plan_destroy(config: Config, deps: Deps) -> DestroyPlan:
@@ -147,19 +168,40 @@ def plan_destroy(config: Config, deps: Deps) -> DestroyPlan:
     ids = [str(i["id"]) for i in instances if i["state"] in ("pending", "running")]
     if ids:
         lost.insert(0, f"instance(s) {', '.join(ids)}, with the enclave and its memory")
-    lost.append("the network, the role and the parameters the stack itself created")
-    remains += _parameter_lines(config, deps, resources)
-    return DestroyPlan(stack, True, ids, lost, remains)
+    lost.append("the network, the instance profile and the parameters the stack itself created")
+    lines, key_in_use = _parameter_lines(config, deps, resources)
+    remains += lines
+    remains.append(
+        f"the record {parameter_name(config)} of the retained buckets, role and key: the next "
+        "enclave deploy of this stack adopts them, and the data is readable again"
+    )
+    outputs = stack_outputs(description)
+    return DestroyPlan(stack, True, ids, lost, remains, outputs, key_in_use)
+
+
+def _record(config: Config, deps: Deps, plan: DestroyPlan) -> None:
+    """Step 1: record what stays (:mod:`enclave_core.deploy.retained`), for the next deploy."""
+    name = parameter_name(config)
+    deps.progress(f"[1/{STEPS}] recording the retained buckets, role and key in {name}")
+    try:
+        retained = retained_from_stack(deps.clients, plan.outputs, plan.key_in_use)
+        record(config, deps.clients, plan.stack, retained)
+    except EnclaveError as exc:
+        deps.progress(
+            f"    warning: could not record them ({exc}); the next enclave deploy will not adopt "
+            "the key, so the data will stay unreadable"
+        )
 
 
 def destroy(config: Config, deps: Deps, plan: DestroyPlan) -> None:
-    """Stop the enclave, synthesize, ``cdk destroy``; forget the local deploy state."""
+    """Record what stays, stop the enclave, synthesize, ``cdk destroy``; forget the local state."""
     stack = plan.stack
     # Everything destroy needs locally is checked before the enclave is stopped.
     base = cdk_command(needed_by="enclave destroy", which=deps.which)
     synthesize = deps.synthesizer()
+    _record(config, deps, plan)
     if plan.instance_ids:
-        deps.progress(f"[1/{STEPS}] stopping the enclave on {', '.join(plan.instance_ids)}")
+        deps.progress(f"[2/{STEPS}] stopping the enclave on {', '.join(plan.instance_ids)}")
         try:
             results = deps.run_command().run(
                 plan.instance_ids,
@@ -173,8 +215,8 @@ def destroy(config: Config, deps: Deps, plan: DestroyPlan) -> None:
         except EnclaveError as exc:
             deps.progress(f"    warning: could not stop the enclave ({exc}); destroying anyway")
     else:
-        deps.progress(f"[1/{STEPS}] no running instance: nothing to stop")
-    deps.progress(f"[2/{STEPS}] synthesizing stack {stack} (cdk destroy needs the app)")
+        deps.progress(f"[2/{STEPS}] no running instance: nothing to stop")
+    deps.progress(f"[3/{STEPS}] synthesizing stack {stack} (cdk destroy needs the app)")
     try:
         pcr0 = resolve_pcr0(config, None)
     except EnclaveError:
@@ -189,7 +231,7 @@ def destroy(config: Config, deps: Deps, plan: DestroyPlan) -> None:
         raise EnclaveError(
             f"synthesizing stack {stack} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    deps.progress(f"[3/{STEPS}] cdk destroy: deleting stack {stack} (several minutes)")
+    deps.progress(f"[4/{STEPS}] cdk destroy: deleting stack {stack} (several minutes)")
     run_cdk(
         destroy_argv(base, assembly, stack),
         config,

@@ -22,18 +22,49 @@ from enclave_core.errors import ConfigError
 
 PACKAGE = "simple-enclave"
 HOST_PYTHON = "3.11"
-#: Amazon Linux 2023's glibc; pip also accepts every older manylinux tag under it.
-HOST_GLIBC = "2_34"
+#: Amazon Linux 2023's glibc: the newest manylinux tag its hosts install.
+HOST_GLIBC = (2, 34)
 PIP_TIMEOUT_S = 900.0
 _PIP_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
+#: The oldest glibc of any manylinux tag, by architecture (PEP 600: manylinux1 was 2.5 on x86;
+#: manylinux2014, glibc 2.17, was the first for aarch64).
+_OLDEST_GLIBC_MINOR = {"x86_64": 5, "i686": 5}
+_DEFAULT_OLDEST_GLIBC_MINOR = 17
+#: The PEP 513/571/599 names of three glibc versions, still used by many wheels.
+_LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 
 
-def platform_tag(config: Config) -> str:
-    """The pip platform of ``instance_type``'s hosts, e.g. ``manylinux_2_34_x86_64``."""
+def manylinux_tags(arch: str, glibc: tuple[int, int] = HOST_GLIBC) -> list[str]:
+    """Every manylinux platform tag a host with ``glibc`` on ``arch`` installs, newest first.
+
+    pip's ``--platform`` matches only the tags it is given (it does not widen
+    ``manylinux_2_34`` to older ones), and a dependency may publish only ``manylinux_2_28`` or
+    ``manylinux2014`` wheels: ``pip download`` gets all of them. The same list as the
+    ``packaging`` library gives on such a host (PEP 600, with the legacy aliases).
+    """
+    major, newest = glibc
+    if major != 2:
+        raise ValueError(f"glibc {major}.{newest}: manylinux tags exist for glibc 2 only")
+    oldest = _OLDEST_GLIBC_MINOR.get(arch, _DEFAULT_OLDEST_GLIBC_MINOR)
+    tags: list[str] = []
+    for minor in range(newest, oldest - 1, -1):
+        tags.append(f"manylinux_2_{minor}_{arch}")
+        if minor in _LEGACY_MANYLINUX:
+            tags.append(f"{_LEGACY_MANYLINUX[minor]}_{arch}")
+    return tags
+
+
+def host_arch(config: Config) -> str:
+    """The hosts' architecture as wheels name it: ``x86_64`` or ``aarch64``."""
     instance = lookup(config.instance_type)
     if instance is None:
         raise ConfigError(f"instance_type {config.instance_type} is not a known enclave host")
-    return f"manylinux_{HOST_GLIBC}_{_PIP_ARCH[instance.architecture]}"
+    return _PIP_ARCH[instance.architecture]
+
+
+def platform_tag(config: Config) -> str:
+    """The newest pip platform of ``instance_type``'s hosts, e.g. ``manylinux_2_34_x86_64``."""
+    return manylinux_tags(host_arch(config))[0]
 
 
 def pip_argv(config: Config, dest: Path, *, python: str = sys.executable) -> list[str]:
@@ -49,8 +80,7 @@ def pip_argv(config: Config, dest: Path, *, python: str = sys.executable) -> lis
         "--dest",
         str(dest),
         "--only-binary=:all:",
-        "--platform",
-        platform_tag(config),
+        *(arg for tag in manylinux_tags(host_arch(config)) for arg in ("--platform", tag)),
         "--python-version",
         HOST_PYTHON,
         "--implementation",
@@ -84,7 +114,8 @@ def resolve(
         raise failure(
             "pip download of the hosts' wheels",
             result,
-            hint=f"a package without a {platform_tag(config)} wheel can be built into "
+            hint=f"a package without a manylinux wheel for {host_arch(config)} (glibc "
+            f"{HOST_GLIBC[0]}.{HOST_GLIBC[1]} or older) can be built into "
             f"{local_wheels(config)} with pip wheel",
         )
     return sorted(dest.glob("*.whl"))

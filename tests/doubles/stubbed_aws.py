@@ -26,6 +26,7 @@ from botocore.stub import ANY, Stubber
 
 from enclave_core.config import Config, load_config
 from enclave_core.deploy.stack import Deps
+from enclave_core.kmspolicy.canonical import EnclaveKeyPolicy, render_policy
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -33,7 +34,9 @@ STACK = "devNitrohello"
 PCR0 = "ab" * 48
 OTHER_PCR0 = "cd" * 48
 INSTANCE = "i-0123456789abcdef0"
-EIF_BUCKET = "dev-hello-eif-123456789012-us-east-1"
+#: A name CloudFormation made (not the fixed ``dev-hello-eif-...``), so a first deploy against
+#: moto's S3, where the test made this bucket, does not take it for a retained one to adopt.
+EIF_BUCKET = "devnitrohello-enclaveeifbucket-1a2b3c4d5e6f"
 EIF_BYTES = b".eif fake image for deploy tests\n"
 OUTPUTS = {
     "InstanceID": INSTANCE,
@@ -43,6 +46,7 @@ OUTPUTS = {
     "LockedPCR0": PCR0,
     "StorageBucketName": "dev-hello-storage-123456789012-us-east-1",
     "EifBucketName": EIF_BUCKET,
+    "LogsBucketName": "devnitrohello-enclaveaccesslogs-9z8y7x6w5v4u",
 }
 CREATED = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 
@@ -104,10 +108,14 @@ class FakeSynth:
 
     def __init__(self, outputs: dict[str, str] | None = None) -> None:
         self.calls: list[tuple[Path, str]] = []
+        self.adopted: list[Any] = []  # what each call was asked to adopt (None: nothing)
         self.outputs = dict(OUTPUTS if outputs is None else outputs)
 
-    def __call__(self, config: Config, outdir: Path, *, pcr0: str) -> Any:
+    def __call__(
+        self, config: Config, outdir: Path, *, pcr0: str, adopted: Any | None = None
+    ) -> Any:
         self.calls.append((Path(outdir), pcr0))
+        self.adopted.append(adopted)
         outdir.mkdir(parents=True, exist_ok=True)
         template = {
             "Resources": {"Key": {"Type": "AWS::KMS::Key", "Properties": {}}},
@@ -143,7 +151,7 @@ def fake_wheels(config: Config, dest: Path, *, echo: Callable[[str], None]) -> l
 class StubbedAws:
     """Stubbed boto3 clients by service; ``s3`` is a real client (against moto) when given."""
 
-    SERVICES = ("sts", "cloudformation", "ec2", "ssm")
+    SERVICES = ("sts", "cloudformation", "ec2", "ssm", "kms", "iam", "s3")
 
     def __init__(self, s3: Any = None) -> None:
         session = boto3.session.Session(region_name=REGION)
@@ -152,10 +160,15 @@ class StubbedAws:
         for stub in self.stubs.values():
             stub.activate()
         if s3 is not None:
-            self.clients["s3"] = s3
+            self.clients["s3"] = s3  # a real one: the stubbed s3 is unused
         self.sent: list[dict[str, Any]] = []
+        self.put: list[dict[str, Any]] = []  # PutParameter's parameters
         self.clients["ssm"].meta.events.register(
             "provide-client-params.ssm.SendCommand", self._capture
+        )
+        self.clients["ssm"].meta.events.register(
+            "provide-client-params.ssm.PutParameter",
+            lambda params, **_: self.put.append(dict(params)),
         )
 
     def _capture(self, params: dict[str, Any], **_: Any) -> None:
@@ -199,12 +212,70 @@ class StubbedAws:
             expected_params={"StackName": STACK},
         )
 
-    def stack(self, outputs: dict[str, str] | None = None, status: str = "CREATE_COMPLETE") -> None:
+    def first_deploy(self) -> None:
+        """No stack, no record of a destroyed one, no bucket of the stack's fixed names."""
+        self.no_stack()
+        self.no_record()
+        if self.clients["s3"] is self.stubs["s3"].client:  # moto's S3 answers for itself
+            for name in (OUTPUTS["StorageBucketName"], "dev-hello-eif-123456789012-us-east-1"):
+                self.stubs["s3"].add_client_error(
+                    "head_bucket",
+                    service_error_code="404",
+                    service_message="Not Found",
+                    http_status_code=404,
+                    expected_params={"Bucket": name, "ExpectedBucketOwner": ACCOUNT},
+                )
+
+    def key_policy(
+        self, key_id: str = OUTPUTS["KMSKeyID"], *, pcr0: str = PCR0, role: str | None = None
+    ) -> None:
+        """GetKeyPolicy of ``key_id``: the canonical policy ``enclave deploy``'s key has."""
+        policy = render_policy(
+            EnclaveKeyPolicy(
+                principal=role or OUTPUTS["EC2InstanceRoleARN"],
+                pcr0=pcr0,
+                account_root=f"arn:aws:iam::{ACCOUNT}:root",
+            )
+        )
+        self.stubs["kms"].add_response(
+            "get_key_policy",
+            {"Policy": json.dumps(policy), "PolicyName": "default"},
+            {"KeyId": key_id, "PolicyName": "default"},
+        )
+
+    def put_record(self) -> None:
+        """PutParameter of ``/dev/hello/Retained`` (its value is checked by the test)."""
+        self.stubs["ssm"].add_response("put_parameter", {"Version": 1}, None)
+
+    def record(self, resources: dict[str, str]) -> None:
+        """``/dev/hello/Retained`` holds ``resources`` (what an ``enclave destroy`` recorded)."""
+        value = json.dumps({"stack": STACK, "recorded_at": "2030-01-01T00:00:00+00:00",
+                            "resources": resources})  # fmt: skip
+        answer = {"Parameter": {"Name": "/dev/hello/Retained", "Type": "String", "Value": value}}
+        self.stubs["ssm"].add_response("get_parameter", answer, {"Name": "/dev/hello/Retained"})
+
+    def no_record(self) -> None:
+        """No ``/dev/hello/Retained``: nothing left by an earlier ``enclave destroy``."""
+        self.stubs["ssm"].add_client_error(
+            "get_parameter",
+            service_error_code="ParameterNotFound",
+            service_message="not found",
+            http_status_code=400,
+            expected_params={"Name": "/dev/hello/Retained"},
+        )
+
+    def stack(
+        self,
+        outputs: dict[str, str] | None = None,
+        status: str = "CREATE_COMPLETE",
+        reason: str | None = None,
+    ) -> None:
         described = {
             "StackName": STACK,
             "StackId": f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/1",
             "CreationTime": CREATED,
             "StackStatus": status,
+            **({"StackStatusReason": reason} if reason else {}),
             "Outputs": [
                 {"OutputKey": k, "OutputValue": v} for k, v in (outputs or OUTPUTS).items()
             ],

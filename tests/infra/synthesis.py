@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from enclave_infra.app import build_app
+from enclave_infra.naming import Adopted
 from enclave_infra.stack import EnclaveStack
 
 from enclave_core.config import Config, load_config
@@ -97,9 +98,11 @@ class Synthesized:
         return found
 
 
-def synthesize_checked(config: Config, outdir: Path) -> Synthesized:
+def synthesize_checked(
+    config: Config, outdir: Path, *, adopted: Adopted | None = None, pcr0: str = PCR0
+) -> Synthesized:
     """Synthesize ``config``'s stack with AwsSolutions applied (raises on any violation)."""
-    app, stack = build_app(config, pcr0=PCR0, outdir=outdir, checks=True)
+    app, stack = build_app(config, pcr0=pcr0, outdir=outdir, checks=True, adopted=adopted)
     app.synth()
     name = stack.stack_name
     return Synthesized(

@@ -58,7 +58,7 @@ def test_deploy_prints_six_steps_and_where_the_app_answers(
     s3.create_bucket(Bucket=EIF_BUCKET)
     aws = StubbedAws(s3)
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     aws.instances(SINGLE, [{"id": INSTANCE}])
     aws.run([INSTANCE], stdout="enclave starting (HTTP 202)\n")
     aws.run([INSTANCE], stdout=health(), command_id="cmd-2")
@@ -88,7 +88,7 @@ def test_deploy_asks_before_creating_anything_and_no_means_nothing(
 ) -> None:
     aws, synth = StubbedAws(), FakeSynth()
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     inject(monkeypatch, aws, synth)
     code, out, err = cli(capsys, "deploy", "-c", str(production_config.path), stdin="n\n")
     assert code == 1
@@ -153,6 +153,8 @@ def test_destroy_warns_asks_for_the_stack_name_and_destroys(
 ) -> None:
     aws = StubbedAws()
     queue_destroy_plan(aws)
+    aws.key_policy()
+    aws.put_record()
     aws.run([INSTANCE], stdout="enclave stopped\n")
     inject(monkeypatch, aws, FakeSynth())
     code, out, err = cli(capsys, "destroy", "-c", str(production_config.path), stdin=STACK)
@@ -165,10 +167,13 @@ def test_destroy_warns_asks_for_the_stack_name_and_destroys(
         "the secrets and the stored data it protects\n"
     )
     assert "What remains afterwards" in out
-    assert f"Type the stack name ({STACK}) to destroy it: [1/3] stopping" in out
+    assert f"Type the stack name ({STACK}) to destroy it: [1/4] recording" in out
+    assert f"[2/4] stopping the enclave on {INSTANCE}" in out
     assert out.endswith(
         f"destroyed stack {STACK}\nstill there, until you delete it:\n  - S3 bucket Storage "
         "(retained, with its objects; remove it with aws s3 rb s3://Storage --force)\n"
+        "  - the record /dev/hello/Retained of the retained buckets, role and key: the next "
+        "enclave deploy of this stack adopts them, and the data is readable again\n"
     )
     assert cdk_calls(fake_cdk)[0][:1] == ["destroy"]
 
@@ -196,6 +201,8 @@ def test_destroy_force_does_not_ask_and_a_missing_stack_is_nothing_to_do(
 ) -> None:
     aws = StubbedAws()
     queue_destroy_plan(aws)
+    aws.key_policy()
+    aws.put_record()
     aws.run([INSTANCE], stdout="enclave stopped\n")
     inject(monkeypatch, aws, FakeSynth())
     code, out, _ = cli(capsys, "destroy", "--force", "-c", str(production_config.path))
@@ -233,3 +240,35 @@ def test_status_cloud_json_is_the_stack_instances_and_health(
     assert doc["instances"][0]["id"] == INSTANCE
     assert doc["health"][INSTANCE]["status"] == "running"
     assert doc["endpoints"] == ["https://10.0.1.23:443"]
+
+
+def test_a_failed_create_is_deleted_only_when_asked(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_cdk: Path,
+    production_config: Config,
+) -> None:
+    aws = StubbedAws()
+    aws.caller()
+    aws.stack(status="ROLLBACK_COMPLETE")
+    inject(monkeypatch, aws, FakeSynth())
+    code, out, err = cli(capsys, "deploy", "-c", str(production_config.path), stdin="n\n")
+    assert code == 1  # asked, and the answer was no
+    assert f"Delete stack {STACK} now and deploy afresh? [y/N]" in out
+    assert err.startswith(f"ERROR: stack {STACK} is stuck in ROLLBACK_COMPLETE")
+
+    aws.caller()
+    aws.stack(status="ROLLBACK_COMPLETE")
+    code, out, err = cli(capsys, "deploy", "--yes", "-c", str(production_config.path))
+    assert code == 1 and "Delete stack" not in out  # --yes alone never deletes
+    assert "enclave deploy --delete-failed-stack" in err
+
+    aws.caller()
+    aws.stack(status="ROLLBACK_COMPLETE")
+    aws.stubs["cloudformation"].add_response("delete_stack", {}, {"StackName": STACK})
+    aws.first_deploy()  # gone at the first poll; then a first deploy's step 1 goes on
+    code, out, _ = cli(
+        capsys, "deploy", "--yes", "--delete-failed-stack", "-c", str(production_config.path)
+    )
+    assert f"    deleting stack {STACK} (ROLLBACK_COMPLETE): it holds no working deployment" in out
+    assert f"[3/6] cdk deploy: creating stack {STACK}" in out  # afresh (the test stops at step 4)

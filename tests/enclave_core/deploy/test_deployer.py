@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from enclave_core.config import Config
-from enclave_core.deploy.deployer import RUNNING_TIMEOUT_S, deploy
+from enclave_core.deploy.deployer import RUNNING_TIMEOUT_S, deploy, start_outcome
 from enclave_core.deploy.external import ToolFailed
+from enclave_core.deploy.ssm_run import Invocation
 from enclave_core.deploy.stack import find_output, resolve_pcr0
 from enclave_core.errors import ConfigError, EnclaveError, ValidationError
 from tests.doubles.host_tools import cdk_calls
@@ -36,18 +36,10 @@ from tests.doubles.stubbed_aws import (
 SINGLE = {"InstanceIds": [INSTANCE]}
 
 
-@pytest.fixture
-def s3(moto_reset: str, boto3_session: boto3.session.Session) -> Any:
-    """A real S3 client against moto, with the EIF bucket."""
-    client = boto3_session.client("s3", endpoint_url=moto_reset)
-    client.create_bucket(Bucket=EIF_BUCKET)
-    return client
-
-
 def happy_path(aws: StubbedAws, *, health_polls: list[str]) -> None:
     """Queue the AWS answers of a first deploy of one instance."""
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     aws.instances(SINGLE, [{"id": INSTANCE}])
     aws.run([INSTANCE], stdout="fetched /opt/x/image.eif\nenclave starting (HTTP 202)\n")
     for number, body in enumerate(health_polls, start=2):
@@ -215,7 +207,7 @@ def test_scaled_out_the_groups_instances_are_found_and_the_load_balancer_is_the_
         ]
     }
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     aws.instances(by_tag, [{"id": ids[0], "state": "pending"}])  # the group is still launching
     aws.instances(by_tag, [{"id": i} for i in ids])
     aws.run(ids, stdout="enclave starting (HTTP 202)\n")
@@ -235,7 +227,7 @@ def test_a_new_instance_is_waited_for_until_ssm_knows_it(
     config = deploy_config(tmp_path / "app")
     aws, clock = StubbedAws(s3), FakeClock()
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     aws.instances(SINGLE, [{"id": INSTANCE}])
     aws.stubs["ssm"].add_client_error(
         "send_command", service_error_code="InvalidInstanceId", service_message="not managed"
@@ -252,7 +244,7 @@ def test_a_start_that_fails_on_the_host_says_why(tmp_path: Path, fake_cdk: Path,
     config = deploy_config(tmp_path / "app")
     aws = StubbedAws(s3)
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     aws.instances(SINGLE, [{"id": INSTANCE}])
     aws.send([INSTANCE])
     aws.invocation(INSTANCE, status="InProgress", code=-1)
@@ -276,7 +268,7 @@ def test_an_enclave_that_never_runs_ends_the_wait_with_its_last_health(
     config = deploy_config(tmp_path / "app")
     aws, clock = StubbedAws(s3), FakeClock()
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     aws.instances(SINGLE, [{"id": INSTANCE}])
     aws.run([INSTANCE], stdout="enclave starting (HTTP 202)\n")
     polls = int(RUNNING_TIMEOUT_S / 10) + 1
@@ -303,7 +295,7 @@ def test_a_cdk_failure_quotes_its_last_lines_and_the_bootstrap_command(
     config = deploy_config(tmp_path / "app")
     aws = StubbedAws()
     aws.caller()
-    aws.no_stack()
+    aws.first_deploy()
     with pytest.raises(ToolFailed) as caught:
         deploy(config, aws.deps(FakeClock(), FakeSynth()))
     assert str(caught.value) == (
@@ -356,3 +348,19 @@ def test_outputs_of_nested_constructs_are_found_by_their_name() -> None:
     assert find_output(outputs, "InstanceID") == "i-1"
     assert find_output(outputs, "KMSKeyID") == "k"
     assert find_output(outputs, "LoadBalancerDNS") is None
+
+
+def test_step_5_says_what_came_back_when_ssm_returned_no_output() -> None:
+    silent = Invocation(INSTANCE, "Success", 0, stdout="", stderr="")
+    assert start_outcome(silent) == (
+        "SSM Run Command Success (exit 0) with no output: the start script's lines did not come "
+        "back (step 6 checks /health)"
+    )
+    noisy = Invocation(INSTANCE, "Success", 0, stdout="\n", stderr="curl: warning\n")
+    assert start_outcome(noisy) == (
+        "SSM Run Command Success (exit 0) with no output on stdout; stderr: curl: warning"
+    )
+    said = Invocation(
+        INSTANCE, "Success", 0, stdout="fetched x\nenclave already running\n", stderr=""
+    )
+    assert start_outcome(said) == "enclave already running"

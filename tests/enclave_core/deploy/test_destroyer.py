@@ -1,4 +1,4 @@
-"""`enclave destroy`: the plan read from AWS (what is lost, what remains), then the three steps."""
+"""`enclave destroy`: the plan read from AWS (what is lost, what remains), then the four steps."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from enclave_core.deploy.destroyer import destroy, plan_destroy
 from enclave_core.errors import EnclaveError
 from tests.doubles.stubbed_aws import (
     INSTANCE,
+    OTHER_PCR0,
     OUTPUTS,
     PCR0,
     STACK,
@@ -34,14 +35,17 @@ TEMPLATE = {
         "Eif": {"Type": "AWS::S3::Bucket", "DeletionPolicy": "Retain"},
         "KeyParameter": {"Type": "AWS::SSM::Parameter"},
         "Host": {"Type": "AWS::EC2::Instance"},
+        "HostRole": {"Type": "AWS::IAM::Role", "DeletionPolicy": "RetainExceptOnCreate"},
     }
 }
+ROLE = OUTPUTS["EC2InstanceRoleARN"]
 RESOURCES = [
     ("Key", "AWS::KMS::Key", KEY),
     ("Storage", "AWS::S3::Bucket", STORAGE),
     ("Eif", "AWS::S3::Bucket", EIF),
     ("KeyParameter", "AWS::SSM::Parameter", "/dev/hello/KMSKeyID"),
     ("Host", "AWS::EC2::Instance", INSTANCE),
+    ("HostRole", "AWS::IAM::Role", "devNitrohello-Role"),
 ]
 
 
@@ -92,19 +96,24 @@ def test_the_plan_says_exactly_what_is_lost_and_what_remains(tmp_path: Path) -> 
         f"instance(s) {INSTANCE}, with the enclave and its memory",
         f"KMS key {KEY}: scheduled for deletion, gone for good after 7 days; from then on "
         "nobody can decrypt the secrets and the stored data it protects",
-        "the network, the role and the parameters the stack itself created",
+        "the network, the instance profile and the parameters the stack itself created",
     ]
     assert plan.remains == [
         f"S3 bucket {STORAGE} (retained, with its objects; remove it with aws s3 rb "
         f"s3://{STORAGE} --force)",
         f"S3 bucket {EIF} (retained, with its objects; remove it with aws s3 rb s3://{EIF} "
         "--force)",
+        "IAM role devNitrohello-Role (retained: the key's policy names this role, and a role "
+        "made anew would be another principal)",
         "2 SSM parameter(s) the enclave wrote under /dev/hello/, not part of the stack: "
         "/dev/hello/StorageDEK/Ciphertext, /dev/hello/signing_key/Ciphertext",
         "KMS key migrated-key-0001 (made by enclave migrate, not part of the stack), still "
         "enabled: aws kms schedule-key-deletion --key-id migrated-key-0001 "
         "--pending-window-in-days 7",
+        "the record /dev/hello/Retained of the retained buckets, role and key: the next enclave "
+        "deploy of this stack adopts them, and the data is readable again",
     ]
+    assert plan.key_in_use == "migrated-key-0001"
 
 
 def test_a_missing_stack_has_nothing_to_destroy(tmp_path: Path) -> None:
@@ -125,10 +134,25 @@ def test_destroy_stops_the_enclave_then_runs_cdk_destroy(tmp_path: Path, fake_cd
     queue_plan(aws, {"/dev/hello/KMSKeyID": KEY})
     deps = aws.deps(FakeClock(), synth)
     plan = plan_destroy(config, deps)
-    assert plan.remains[-1].startswith("S3 bucket")  # the key in use is the stack's: not listed
+    assert not any("made by enclave migrate" in line for line in plan.remains)  # the stack's
+    assert plan.key_in_use is None
+    aws.key_policy(KEY)
+    aws.put_record()
     aws.run([INSTANCE], stdout="enclave stopped\n")
     destroy(config, deps, plan)
     aws.assert_done()
+    recorded = json.loads(aws.put[0]["Value"])
+    assert aws.put[0]["Name"] == "/dev/hello/Retained"
+    assert (recorded["stack"], recorded["resources"]) == (
+        STACK,
+        {
+            "eif_bucket": EIF,
+            "key_id": KEY,
+            "key_pcr0": PCR0,
+            "role_arn": ROLE,
+            "storage_bucket": STORAGE,
+        },
+    )
     assert "/v1/stop" in "\n".join(aws.sent[0]["Parameters"]["commands"])
     assert synth.calls == [(config.state_dir / "cdk.out", PCR0)]
     calls = json.loads(fake_cdk.read_text())["calls"]
@@ -137,9 +161,10 @@ def test_destroy_stops_the_enclave_then_runs_cdk_destroy(tmp_path: Path, fake_cd
     ]
     assert calls[0]["AWS_REGION"] == "us-east-1"
     assert [line for line in aws.lines if line.startswith("[")] == [
-        f"[1/3] stopping the enclave on {INSTANCE}",
-        f"[2/3] synthesizing stack {STACK} (cdk destroy needs the app)",
-        f"[3/3] cdk destroy: deleting stack {STACK} (several minutes)",
+        "[1/4] recording the retained buckets, role and key in /dev/hello/Retained",
+        f"[2/4] stopping the enclave on {INSTANCE}",
+        f"[3/4] synthesizing stack {STACK} (cdk destroy needs the app)",
+        f"[4/4] cdk destroy: deleting stack {STACK} (several minutes)",
     ]
     assert f"    {INSTANCE}: enclave stopped" in aws.lines
     assert not (config.state_dir / "deploy.json").exists()
@@ -154,6 +179,8 @@ def test_an_enclave_that_cannot_be_stopped_does_not_block_destroy(
     queue_plan(aws, {})
     deps = aws.deps(FakeClock(), synth)
     plan = plan_destroy(config, deps)
+    aws.key_policy(KEY)
+    aws.put_record()
     aws.stubs["ssm"].add_client_error(
         "send_command", service_error_code="InvalidDocument", service_message="nope"
     )
@@ -172,3 +199,34 @@ def test_without_the_cdk_cli_nothing_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(EnclaveError, match="enclave destroy needs the AWS CDK CLI"):
         destroy(config, deps, plan)
     assert aws.sent == []  # the enclave still runs
+
+
+def test_a_migrated_key_is_the_one_recorded_and_a_foreign_policy_is_only_a_warning(
+    tmp_path: Path, fake_cdk: Path
+) -> None:
+    config = deploy_config(tmp_path / "app")
+    aws = StubbedAws()
+    queue_plan(aws, {"/dev/hello/KMSKeyID": "migrated-key-0001"})
+    deps = aws.deps(FakeClock(), FakeSynth())
+    plan = plan_destroy(config, deps)
+    # The migrated key is locked to the image it was made for: that PCR0 is recorded.
+    aws.key_policy("migrated-key-0001", pcr0=OTHER_PCR0)
+    aws.put_record()
+    aws.run([INSTANCE], stdout="enclave stopped\n")
+    destroy(config, deps, plan)
+    resources = json.loads(aws.put[0]["Value"])["resources"]
+    assert (resources["key_id"], resources["key_pcr0"]) == ("migrated-key-0001", OTHER_PCR0)
+
+    # A key whose policy is not the enclave's is not recorded; destroy goes on and says so.
+    aws2 = StubbedAws()
+    queue_plan(aws2, {"/dev/hello/KMSKeyID": KEY})
+    deps2 = aws2.deps(FakeClock(), FakeSynth())
+    plan2 = plan_destroy(config, deps2)
+    aws2.key_policy(KEY, role="arn:aws:iam::123456789012:role/someone-else")
+    aws2.run([INSTANCE], stdout="enclave stopped\n")
+    destroy(config, deps2, plan2)
+    aws2.assert_done()
+    assert aws2.put == []
+    warning = next(line for line in aws2.lines if "could not record" in line)
+    assert "names arn:aws:iam::123456789012:role/someone-else" in warning
+    assert "the data will stay unreadable" in warning
