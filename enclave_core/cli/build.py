@@ -7,20 +7,22 @@ import json
 from pathlib import Path
 
 from enclave_core.cli.common import EnclaveCommand
-from enclave_core.deploy.build import Signing, build
+from enclave_core.deploy.build import Signing, build, build_context_only
 from enclave_core.errors import ValidationError
 
 
 class Build(EnclaveCommand):
     """Build the enclave image with Docker and nitro-cli; write artifacts/pcr.json.
 
-    Writes artifacts/Dockerfile (the runtime as entry point, the app's files, its command from
-    enclave.yaml), runs docker build and nitro-cli build-enclave, and prints PCR0, PCR1, PCR2
-    (and PCR8 when signed with --signing-certificate and --private-key).
+    Writes the build context artifacts/context from enclave.lock (made on the first build: the
+    base image by digest, every wheel by hash; same source, same bytes), runs docker build and
+    nitro-cli build-enclave, and prints PCR0, PCR1, PCR2 (and PCR8 when signed with
+    --signing-certificate and --private-key). --expect checks them against a published pcr.json.
     """
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
-        """``--signing-certificate``, ``--private-key``, ``--wheel``, ``-f text|json``."""
+        """``--signing-certificate``, ``--private-key``, ``--wheel``, ``--context-only``,
+        ``--expect``, ``-f text|json``."""
         parser = super().get_parser(prog_name)
         parser.add_argument(
             "--signing-certificate",
@@ -34,6 +36,17 @@ class Build(EnclaveCommand):
             "--wheel",
             metavar="<file.whl>",
             help="install simple-enclave from this wheel instead of PyPI (an unreleased build)",
+        )
+        parser.add_argument(
+            "--context-only",
+            metavar="<dir>",
+            help="write the build context (from enclave.lock) to this folder and print its "
+            "digest; no Docker, no nitro-cli",
+        )
+        parser.add_argument(
+            "--expect",
+            metavar="<pcr.json>",
+            help="fail unless the PCRs built are the ones this published pcr.json holds",
         )
         parser.add_argument(
             "-f",
@@ -68,12 +81,28 @@ class Build(EnclaveCommand):
             if line.strip():
                 progress(f"    {line}")
 
+        if parsed_args.context_only:
+            if signing or parsed_args.expect or parsed_args.wheel:
+                raise ValidationError(
+                    "--context-only writes the context only: no --wheel, --expect or signing"
+                )
+            context = build_context_only(
+                config, Path(parsed_args.context_only), progress=progress, echo=echo
+            )
+            if as_json:
+                doc = {"context": str(context.folder), "digest": context.digest,
+                       "files": list(context.files)}  # fmt: skip
+                self.write(json.dumps(doc, indent=2))
+            else:
+                self.write(f"{context.digest}  {context.folder} ({len(context.files)} files)")
+            return 0
         result = build(
             config,
             progress=progress,
             echo=echo,
             signing=signing,
             wheel=Path(parsed_args.wheel) if parsed_args.wheel else None,
+            expect=Path(parsed_args.expect) if parsed_args.expect else None,
         )
         if as_json:
             doc = {
@@ -81,6 +110,7 @@ class Build(EnclaveCommand):
                 "eif": str(result.eif),
                 "image": result.image,
                 "pcr_file": str(result.pcr_file),
+                "context_digest": result.context_digest,
             }
             self.write(json.dumps(doc, indent=2))
             return 0

@@ -1,10 +1,12 @@
 """``enclave build``: the app as a Docker image, then as an enclave image file (EIF) and its PCRs.
 
-Four steps, each printed as ``[k/4]``: write ``artifacts/Dockerfile`` and the context (the files
-of :func:`enclave_core.image.files.image_files` and enclave.yaml), ``docker build``, ``nitro-cli
-build-enclave`` (signed when given a certificate, which adds PCR8), and ``artifacts/pcr.json``,
-the values ``enclave synth`` and ``enclave deploy`` lock the key to. The image's contents:
-docs/architecture.md, "Building and deploying".
+Four steps, each printed as ``[k/4]``: write the build context ``artifacts/context`` from
+``enclave.lock`` (:mod:`enclave_core.deploy.lock`, made on the first build; the context is
+deterministic, :mod:`enclave_core.deploy.context`), ``docker build``, ``nitro-cli build-enclave``
+(signed when given a certificate, which adds PCR8), and ``artifacts/pcr.json``, the values
+``enclave synth`` and ``enclave deploy`` lock the key to, with what made them (the context's
+digest, the base image, the nitro-cli version). ``--expect`` compares the PCRs with a published
+``pcr.json``. The image's contents: docs/architecture.md, "Building and deploying".
 """
 
 from __future__ import annotations
@@ -15,23 +17,39 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from enclave_core import __version__
 from enclave_core.config import Config
+from enclave_core.deploy.context import Context, write_context
 from enclave_core.deploy.external import Which, display, failure, require_tool, run, stream
-from enclave_core.errors import ConfigError, EnclaveError, ValidationError
+from enclave_core.deploy.layout import (
+    BASE_IMAGE,
+    artifacts_dir,
+    build_outputs,
+    local_wheels,
+    pcr_path,
+)
+from enclave_core.deploy.lock import (
+    LOCK_FILENAME,
+    Lock,
+    fetch_wheels,
+    lock_problems,
+    make_lock,
+    read_lock,
+    sha256_of,
+    write_lock,
+)
+from enclave_core.deploy.registry import resolve_digest
+from enclave_core.errors import EnclaveError, ValidationError
 from enclave_core.image.files import image_files
 
-ARTIFACTS_DIRNAME = "artifacts"
-PCR_FILENAME = "pcr.json"
-BASE_IMAGE = "python:3.11-slim-bookworm"
-IMAGE_ROOT = PurePosixPath("/app")
-PACKAGE = "simple-enclave"
 DOCKER_TIMEOUT_S = 1800.0
 NITRO_CLI_TIMEOUT_S = 1800.0
 STEPS = 4
 PCR_NAMES = ("PCR0", "PCR1", "PCR2", "PCR8")
+#: What pcr.json records of the build besides the PCRs: a rebuild compares them first.
+BUILD_RECORD = ("BuildContext", "BaseImage", "NitroCLI")
 _HEX96 = re.compile(r"^[0-9a-fA-F]{96}$")
 DOCKER_HINT = "install Docker and start its daemon"
 NITRO_CLI_HINT = (
@@ -57,21 +75,8 @@ class BuildResult:
     pcr_file: Path
     dockerfile: Path
     measurements: dict[str, str] = field(default_factory=dict)
-
-
-def artifacts_dir(config: Config) -> Path:
-    """``artifacts/`` beside enclave.yaml."""
-    return config.base_dir / ARTIFACTS_DIRNAME
-
-
-def local_wheels(config: Config) -> Path:
-    """``artifacts/wheels/``: wheels the hosts' wheelhouse takes before PyPI's (``--wheel`` too)."""
-    return artifacts_dir(config) / "wheels"
-
-
-def pcr_path(config: Config) -> Path:
-    """``artifacts/pcr.json`` beside enclave.yaml."""
-    return artifacts_dir(config) / PCR_FILENAME
+    #: ``sha256:…`` of the build context (:func:`enclave_core.deploy.context.context_digest`).
+    context_digest: str = ""
 
 
 def image_tag(config: Config) -> str:
@@ -80,92 +85,17 @@ def image_tag(config: Config) -> str:
     return f"{prefix}-{config.name}:{__version__}" if prefix else f"{config.name}:{__version__}"
 
 
-def app_location(config: Config) -> PurePosixPath:
-    """Where the app's files go in the image: ``/app`` plus app.dir relative to enclave.yaml.
-
-    :raises ConfigError: app.dir is outside the folder of enclave.yaml.
-    """
-    try:
-        relative = config.app_dir.resolve().relative_to(config.base_dir.resolve())
-    except ValueError:
-        raise ConfigError(
-            f"app.dir {config.app.dir} is outside {config.base_dir}: enclave build puts the app "
-            "at the same place relative to enclave.yaml in the image; move it inside"
-        ) from None
-    return IMAGE_ROOT.joinpath(*relative.parts)
-
-
-def dockerfile_text(config: Config, *, wheel: str | None = None, requirements: bool = False) -> str:
-    """The Dockerfile for ``config``'s app (see the module docstring)."""
-    target = app_location(config)
-    command = json.dumps(config.app.command)
-    if wheel:
-        install = [f"COPY {wheel} /tmp/{wheel}", f"RUN pip install /tmp/{wheel} && rm /tmp/{wheel}"]
-    else:
-        install = [f'RUN pip install "{PACKAGE}=={__version__}"']
-    lines = [
-        f"# Written by `enclave build` ({PACKAGE} {__version__}) for app {config.name!r}.",
-        "# Regenerated on every build: change enclave.yaml, not this file.",
-        "#",
-        "# The base image is pinned by tag. For reproducible PCRs pin it by digest too",
-        f"# (FROM {BASE_IMAGE}@sha256:<digest>); resolving the digest needs the network",
-        f"# (docker buildx imagetools inspect {BASE_IMAGE}), so enclave build leaves it to you.",
-        f"FROM {BASE_IMAGE}",
-        "",
-        "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \\",
-        "    PIP_DISABLE_PIP_VERSION_CHECK=1",
-        "",
-        "# The framework: its runtime is the enclave's entry point.",
-        *install,
-        "",
-        f"WORKDIR {IMAGE_ROOT}",
-    ]
-    if requirements:
-        lines += [
-            "# The app's own dependencies, in their own layer.",
-            f"COPY app/requirements.txt {target / 'requirements.txt'}",
-            f"RUN pip install -r {target / 'requirements.txt'}",
-        ]
-    lines += [
-        "# The app's files (app.dir) and enclave.yaml (mode: production backends).",
-        f"COPY app/ {target}/",
-        f"COPY enclave.yaml {IMAGE_ROOT / 'enclave.yaml'}",
-        "",
-        "# The runtime boots (attestation, KMS key, secrets, storage), then runs the app's",
-        f"# command from enclave.yaml as its child, in {target}: {command}",
-        f'ENTRYPOINT ["enclave", "runtime", "-c", "{IMAGE_ROOT / "enclave.yaml"}"]',
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def app_image_files(config: Config) -> list[tuple[str, Path]]:
-    """The app's files that go into the image (``app/`` of the context), sorted."""
-    top = config.base_dir.resolve()
-    private = [config.state_dir, top / ARTIFACTS_DIRNAME, top / "cdk.out"]
+    """The app's files that go into the image (``app/`` of the context), sorted.
+
+    The development snapshot leaves out the same paths (:func:`~enclave_core.image.snapshot.
+    private_paths`, the same :func:`~enclave_core.deploy.layout.build_outputs`), so what never
+    enters the image never changes the development PCR0.
+    """
+    private = build_outputs(config)
     if config.path is not None:
         private.append(config.path)  # copied on its own, to /app/enclave.yaml
     return image_files(config.app_dir, exclude=config.app.exclude, private=private)
-
-
-def stage_context(config: Config, context: Path, *, wheel: Path | None = None) -> list[str]:
-    """Fill ``context`` (emptied first) with ``enclave.yaml``, ``app/`` and the wheel, if any.
-
-    :returns: the app files copied, relative to app.dir, sorted.
-    """
-    assert config.path is not None, "enclave build needs an enclave.yaml"
-    if context.exists():
-        shutil.rmtree(context)
-    app_out = context / "app"
-    app_out.mkdir(parents=True)
-    shutil.copy2(config.path, context / "enclave.yaml")
-    if wheel is not None:
-        shutil.copy2(wheel, context / wheel.name)
-    copied: list[str] = []
-    for relative, path in app_image_files(config):
-        (app_out / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, app_out / relative)
-        copied.append(relative)
-    return sorted(copied)
 
 
 def parse_measurements(stdout: str) -> dict[str, str]:
@@ -209,6 +139,91 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
+def ensure_lock(
+    config: Config,
+    *,
+    progress: Callable[[str], None],
+    echo: Callable[[str], None],
+    digest_of: Callable[[str], str] = resolve_digest,
+) -> Lock:
+    """``enclave.lock``, made now when there is none (the first build); refused when stale.
+
+    :raises EnclaveError: the lock does not match requirements.txt, the framework's version or
+        the architecture (run ``enclave lock``), or it cannot be made (no network).
+    """
+    lock = read_lock(config)
+    if lock is None:
+        progress(f"    no {LOCK_FILENAME}: making it (enclave lock), then commit it with the app")
+        lock = make_lock(config, base_digest=digest_of(BASE_IMAGE), echo=echo)
+        write_lock(config, lock)
+        return lock
+    problems = lock_problems(config, lock)
+    if problems:
+        raise EnclaveError(
+            f"{LOCK_FILENAME} does not match what this build would install: "
+            + "; ".join(problems)
+            + ". Run enclave lock, review the change and commit it"
+        )
+    return lock
+
+
+def prepare_context(
+    config: Config,
+    folder: Path,
+    *,
+    progress: Callable[[str], None],
+    echo: Callable[[str], None],
+    digest_of: Callable[[str], str] = resolve_digest,
+) -> tuple[Lock, Context]:
+    """The lock, its wheels and the normalised context in ``folder``
+    (:mod:`enclave_core.deploy.context`)."""
+    lock = ensure_lock(config, progress=progress, echo=echo, digest_of=digest_of)
+    wheels = fetch_wheels(config, lock, echo=echo)
+    context = write_context(config, lock, folder, wheels=wheels, app_files=app_image_files(config))
+    return lock, context
+
+
+def _check_wheel_locked(config: Config, wheel: Path) -> None:
+    """An existing lock must pin this very wheel: a rebuilt one needs ``enclave lock``."""
+    lock = read_lock(config)
+    if lock is None:
+        return  # the lock made now takes it (artifacts/wheels/ comes first)
+    digest = sha256_of(wheel)
+    if not any(w.filename == wheel.name and w.sha256 == digest for w in lock.wheels):
+        raise EnclaveError(
+            f"{LOCK_FILENAME} does not pin {wheel.name} with this content (SHA-256 "
+            f"{digest[:16]}…): it is in {local_wheels(config)} now; run enclave lock, then build"
+        )
+
+
+def compare_pcrs(expected_file: Path, measured: dict[str, str]) -> None:
+    """Check the PCRs measured against a published ``pcr.json``.
+
+    :raises EnclaveError: naming each PCR that differs (and what the file records of the build).
+    :raises ValidationError: the file cannot be read or has no PCR0.
+    """
+    try:
+        expected = json.loads(expected_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"--expect {expected_file} cannot be read: {exc}") from None
+    if not isinstance(expected, dict) or not _HEX96.match(str(expected.get("PCR0", ""))):
+        raise ValidationError(f"--expect {expected_file} has no PCR0 of 96 hex digits")
+    names = [n for n in PCR_NAMES if n in expected or n in measured]
+    differ = [
+        f"{name}: built {measured.get(name, 'none')[:16]}…, expected "
+        f"{str(expected.get(name, 'none')).lower()[:16]}…"
+        for name in names
+        if str(expected.get(name, "")).lower() != measured.get(name, "")
+    ]
+    if differ:
+        recorded = ", ".join(f"{key} {expected[key]}" for key in BUILD_RECORD if key in expected)
+        raise EnclaveError(
+            f"the image does not reproduce {expected_file}: "
+            + "; ".join(differ)
+            + (f" (it records {recorded})" if recorded else "")
+        )
+
+
 def build(
     config: Config,
     *,
@@ -216,42 +231,46 @@ def build(
     echo: Callable[[str], None],
     signing: Signing | None = None,
     wheel: Path | None = None,
+    expect: Path | None = None,
     which: Which = shutil.which,
+    digest_of: Callable[[str], str] = resolve_digest,
 ) -> BuildResult:
     """Build the image and the EIF of ``config``'s app; see the module docstring.
 
     :param progress: receives the ``[k/4] ...`` lines; ``echo`` receives the tools' output.
-    :raises EnclaveError: a tool is missing or failed, an input file is missing.
+    :param expect: a published ``pcr.json`` the build must reproduce.
+    :raises EnclaveError: a tool is missing or failed, an input file is missing, the lock is
+        stale, or the PCRs differ from ``expect``.
     """
     needed_by = "enclave build"
     docker = require_tool("docker", needed_by=needed_by, hint=DOCKER_HINT, which=which)
     nitro_cli = require_tool("nitro-cli", needed_by=needed_by, hint=NITRO_CLI_HINT, which=which)
     inputs = [signing.certificate, signing.private_key] if signing else []
-    for given in [*inputs, *([wheel] if wheel else [])]:
+    for given in [*inputs, *([wheel] if wheel else []), *([expect] if expect else [])]:
         if not given.is_file():
             raise ValidationError(f"enclave build: {given} is not a file")
     if wheel is not None and wheel.suffix != ".whl":
         raise ValidationError(f"enclave build: --wheel {wheel} is not a .whl file")
     base = config.base_dir
     artifacts = artifacts_dir(config)
-    dockerfile, context = artifacts / "Dockerfile", artifacts / "context"
+    folder = artifacts / "context"
+    dockerfile = folder / "Dockerfile"
     eif = config.resolve(config.enclave.eif)
     tag = image_tag(config)
 
-    progress(f"[1/{STEPS}] writing {_relative(dockerfile, base)} and the build context")
-    files = stage_context(config, context, wheel=wheel)
-    if wheel is not None:  # the hosts install the same simple-enclave (enclave deploy's wheels)
+    progress(f"[1/{STEPS}] writing the build context {_relative(folder, base)} ({LOCK_FILENAME})")
+    if wheel is not None:  # the image and the hosts install this simple-enclave
         local_wheels(config).mkdir(parents=True, exist_ok=True)
         shutil.copy2(wheel, local_wheels(config) / wheel.name)
-    text = dockerfile_text(
-        config,
-        wheel=wheel.name if wheel else None,
-        requirements="requirements.txt" in files,
+        _check_wheel_locked(config, wheel)
+    lock, context = prepare_context(
+        config, folder, progress=progress, echo=echo, digest_of=digest_of
     )
-    dockerfile.write_text(text, encoding="utf-8")
+    echo(f"context {context.digest} ({len(context.files)} files, base {lock.base})")
 
-    argv = [docker, "build", "-t", tag, "-f", str(dockerfile), str(context)]
-    shown = [*argv[:5], _relative(dockerfile, base), _relative(context, base)]
+    argv = [docker, "build", "-t", tag, "-f", str(dockerfile)]
+    argv += ["--build-arg", f"SOURCE_DATE_EPOCH={lock.source_date_epoch}", str(folder)]
+    shown = [*argv[:5], _relative(dockerfile, base), *argv[6:8], _relative(folder, base)]
     progress(f"[2/{STEPS}] {display(shown)}")
     result = stream(argv, timeout_s=DOCKER_TIMEOUT_S, echo=echo)
     if result.returncode != 0:
@@ -274,5 +293,36 @@ def build(
 
     pcr_file = pcr_path(config)
     progress(f"[4/{STEPS}] writing {_relative(pcr_file, base)}")
-    write_pcr_file(pcr_file, measurements)
-    return BuildResult(tag, eif, pcr_file, dockerfile, measurements)
+    record = {
+        "BuildContext": context.digest,
+        "BaseImage": lock.base,
+        "NitroCLI": _version(nitro_cli),
+    }
+    write_pcr_file(pcr_file, {**measurements, **record})
+    if expect is not None:
+        compare_pcrs(expect, measurements)
+        progress(f"    PCR0, PCR1 and PCR2 are the ones {expect} publishes")
+    return BuildResult(tag, eif, pcr_file, dockerfile, measurements, context.digest)
+
+
+def _version(tool: str) -> str:
+    """``nitro-cli --version``'s line (its kernel and init blobs come with it)."""
+    result = run([tool, "--version"], timeout_s=60)
+    return (
+        result.stdout.strip().splitlines()[0]
+        if result.returncode == 0 and result.stdout.strip()
+        else "unknown"
+    )
+
+
+def build_context_only(
+    config: Config,
+    folder: Path,
+    *,
+    progress: Callable[[str], None],
+    echo: Callable[[str], None],
+    digest_of: Callable[[str], str] = resolve_digest,
+) -> Context:
+    """``enclave build --context-only DIR``: the lock, the wheels and the context; no Docker."""
+    _, context = prepare_context(config, folder, progress=progress, echo=echo, digest_of=digest_of)
+    return context

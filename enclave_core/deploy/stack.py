@@ -24,8 +24,8 @@ from enclave_infra import naming  # names only: no aws-cdk-lib needed
 
 from enclave_core.aws.clients import AwsClients, aws_errors, error_code, map_client_error
 from enclave_core.config import Config
-from enclave_core.deploy.build import pcr_path
 from enclave_core.deploy.external import Which
+from enclave_core.deploy.layout import pcr_path
 from enclave_core.deploy.ssm_run import RunCommand, health_script
 from enclave_core.deploy.wheelhouse import resolve as resolve_wheels
 from enclave_core.errors import ConfigError, EnclaveError, NotFound, ValidationError

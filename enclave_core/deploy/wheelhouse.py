@@ -15,9 +15,9 @@ from pathlib import Path
 
 from enclave_core import __version__
 from enclave_core.config import Config
-from enclave_core.deploy.build import local_wheels
 from enclave_core.deploy.external import failure, stream
 from enclave_core.deploy.instance_types import lookup
+from enclave_core.deploy.layout import local_wheels
 from enclave_core.errors import ConfigError
 
 PACKAGE = "simple-enclave"

@@ -21,6 +21,7 @@ from loguru import logger
 from enclave_core.config import Config
 from enclave_core.errors import EnclaveError, ValidationError
 from enclave_core.image.files import image_files, measure
+from enclave_core.image.outputs import build_outputs
 
 IMAGES_DIRNAME = "images"
 #: Characters of the content digest that name a snapshot's folder.
@@ -41,8 +42,15 @@ def images_dir(config: Config) -> Path:
     return config.state_dir / IMAGES_DIRNAME
 
 
+def private_paths(config: Config) -> list[Path]:
+    """What the snapshot leaves out besides the image rule: exactly what ``enclave build``
+    leaves out of the production image (the state directory, ``artifacts/``, ``cdk.out/``,
+    ``enclave.lock``)."""
+    return build_outputs(config)
+
+
 def _files(config: Config, folder: Path) -> list[tuple[str, Path]]:
-    return image_files(folder, exclude=config.app.exclude, private=[config.state_dir])
+    return image_files(folder, exclude=config.app.exclude, private=private_paths(config))
 
 
 def content_digest(config: Config, folder: Path) -> str:

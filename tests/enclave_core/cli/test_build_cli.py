@@ -11,9 +11,16 @@ from enclave_core import __version__
 from enclave_core.config import Config
 from enclave_core.testing import dev_config_document, write_config
 from tests.doubles.host_tools import FAKES
+from tests.doubles.locked import EPOCH, fake_lock, framework_wheel
 from tests.helpers import cli
 
 TAG = f"dev-hello:{__version__}"
+
+
+@pytest.fixture(autouse=True)
+def _locked(app_config: Config) -> None:
+    """enclave.lock with its (fake) wheels in the cache: the builds run offline."""
+    fake_lock(app_config)
 
 
 DEV_WARNING = (
@@ -30,8 +37,9 @@ def test_build_prints_numbered_progress_and_the_pcrs(
     lines = out.splitlines()
     pcrs = json.loads((app_config.base_dir / "artifacts" / "pcr.json").read_text())
     assert [line for line in lines if line.startswith("[")] == [
-        "[1/4] writing artifacts/Dockerfile and the build context",
-        f"[2/4] docker build -t {TAG} -f artifacts/Dockerfile artifacts/context",
+        "[1/4] writing the build context artifacts/context (enclave.lock)",
+        f"[2/4] docker build -t {TAG} -f artifacts/context/Dockerfile --build-arg "
+        f"SOURCE_DATE_EPOCH={EPOCH} artifacts/context",
         f"[3/4] nitro-cli build-enclave --docker-uri {TAG} --output-file artifacts/image.eif",
         "[4/4] writing artifacts/pcr.json",
     ]
@@ -108,23 +116,29 @@ def test_a_failed_docker_build_shows_its_last_lines(
     assert all(line.startswith("  ") for line in tail)
 
 
-def test_signing_needs_both_files_and_a_wheel_goes_into_the_image_and_the_wheelhouse(
+def test_signing_needs_both_files_and_a_wheel_must_be_the_locked_one(
     capsys: pytest.CaptureFixture[str], app_config: Config, fakes: Path, tmp_path: Path
 ) -> None:
     code, _, err = cli(
         capsys, "build", "--signing-certificate", "cert.pem", "-c", str(app_config.path)
     )
     assert (code, err) == (1, "ERROR: --signing-certificate and --private-key go together\n")
-    wheel = tmp_path / "simple_enclave-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"PK wheel")
+    # The lock pins the framework's wheel by hash: another build of it is refused until relocked.
+    wheel = tmp_path / framework_wheel()
+    wheel.write_bytes(b"PK a rebuilt wheel")
+    code, _, err = cli(capsys, "build", "--wheel", str(wheel), "-c", str(app_config.path))
+    assert code == 1
+    assert f"ERROR: enclave.lock does not pin {wheel.name} with this content" in err
+    assert "run enclave lock, then build" in err
+    artifacts = app_config.base_dir / "artifacts"
+    assert (artifacts / "wheels" / wheel.name).read_bytes() == b"PK a rebuilt wheel"
+    # The locked one itself is accepted, and it is what the image installs.
+    locked = app_config.state_dir / "wheels" / framework_wheel()
+    wheel.write_bytes(locked.read_bytes())
     code, _, _ = cli(capsys, "build", "--wheel", str(wheel), "-c", str(app_config.path))
     assert code == 0
-    artifacts = app_config.base_dir / "artifacts"
-    assert (artifacts / "wheels" / wheel.name).read_bytes() == b"PK wheel"
-    dockerfile = (artifacts / "Dockerfile").read_text()
-    assert f"RUN pip install /tmp/{wheel.name} && rm /tmp/{wheel.name}" in dockerfile
     image = json.loads((fakes / "docker.json").read_text())["images"][TAG]
-    assert wheel.name in image["Files"]
+    assert f"wheels/{wheel.name}" in image["Files"]
 
 
 def test_env_references_are_warned_about(
@@ -136,6 +150,7 @@ def test_env_references_are_warned_about(
     monkeypatch.setenv("GREETING_VALUE", "hi")
     doc = dev_config_document(app={"env": {"GREETING": {"$env": "GREETING_VALUE"}}})
     config = write_config(tmp_path / "envapp", doc)
+    fake_lock(config)
     code, _, err = cli(capsys, "build", "-c", str(config.path))
     assert code == 0
     assert (

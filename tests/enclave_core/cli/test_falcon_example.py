@@ -25,10 +25,13 @@ import pytest
 
 from enclave_core.cli.main import main
 from enclave_core.config import Config, load_config
-from enclave_core.deploy.build import dockerfile_text, stage_context
+from enclave_core.deploy.build import app_image_files
+from enclave_core.deploy.context import dockerfile_text
+from enclave_core.deploy.lock import lock_problems, requirements_sha256
 from enclave_core.runtime.child import AppSupervisor
 from enclave_core.supervisor.service import STOP_TIMEOUT_S
 from tests.doubles.appapi_server import TOKEN, AppApi, app_api_servers
+from tests.doubles.locked import fake_lock
 
 FALCON = Path(__file__).resolve().parents[3] / "enclave_core" / "templates" / "falcon"
 SECRET = "0123456789abcdef" * 4
@@ -120,17 +123,22 @@ def test_without_the_app_api_the_notes_are_unavailable(monkeypatch: pytest.Monke
     assert answer.status_code == 503 and "enclave dev" in answer.json["description"]
 
 
-def test_enclave_build_installs_its_requirements(
+def test_enclave_build_locks_its_requirements(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["init", str(tmp_path / "notes"), "--template", "falcon"]) == 0
     capsys.readouterr()
     config = load_config(tmp_path / "notes" / "enclave.yaml")
-    files = stage_context(config, tmp_path / "context")
+    files = [relative for relative, _ in app_image_files(config)]
     assert {"app.py", "gunicorn.conf.py", "requirements.txt"} <= set(files)
-    dockerfile = dockerfile_text(config, requirements="requirements.txt" in files)
-    assert "RUN pip install -r /app/requirements.txt" in dockerfile
+    # The lock is made for this requirements.txt; editing it makes the lock stale.
+    lock = fake_lock(config)
+    assert lock.requirements_sha256 == requirements_sha256(config) is not None
+    dockerfile = dockerfile_text(config, lock)
+    assert "--require-hashes" in dockerfile and "-r /app/requirements.txt" not in dockerfile
     assert '["python3", "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"]' in dockerfile
+    (tmp_path / "notes" / "requirements.txt").write_text("falcon==4.0.2\n")
+    assert any("another requirements.txt" in p for p in lock_problems(config, lock))
 
 
 # -- gunicorn.conf.py ----------------------------------------------------------------------------
