@@ -269,8 +269,11 @@ def build(
     echo(f"context {context.digest} ({len(context.files)} files, base {lock.base})")
 
     argv = [docker, "build", "-t", tag, "-f", str(dockerfile)]
-    argv += ["--build-arg", f"SOURCE_DATE_EPOCH={lock.source_date_epoch}", str(folder)]
-    shown = [*argv[:5], _relative(dockerfile, base), *argv[6:8], _relative(folder, base)]
+    argv += ["--build-arg", f"SOURCE_DATE_EPOCH={lock.source_date_epoch}"]
+    if rewrites_timestamps(docker):  # every file of every layer dated SOURCE_DATE_EPOCH too
+        argv += ["--output", "type=docker,rewrite-timestamp=true"]
+    argv.append(str(folder))
+    shown = [*argv[:5], _relative(dockerfile, base), *argv[6:-1], _relative(folder, base)]
     progress(f"[2/{STEPS}] {display(shown)}")
     result = stream(argv, timeout_s=DOCKER_TIMEOUT_S, echo=echo)
     if result.returncode != 0:
@@ -303,6 +306,18 @@ def build(
         compare_pcrs(expect, measurements)
         progress(f"    PCR0, PCR1 and PCR2 are the ones {expect} publishes")
     return BuildResult(tag, eif, pcr_file, dockerfile, measurements, context.digest)
+
+
+#: The first BuildKit whose exporters rewrite layer file times to SOURCE_DATE_EPOCH.
+REWRITE_TIMESTAMP_SINCE = (0, 13)
+
+
+def rewrites_timestamps(docker: str) -> bool:
+    """Whether ``docker buildx`` (BuildKit) can rewrite layer timestamps (``rewrite-timestamp``,
+    buildx 0.13 and later); without it, files that ``pip install`` writes keep the build's time."""
+    result = run([docker, "buildx", "version"], timeout_s=60)
+    match = re.search(r"\bv(\d+)\.(\d+)", result.stdout) if result.returncode == 0 else None
+    return match is not None and (int(match[1]), int(match[2])) >= REWRITE_TIMESTAMP_SINCE
 
 
 def _version(tool: str) -> str:

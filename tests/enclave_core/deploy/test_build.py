@@ -66,6 +66,7 @@ def test_build_runs_docker_then_nitro_cli_and_writes_pcr_json(app: Config, fakes
     tag = f"dev-hello:{__version__}"
     context = folder / "artifacts" / "context"
     assert calls(fakes, "docker") == [
+        ["buildx", "version"],  # no buildx here: no layer timestamps to rewrite
         [
             "build",
             "-t",
@@ -264,3 +265,15 @@ def test_expect_compares_the_pcrs_with_a_published_pcr_json(
     (app.base_dir / "app.py").write_text("print('not what was published')\n")
     with pytest.raises(EnclaveError, match="PCR0: built .*PCR1: built"):
         run_build(app, expect=published)
+
+
+@pytest.mark.parametrize(("buildx", "rewrites"), [("v0.13.1", True), ("v0.12.5", False)])
+def test_buildkit_rewrites_layer_timestamps_when_it_can(
+    app: Config, fakes: Path, monkeypatch: pytest.MonkeyPatch, buildx: str, rewrites: bool
+) -> None:
+    monkeypatch.setenv("FAKE_DOCKER_BUILDX", buildx)
+    run_build(app)
+    (build_call,) = [call for call in calls(fakes, "docker") if call[0] == "build"]
+    output = ["--output", "type=docker,rewrite-timestamp=true"]
+    assert (build_call[-3:-1] == output) is rewrites
+    assert ["buildx", "version"] in calls(fakes, "docker")
