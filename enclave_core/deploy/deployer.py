@@ -69,10 +69,14 @@ def _step(deps: Deps, k: int, text: str) -> None:
 
 
 def upload(config: Config, deps: Deps, bucket: str, wheels: Sequence[Path]) -> None:
-    """Step 4: the EIF to ``s3://<bucket>/image.eif``, the wheels under ``wheels/``."""
+    """Step 4: the wheels under ``wheels/``, then the EIF to ``s3://<bucket>/image.eif``.
+
+    A new host's first boot starts installing once ``image.eif`` and the simple-enclave wheel
+    are there: the EIF goes last, so no host ever copies half a wheelhouse.
+    """
     eif = config.resolve(config.enclave.eif)
     s3 = deps.clients("s3")
-    for path, key in [(eif, EIF_OBJECT_KEY), *((w, WHEELS_PREFIX + w.name) for w in wheels)]:
+    for path, key in [*((w, WHEELS_PREFIX + w.name) for w in wheels), (eif, EIF_OBJECT_KEY)]:
         where = f"{path.name} to s3://{bucket}/{key}"
         try:
             s3.upload_file(str(path), bucket, key)

@@ -76,7 +76,7 @@ def test_build_runs_docker_then_nitro_cli_and_writes_pcr_json(app: Config, fakes
             "--build-arg",
             f"SOURCE_DATE_EPOCH={EPOCH}",
             str(context),
-        ]
+        ],
     ]
     eif = folder / "artifacts" / "image.eif"
     assert calls(fakes, "nitro-cli") == [

@@ -52,6 +52,10 @@ def test_a_first_deploy_runs_six_steps_and_the_enclave_runs(
 ) -> None:
     config = deploy_config(tmp_path / "app")
     aws, clock, synth = StubbedAws(s3), FakeClock(), FakeSynth()
+    uploaded: list[str] = []
+    s3.meta.events.register(
+        "provide-client-params.s3.PutObject", lambda params, **_: uploaded.append(params["Key"])
+    )
     happy_path(aws, health_polls=[health("starting"), health("running")])
     result = deploy(config, aws.deps(clock, synth))
     aws.assert_done()
@@ -75,6 +79,8 @@ def test_a_first_deploy_runs_six_steps_and_the_enclave_runs(
     assert f"     ✅  {STACK}" in aws.lines  # the cdk CLI's own output, streamed and indented
     # Step 4: the EIF and the wheelhouse, byte for byte, where the hosts' first boot looks.
     assert s3.get_object(Bucket=EIF_BUCKET, Key="image.eif")["Body"].read() == EIF_BYTES
+    # A new host starts installing once image.eif is there: it goes last, after every wheel.
+    assert uploaded[-1] == "image.eif" and len(uploaded) == 1 + len(WHEELS)
     listed = s3.list_objects_v2(Bucket=EIF_BUCKET, Prefix="wheels/")["Contents"]
     assert sorted(o["Key"] for o in listed) == sorted(f"wheels/{w}" for w in WHEELS)
     # Step 5 fetched and started; step 6 polled /health until running.
