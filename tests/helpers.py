@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -134,3 +136,15 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def build_project_wheel(dest: Path) -> Path:
+    """This checkout's simple-enclave wheel, built into ``dest`` (an unreleased framework, as
+    ``enclave build --wheel`` takes it); returns its path."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(dest), str(REPO_ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return next(dest.glob("simple_enclave-*.whl"))

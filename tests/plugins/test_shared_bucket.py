@@ -23,8 +23,6 @@ import queue
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ import boto3
 import pytest
 
 from enclave_core.testing import free_port
-from tests.services.moto_server import stop_process
+from tests.services.moto_server import moto_answers, stop_process
 
 ROUNDS = 200
 WORKERS = 2
@@ -50,18 +48,6 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
            threaded=False, use_reloader=False)
 """
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2) as response:
-            response.read()
-        return True
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +67,7 @@ def serial_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     try:
         deadline = time.monotonic() + 30
-        while not _answers(url):
+        while not moto_answers(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"moto did not start:\n{log_path.read_text()[-2000:]}")
             time.sleep(0.1)

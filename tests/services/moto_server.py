@@ -37,7 +37,7 @@ STOP_TIMEOUT_S = 10.0
 REGION = "us-east-1"
 
 
-def _answers(url: str) -> bool:
+def moto_answers(url: str) -> bool:
     """Whether an HTTP server answers at ``url`` (any status counts)."""
     try:
         with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2) as response:
@@ -83,7 +83,7 @@ def start_moto_server(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
             env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _answers(url):
+    while not moto_answers(url):
         if process.poll() is not None or time.monotonic() > deadline:
             stop_process(process)
             tail = log_path.read_text(errors="replace")[-2000:]

@@ -11,8 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import boto3
 from enclave_core.testing import free_port
 from tests.e2e.deploy.project import REGION
 from tests.helpers import REPO_ROOT
-from tests.services.moto_server import stop_process
+from tests.services.moto_server import moto_answers, stop_process
 
 START_TIMEOUT_S = 60.0
 
@@ -41,18 +39,6 @@ class Moto:
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
         )
         return session.client(service, endpoint_url=self.url)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2) as response:
-            response.read()
-        return True
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return True
-    except OSError:
-        return False
 
 
 def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], Moto]:
@@ -82,7 +68,7 @@ def start_moto(work: Path) -> tuple[subprocess.Popen[bytes], Moto]:
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _answers(moto.url):
+    while not moto_answers(moto.url):
         if process.poll() is not None or time.monotonic() > deadline:
             stop_process(process)
             tail = moto.log.read_text(errors="replace")[-3000:]

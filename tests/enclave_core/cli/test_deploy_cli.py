@@ -145,6 +145,13 @@ def queue_destroy_plan(aws: StubbedAws) -> None:
     )
 
 
+def queue_destroy(aws: StubbedAws) -> None:
+    """The plan's reads, then the record of what stays (the key's policy read, the record put)."""
+    queue_destroy_plan(aws)
+    aws.key_policy()
+    aws.put_record()
+
+
 def test_destroy_warns_asks_for_the_stack_name_and_destroys(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -152,9 +159,7 @@ def test_destroy_warns_asks_for_the_stack_name_and_destroys(
     production_config: Config,
 ) -> None:
     aws = StubbedAws()
-    queue_destroy_plan(aws)
-    aws.key_policy()
-    aws.put_record()
+    queue_destroy(aws)
     aws.run([INSTANCE], stdout="enclave stopped\n")
     inject(monkeypatch, aws, FakeSynth())
     code, out, err = cli(capsys, "destroy", "-c", str(production_config.path), stdin=STACK)
@@ -200,9 +205,7 @@ def test_destroy_force_does_not_ask_and_a_missing_stack_is_nothing_to_do(
     production_config: Config,
 ) -> None:
     aws = StubbedAws()
-    queue_destroy_plan(aws)
-    aws.key_policy()
-    aws.put_record()
+    queue_destroy(aws)
     aws.run([INSTANCE], stdout="enclave stopped\n")
     inject(monkeypatch, aws, FakeSynth())
     code, out, _ = cli(capsys, "destroy", "--force", "-c", str(production_config.path))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from enclave_core.config import Config
-from tests.helpers import REPO_ROOT, cli
+from tests.helpers import build_project_wheel, cli
 
 DIGEST = "sha256:" + "5e" * 32
 
@@ -19,12 +17,7 @@ def test_lock_writes_the_file_and_a_second_run_says_what_changed(
     capsys: pytest.CaptureFixture[str], app_config: Config
 ) -> None:
     wheels = app_config.base_dir / "artifacts" / "wheels"
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-2000:]
+    build_project_wheel(wheels)
     argv = ["lock", "--base-digest", DIGEST, "--source-date-epoch", "1700000000"]
     code, out, err = cli(capsys, *argv, "-c", str(app_config.path))
     assert code == 0, err

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from enclave_core.deploy.lock import (
 from enclave_core.errors import ValidationError
 from enclave_core.testing import dev_config_document, write_config
 from tests.doubles.locked import BASE_DIGEST, fake_lock
-from tests.helpers import REPO_ROOT
+from tests.helpers import build_project_wheel
 
 
 def test_the_image_platform_is_cpython_3_11_on_bookworms_glibc() -> None:
@@ -43,12 +41,7 @@ def test_the_lock_resolves_the_real_dependencies_with_hashes(
     app = tmp_path / "app"
     config = write_config(app, dev_config_document(instance_type=instance_type))
     (app / "requirements.txt").write_text("six==1.16.0\n")
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(app / "artifacts" / "wheels"), str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-2000:]
+    build_project_wheel(app / "artifacts" / "wheels")
     lock = make_lock(config, base_digest=BASE_DIGEST, echo=lambda line: None, epoch=123)
     arch = "aarch64" if instance_type.startswith("c7g") else "x86_64"
     names = {w.name for w in lock.wheels}

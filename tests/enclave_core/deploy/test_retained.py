@@ -61,6 +61,16 @@ def key_described(aws: StubbedAws, state: str = "Enabled", origin: str = "AWS_KM
     aws.stubs["kms"].add_response("describe_key", {"KeyMetadata": meta}, {"KeyId": KEY})
 
 
+def a_checked_record(aws: StubbedAws) -> None:
+    """Step 1 of a deploy after destroy: no stack, the record, and AWS confirming each part."""
+    aws.caller()
+    aws.no_stack()
+    aws.record(RECORD)
+    role_exists(aws)
+    key_described(aws)
+    aws.key_policy(KEY)
+
+
 def then_deployed(aws: StubbedAws) -> None:
     """The rest of a first deploy after step 1."""
     aws.instances({"InstanceIds": [INSTANCE]}, [{"id": INSTANCE}])
@@ -76,12 +86,7 @@ def test_the_recorded_role_key_and_buckets_are_checked_and_adopted(
     s3.create_bucket(Bucket=STORAGE)  # retained, with the first deployment's objects
     make_logs_bucket(s3)  # the new stack's
     aws, synth = StubbedAws(s3), FakeSynth()
-    aws.caller()
-    aws.no_stack()
-    aws.record(RECORD)
-    role_exists(aws)
-    key_described(aws)
-    aws.key_policy(KEY)
+    a_checked_record(aws)
     then_deployed(aws)
     deploy(config, aws.deps(FakeClock(), synth))
     aws.assert_done()
@@ -100,12 +105,7 @@ def test_a_bucket_deleted_since_is_made_afresh(tmp_path: Path, fake_cdk: Path, s
     config = deploy_config(tmp_path / "app")  # the storage bucket is gone from moto's S3
     make_logs_bucket(s3)
     aws, synth = StubbedAws(s3), FakeSynth()
-    aws.caller()
-    aws.no_stack()
-    aws.record(RECORD)
-    role_exists(aws)
-    key_described(aws)
-    aws.key_policy(KEY)
+    a_checked_record(aws)
     then_deployed(aws)
     deploy(config, aws.deps(FakeClock(), synth))
     assert synth.adopted == [Adopted(eif_bucket=EIF_BUCKET, role_arn=ROLE, key_id=KEY,
@@ -117,12 +117,7 @@ def test_a_new_image_cannot_adopt_a_key_locked_to_the_old_one(
 ) -> None:
     config = deploy_config(tmp_path / "app", pcr0=OTHER_PCR0)
     aws = StubbedAws()
-    aws.caller()
-    aws.no_stack()
-    aws.record(RECORD)
-    role_exists(aws)
-    key_described(aws)
-    aws.key_policy(KEY)
+    a_checked_record(aws)
     with pytest.raises(EnclaveError) as caught:
         deploy(config, aws.deps(FakeClock(), FakeSynth()))
     assert str(caught.value).startswith(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from enclave_core.deploy.wheelhouse import (
     resolve,
 )
 from enclave_core.testing import dev_config_document, write_config
-from tests.helpers import REPO_ROOT
+from tests.helpers import build_project_wheel
 
 
 def test_pip_downloads_binary_wheels_for_the_hosts_platform(tmp_path: Path) -> None:
@@ -90,12 +89,7 @@ def test_the_real_dependency_set_resolves_for_both_architectures(
     app = tmp_path / "app"
     config = write_config(app, dev_config_document(instance_type=instance_type))
     wheels = app / "artifacts" / "wheels"  # the unreleased framework, as enclave build --wheel
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(REPO_ROOT)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr[-2000:]
+    build_project_wheel(wheels)
     lines: list[str] = []
     found = resolve(config, tmp_path / "wh", echo=lines.append)
     names = {path.name.split("-")[0].lower().replace("_", "-") for path in found}
