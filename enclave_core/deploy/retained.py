@@ -214,8 +214,9 @@ def _same_name_buckets(
         state = _bucket_state(clients, name, account) if name else "absent"
         if state == "foreign":
             raise EnclaveError(
-                f"the bucket name {name} is taken by another AWS account: choose another prefix "
-                "or name in enclave.yaml (bucket names are global)"
+                f"the bucket name {name} is taken by another AWS account (or these credentials "
+                "may not read it): choose another prefix or name in enclave.yaml (bucket names "
+                "are global)"
             )
         found[field] = name if state == "ours" else None
         if state == "ours":

@@ -202,8 +202,8 @@ def test_a_bucket_name_another_account_owns_is_refused(tmp_path: Path, fake_cdk:
     with pytest.raises(EnclaveError) as caught:
         deploy(config, aws.deps(FakeClock(), FakeSynth()))
     assert str(caught.value) == (
-        f"the bucket name {STORAGE} is taken by another AWS account: choose another prefix or "
-        "name in enclave.yaml (bucket names are global)"
+        f"the bucket name {STORAGE} is taken by another AWS account (or these credentials may "
+        "not read it): choose another prefix or name in enclave.yaml (bucket names are global)"
     )
 
 
