@@ -185,7 +185,10 @@ async def connect(
         coro = asyncio.open_unix_connection(addr.path, **kw)
     else:
         coro = _vsock_connect(addr, **kw)
-    return await asyncio.wait_for(coro, timeout)
+    # A timeout scope, not wait_for: no extra task per connection (the ingress opens one per
+    # client connection).
+    async with asyncio.timeout(timeout):
+        return await coro
 
 
 async def _vsock_connect(
