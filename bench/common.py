@@ -142,6 +142,23 @@ def wait_200(url: str, deadline_s: float, pause: float = 0.01) -> float:
 
 
 # -- a development stack ----------------------------------------------------------------------
+def on_free_ports(doc: dict[str, Any], *, runtime: int, ingress: int, app: int) -> None:
+    """Point an enclave.yaml document at loopback ports: the runtime's public listener on
+    ``runtime`` (its app API and control listener on free ones), the app on ``app``, one ingress
+    entry from ``ingress`` to the runtime, the supervisor and egress on free ones."""
+    doc["runtime"].update(port=runtime, app_api_port=free_port(), control_port=free_port())
+    doc["app"]["port"] = app
+    doc["supervisor"]["listen"] = f"127.0.0.1:{free_port()}"
+    doc["supervisor"]["ingress"] = [{"listen": f"127.0.0.1:{ingress}", "port": runtime}]
+    doc["egress"].update(port=free_port(), imds_port=free_port())
+
+
+def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` as enclave.yaml at ``path``; return ``path``."""
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
 class DevStack:
     """A temp copy of examples/hello with an enclave.yaml on free ports, run with `enclave dev`."""
 
@@ -151,19 +168,11 @@ class DevStack:
         shutil.copytree(EXAMPLE_DIR, self.dir, ignore=shutil.ignore_patterns(".enclave", "*.pyc"))
         doc = yaml.safe_load((EXAMPLE_DIR / "enclave.yaml").read_text(encoding="utf-8"))
         self.ingress_port = free_port()
-        doc["runtime"].update(
-            port=free_port(), app_api_port=free_port(), control_port=free_port(), tls=tls
-        )
-        doc["app"]["port"] = free_port()
-        doc["supervisor"]["listen"] = f"127.0.0.1:{free_port()}"
-        doc["supervisor"]["ingress"] = [
-            {"listen": f"127.0.0.1:{self.ingress_port}", "port": doc["runtime"]["port"]}
-        ]
+        on_free_ports(doc, runtime=free_port(), ingress=self.ingress_port, app=free_port())
+        doc["runtime"]["tls"] = tls
         doc["supervisor"]["watchdog"].update(watchdog or {})
-        doc["egress"].update(port=free_port(), imds_port=free_port())
         self.doc = doc
-        self.config_path = self.dir / "enclave.yaml"
-        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        self.config_path = write_yaml(self.dir / "enclave.yaml", doc)
         scheme = "https" if tls else "http"
         self.ingress = f"{scheme}://127.0.0.1:{self.ingress_port}"
         self.proc: subprocess.Popen[bytes] | None = None

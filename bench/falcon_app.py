@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from common import free_port, machine, report, wait_200
+from common import free_port, machine, on_free_ports, report, wait_200, write_yaml
 from proxy import run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,18 +65,10 @@ class FalconStack:
         shutil.copytree(EXAMPLE, self.dir, ignore=shutil.ignore_patterns(".enclave", "*.pyc"))
         doc = yaml.safe_load((self.dir / "enclave.yaml").read_text(encoding="utf-8"))
         self.ports = {"direct": free_port(), "runtime": free_port(), "ingress": free_port()}
-        doc["runtime"].update(
-            port=self.ports["runtime"], app_api_port=free_port(), control_port=free_port()
-        )
-        doc["app"]["port"] = self.ports["direct"]
-        doc["supervisor"]["listen"] = f"127.0.0.1:{free_port()}"
-        doc["supervisor"]["ingress"] = [
-            {"listen": f"127.0.0.1:{self.ports['ingress']}", "port": self.ports["runtime"]}
-        ]
-        doc["egress"].update(port=free_port(), imds_port=free_port())
+        ports = self.ports
+        on_free_ports(doc, runtime=ports["runtime"], ingress=ports["ingress"], app=ports["direct"])
         self.doc = doc
-        self.config_path = self.dir / "enclave.yaml"
-        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        self.config_path = write_yaml(self.dir / "enclave.yaml", doc)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, target: str, path: str) -> str:

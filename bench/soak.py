@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from common import machine, report, rss_mib, wait_200
-from tls_path import STREAM_MODULE, TlsPathStack, parse_wrk
+from tls_path import TlsPathStack, have_nginx_and_wrk, parse_wrk
 
 GROWTH_TARGET_MIB = 5.0
 RETURN_GOAL_MIB = 5.0
@@ -53,13 +52,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=60.0, help="seconds idle after the load")
     parser.add_argument("--no-docs", action="store_true", help="do not append to the docs")
     opts = parser.parse_args()
-    missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
-    if missing or not STREAM_MODULE.exists():
-        print(
-            f"needs wrk and nginx (missing: {missing or STREAM_MODULE}); on Debian/Ubuntu:"
-            " apt-get install wrk nginx-light libnginx-mod-stream",
-            file=sys.stderr,
-        )
+    if not have_nginx_and_wrk():
         return 2
     # a SIGTERM unwinds like Ctrl-C, so that every process started is stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

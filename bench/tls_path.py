@@ -57,8 +57,10 @@ from common import (
     cmdline,
     free_port,
     machine,
+    on_free_ports,
     report,
     wait_200,
+    write_yaml,
     wrk_seconds,
 )
 
@@ -172,6 +174,19 @@ class Processes:
                 except ProcessLookupError:
                     pass
         self.extra.clear()
+
+
+def have_nginx_and_wrk() -> bool:
+    """Whether wrk and nginx with its stream module are installed; says how to get them if not."""
+    missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
+    if missing or not STREAM_MODULE.exists():
+        print(
+            f"needs wrk and nginx with the stream module (missing: {missing or STREAM_MODULE});"
+            " on Debian/Ubuntu: apt-get install wrk nginx-light libnginx-mod-stream",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 # -- nginx configurations ---------------------------------------------------------------------
@@ -299,24 +314,17 @@ class TlsPathStack:
         (self.nginx_dir / "app.conf").write_text(app_conf(self.nginx_dir, self.ports["app"]))
         doc = yaml.safe_load((EXAMPLE_DIR / "enclave.yaml").read_text(encoding="utf-8"))
         doc["name"] = "tls-bench"
-        doc["runtime"].update(
-            port=self.ports["runtime"], app_api_port=free_port(), control_port=free_port(), tls=True
-        )
+        ports = self.ports
+        on_free_ports(doc, runtime=ports["runtime"], ingress=ports["ingress"], app=ports["app"])
+        doc["runtime"]["tls"] = True
         doc["app"].update(
             command=[self.nginx, "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "app.conf")]
             + ["-e", str(self.nginx_dir / "app-error.log"), "-g", "daemon off;"],
-            port=self.ports["app"],
             health_path="/health",
         )
         doc["secrets"]["static"] = []
-        doc["supervisor"]["listen"] = f"127.0.0.1:{free_port()}"
-        doc["supervisor"]["ingress"] = [
-            {"listen": f"127.0.0.1:{self.ports['ingress']}", "port": self.ports["runtime"]}
-        ]
-        doc["egress"].update(port=free_port(), imds_port=free_port())
         self.doc = doc
-        self.config_path = self.dir / "enclave.yaml"
-        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        self.config_path = write_yaml(self.dir / "enclave.yaml", doc)
         self.procs = Processes()
         self.dev: subprocess.Popen[bytes] | None = None
         self.runtime_pid = 0
@@ -886,13 +894,7 @@ def main() -> int:
         help="also measure the least a Python TLS hop can do (a bare TLS relay, no HTTP)",
     )
     opts = parser.parse_args()
-    missing = [tool for tool in ("wrk", "nginx") if not shutil.which(tool)]
-    if missing or not STREAM_MODULE.exists():
-        print(
-            f"needs wrk and nginx with the stream module (missing: {missing or STREAM_MODULE});"
-            " on Debian/Ubuntu: apt-get install wrk nginx-light libnginx-mod-stream",
-            file=sys.stderr,
-        )
+    if not have_nginx_and_wrk():
         return 2
     loops = [name.strip() for name in opts.loops.split(",") if name.strip()]
     if any(name not in LOOP_NAMES for name in loops):
