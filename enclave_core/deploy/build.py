@@ -88,9 +88,9 @@ def image_tag(config: Config) -> str:
 def app_image_files(config: Config) -> list[tuple[str, Path]]:
     """The app's files that go into the image (``app/`` of the context), sorted.
 
-    The development snapshot leaves out the same paths (:func:`~enclave_core.image.snapshot.
-    private_paths`, the same :func:`~enclave_core.deploy.layout.build_outputs`), so what never
-    enters the image never changes the development PCR0.
+    The development snapshot leaves out the same paths
+    (:func:`~enclave_core.image.outputs.build_outputs`), so what never enters the image never
+    changes the development PCR0.
     """
     private = build_outputs(config)
     if config.path is not None:

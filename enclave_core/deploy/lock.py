@@ -280,10 +280,7 @@ def fetch_wheels(config: Config, lock: Lock, *, echo: Callable[[str], None]) -> 
     """
     cache = wheel_cache(config)
     cache.mkdir(parents=True, exist_ok=True)
-    missing = [
-        w for w in lock.wheels
-        if not (cache / w.filename).is_file() or sha256_of(cache / w.filename) != w.sha256
-    ]  # fmt: skip
+    missing = [w for w in lock.wheels if not _cached(cache, w)]
     if missing:
         partial = replace(lock, wheels=tuple(missing))
         with tempfile.TemporaryDirectory(prefix="enclave-wheels-") as tmp:
@@ -298,12 +295,15 @@ def fetch_wheels(config: Config, lock: Lock, *, echo: Callable[[str], None]) -> 
                 raise failure("pip download of the locked wheels", result)
             for path in (Path(tmp) / "got").glob("*.whl"):
                 shutil.copy2(path, cache / path.name)
-    found = []
-    for wheel in sorted(lock.wheels, key=lambda w: w.filename):
-        path = cache / wheel.filename
-        if not path.is_file() or sha256_of(path) != wheel.sha256:
-            raise EnclaveError(
-                f"{wheel.filename} does not have the SHA-256 {LOCK_FILENAME} pins: refusing it"
-            )
-        found.append(path)
-    return found
+        for wheel in missing:  # only what was just fetched needs hashing again
+            if not _cached(cache, wheel):
+                raise EnclaveError(
+                    f"{wheel.filename} does not have the SHA-256 {LOCK_FILENAME} pins: refusing it"
+                )
+    return [cache / w.filename for w in sorted(lock.wheels, key=lambda w: w.filename)]
+
+
+def _cached(cache: Path, wheel: LockedWheel) -> bool:
+    """Whether the cache holds ``wheel`` with its locked hash."""
+    path = cache / wheel.filename
+    return path.is_file() and sha256_of(path) == wheel.sha256

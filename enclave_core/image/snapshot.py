@@ -42,15 +42,8 @@ def images_dir(config: Config) -> Path:
     return config.state_dir / IMAGES_DIRNAME
 
 
-def private_paths(config: Config) -> list[Path]:
-    """What the snapshot leaves out besides the image rule: exactly what ``enclave build``
-    leaves out of the production image (the state directory, ``artifacts/``, ``cdk.out/``,
-    ``enclave.lock``)."""
-    return build_outputs(config)
-
-
 def _files(config: Config, folder: Path) -> list[tuple[str, Path]]:
-    return image_files(folder, exclude=config.app.exclude, private=private_paths(config))
+    return image_files(folder, exclude=config.app.exclude, private=build_outputs(config))
 
 
 def content_digest(config: Config, folder: Path) -> str:
